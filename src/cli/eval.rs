@@ -1,0 +1,74 @@
+//! `kiln eval`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde::Serialize;
+
+use crate::backend::{BackendJob, BackendName};
+use crate::data::Corpus;
+use crate::train::{load_model, mean_loss, val_windows};
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Run directory, e.g. artifacts/small.
+    #[arg(long)]
+    run: PathBuf,
+    /// A checkpoint file of the run instead of its final model.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct EvalResult {
+    model: String,
+    val_loss: f64,
+    val_perplexity: f64,
+    batches: usize,
+    tokens: usize,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let (run, spec) = super::open_run(&args.run)?;
+    let corpus = Corpus::from_run(&run, spec.data.val_fraction, spec.model.block_size)?;
+    let backend = spec.backend.name.clone();
+    let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint })??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("model:          {}", result.model);
+        println!("val loss:       {:.4}", result.val_loss);
+        println!("val perplexity: {:.3}", result.val_perplexity);
+        println!("evaluated on:   {} batches, {} tokens", result.batches, result.tokens);
+    }
+    Ok(())
+}
+
+struct Job {
+    run: crate::run_dir::RunDir,
+    spec: crate::config::RunSpec,
+    corpus: Corpus,
+    checkpoint: Option<PathBuf>,
+}
+
+impl BackendJob for Job {
+    type Output = Result<EvalResult>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<EvalResult> {
+        let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let windows = val_windows::<B::InnerBackend>(&self.spec, &self.corpus, &device);
+        let val_loss = mean_loss(&model, windows.batches());
+        let t = &self.spec.training;
+        Ok(EvalResult {
+            model: path.display().to_string(),
+            val_loss,
+            val_perplexity: val_loss.exp(),
+            batches: t.eval_iters,
+            tokens: t.eval_iters * t.batch_size * self.spec.model.block_size,
+        })
+    }
+}

@@ -1,0 +1,75 @@
+//! `kiln generate`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+
+use crate::backend::{BackendJob, BackendName};
+use crate::generate::{generate, Sampling, Utf8Stream};
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Run directory, e.g. artifacts/small.
+    #[arg(long)]
+    run: PathBuf,
+    /// A checkpoint file of the run instead of its final model.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Text to continue.
+    #[arg(long, default_value = "\n")]
+    prompt: String,
+    #[arg(long, default_value_t = 300)]
+    max_new_tokens: usize,
+    /// Softmax temperature; 0 picks the most likely token (greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities add up to p.
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let (run, spec) = super::open_run(&args.run)?;
+    let sampling = Sampling {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    sampling.validate()?;
+    let tokenizer = crate::tokenizer::load(&run.tokenizer())?;
+    let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
+    let backend = spec.backend.name.clone();
+    crate::backend::dispatch(&backend, Job { run, spec, checkpoint: args.checkpoint, prompt, prompt_text: args.prompt, sampling, tokenizer })?
+}
+
+struct Job {
+    run: crate::run_dir::RunDir,
+    spec: crate::config::RunSpec,
+    checkpoint: Option<PathBuf>,
+    prompt: Vec<u32>,
+    prompt_text: String,
+    sampling: Sampling,
+    tokenizer: Box<dyn crate::tokenizer::Tokenizer>,
+}
+
+impl BackendJob for Job {
+    type Output = Result<()>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<()> {
+        let (model, _) = crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let mut out = Utf8Stream::stdout();
+        out.push(self.prompt_text.as_bytes());
+        generate(&model, &self.prompt, &self.sampling, |id| out.push(&self.tokenizer.decode_bytes(&[id])))?;
+        out.finish();
+        println!();
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! `kiln inspect`: what is inside a run or a checkpoint file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde::Serialize;
+
+use crate::backend::{BackendJob, BackendName};
+use crate::checkpoint::CheckpointState;
+use crate::config::{ModelSection, RunSpec};
+use crate::run_dir::RunDir;
+use crate::train::{load_model, read_metrics, MetricsLine, Summary};
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A run directory (artifacts/small) or a checkpoint file in one.
+    path: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ParamInfo {
+    name: String,
+    shape: Vec<usize>,
+    count: usize,
+    dtype: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    file: String,
+    file_bytes: u64,
+    step: Option<usize>,
+    epoch: Option<usize>,
+    params: Vec<ParamInfo>,
+    total_params: usize,
+    non_embedding_params: usize,
+    size_mb: f64,
+    model: ModelSection,
+    last_train: Option<MetricsLine>,
+    last_val: Option<MetricsLine>,
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let (run_path, file) = if args.path.is_dir() {
+        (args.path.clone(), None)
+    } else if args.path.is_file() {
+        (super::run_of_checkpoint(&args.path)?, Some(args.path.clone()))
+    } else {
+        anyhow::bail!("{}: no such run directory or checkpoint file", args.path.display());
+    };
+    let (run, spec) = super::open_run(&run_path)?;
+    let backend = spec.backend.name.clone();
+    let report = crate::backend::dispatch(&backend, Job { run, spec, file })??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(())
+}
+
+struct Job {
+    run: RunDir,
+    spec: RunSpec,
+    file: Option<PathBuf>,
+}
+
+impl BackendJob for Job {
+    type Output = Result<Report>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<Report> {
+        let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
+        let mut table = ParamTable { path: Vec::new(), params: Vec::new() };
+        model.visit(&mut table);
+        let counts = model.param_counts();
+        let (step, epoch) = position(&self.run, &path);
+        let metrics = read_metrics(&self.run.metrics());
+        let upto = |split: &str| {
+            metrics.iter().rev().find(|l| l.split == split && step.is_none_or(|s| l.step <= s)).cloned()
+        };
+        let bytes: usize = table.params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
+        Ok(Report {
+            file: path.display().to_string(),
+            file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            step,
+            epoch,
+            total_params: counts.total,
+            non_embedding_params: counts.total - counts.embedding,
+            size_mb: bytes as f64 / 1e6,
+            model: self.spec.model.clone(),
+            last_train: upto("train"),
+            last_val: upto("val"),
+            params: table.params,
+        })
+    }
+}
+
+/// Step and epoch a model file was taken at: from its checkpoint state, or the run summary
+/// for the final model.
+fn position(run: &RunDir, file: &Path) -> (Option<usize>, Option<usize>) {
+    let epoch = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .and_then(|s| s.strip_prefix("model-"))
+        .and_then(|n| n.parse::<usize>().ok());
+    if let Some(state) = epoch.and_then(|e| CheckpointState::read(&run.checkpoint_state(e)).ok()) {
+        return (Some(state.step), Some(state.epoch));
+    }
+    let summary: Option<Summary> = super::read_json(&run.summary()).ok();
+    (summary.map(|s| s.steps), epoch)
+}
+
+fn dtype_bytes(dtype: &str) -> usize {
+    match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "I8" | "U8" | "Bool" => 1,
+        _ => 4,
+    }
+}
+
+/// Collects every float parameter with its dotted path (`blocks.0.attn.c_attn.weight`).
+struct ParamTable {
+    path: Vec<String>,
+    params: Vec<ParamInfo>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamTable {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let tensor = param.val();
+        let shape = tensor.dims().to_vec();
+        let name = self.path.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");
+        self.params.push(ParamInfo { name, count: shape.iter().product(), shape, dtype: format!("{:?}", tensor.dtype()) });
+    }
+}
+
+fn print_table(r: &Report) {
+    let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(9);
+    println!("{}", r.file);
+    println!("{:<width$}  {:<16}  {:>12}  dtype", "parameter", "shape", "count");
+    for p in &r.params {
+        let shape = format!("{:?}", p.shape);
+        println!("{:<width$}  {:<16}  {:>12}  {}", p.name, shape, p.count, p.dtype);
+    }
+    println!();
+    println!("total parameters:    {} ({} without token/position embeddings)", r.total_params, r.non_embedding_params);
+    println!("size:                {:.2} MB in memory, {} bytes on disk", r.size_mb, r.file_bytes);
+    let m = &r.model;
+    println!(
+        "model:               gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {}, tied {}",
+        m.vocab_size.unwrap_or(0),
+        m.d_model,
+        m.n_heads,
+        m.n_layers,
+        m.d_ff(),
+        m.block_size,
+        m.dropout,
+        m.bias,
+        m.tie_embeddings
+    );
+    match (r.step, r.epoch) {
+        (Some(s), Some(e)) => println!("taken at:            step {s} (epoch {e})"),
+        (Some(s), None) => println!("taken at:            step {s} (end of training)"),
+        _ => println!("taken at:            unknown"),
+    }
+    if let Some(l) = &r.last_train {
+        println!("last train metrics:  step {} loss {:.4} lr {:.2e}", l.step, l.loss, l.lr.unwrap_or(0.0));
+    }
+    if let Some(l) = &r.last_val {
+        println!("last val metrics:    step {} loss {:.4} perplexity {:.3}", l.step, l.loss, l.perplexity.unwrap_or(f64::NAN));
+    }
+}

@@ -1,0 +1,79 @@
+//! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
+
+mod eval;
+mod generate;
+mod inspect;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::config::RunSpec;
+use crate::run_dir::RunDir;
+
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about = "Train Transformer language models from scratch on Burn")]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Without a subcommand kiln trains: `kiln --config configs/small.toml`.
+    #[command(flatten)]
+    train: train::TrainArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model from a TOML config (the default command).
+    Train(train::TrainArgs),
+    /// Sample text from a trained run.
+    Generate(generate::GenerateArgs),
+    /// Validation loss and perplexity of a run or one of its checkpoints.
+    Eval(eval::EvalArgs),
+    /// Parameters, shapes, sizes, config, step and metrics of a run or checkpoint file.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Train(args)) => train::run(args),
+        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Inspect(args)) => inspect::run(args),
+        None => train::run(cli.train),
+    }
+}
+
+/// A run directory and its resolved config.
+fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
+    let run = RunDir::new(dir);
+    if !run.config().is_file() {
+        anyhow::bail!("{}: not a kiln run directory (no config.toml); pass a directory under artifacts/", dir.display());
+    }
+    let spec = RunSpec::read_resolved(&run.config())?;
+    Ok((run, spec))
+}
+
+/// For a checkpoint file inside a run (`<run>/model.mpk`, `<run>/checkpoints/model-N.mpk`),
+/// the run directory it belongs to.
+fn run_of_checkpoint(file: &Path) -> Result<PathBuf> {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let dir = if parent.file_name().is_some_and(|n| n == "checkpoints") { parent.parent().unwrap_or(parent) } else { parent };
+    if !dir.join("config.toml").is_file() {
+        anyhow::bail!(
+            "{}: cannot find the run it belongs to (expected config.toml in {})",
+            file.display(),
+            dir.display()
+        );
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}

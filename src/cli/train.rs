@@ -1,0 +1,38 @@
+//! `kiln train`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::train::{train, TrainOptions};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML config file, e.g. configs/small.toml.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Override a config value: --set training.learning_rate=3e-4 (repeatable; applied after
+    /// the file and KILN_<SECTION>__<KEY> environment variables).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    overrides: Vec<String>,
+    /// Continue the run from its newest complete checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Delete an existing run with the same name and start over.
+    #[arg(long, conflicts_with = "resume")]
+    force: bool,
+    /// Tokens of sample text printed after training (0 for none).
+    #[arg(long, default_value_t = 200)]
+    sample_tokens: usize,
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let Some(config) = args.config else {
+        anyhow::bail!("no config given: run `kiln --config configs/small.toml` (see `kiln --help`)");
+    };
+    let spec = crate::config::load(&config, &args.overrides)?;
+    let options = TrainOptions { resume: args.resume, force: args.force, sample_tokens: args.sample_tokens };
+    train(spec, options)?;
+    Ok(())
+}

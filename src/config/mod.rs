@@ -1,0 +1,322 @@
+//! Run configuration: TOML file, then `KILN_<SECTION>__<KEY>` environment variables, then
+//! `--set section.key=value` overrides, deserialized strictly and validated.
+
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::validate;
+
+/// Everything a run needs, as resolved from all layers. Written to `<run>/config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    #[serde(default)]
+    pub run: RunSection,
+    pub data: DataSection,
+    pub model: ModelSection,
+    pub training: TrainingSection,
+    #[serde(default)]
+    pub backend: BackendSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSection {
+    /// Directory name under `artifacts_dir`; defaults to the config file's stem.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "defaults::seed")]
+    pub seed: u64,
+    #[serde(default = "defaults::artifacts_dir")]
+    pub artifacts_dir: PathBuf,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self { name: String::new(), seed: defaults::seed(), artifacts_dir: defaults::artifacts_dir() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// UTF-8 text corpus, relative to the working directory.
+    pub path: PathBuf,
+    /// `char`, `tiktoken:gpt2`, `tiktoken:cl100k_base` or `tiktoken:o200k_base`.
+    #[serde(default = "defaults::tokenizer")]
+    pub tokenizer: String,
+    /// Fraction of the token stream (its tail) held out for validation.
+    #[serde(default = "defaults::val_fraction")]
+    pub val_fraction: f64,
+    /// Char tokenizer only: map characters unseen in the corpus to `<unk>` instead of failing.
+    #[serde(default)]
+    pub allow_unknown: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Gpt,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    #[serde(default = "defaults::model_kind")]
+    pub kind: ModelKind,
+    /// Filled in from the tokenizer; may be set larger (e.g. padded to a multiple of 64).
+    #[serde(default)]
+    pub vocab_size: Option<usize>,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    /// Feed-forward width; defaults to 4 * d_model.
+    #[serde(default)]
+    pub d_ff: Option<usize>,
+    pub block_size: usize,
+    #[serde(default)]
+    pub dropout: f64,
+    #[serde(default = "defaults::yes")]
+    pub bias: bool,
+    #[serde(default = "defaults::yes")]
+    pub tie_embeddings: bool,
+}
+
+impl ModelSection {
+    pub fn d_ff(&self) -> usize {
+        self.d_ff.unwrap_or(4 * self.d_model)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSection {
+    pub batch_size: usize,
+    /// Optimizer steps (each one `grad_accumulation` micro-batches).
+    pub max_iters: usize,
+    pub learning_rate: f64,
+    #[serde(default)]
+    pub min_lr: f64,
+    #[serde(default)]
+    pub warmup_iters: usize,
+    #[serde(default = "defaults::weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "defaults::beta1")]
+    pub beta1: f64,
+    #[serde(default = "defaults::beta2")]
+    pub beta2: f64,
+    /// Clip the global gradient norm to this value; 0 disables clipping.
+    #[serde(default = "defaults::grad_clip")]
+    pub grad_clip: f64,
+    #[serde(default = "defaults::one")]
+    pub grad_accumulation: usize,
+    /// Steps between validations; the Learner's epoch.
+    pub eval_interval: usize,
+    pub eval_iters: usize,
+    /// Steps between checkpoints; a multiple of `eval_interval`. Defaults to `eval_interval`.
+    #[serde(default)]
+    pub checkpoint_interval: Option<usize>,
+    /// How many checkpoints to keep on disk (the newest ones).
+    #[serde(default = "defaults::keep_checkpoints")]
+    pub keep_checkpoints: usize,
+}
+
+impl TrainingSection {
+    pub fn checkpoint_interval(&self) -> usize {
+        self.checkpoint_interval.unwrap_or(self.eval_interval)
+    }
+
+    /// Number of Learner epochs: one per `eval_interval` steps, the last one possibly shorter.
+    pub fn num_epochs(&self) -> usize {
+        self.max_iters.div_ceil(self.eval_interval)
+    }
+
+    /// Tokens consumed per optimizer step.
+    pub fn tokens_per_step(&self, block_size: usize) -> usize {
+        self.batch_size * self.grad_accumulation * block_size
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    #[serde(default = "defaults::backend")]
+    pub name: String,
+}
+
+impl Default for BackendSection {
+    fn default() -> Self {
+        Self { name: defaults::backend() }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn seed() -> u64 {
+        1337
+    }
+    pub fn artifacts_dir() -> PathBuf {
+        PathBuf::from("artifacts")
+    }
+    pub fn tokenizer() -> String {
+        "char".into()
+    }
+    pub fn val_fraction() -> f64 {
+        0.1
+    }
+    pub fn model_kind() -> super::ModelKind {
+        super::ModelKind::Gpt
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn weight_decay() -> f64 {
+        0.1
+    }
+    pub fn beta1() -> f64 {
+        0.9
+    }
+    pub fn beta2() -> f64 {
+        0.95
+    }
+    pub fn grad_clip() -> f64 {
+        1.0
+    }
+    pub fn one() -> usize {
+        1
+    }
+    pub fn keep_checkpoints() -> usize {
+        3
+    }
+    pub fn backend() -> String {
+        crate::backend::DEFAULT.to_string()
+    }
+}
+
+/// Errors a user can cause through a config file, the environment or `--set`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {file}: {source}")]
+    Load { file: PathBuf, source: ::config::ConfigError },
+    #[error("--set {given:?}: expected section.key=value, e.g. --set training.learning_rate=3e-4")]
+    BadOverride { given: String },
+    #[error("{key} = {value}: expected {expected}")]
+    Invalid { key: &'static str, value: String, expected: String },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// Reads `file`, layers the environment and the `--set` overrides on top, and validates.
+pub fn load(file: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
+    load_with_env(file, overrides, std::env::vars())
+}
+
+/// As [`load`], with the environment given explicitly (tests use this).
+pub fn load_with_env(
+    file: &Path,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RunSpec, ConfigError> {
+    let load_err = |source| ConfigError::Load { file: file.to_path_buf(), source };
+    if !file.is_file() {
+        return Err(load_err(::config::ConfigError::Message("file not found".into())));
+    }
+    let env_map: ::config::Map<String, String> =
+        env.into_iter().filter(|(k, _)| k.starts_with("KILN_")).collect();
+    let mut builder = ::config::Config::builder()
+        .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
+        .add_source(
+            ::config::Environment::with_prefix("KILN")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+    for given in overrides {
+        let (key, value) = parse_override(given)?;
+        builder = builder.set_override(key, value).map_err(load_err)?;
+    }
+    let mut spec: RunSpec =
+        builder.build().and_then(|c| c.try_deserialize()).map_err(load_err)?;
+    if spec.run.name.is_empty() {
+        spec.run.name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    }
+    validate(&spec)?;
+    Ok(spec)
+}
+
+/// `section.key=value` → (`section.key`, typed value). Numbers and booleans are parsed so
+/// that they deserialize into numeric and boolean fields.
+fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError> {
+    let bad = || ConfigError::BadOverride { given: given.to_string() };
+    let (key, raw) = given.split_once('=').ok_or_else(bad)?;
+    let key = key.trim();
+    if !key.contains('.') || key.starts_with('.') || key.ends_with('.') {
+        return Err(bad());
+    }
+    let raw = raw.trim();
+    let value: ::config::Value = if let Ok(i) = raw.parse::<i64>() {
+        i.into()
+    } else if let Ok(f) = raw.parse::<f64>() {
+        f.into()
+    } else if let Ok(b) = raw.parse::<bool>() {
+        b.into()
+    } else {
+        raw.trim_matches('"').to_string().into()
+    };
+    Ok((key.to_string(), value))
+}
+
+impl RunSpec {
+    /// Reads a resolved config written by a previous run (no layering, still validated
+    /// apart from the data file, which a finished run no longer needs).
+    pub fn read_resolved(path: &Path) -> Result<Self, ConfigError> {
+        let load_err = |msg: String| ConfigError::Load {
+            file: path.to_path_buf(),
+            source: ::config::ConfigError::Message(msg),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
+        let spec: RunSpec = toml::from_str(&text).map_err(|e| load_err(e.to_string()))?;
+        validate::validate_shape(&spec)?;
+        Ok(spec)
+    }
+
+    pub fn write_resolved(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string_pretty(self).expect("RunSpec always serializes to TOML");
+        crate::run_dir::write_atomic(path, text.as_bytes())
+            .map_err(|source| ConfigError::Write { path: path.to_path_buf(), source })
+    }
+
+    /// Whether `other` describes the same model (an unset vocab_size matches any).
+    pub fn model_matches(&self, other: &RunSpec) -> bool {
+        let mut theirs = other.model.clone();
+        if theirs.vocab_size.is_none() {
+            theirs.vocab_size = self.model.vocab_size;
+        }
+        self.model == theirs
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.vocab_size.expect("vocab_size is resolved from the tokenizer before use")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_values_are_typed() {
+        let (k, v) = parse_override("training.learning_rate=3e-4").unwrap();
+        assert_eq!(k, "training.learning_rate");
+        assert_eq!(v.into_float().unwrap(), 3e-4);
+        let (_, v) = parse_override("model.bias=false").unwrap();
+        assert!(!v.into_bool().unwrap());
+        assert!(parse_override("learning_rate=1").is_err());
+        assert!(parse_override("training.learning_rate").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! Value checks that serde cannot express. Every failure names the key, the value and what
+//! was expected.
+
+use super::{ConfigError, RunSpec};
+
+fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, value: value.to_string(), expected: expected.into() }
+}
+
+fn positive(key: &'static str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, value, "a positive integer"));
+    }
+    Ok(())
+}
+
+/// Full validation of a config about to be trained: shape checks plus the data file.
+pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
+    validate_shape(spec)?;
+    if !spec.data.path.is_file() {
+        return Err(invalid(
+            "data.path",
+            format!("{:?}", spec.data.path.display().to_string()),
+            "an existing text file (paths are relative to the working directory)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that need nothing but the config itself.
+pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
+    let run = &spec.run;
+    if run.name.is_empty() || run.name.contains(['/', '\\']) || run.name.starts_with('.') {
+        return Err(invalid("run.name", format!("{:?}", run.name), "a plain directory name"));
+    }
+
+    let data = &spec.data;
+    if !(data.val_fraction > 0.0 && data.val_fraction < 1.0) {
+        return Err(invalid("data.val_fraction", data.val_fraction, "a number in (0, 1)"));
+    }
+    crate::tokenizer::TokenizerSpec::parse(&data.tokenizer)
+        .map_err(|e| invalid("data.tokenizer", format!("{:?}", data.tokenizer), e.to_string()))?;
+
+    let m = &spec.model;
+    positive("model.d_model", m.d_model)?;
+    positive("model.n_heads", m.n_heads)?;
+    positive("model.n_layers", m.n_layers)?;
+    positive("model.block_size", m.block_size)?;
+    positive("model.d_ff", m.d_ff())?;
+    if m.d_model % m.n_heads != 0 {
+        return Err(invalid(
+            "model.n_heads",
+            m.n_heads,
+            format!("a divisor of model.d_model ({})", m.d_model),
+        ));
+    }
+    if !(0.0..1.0).contains(&m.dropout) {
+        return Err(invalid("model.dropout", m.dropout, "a probability in [0, 1)"));
+    }
+    if let Some(v) = m.vocab_size {
+        positive("model.vocab_size", v)?;
+    }
+
+    let t = &spec.training;
+    positive("training.batch_size", t.batch_size)?;
+    positive("training.max_iters", t.max_iters)?;
+    positive("training.grad_accumulation", t.grad_accumulation)?;
+    positive("training.eval_interval", t.eval_interval)?;
+    positive("training.eval_iters", t.eval_iters)?;
+    positive("training.keep_checkpoints", t.keep_checkpoints)?;
+    if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
+        return Err(invalid("training.learning_rate", t.learning_rate, "a positive number"));
+    }
+    if !(t.min_lr >= 0.0 && t.min_lr <= t.learning_rate) {
+        return Err(invalid(
+            "training.min_lr",
+            t.min_lr,
+            format!("a number in [0, training.learning_rate = {}]", t.learning_rate),
+        ));
+    }
+    if t.warmup_iters > t.max_iters {
+        return Err(invalid(
+            "training.warmup_iters",
+            t.warmup_iters,
+            format!("at most training.max_iters ({})", t.max_iters),
+        ));
+    }
+    if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
+        return Err(invalid("training.weight_decay", t.weight_decay, "a number >= 0"));
+    }
+    for (key, beta) in [("training.beta1", t.beta1), ("training.beta2", t.beta2)] {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(invalid(key, beta, "a number in [0, 1)"));
+        }
+    }
+    if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
+        return Err(invalid("training.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)"));
+    }
+    let every = t.checkpoint_interval();
+    if every == 0 || every % t.eval_interval != 0 {
+        return Err(invalid(
+            "training.checkpoint_interval",
+            every,
+            format!(
+                "a positive multiple of training.eval_interval ({}): checkpoints are taken after validation",
+                t.eval_interval
+            ),
+        ));
+    }
+
+    crate::backend::BackendName::parse(&spec.backend.name)
+        .map_err(|e| invalid("backend.name", format!("{:?}", spec.backend.name), e))?;
+    Ok(())
+}

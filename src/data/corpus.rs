@@ -1,0 +1,191 @@
+//! The corpus encoded once into a token file cached in the run dir, split train/val.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::run_dir::{write_atomic, RunDir};
+use crate::tokenizer::{Tokenizer, TokenizerFile};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("data.path = {path:?}: {reason}")]
+    Source { path: PathBuf, reason: String },
+    #[error("data.path = {path:?}: the {split} split has {tokens} tokens, but model.block_size = {block_size} needs at least {need}; use a longer corpus, a smaller block_size or a different data.val_fraction")]
+    TooShort { path: PathBuf, split: &'static str, tokens: usize, block_size: usize, need: usize },
+    #[error("token cache {path}: {reason}; delete it and train again")]
+    Cache { path: PathBuf, reason: String },
+}
+
+/// Provenance of `tokens.bin`: reused only when the source and tokenizer are unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TokenFileMeta {
+    source: PathBuf,
+    source_sha256: String,
+    tokenizer: TokenizerFile,
+    /// Bytes per token in `tokens.bin`: 2 (u16) when the vocabulary fits, else 4 (u32).
+    bytes_per_token: usize,
+    tokens: usize,
+}
+
+/// The encoded corpus with its train split (head) and val split (tail).
+pub struct Corpus {
+    pub train: Arc<[u32]>,
+    pub val: Arc<[u32]>,
+    /// Bytes of source text.
+    pub source_bytes: usize,
+}
+
+impl Corpus {
+    /// Encodes `text` (the contents of `source`), or reuses the run's token file when it
+    /// was made from the same bytes with the same tokenizer, and splits it.
+    pub fn prepare(
+        source: &Path,
+        text: &str,
+        tokenizer: &dyn Tokenizer,
+        run: &RunDir,
+        val_fraction: f64,
+        block_size: usize,
+    ) -> Result<Self, DataError> {
+        if text.is_empty() {
+            return Err(DataError::Source { path: source.into(), reason: "the file is empty".into() });
+        }
+        let bytes = text.as_bytes();
+        let meta = TokenFileMeta {
+            source: source.into(),
+            source_sha256: hex(&Sha256::digest(bytes)),
+            tokenizer: tokenizer.to_file(),
+            bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
+            tokens: 0,
+        };
+        let tokens = match read_cache(run, &meta)? {
+            Some(tokens) => tokens,
+            None => {
+                let tokens = encode_with_spinner(tokenizer, text)
+                    .map_err(|e| DataError::Source { path: source.into(), reason: e.to_string() })?;
+                write_cache(run, TokenFileMeta { tokens: tokens.len(), ..meta }, &tokens)?;
+                tokens
+            }
+        };
+        Self::split(tokens, source, val_fraction, block_size, bytes.len())
+    }
+
+    /// The token file of a finished run (for `eval`), without the source text.
+    pub fn from_run(run: &RunDir, val_fraction: f64, block_size: usize) -> Result<Self, DataError> {
+        let meta_path = run.tokens_meta();
+        let cache_err = |reason: String| DataError::Cache { path: meta_path.clone(), reason };
+        let meta: TokenFileMeta = std::fs::read(&meta_path)
+            .map_err(|e| cache_err(e.to_string()))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| cache_err(e.to_string())))?;
+        let tokens = read_tokens(&run.tokens(), &meta)?;
+        Self::split(tokens, &meta.source, val_fraction, block_size, 0)
+    }
+
+    fn split(
+        tokens: Vec<u32>,
+        source: &Path,
+        val_fraction: f64,
+        block_size: usize,
+        source_bytes: usize,
+    ) -> Result<Self, DataError> {
+        let n_val = ((tokens.len() as f64) * val_fraction).round() as usize;
+        let n_train = tokens.len() - n_val;
+        let need = block_size + 1;
+        for (split, len) in [("training", n_train), ("validation", n_val)] {
+            if len < need {
+                return Err(DataError::TooShort { path: source.into(), split, tokens: len, block_size, need });
+            }
+        }
+        Ok(Self {
+            train: Arc::from(&tokens[..n_train]),
+            val: Arc::from(&tokens[n_train..]),
+            source_bytes,
+        })
+    }
+}
+
+fn encode_with_spinner(tokenizer: &dyn Tokenizer, text: &str) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message(format!("encoding corpus ({} bytes)", text.len()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let tokens = tokenizer.encode(text);
+    spinner.finish_and_clear();
+    tokens
+}
+
+fn read_cache(run: &RunDir, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, DataError> {
+    let Ok(bytes) = std::fs::read(run.tokens_meta()) else { return Ok(None) };
+    let Ok(meta) = serde_json::from_slice::<TokenFileMeta>(&bytes) else { return Ok(None) };
+    let same = TokenFileMeta { tokens: meta.tokens, ..wanted.clone() };
+    if meta != same {
+        return Ok(None);
+    }
+    read_tokens(&run.tokens(), &meta).map(Some)
+}
+
+fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError> {
+    let err = |reason: String| DataError::Cache { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if bytes.len() != meta.tokens * meta.bytes_per_token {
+        return Err(err(format!(
+            "{} bytes, expected {} tokens of {} bytes",
+            bytes.len(),
+            meta.tokens,
+            meta.bytes_per_token
+        )));
+    }
+    Ok(match meta.bytes_per_token {
+        2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+        4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        n => return Err(err(format!("unsupported token width {n}"))),
+    })
+}
+
+fn write_cache(run: &RunDir, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), DataError> {
+    let bytes: Vec<u8> = match meta.bytes_per_token {
+        2 => tokens.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect(),
+        _ => tokens.iter().flat_map(|&t| t.to_le_bytes()).collect(),
+    };
+    let io = |path: PathBuf| move |e: std::io::Error| DataError::Cache { path, reason: e.to_string() };
+    write_atomic(&run.tokens(), &bytes).map_err(io(run.tokens()))?;
+    let json = serde_json::to_vec_pretty(&meta).expect("token metadata serializes");
+    write_atomic(&run.tokens_meta(), &json).map_err(io(run.tokens_meta()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::CharTokenizer;
+
+    #[test]
+    fn encodes_once_then_reuses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("corpus.txt");
+        std::fs::write(&source, "abcdefghij".repeat(20)).unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        std::fs::create_dir_all(run.root()).unwrap();
+        let tok = CharTokenizer::fit("abcdefghij", false);
+        let text = std::fs::read_to_string(&source).unwrap();
+        let first = Corpus::prepare(&source, &text, &tok, &run, 0.1, 8).unwrap();
+        assert_eq!((first.train.len(), first.val.len()), (180, 20));
+        assert_eq!(&first.train[..3], &[0, 1, 2]);
+        let cached = Corpus::from_run(&run, 0.1, 8).unwrap();
+        assert_eq!(cached.val, first.val);
+    }
+
+    #[test]
+    fn too_short_corpus_names_the_split_and_block_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("tiny.txt");
+        let run = RunDir::new(dir.path());
+        let tok = CharTokenizer::fit("abcdefghij", false);
+        let err = Corpus::prepare(&source, "abcdefghij", &tok, &run, 0.5, 8).unwrap_err().to_string();
+        assert!(err.contains("block_size = 8") && err.contains("needs at least 9"), "{err}");
+    }
+}

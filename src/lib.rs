@@ -1,0 +1,16 @@
+//! kiln: train Transformer language models from scratch on Burn.
+//!
+//! Data flows one way: [`config`] → [`tokenizer`] → [`data`] → [`backend::dispatch`] →
+//! [`train`] ([`model`] + Burn's Learner) → `artifacts/<run>/` ([`run_dir`]) → [`generate`],
+//! `eval` and `inspect` read the run back.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod generate;
+pub mod model;
+pub mod run_dir;
+pub mod tokenizer;
+pub mod train;

@@ -1,0 +1,78 @@
+//! Causal multi-head self-attention with a fused QKV projection and an optional KV cache.
+
+use burn::module::Initializer;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use super::normal;
+
+/// A linear layer with N(0, std) weights and zero bias, as GPT-2 initialises them.
+pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Linear<B> {
+    let mut layer = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(normal(std))
+        .init(device);
+    if bias {
+        layer.bias = Some(Initializer::Zeros.init([d_out], device));
+    }
+    layer
+}
+
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention<B: Backend> {
+    /// Query, key and value projections in one matmul: `d_model → 3 * d_model`.
+    c_attn: Linear<B>,
+    c_proj: Linear<B>,
+    resid_dropout: Dropout,
+    n_heads: usize,
+}
+
+/// Keys and values of the positions seen so far: `[batch, n_heads, seq, head_dim]` each.
+#[derive(Debug, Clone)]
+pub struct LayerCache<B: Backend> {
+    pub keys: Tensor<B, 4>,
+    pub values: Tensor<B, 4>,
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    pub fn new(d_model: usize, n_heads: usize, bias: bool, dropout: f64, proj_std: f64, device: &B::Device) -> Self {
+        Self {
+            c_attn: linear(d_model, 3 * d_model, bias, 0.02, device),
+            c_proj: linear(d_model, d_model, bias, proj_std, device),
+            resid_dropout: DropoutConfig::new(dropout).init(),
+            n_heads,
+        }
+    }
+
+    /// `x: [batch, seq, d_model]` → `[batch, seq, d_model]`.
+    ///
+    /// With a cache, `x` holds only the new positions; their keys and values are appended and
+    /// the queries attend to everything cached. The causal mask is aligned to the last query,
+    /// so one code path serves training, prefill and one-token decoding.
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = x.dims();
+        let head_dim = d_model / self.n_heads;
+        // [batch, seq, 3 * d_model] → 3 × [batch, n_heads, seq, head_dim]
+        let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
+        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(split_heads);
+        let (q, mut k, mut v) = match (qkv.next(), qkv.next(), qkv.next()) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => unreachable!("chunk(3) yields three tensors"),
+        };
+
+        if let Some(slot) = cache {
+            if let Some(past) = slot.take() {
+                k = Tensor::cat(vec![past.keys, k], 2);
+                v = Tensor::cat(vec![past.values, v], 2);
+            }
+            *slot = Some(LayerCache { keys: k.clone(), values: v.clone() });
+        }
+
+        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
+        let y = attention(q, k, v, None, None, options); // [batch, n_heads, seq, head_dim]
+        let y = y.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        self.resid_dropout.forward(self.c_proj.forward(y))
+    }
+}

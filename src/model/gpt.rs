@@ -1,0 +1,174 @@
+//! GPT: a decoder-only Transformer, as in nanoGPT's `model.py`.
+//!
+//! tokens → token embedding + learned position embedding → dropout
+//!        → n_layers × [x + attn(ln_1(x)); x + mlp(ln_2(x))]   (pre-LayerNorm blocks)
+//!        → ln_f → LM head (the token embedding, transposed, when tied) → logits
+
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+
+use super::attention::{linear, CausalSelfAttention, LayerCache};
+use super::{normal, Mlp};
+
+#[derive(Config, Debug)]
+pub struct GptConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    pub d_ff: usize,
+    /// Longest context the model can see (the size of the position table).
+    pub block_size: usize,
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    #[config(default = true)]
+    pub bias: bool,
+    #[config(default = true)]
+    pub tie_embeddings: bool,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    ln_1: LayerNorm<B>,
+    attn: CausalSelfAttention<B>,
+    ln_2: LayerNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    wte: Embedding<B>,
+    wpe: Embedding<B>,
+    dropout: Dropout,
+    blocks: Vec<Block<B>>,
+    ln_f: LayerNorm<B>,
+    /// `None` when the head shares the token embedding's weights.
+    lm_head: Option<Linear<B>>,
+    block_size: usize,
+}
+
+/// Parameter counts: everything, and the token + position embedding tables alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamCounts {
+    pub total: usize,
+    pub embedding: usize,
+}
+
+/// Per-layer KV caches for incremental decoding.
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<LayerCache<B>>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Number of positions cached.
+    pub fn len(&self) -> usize {
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl GptConfig {
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
+        let ln = || LayerNormConfig::new(self.d_model).with_bias(self.bias).init(device);
+        // GPT-2: residual projections get std 0.02 / sqrt(2 * n_layers), one per residual add.
+        let proj_std = 0.02 / ((2 * self.n_layers) as f64).sqrt();
+        let blocks = (0..self.n_layers)
+            .map(|_| Block {
+                ln_1: ln(),
+                attn: CausalSelfAttention::new(self.d_model, self.n_heads, self.bias, self.dropout, proj_std, device),
+                ln_2: ln(),
+                mlp: Mlp::new(self.d_model, self.d_ff, self.bias, self.dropout, proj_std, device),
+            })
+            .collect();
+        let embedding = |n| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device);
+        Gpt {
+            wte: embedding(self.vocab_size),
+            wpe: embedding(self.block_size),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            blocks,
+            ln_f: ln(),
+            lm_head: (!self.tie_embeddings).then(|| linear(self.d_model, self.vocab_size, false, 0.02, device)),
+            block_size: self.block_size,
+        }
+    }
+}
+
+impl<B: Backend> Gpt<B> {
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn param_counts(&self) -> ParamCounts {
+        ParamCounts {
+            total: self.num_params(),
+            embedding: self.wte.num_params() + self.wpe.num_params(),
+        }
+    }
+
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache { layers: vec![None; self.blocks.len()] }
+    }
+
+    /// `tokens: [batch, seq]` → logits `[batch, seq, vocab]`.
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let hidden = self.hidden(tokens, 0, None);
+        self.head(hidden)
+    }
+
+    /// Feeds `tokens: [batch, seq]` that follow the cached positions and returns the logits
+    /// of the last one, `[batch, vocab]`. The caller keeps `cache.len() + seq <= block_size`.
+    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+        let [batch, seq] = tokens.dims();
+        let hidden = self.hidden(tokens, cache.len(), Some(cache));
+        let [_, _, d_model] = hidden.dims();
+        let last = hidden.slice([0..batch, seq - 1..seq, 0..d_model]);
+        self.head(last).squeeze_dim(1)
+    }
+
+    /// Embeddings and blocks: `[batch, seq]` → `[batch, seq, d_model]` for positions
+    /// `offset..offset + seq`.
+    fn hidden(&self, tokens: Tensor<B, 2, Int>, offset: usize, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+        let [_, seq] = tokens.dims();
+        assert!(
+            offset + seq <= self.block_size,
+            "positions {offset}..{} exceed block_size {}",
+            offset + seq,
+            self.block_size
+        );
+        let device = tokens.device();
+        let positions = Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
+        let x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let mut x = self.dropout.forward(x);
+        match cache {
+            Some(cache) => {
+                for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+                    x = block.forward(x, Some(slot));
+                }
+            }
+            None => {
+                for block in &self.blocks {
+                    x = block.forward(x, None);
+                }
+            }
+        }
+        self.ln_f.forward(x)
+    }
+
+    /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => burn::tensor::module::linear(x, self.wte.weight.val().transpose(), None),
+        }
+    }
+}

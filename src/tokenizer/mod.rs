@@ -1,0 +1,107 @@
+//! Tokenizers behind one trait, saved with the run as `tokenizer.json` so a run directory is
+//! self-contained.
+
+mod char_level;
+mod tiktoken;
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+pub use char_level::CharTokenizer;
+pub use tiktoken::TiktokenTokenizer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("character {ch:?} (U+{code:04X}) at char {position} is not in the vocabulary; train on a corpus that contains it or set data.allow_unknown = true", code = *ch as u32)]
+    UnknownChar { ch: char, position: usize },
+    #[error("{0}")]
+    BadSpec(String),
+    #[error("tokenizer file {path}: {reason}")]
+    File { path: String, reason: String },
+}
+
+/// A text ⇄ token-id mapping.
+pub trait Tokenizer: Send + Sync {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError>;
+    /// Raw bytes of the tokens; byte-level tokens may split a UTF-8 character.
+    fn decode_bytes(&self, ids: &[u32]) -> Vec<u8>;
+    fn vocab_size(&self) -> usize;
+    /// The serializable form written to `tokenizer.json`.
+    fn to_file(&self) -> TokenizerFile;
+
+    fn decode(&self, ids: &[u32]) -> String {
+        String::from_utf8_lossy(&self.decode_bytes(ids)).into_owned()
+    }
+}
+
+/// What a config's `data.tokenizer` string asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSpec {
+    Char,
+    Tiktoken(String),
+}
+
+impl TokenizerSpec {
+    pub fn parse(spec: &str) -> Result<Self, TokenizerError> {
+        match spec.split_once(':') {
+            None if spec == "char" => Ok(Self::Char),
+            Some(("tiktoken", enc)) if tiktoken::ENCODINGS.contains(&enc) => Ok(Self::Tiktoken(enc.into())),
+            _ => Err(TokenizerError::BadSpec(format!(
+                "\"char\" or \"tiktoken:<encoding>\" with encoding one of {}",
+                tiktoken::ENCODINGS.join(", ")
+            ))),
+        }
+    }
+
+    /// Builds the tokenizer for `corpus` (fitting the vocabulary where the kind needs it).
+    pub fn build(&self, corpus: &str, allow_unknown: bool) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+        Ok(match self {
+            Self::Char => Box::new(CharTokenizer::fit(corpus, allow_unknown)),
+            Self::Tiktoken(enc) => Box::new(TiktokenTokenizer::new(enc)?),
+        })
+    }
+}
+
+/// The on-disk form of a tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TokenizerFile {
+    /// Ids are positions in `chars`; with `unk`, id `chars.len()` is `<unk>`.
+    Char { chars: String, unk: bool },
+    Tiktoken { encoding: String },
+}
+
+impl TokenizerFile {
+    pub fn into_tokenizer(self) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+        Ok(match self {
+            Self::Char { chars, unk } => Box::new(CharTokenizer::from_chars(chars.chars().collect(), unk)?),
+            Self::Tiktoken { encoding } => Box::new(TiktokenTokenizer::new(&encoding)?),
+        })
+    }
+}
+
+pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(&tokenizer.to_file()).expect("tokenizer files serialize");
+    crate::run_dir::write_atomic(path, &json)
+}
+
+pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+    let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file: TokenizerFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    file.into_tokenizer()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        assert_eq!(TokenizerSpec::parse("char").unwrap(), TokenizerSpec::Char);
+        assert_eq!(TokenizerSpec::parse("tiktoken:gpt2").unwrap(), TokenizerSpec::Tiktoken("gpt2".into()));
+        assert!(TokenizerSpec::parse("tiktoken:nope").is_err());
+        assert!(TokenizerSpec::parse("bytes").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! Learner metrics (loss, tokens/s) and the `metrics.jsonl` logger.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use burn::train::logger::MetricLogger;
+use burn::train::metric::state::{FormatOptions, NumericMetricState};
+use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
+use burn::train::metric::{
+    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric, NumericAttributes,
+    NumericEntry, SerializedEntry,
+};
+use serde::{Deserialize, Serialize};
+
+use super::step::LmStats;
+
+pub const LOSS: &str = "Loss";
+pub const LEARNING_RATE: &str = "Learning Rate";
+pub const TOKENS_PER_SEC: &str = "Tokens/s";
+
+/// Mean cross-entropy of the batches seen in the epoch.
+#[derive(Clone)]
+pub struct LossMetric {
+    name: MetricName,
+    state: NumericMetricState,
+}
+
+impl LossMetric {
+    pub fn new() -> Self {
+        Self { name: Arc::new(LOSS.into()), state: NumericMetricState::new() }
+    }
+}
+
+impl Metric for LossMetric {
+    type Input = LmStats;
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes { unit: None, higher_is_better: false }.into()
+    }
+    fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
+        self.state.update(item.loss, 1, FormatOptions::new(self.name()).precision(4))
+    }
+    fn clear(&mut self) {
+        self.state.reset()
+    }
+}
+
+impl Numeric for LossMetric {
+    fn value(&self) -> NumericEntry {
+        self.state.current_value()
+    }
+    fn running_value(&self) -> NumericEntry {
+        self.state.running_value()
+    }
+}
+
+/// Training tokens per second since the start of the epoch.
+#[derive(Clone)]
+pub struct TokensPerSecond {
+    name: MetricName,
+    started: Option<Instant>,
+    tokens: usize,
+    rate: f64,
+}
+
+impl TokensPerSecond {
+    pub fn new() -> Self {
+        Self { name: Arc::new(TOKENS_PER_SEC.into()), started: None, tokens: 0, rate: 0.0 }
+    }
+}
+
+impl Metric for TokensPerSecond {
+    type Input = LmStats;
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes { unit: Some("tok/s".into()), higher_is_better: true }.into()
+    }
+    fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
+        // The first batch of an epoch only starts the clock; its tokens were produced before.
+        match self.started {
+            None => self.started = Some(Instant::now()),
+            Some(start) => {
+                self.tokens += item.tokens;
+                self.rate = self.tokens as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            }
+        }
+        SerializedEntry::new(format!("{:.0} tok/s", self.rate), self.rate.to_string())
+    }
+    fn clear(&mut self) {
+        *self = Self::new();
+    }
+}
+
+impl Numeric for TokensPerSecond {
+    fn value(&self) -> NumericEntry {
+        NumericEntry::Value(self.rate)
+    }
+    fn running_value(&self) -> NumericEntry {
+        NumericEntry::Value(self.rate)
+    }
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    pub step: usize,
+    pub split: String,
+    pub loss: f64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lr: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tokens_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub perplexity: Option<f64>,
+}
+
+/// Reads `metrics.jsonl`, skipping lines it cannot parse (a line cut by a crash).
+pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
+    let Ok(file) = File::open(path) else { return Vec::new() };
+    BufReader::new(file).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+}
+
+/// Keeps only the lines up to `step` (used when resuming from a checkpoint taken there).
+pub fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<()> {
+    let kept: Vec<String> = read_metrics(path)
+        .into_iter()
+        .filter(|l| l.step <= step)
+        .map(|l| serde_json::to_string(&l).expect("metrics lines serialize"))
+        .collect();
+    let mut text = kept.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    crate::run_dir::write_atomic(path, text.as_bytes())
+}
+
+/// The latest figures of a run, shared between the logger and the trainer.
+#[derive(Debug, Default, Clone)]
+pub struct LatestMetrics {
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    pub tokens_per_sec: Option<f64>,
+}
+
+/// A Burn `MetricLogger` that appends one JSON line per optimizer step (split `train`) and
+/// per validation (split `val`).
+pub struct JsonlLogger {
+    file: File,
+    names: HashMap<MetricId, String>,
+    eval_interval: usize,
+    grad_accumulation: usize,
+    max_iters: usize,
+    /// Micro-batches logged in the current training epoch and the loss summed over the
+    /// current accumulation window.
+    micro_batches: usize,
+    window_loss: f64,
+    val_sum: f64,
+    val_count: usize,
+    latest: Arc<Mutex<LatestMetrics>>,
+}
+
+impl JsonlLogger {
+    pub fn new(
+        path: &Path,
+        eval_interval: usize,
+        grad_accumulation: usize,
+        max_iters: usize,
+        latest: Arc<Mutex<LatestMetrics>>,
+    ) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self {
+            file,
+            names: HashMap::new(),
+            eval_interval,
+            grad_accumulation,
+            max_iters,
+            micro_batches: 0,
+            window_loss: 0.0,
+            val_sum: 0.0,
+            val_count: 0,
+            latest,
+        })
+    }
+
+    fn write(&mut self, line: &MetricsLine) {
+        let json = serde_json::to_string(line).expect("metrics lines serialize");
+        if let Err(e) = writeln!(self.file, "{json}") {
+            log::error!("cannot append to metrics.jsonl: {e}");
+        }
+    }
+
+    fn values(&self, update: &MetricsUpdate) -> HashMap<String, f64> {
+        update
+            .entries_numeric
+            .iter()
+            .filter_map(|u| Some((self.names.get(&u.entry.metric_id)?.clone(), u.numeric_entry.current())))
+            .collect()
+    }
+}
+
+impl MetricLogger for JsonlLogger {
+    fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+        let values = self.values(&update);
+        let Some(&loss) = values.get(LOSS) else { return };
+        match split {
+            Split::Train => {
+                self.micro_batches += 1;
+                self.window_loss += loss;
+                if self.micro_batches % self.grad_accumulation != 0 {
+                    return;
+                }
+                let loss = self.window_loss / self.grad_accumulation as f64;
+                self.window_loss = 0.0;
+                let line = MetricsLine {
+                    step: (epoch - 1) * self.eval_interval + self.micro_batches / self.grad_accumulation,
+                    split: "train".into(),
+                    loss,
+                    lr: values.get(LEARNING_RATE).copied(),
+                    tokens_per_sec: values.get(TOKENS_PER_SEC).copied().filter(|&r| r > 0.0),
+                    perplexity: None,
+                };
+                self.write(&line);
+                let mut latest = self.latest.lock().expect("metrics lock");
+                latest.train_loss = Some(loss);
+                latest.tokens_per_sec = line.tokens_per_sec.or(latest.tokens_per_sec);
+            }
+            Split::Valid => {
+                self.val_sum += loss;
+                self.val_count += 1;
+            }
+            Split::Test(_) => {}
+        }
+    }
+
+    fn log_epoch_summary(&mut self, summary: EpochSummary) {
+        match summary.split {
+            Split::Train => self.micro_batches = 0,
+            Split::Valid if self.val_count > 0 => {
+                let loss = self.val_sum / self.val_count as f64;
+                (self.val_sum, self.val_count) = (0.0, 0);
+                let step = (summary.epoch_number * self.eval_interval).min(self.max_iters);
+                self.write(&MetricsLine {
+                    step,
+                    split: "val".into(),
+                    loss,
+                    lr: None,
+                    tokens_per_sec: None,
+                    perplexity: Some(loss.exp()),
+                });
+                self.latest.lock().expect("metrics lock").val_loss = Some(loss);
+            }
+            _ => {}
+        }
+    }
+
+    fn read_numeric(&mut self, name: &str, epoch: usize, _: &Split) -> Result<Vec<NumericEntry>, String> {
+        Err(format!("kiln keeps metrics in metrics.jsonl; {name} of epoch {epoch} is not queryable"))
+    }
+
+    fn log_metric_definition(&mut self, definition: MetricDefinition) {
+        self.names.insert(definition.metric_id, definition.name);
+    }
+}

@@ -1,0 +1,319 @@
+//! Training through Burn's `SupervisedTraining` + `Learner`: wiring of data, model,
+//! optimizer, schedule, metrics, progress bar and checkpoints; the summary at the end.
+
+mod metrics;
+mod optim;
+mod renderer;
+mod schedule;
+mod step;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::prelude::*;
+use burn::record::Recorder;
+use burn::tensor::backend::AutodiffBackend;
+use burn::train::{Learner, SupervisedTraining};
+use serde::{Deserialize, Serialize};
+
+pub use metrics::{read_metrics, MetricsLine};
+pub use optim::{global_norm, AdamW, ClippedAdamW};
+pub use schedule::WarmupCosine;
+pub use step::{lm_loss, LmOutput, LmStats};
+
+use crate::backend::{BackendJob, BackendName};
+use crate::checkpoint::{load_record, CheckpointPolicy, CheckpointRecorder, CheckpointState};
+use crate::config::RunSpec;
+use crate::data::{Corpus, FixedWindows, LmBatch, RandomWindows};
+use crate::generate::{generate, Sampling};
+use crate::model::{Gpt, GptConfig};
+use crate::run_dir::RunDir;
+use crate::tokenizer::{self, Tokenizer, TokenizerSpec};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrainOptions {
+    /// Continue from the newest complete checkpoint of the run.
+    pub resume: bool,
+    /// Delete an existing run of the same name and start over.
+    pub force: bool,
+    /// Tokens of the sample printed at the end (0 for none).
+    pub sample_tokens: usize,
+}
+
+/// `summary.json`: the final figures of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub final_train_loss: f64,
+    pub final_val_loss: f64,
+    pub val_perplexity: f64,
+    pub params: usize,
+    pub params_non_embedding: usize,
+    pub steps: usize,
+    pub tokens_seen: usize,
+    pub wall_seconds: f64,
+    pub tokens_per_second: f64,
+    pub backend: String,
+}
+
+/// Trains the run described by `spec` on its configured backend.
+pub fn train(spec: RunSpec, options: TrainOptions) -> Result<Summary> {
+    let backend = spec.backend.name.clone();
+    crate::backend::dispatch(&backend, TrainJob { spec, options })?
+}
+
+struct TrainJob {
+    spec: RunSpec,
+    options: TrainOptions,
+}
+
+impl BackendJob for TrainJob {
+    type Output = Result<Summary>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendName) -> Result<Summary> {
+        run::<B>(self.spec, self.options, device, backend)
+    }
+}
+
+/// The model a config describes, with the vocabulary already resolved.
+pub fn gpt_config(spec: &RunSpec) -> GptConfig {
+    let m = &spec.model;
+    GptConfig::new(spec.vocab_size(), m.d_model, m.n_heads, m.n_layers, m.d_ff(), m.block_size)
+        .with_dropout(m.dropout)
+        .with_bias(m.bias)
+        .with_tie_embeddings(m.tie_embeddings)
+}
+
+/// Validation windows of a run: the same batches during training, `eval` and the summary.
+pub fn val_windows<B: Backend>(spec: &RunSpec, corpus: &Corpus, device: &B::Device) -> FixedWindows<B> {
+    let t = &spec.training;
+    FixedWindows::new(corpus.val.clone(), t.batch_size, spec.model.block_size, t.eval_iters, spec.run.seed, device.clone())
+}
+
+/// Mean loss of `model` over `batches`.
+pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBatch<B>>) -> f64 {
+    let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
+        (sum + lm_loss(model, &batch).into_scalar().elem::<f64>(), n + 1)
+    });
+    sum / n.max(1) as f64
+}
+
+fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendName) -> Result<Summary> {
+    let run = RunDir::new(spec.run.artifacts_dir.join(&spec.run.name));
+    let resume_from = prepare_run_dir(&run, &spec, options)?;
+    B::seed(&device, spec.run.seed);
+
+    let text = std::fs::read(&spec.data.path).with_context(|| format!("data.path = {:?}", spec.data.path))?;
+    let text = String::from_utf8(text)
+        .map_err(|e| anyhow::anyhow!("data.path = {:?}: not UTF-8 text (invalid byte at offset {})", spec.data.path, e.utf8_error().valid_up_to()))?;
+    let tokenizer: Box<dyn Tokenizer> = match resume_from {
+        Some(_) => tokenizer::load(&run.tokenizer())?,
+        None => TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.allow_unknown)?,
+    };
+    resolve_vocab(&mut spec, tokenizer.as_ref())?;
+    tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
+    spec.write_resolved(&run.config())?;
+    let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer.as_ref(), &run, spec.data.val_fraction, spec.model.block_size)?;
+    drop(text);
+
+    let t = spec.training.clone();
+    let model: Gpt<B> = gpt_config(&spec).init(&device);
+    let counts = model.param_counts();
+    eprintln!(
+        "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {} train / {} val tokens",
+        run.root().display(),
+        backend.as_str(),
+        counts.total,
+        counts.total - counts.embedding,
+        counts.total as f64 * 4.0 / 1e6,
+        corpus.train.len(),
+        corpus.val.len(),
+    );
+
+    let num_epochs = t.num_epochs();
+    let first_epoch = resume_from.map_or(1, |s| s.epoch + 1);
+    let start_step = resume_from.map_or(0, |s| s.step);
+    let epoch_lengths: Vec<usize> = (1..=num_epochs)
+        .map(|e| (t.max_iters - (e - 1) * t.eval_interval).min(t.eval_interval) * t.grad_accumulation)
+        .collect();
+    let train_loader = RandomWindows::<B>::new(
+        corpus.train.clone(),
+        t.batch_size,
+        spec.model.block_size,
+        spec.run.seed,
+        epoch_lengths,
+        first_epoch,
+        device.clone(),
+    );
+    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, &device);
+
+    let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
+    let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
+    let schedule = WarmupCosine::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, t.grad_accumulation);
+    let latest = Arc::new(Mutex::new(metrics::LatestMetrics::default()));
+    let logger = metrics::JsonlLogger::new(&run.metrics(), t.eval_interval, t.grad_accumulation, t.max_iters, latest.clone())
+        .with_context(|| format!("opening {}", run.metrics().display()))?;
+    let policy = CheckpointPolicy {
+        run: run.clone(),
+        every_epochs: t.checkpoint_interval() / t.eval_interval,
+        last_epoch: num_epochs,
+        keep: t.keep_checkpoints,
+        eval_interval: t.eval_interval,
+        max_iters: t.max_iters,
+        tokens_per_step: t.tokens_per_step(spec.model.block_size),
+        seed: spec.run.seed,
+    };
+
+    let mut training = SupervisedTraining::new(run.root(), Arc::new(train_loader), Arc::new(valid_loader))
+        .metric_train_numeric(metrics::LossMetric::new())
+        .metric_valid_numeric(metrics::LossMetric::new())
+        .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
+        .metric_train_numeric(metrics::TokensPerSecond::new())
+        .with_metric_logger(logger)
+        .with_file_checkpointer(CheckpointRecorder::into_dir(run.checkpoints()))
+        .with_checkpointing_strategy(policy)
+        .renderer(renderer::ProgressRenderer::new(t.max_iters, start_step, t.eval_interval, t.grad_accumulation))
+        .num_epochs(num_epochs);
+    if t.grad_accumulation > 1 {
+        training = training.grads_accumulation(t.grad_accumulation);
+    }
+    if let Some(state) = resume_from {
+        training = training.checkpoint(state.epoch);
+    }
+    // Burn creates its own checkpoint folder; kiln's recorder writes to `checkpoints/`.
+    let _ = std::fs::remove_dir(run.root().join("checkpoint"));
+
+    let started = Instant::now();
+    let result = training.launch(Learner::new(model, optimizer, schedule));
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let model = result.model;
+
+    Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), model.clone().into_record(), run.final_model())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+
+    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, &device).batches());
+    let latest = latest.lock().expect("metrics lock").clone();
+    let steps = t.max_iters - start_step;
+    let summary = Summary {
+        final_train_loss: latest.train_loss.unwrap_or(f64::NAN),
+        final_val_loss,
+        val_perplexity: final_val_loss.exp(),
+        params: counts.total,
+        params_non_embedding: counts.total - counts.embedding,
+        steps: t.max_iters,
+        tokens_seen: t.max_iters * t.tokens_per_step(spec.model.block_size),
+        wall_seconds,
+        tokens_per_second: (steps * t.tokens_per_step(spec.model.block_size)) as f64 / wall_seconds.max(1e-9),
+        backend: backend.as_str().to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
+    crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
+    eprintln!(
+        "kiln: done in {:.1}s | val loss {:.4} (perplexity {:.2}) | {:.0} tokens/s | {}",
+        wall_seconds,
+        final_val_loss,
+        summary.val_perplexity,
+        summary.tokens_per_second,
+        run.root().display()
+    );
+
+    if options.sample_tokens > 0 {
+        print_sample(&model, tokenizer.as_ref(), options.sample_tokens, spec.run.seed)?;
+    }
+    Ok(summary)
+}
+
+/// Creates the run directory, refusing to overwrite an existing run unless asked, and finds
+/// the checkpoint to resume from.
+fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: TrainOptions) -> Result<Option<CheckpointState>> {
+    let has_run = run.config().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
+    if options.resume {
+        if !has_run {
+            bail!("--resume: {} holds no run to resume; train without --resume first", run.root().display());
+        }
+        let saved = RunSpec::read_resolved(&run.config())?;
+        for (section, same) in [("model", saved.model_matches(spec)), ("data", saved.data == spec.data)] {
+            if !same {
+                bail!(
+                    "--resume: the [{section}] section differs from the one {} was trained with; \
+                     resume with the same config or choose another run.name",
+                    run.config().display()
+                );
+            }
+        }
+        let Some(state) = newest_valid_checkpoint(run)? else {
+            bail!("--resume: {} has no complete checkpoint yet; train without --resume (add --force to start over)", run.checkpoints().display());
+        };
+        crate::train::metrics::truncate_metrics(&run.metrics(), state.step)?;
+        eprintln!("kiln: resuming {} from step {} (epoch {})", run.root().display(), state.step, state.epoch);
+        return Ok(Some(state));
+    }
+    if has_run {
+        if !options.force {
+            bail!(
+                "{} already holds a run; pass --resume to continue it, --force to delete it and start over, \
+                 or --set run.name=<new name>",
+                run.root().display()
+            );
+        }
+        std::fs::remove_dir_all(run.root()).with_context(|| format!("removing {}", run.root().display()))?;
+    }
+    std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("creating {}", run.checkpoints().display()))?;
+    Ok(None)
+}
+
+/// The newest checkpoint whose state file reads; broken newer ones are reported and skipped.
+fn newest_valid_checkpoint(run: &RunDir) -> Result<Option<CheckpointState>> {
+    for epoch in run.checkpoint_epochs().into_iter().rev() {
+        match CheckpointState::read(&run.checkpoint_state(epoch)) {
+            Ok(state) => return Ok(Some(state)),
+            Err(e) => eprintln!("kiln: skipping checkpoint {epoch}: {e}"),
+        }
+    }
+    Ok(None)
+}
+
+/// Fills `model.vocab_size` from the tokenizer, or checks that a configured one is big enough.
+fn resolve_vocab(spec: &mut RunSpec, tokenizer: &dyn Tokenizer) -> Result<()> {
+    let needed = tokenizer.vocab_size();
+    match spec.model.vocab_size {
+        Some(v) if v < needed => bail!(
+            "model.vocab_size = {v}: expected at least the tokenizer's vocabulary size ({needed}, {})",
+            spec.data.tokenizer
+        ),
+        Some(_) => {}
+        None => spec.model.vocab_size = Some(needed),
+    }
+    Ok(())
+}
+
+fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: usize, seed: u64) -> Result<()> {
+    let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
+    let sampling = Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
+    eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
+    let mut out = crate::generate::Utf8Stream::stdout();
+    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_bytes(&[id])))?;
+    out.finish();
+    println!();
+    Ok(())
+}
+
+/// Loads the weights of a run into `model`: a given checkpoint file, else the final model,
+/// else the newest checkpoint. Returns the model and the file it came from.
+pub fn load_model<B: Backend>(
+    run: &RunDir,
+    spec: &RunSpec,
+    file: Option<&std::path::Path>,
+    device: &B::Device,
+) -> Result<(Gpt<B>, std::path::PathBuf)> {
+    let path = match file {
+        Some(f) => f.to_path_buf(),
+        None if run.final_model().is_file() => run.final_model(),
+        None => match run.checkpoint_epochs().last() {
+            Some(&epoch) => run.checkpoint_file("model", epoch),
+            None => bail!("{} holds no model yet (no model.mpk, no checkpoints)", run.root().display()),
+        },
+    };
+    let model: Gpt<B> = gpt_config(spec).init(device);
+    let record = load_record::<B, _>(&path, device)?;
+    Ok((model.load_record(record), path))
+}

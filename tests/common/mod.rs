@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use kiln::config::RunSpec;
+
+/// The repository root (tests run with it as the working directory).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `configs/tiny.toml` with `overrides` applied and its artifacts under `artifacts`.
+pub fn tiny_spec(artifacts: &Path, overrides: &[&str]) -> RunSpec {
+    let mut sets: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+    sets.push(format!("run.artifacts_dir={}", artifacts.display()));
+    kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &sets, Vec::new()).expect("tiny config loads")
+}
+
+/// Writes `text` as a config file in `dir` and loads it, returning the error message.
+pub fn config_error(dir: &Path, text: &str) -> String {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    match kiln::config::load_with_env(&path, &[], Vec::new()) {
+        Ok(_) => panic!("config should have been rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A valid config with the data path made absolute, for mutation in error tests.
+pub fn valid_config_text() -> String {
+    std::fs::read_to_string(repo().join("configs/tiny.toml"))
+        .unwrap()
+        .replace("data/tinyshakespeare.txt", &repo().join("data/tinyshakespeare.txt").display().to_string())
+}

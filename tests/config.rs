@@ -1,0 +1,102 @@
+//! Config loading, layering and every validation message.
+
+mod common;
+
+use common::{config_error, repo, valid_config_text};
+
+#[test]
+fn layers_file_then_environment_then_set() {
+    let file = repo().join("configs/tiny.toml");
+    let env = vec![
+        ("KILN_TRAINING__LEARNING_RATE".to_string(), "0.002".to_string()),
+        ("KILN_TRAINING__BATCH_SIZE".to_string(), "4".to_string()),
+    ];
+    let sets = vec!["training.learning_rate=3e-4".to_string(), "run.name=lr3e4".to_string()];
+    let spec = kiln::config::load_with_env(&file, &sets, env).unwrap();
+    assert_eq!(spec.training.batch_size, 4, "environment overrides the file");
+    assert_eq!(spec.training.learning_rate, 3e-4, "--set overrides the environment");
+    assert_eq!(spec.run.name, "lr3e4");
+    assert_eq!(spec.model.d_model, 32, "the file is the base");
+}
+
+#[test]
+fn every_shipped_config_loads() {
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        kiln::config::load_with_env(&path, &[], Vec::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config_text().replace("d_model = 32", "d_model = 32\nd_modle = 3");
+    let err = config_error(dir.path(), &text);
+    assert!(err.contains("d_modle") && err.contains("bad.toml"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_key_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_error(dir.path(), &valid_config_text().replace("d_model = 32", "d_model = \"big\""));
+    assert!(err.contains("model.d_model") && err.contains("big"), "{err}");
+}
+
+#[test]
+fn heads_must_divide_d_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_error(dir.path(), &valid_config_text().replace("n_heads = 2", "n_heads = 3"));
+    assert_eq!(err, "model.n_heads = 3: expected a divisor of model.d_model (32)");
+}
+
+#[test]
+fn block_size_zero_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_error(dir.path(), &valid_config_text().replace("block_size = 32", "block_size = 0"));
+    assert_eq!(err, "model.block_size = 0: expected a positive integer");
+}
+
+#[test]
+fn val_fraction_must_be_inside_zero_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in ["0.0", "1.0", "1.5"] {
+        let err = config_error(dir.path(), &valid_config_text().replace("val_fraction = 0.1", &format!("val_fraction = {bad}")));
+        assert!(err.starts_with("data.val_fraction = ") && err.contains("expected a number in (0, 1)"), "{err}");
+    }
+}
+
+#[test]
+fn missing_data_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config_text().replace("tinyshakespeare.txt", "no-such-corpus.txt");
+    let err = config_error(dir.path(), &text);
+    assert!(err.starts_with("data.path = ") && err.contains("no-such-corpus.txt") && err.contains("existing text file"), "{err}");
+}
+
+#[test]
+fn unknown_tokenizer_and_backend_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = config_error(dir.path(), &valid_config_text().replace("tokenizer = \"char\"", "tokenizer = \"words\""));
+    assert!(err.starts_with("data.tokenizer = \"words\"") && err.contains("tiktoken:"), "{err}");
+    let err = config_error(dir.path(), &format!("{}\n[backend]\nname = \"tpu\"\n", valid_config_text()));
+    assert!(err.starts_with("backend.name = \"tpu\"") && err.contains("\"ndarray\""), "{err}");
+}
+
+#[test]
+fn bad_override_says_the_expected_form() {
+    let err = kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &["learning_rate".into()], Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("section.key=value"), "{err}");
+}
+
+#[test]
+fn corpus_shorter_than_a_block_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("short.txt");
+    std::fs::write(&corpus, "to be or not to be").unwrap();
+    let mut spec = common::tiny_spec(dir.path(), &[]);
+    spec.data.path = corpus;
+    let err = format!("{:#}", kiln::train::train(spec, Default::default()).unwrap_err());
+    assert!(err.contains("short.txt") && err.contains("model.block_size = 32") && err.contains("needs at least 33"), "{err}");
+}

@@ -1,0 +1,89 @@
+//! The GPT's shapes, causality, KV cache and checkpoint round trip.
+
+use burn::prelude::*;
+use burn::record::Recorder;
+use kiln::checkpoint::{load_record, CheckpointRecorder};
+use kiln::model::{Gpt, GptConfig};
+
+type B = burn::backend::NdArray<f32>;
+
+fn model(tie: bool) -> Gpt<B> {
+    GptConfig::new(17, 32, 4, 2, 64, 16).with_tie_embeddings(tie).init(&Default::default())
+}
+
+fn tokens(ids: &[i64]) -> Tensor<B, 2, Int> {
+    Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default())
+}
+
+fn values(t: Tensor<B, 3>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+#[test]
+fn logits_have_batch_seq_vocab_shape() {
+    let batch = Tensor::<B, 2, Int>::zeros([3, 10], &Default::default());
+    assert_eq!(model(true).forward(batch).dims(), [3, 10, 17]);
+    assert_eq!(model(false).forward(Tensor::zeros([2, 16], &Default::default())).dims(), [2, 16, 17]);
+}
+
+#[test]
+fn parameter_counts_follow_the_architecture() {
+    // per layer: 2 LayerNorms (2*64) + qkv (32*96+96) + proj (32*32+32) + fc (32*64+64) + proj (64*32+32)
+    let per_layer = 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 64 + 64) + (64 * 32 + 32);
+    let embeddings = 17 * 32 + 16 * 32;
+    let counts = model(true).param_counts();
+    assert_eq!(counts.total, embeddings + 2 * per_layer + 64);
+    assert_eq!(counts.embedding, embeddings);
+    assert_eq!(model(false).param_counts().total, counts.total + 32 * 17);
+}
+
+#[test]
+fn changing_a_later_token_leaves_earlier_logits_unchanged() {
+    let m = model(true);
+    let a = values(m.forward(tokens(&[1, 2, 3, 4, 5, 6])));
+    let b = values(m.forward(tokens(&[1, 2, 3, 9, 9, 9])));
+    let vocab = 17;
+    assert_eq!(a[..3 * vocab], b[..3 * vocab], "positions 0..3 must not see positions 3..");
+    assert_ne!(a[3 * vocab..4 * vocab], b[3 * vocab..4 * vocab]);
+}
+
+#[test]
+fn kv_cache_matches_full_recomputation() {
+    let m = model(true);
+    let ids = [3i64, 1, 4, 1, 5, 9, 2, 6];
+    let full = values(m.forward(tokens(&ids)));
+    let mut cache = m.new_cache();
+    let mut last = m.forward_cached(tokens(&ids[..5]), &mut cache);
+    for (i, &id) in ids.iter().enumerate().skip(5) {
+        let expected = &full[(i - 1) * 17..i * 17];
+        let got: Vec<f32> = last.into_data().to_vec().unwrap();
+        assert!(expected.iter().zip(&got).all(|(e, g)| (e - g).abs() < 1e-5), "position {}", i - 1);
+        last = m.forward_cached(tokens(&[id]), &mut cache);
+    }
+    assert_eq!(cache.len(), ids.len());
+}
+
+#[test]
+fn checkpoint_save_load_gives_bit_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.mpk");
+    let original = model(false);
+    Recorder::<B>::record(&CheckpointRecorder::default(), original.clone().into_record(), path.clone()).unwrap();
+    let loaded = model(false).load_record(load_record::<B, _>(&path, &Default::default()).unwrap());
+    let input = tokens(&[5, 4, 3, 2, 1, 0, 16]);
+    assert_eq!(values(original.forward(input.clone())), values(loaded.forward(input)));
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("model.mpk")], "no temporary files remain");
+}
+
+#[test]
+fn truncated_checkpoint_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.mpk");
+    Recorder::<B>::record(&CheckpointRecorder::default(), model(true).into_record(), path.clone()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let result = load_record::<B, <Gpt<B> as Module<B>>::Record>(&path, &Default::default());
+    let err = result.err().expect("truncated file must not load").to_string();
+    assert!(err.contains("model.mpk") && err.contains("not a readable kiln model record"), "{err}");
+}

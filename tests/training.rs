@@ -1,0 +1,148 @@
+//! End-to-end: train the tiny config, resume, generate, eval and inspect through the CLI.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use kiln::train::{read_metrics, train, TrainOptions};
+
+/// One tiny run shared by the tests of this file: (artifacts dir kept alive, run dir).
+fn trained_run() -> &'static PathBuf {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let artifacts = tempfile::tempdir().unwrap().keep();
+        train(common::tiny_spec(&artifacts, &[]), TrainOptions::default()).unwrap();
+        artifacts.join("tiny")
+    })
+}
+
+fn kiln(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(common::repo()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn tiny_run_learns_and_writes_its_artifacts() {
+    let run = trained_run();
+    for file in ["config.toml", "tokenizer.json", "tokens.bin", "model.mpk", "metrics.jsonl", "summary.json"] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let metrics = read_metrics(&run.join("metrics.jsonl"));
+    let train_lines: Vec<_> = metrics.iter().filter(|l| l.split == "train").collect();
+    assert_eq!(train_lines.len(), 150, "one line per optimizer step");
+    assert_eq!(metrics.iter().filter(|l| l.split == "val").map(|l| l.step).collect::<Vec<_>>(), vec![50, 100, 150]);
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let first = train_lines[0].loss;
+    let last_val = summary["final_val_loss"].as_f64().unwrap();
+    assert!(last_val <= 0.7 * first, "loss fell from {first} to only {last_val}");
+    for key in ["final_train_loss", "val_perplexity", "params", "wall_seconds", "tokens_per_second"] {
+        assert!(summary[key].as_f64().unwrap() > 0.0, "{key}");
+    }
+    assert_eq!(summary["backend"], "ndarray");
+    // Checkpoints every eval_interval, the last 3 kept.
+    let ckpts = kiln::run_dir::RunDir::new(run).checkpoint_epochs();
+    assert_eq!(ckpts, vec![1, 2, 3]);
+}
+
+#[test]
+fn generate_is_deterministic_per_seed_and_streams_the_prompt() {
+    let run = path(trained_run());
+    let args = |seed: &str| vec!["generate", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "80", "--temperature", "0.8", "--top-k", "20", "--seed", seed];
+    let (ok, a, err) = kiln(&args("7"));
+    assert!(ok, "{err}");
+    assert!(a.starts_with("ROMEO:") && a.chars().count() >= 80, "{a:?}");
+    assert_eq!(kiln(&args("7")).1, a, "same seed, same text");
+    assert_ne!(kiln(&args("8")).1, a, "another seed, other text");
+    let greedy = |p: &str| kiln(&["generate", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--temperature", "0", "--top-p", p]).1;
+    assert_eq!(greedy("0.9"), greedy("0.5"), "temperature 0 is greedy");
+}
+
+#[test]
+fn generate_rejects_bad_input_clearly() {
+    let run = path(trained_run());
+    let (ok, _, err) = kiln(&["generate", "--run", run, "--prompt", "ROMEO: ✓"]);
+    assert!(!ok && err.contains("'✓'") && err.contains("--prompt"), "{err}");
+    let (ok, _, err) = kiln(&["generate", "--run", run, "--top-p", "1.5"]);
+    assert!(!ok && err.contains("--top-p 1.5"), "{err}");
+    let (ok, _, err) = kiln(&["generate", "--run", "/no/such/run"]);
+    assert!(!ok && err.contains("not a kiln run directory"), "{err}");
+}
+
+#[test]
+fn long_prompts_are_cropped_to_the_block() {
+    let run = path(trained_run());
+    let prompt = "First Citizen: ".repeat(10);
+    let (ok, out, err) = kiln(&["generate", "--run", run, "--prompt", &prompt, "--max-new-tokens", "50"]);
+    assert!(ok, "{err}");
+    assert!(out.len() > prompt.len());
+}
+
+#[test]
+fn eval_reports_the_summary_val_loss() {
+    let run = trained_run();
+    let (ok, out, err) = kiln(&["eval", "--run", path(run), "--json"]);
+    assert!(ok, "{err}");
+    let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    let (a, b) = (eval["val_loss"].as_f64().unwrap(), summary["final_val_loss"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-6, "eval {a} vs summary {b}");
+    assert!((eval["val_perplexity"].as_f64().unwrap() - a.exp()).abs() < 1e-6);
+}
+
+#[test]
+fn inspect_lists_every_parameter_of_runs_and_checkpoints() {
+    let run = trained_run();
+    let (ok, out, err) = kiln(&["inspect", path(run), "--json"]);
+    assert!(ok, "{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let params = report["params"].as_array().unwrap();
+    // wte, wpe, 2 blocks × 12 tensors, ln_f gamma + beta
+    assert_eq!(params.len(), 2 + 2 * 12 + 2);
+    let sum: u64 = params.iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    assert_eq!(sum, report["total_params"].as_u64().unwrap());
+    assert!(params.iter().any(|p| p["name"] == "blocks.1.attn.c_attn.weight" && p["shape"] == serde_json::json!([32, 96])));
+    assert_eq!(report["step"], 150);
+
+    let ckpt = run.join("checkpoints/model-2.mpk");
+    let (ok, out, err) = kiln(&["inspect", path(&ckpt)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("step 100 (epoch 2)") && out.contains("total parameters:"), "{out}");
+
+    let foreign = run.join("tokens.bin");
+    let (ok, _, err) = kiln(&["inspect", path(&foreign)]);
+    assert!(!ok && err.contains("not a readable kiln model record"), "{err}");
+}
+
+#[test]
+fn existing_run_is_never_overwritten_without_asking() {
+    let run = trained_run();
+    let artifacts = run.parent().unwrap();
+    let err = train(common::tiny_spec(artifacts, &[]), TrainOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("already holds a run") && err.contains("--resume"), "{err}");
+}
+
+#[test]
+fn resume_continues_at_the_saved_step_and_matches_an_uninterrupted_run() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let sets = ["run.name=resume", "training.max_iters=100", "training.keep_checkpoints=5"];
+    train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
+    let run = artifacts.path().join("resume");
+    let uninterrupted = std::fs::read(run.join("model.mpk")).unwrap();
+
+    // Simulate a crash right after the step-50 checkpoint.
+    let dir = kiln::run_dir::RunDir::new(&run);
+    dir.remove_checkpoint(2).unwrap();
+    std::fs::remove_file(run.join("model.mpk")).unwrap();
+
+    let options = TrainOptions { resume: true, ..Default::default() };
+    train(common::tiny_spec(artifacts.path(), &sets), options).unwrap();
+    let steps: Vec<usize> = read_metrics(&run.join("metrics.jsonl")).iter().filter(|l| l.split == "train").map(|l| l.step).collect();
+    assert_eq!(steps, (1..=100).collect::<Vec<_>>(), "metrics continue at step 51 without duplicates");
+    assert_eq!(std::fs::read(run.join("model.mpk")).unwrap(), uninterrupted, "resumed weights are bit-identical");
+}
