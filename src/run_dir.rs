@@ -81,8 +81,8 @@ impl RunDir {
         epochs
     }
 
-    /// Removes every file of the checkpoint taken after `epoch`, state file last... in
-    /// reverse: the state file goes first so a half-deleted checkpoint is never listed.
+    /// Removes the checkpoint taken after `epoch`. The state file goes first, so a
+    /// half-deleted checkpoint is never listed as complete.
     pub fn remove_checkpoint(&self, epoch: usize) -> std::io::Result<()> {
         remove_if_exists(&self.checkpoint_state(epoch))?;
         for kind in ["model", "optim", "scheduler"] {

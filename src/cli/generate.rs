@@ -68,8 +68,8 @@ impl BackendJob for Job {
         let mut out = Utf8Stream::stdout();
         out.push(self.prompt_text.as_bytes());
         generate(&model, &self.prompt, &self.sampling, |id| out.push(&self.tokenizer.decode_bytes(&[id])))?;
+        out.push(b"\n");
         out.finish();
-        println!();
         Ok(())
     }
 }

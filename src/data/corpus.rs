@@ -31,6 +31,7 @@ struct TokenFileMeta {
 }
 
 /// The encoded corpus with its train split (head) and val split (tail).
+#[derive(Debug)]
 pub struct Corpus {
     pub train: Arc<[u32]>,
     pub val: Arc<[u32]>,

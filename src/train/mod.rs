@@ -292,8 +292,8 @@ fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: u
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = crate::generate::Utf8Stream::stdout();
     generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_bytes(&[id])))?;
+    out.push(b"\n");
     out.finish();
-    println!();
     Ok(())
 }
 
