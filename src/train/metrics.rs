@@ -158,6 +158,8 @@ pub struct JsonlLogger {
     eval_interval: usize,
     grad_accumulation: usize,
     max_iters: usize,
+    /// Epochs finished before this process started (the store counts from 1 on resume).
+    epochs_done: usize,
     /// Micro-batches logged in the current training epoch and the loss summed over the
     /// current accumulation window.
     micro_batches: usize,
@@ -173,6 +175,7 @@ impl JsonlLogger {
         eval_interval: usize,
         grad_accumulation: usize,
         max_iters: usize,
+        epochs_done: usize,
         latest: Arc<Mutex<LatestMetrics>>,
     ) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
@@ -182,6 +185,7 @@ impl JsonlLogger {
             eval_interval,
             grad_accumulation,
             max_iters,
+            epochs_done,
             micro_batches: 0,
             window_loss: 0.0,
             val_sum: 0.0,
@@ -220,7 +224,7 @@ impl MetricLogger for JsonlLogger {
                 let loss = self.window_loss / self.grad_accumulation as f64;
                 self.window_loss = 0.0;
                 let line = MetricsLine {
-                    step: (epoch - 1) * self.eval_interval + self.micro_batches / self.grad_accumulation,
+                    step: (self.epochs_done + epoch - 1) * self.eval_interval + self.micro_batches / self.grad_accumulation,
                     split: "train".into(),
                     loss,
                     lr: values.get(LEARNING_RATE).copied(),
@@ -246,7 +250,7 @@ impl MetricLogger for JsonlLogger {
             Split::Valid if self.val_count > 0 => {
                 let loss = self.val_sum / self.val_count as f64;
                 (self.val_sum, self.val_count) = (0.0, 0);
-                let step = (summary.epoch_number * self.eval_interval).min(self.max_iters);
+                let step = ((self.epochs_done + summary.epoch_number) * self.eval_interval).min(self.max_iters);
                 self.write(&MetricsLine {
                     step,
                     split: "val".into(),
