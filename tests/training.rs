@@ -3,9 +3,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 
+use common::kiln;
 use kiln::train::{read_metrics, train, TrainOptions};
 
 /// One tiny run shared by the tests of this file: (artifacts dir kept alive, run dir).
@@ -18,10 +18,6 @@ fn trained_run() -> &'static PathBuf {
     })
 }
 
-fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(common::repo()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().unwrap()

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::backend::{BackendJob, BackendName};
-use crate::data::Corpus;
+use crate::data::{Corpus, FixedWindows};
 use crate::train::{load_model, mean_loss, val_windows};
 
 #[derive(Debug, Args)]
@@ -19,6 +19,10 @@ pub struct EvalArgs {
     /// A checkpoint file of the run instead of its final model.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// Evaluate on every non-overlapping window of the val split instead of the
+    /// `training.eval_iters` fixed batches that training reports.
+    #[arg(long)]
+    full: bool,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -37,7 +41,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
     let corpus = Corpus::from_run(&run, spec.data.val_fraction, spec.model.block_size)?;
     let backend = spec.backend.name.clone();
-    let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint })??;
+    let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint, full: args.full })??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -54,21 +58,23 @@ struct Job {
     spec: crate::config::RunSpec,
     corpus: Corpus,
     checkpoint: Option<PathBuf>,
+    full: bool,
 }
 
 impl BackendJob for Job {
     type Output = Result<EvalResult>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<EvalResult> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
-        let windows = val_windows::<B::InnerBackend>(&self.spec, &self.corpus, &device);
+        let tokenizer = crate::tokenizer::load(&self.run.tokenizer())?;
+        let separator = crate::train::document_separator(&self.spec, tokenizer.as_ref())?;
+        let windows = if self.full {
+            let (t, m) = (&self.spec.training, &self.spec.model);
+            FixedWindows::tiling(self.corpus.val.clone(), t.batch_size, m.block_size, device.clone())
+        } else {
+            val_windows::<B::InnerBackend>(&self.spec, &self.corpus, separator, &device)?
+        };
         let val_loss = mean_loss(&model, windows.batches());
-        let t = &self.spec.training;
-        Ok(EvalResult {
-            model: path.display().to_string(),
-            val_loss,
-            val_perplexity: val_loss.exp(),
-            batches: t.eval_iters,
-            tokens: t.eval_iters * t.batch_size * self.spec.model.block_size,
-        })
+        let (batches, tokens) = windows.size();
+        Ok(EvalResult { model: path.display().to_string(), val_loss, val_perplexity: val_loss.exp(), batches, tokens })
     }
 }

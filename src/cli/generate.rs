@@ -67,7 +67,7 @@ impl BackendJob for Job {
         let (model, _) = crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
         let mut out = Utf8Stream::stdout();
         out.push(self.prompt_text.as_bytes());
-        generate(&model, &self.prompt, &self.sampling, |id| out.push(&self.tokenizer.decode_bytes(&[id])))?;
+        generate(&model, &self.prompt, &self.sampling, |id| out.push(&self.tokenizer.decode_next(id)))?;
         out.push(b"\n");
         out.finish();
         Ok(())

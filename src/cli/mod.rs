@@ -1,8 +1,11 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
+mod data;
 mod eval;
 mod generate;
 mod inspect;
+mod table;
+mod tokenizer;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +37,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Parameters, shapes, sizes, config, step and metrics of a run or checkpoint file.
     Inspect(inspect::InspectArgs),
+    /// Look at tokenizers.
+    #[command(subcommand)]
+    Tokenizer(tokenizer::TokenizerCommand),
+    /// Look at the data pipeline: batches and corpus statistics.
+    #[command(subcommand)]
+    Data(data::DataCommand),
 }
 
 /// Parses the command line and runs it.
@@ -44,6 +53,8 @@ pub fn run() -> Result<()> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Inspect(args)) => inspect::run(args),
+        Some(Command::Tokenizer(command)) => tokenizer::run(command),
+        Some(Command::Data(command)) => data::run(command),
         None => train::run(cli.train),
     }
 }

@@ -54,6 +54,40 @@ pub struct DataSection {
     /// Char tokenizer only: map characters unseen in the corpus to `<unk>` instead of failing.
     #[serde(default)]
     pub allow_unknown: bool,
+    /// Word tokenizer only: words seen fewer times than this become `<|unk|>`.
+    #[serde(default = "defaults::one")]
+    pub min_count: usize,
+    /// How training windows are drawn: `random` starts, or a `sliding` window with `stride`.
+    #[serde(default)]
+    pub sampling: SamplingMode,
+    /// Sliding sampling: tokens between window starts; defaults to `model.block_size`.
+    #[serde(default)]
+    pub stride: Option<usize>,
+    /// Keep windows inside one `<|endoftext|>`-separated document (windows that would cross
+    /// a separator are dropped).
+    #[serde(default)]
+    pub respect_documents: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplingMode {
+    /// Windows at uniformly random starts, as nanoGPT's `get_batch`.
+    #[default]
+    Random,
+    /// Every window at a multiple of `stride`, shuffled once per pass, as Raschka's
+    /// `GPTDatasetV1`.
+    Sliding,
+}
+
+impl DataSection {
+    pub fn stride(&self, block_size: usize) -> usize {
+        self.stride.unwrap_or(block_size)
+    }
+
+    pub fn fit_options(&self) -> crate::tokenizer::FitOptions {
+        crate::tokenizer::FitOptions { allow_unknown: self.allow_unknown, min_count: self.min_count }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,6 +40,10 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     }
     crate::tokenizer::TokenizerSpec::parse(&data.tokenizer)
         .map_err(|e| invalid("data.tokenizer", format!("{:?}", data.tokenizer), e.to_string()))?;
+    positive("data.min_count", data.min_count)?;
+    if let Some(stride) = data.stride {
+        positive("data.stride", stride)?;
+    }
 
     let m = &spec.model;
     positive("model.d_model", m.d_model)?;

@@ -19,6 +19,13 @@ pub enum DataError {
     Cache { path: PathBuf, reason: String },
 }
 
+/// The UTF-8 text of a corpus file.
+pub fn read_text(path: &Path) -> Result<String, DataError> {
+    let err = |reason: String| DataError::Source { path: path.into(), reason };
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+}
+
 /// Provenance of `tokens.bin`: reused only when the source and tokenizer are unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct TokenFileMeta {
@@ -71,6 +78,19 @@ impl Corpus {
             }
         };
         Self::split(tokens, source, val_fraction, block_size, bytes.len())
+    }
+
+    /// Encodes `text` without touching any run directory (for `kiln data show`).
+    pub fn in_memory(
+        source: &Path,
+        text: &str,
+        tokenizer: &dyn Tokenizer,
+        val_fraction: f64,
+        block_size: usize,
+    ) -> Result<Self, DataError> {
+        let tokens = encode_with_spinner(tokenizer, text)
+            .map_err(|e| DataError::Source { path: source.into(), reason: e.to_string() })?;
+        Self::split(tokens, source, val_fraction, block_size, text.len())
     }
 
     /// The token file of a finished run (for `eval`), without the source text.

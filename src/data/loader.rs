@@ -8,7 +8,9 @@ use std::sync::Arc;
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::prelude::*;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+
+use super::windows::{WindowOrder, WindowStarts};
 
 /// A batch of windows. `inputs`, `targets`: `[batch, block_size]`.
 #[derive(Debug, Clone)]
@@ -32,39 +34,48 @@ impl<B: Backend> LmBatch<B> {
     }
 }
 
-/// Random windows for training, `batches_in_epoch(epoch)` batches per Learner epoch.
+/// Training windows in `order`, `epoch_lengths[e - 1]` micro-batches in Learner epoch `e`.
 ///
-/// Epoch `e`'s windows depend only on `(seed, e)`, so a run resumed at epoch `e` sees exactly
-/// the batches an uninterrupted run would have seen.
+/// Epoch `e` serves the samples that follow those of the epochs before it, whatever
+/// happened before, so a run resumed at epoch `e` sees exactly the batches an uninterrupted
+/// run would have seen.
 #[derive(Clone)]
-pub struct RandomWindows<B: Backend> {
+pub struct TrainWindows<B: Backend> {
     tokens: Arc<[u32]>,
+    order: WindowOrder,
     batch_size: usize,
     block_size: usize,
-    seed: u64,
-    /// Micro-batches in each epoch, indexed by epoch - 1.
-    epoch_lengths: Arc<[usize]>,
+    /// Index of the first micro-batch of each epoch, and the number of micro-batches in it.
+    epochs: Arc<[(usize, usize)]>,
     /// The epoch the next `iter()` call serves (1-based); shared by clones.
     next_epoch: Arc<AtomicUsize>,
     device: B::Device,
 }
 
-impl<B: Backend> RandomWindows<B> {
+impl<B: Backend> TrainWindows<B> {
     pub fn new(
         tokens: Arc<[u32]>,
+        order: WindowOrder,
         batch_size: usize,
         block_size: usize,
-        seed: u64,
-        epoch_lengths: Vec<usize>,
+        epoch_lengths: &[usize],
         first_epoch: usize,
         device: B::Device,
     ) -> Self {
+        let epochs: Vec<(usize, usize)> = epoch_lengths
+            .iter()
+            .scan(0, |first, &len| {
+                let epoch = (*first, len);
+                *first += len;
+                Some(epoch)
+            })
+            .collect();
         Self {
             tokens,
+            order,
             batch_size,
             block_size,
-            seed,
-            epoch_lengths: epoch_lengths.into(),
+            epochs: epochs.into(),
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
             device,
         }
@@ -72,23 +83,20 @@ impl<B: Backend> RandomWindows<B> {
 
     /// The window starts of every batch in `epoch`.
     pub fn epoch_starts(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let batches = self.epoch_lengths.get(epoch.wrapping_sub(1)).copied().unwrap_or(0);
-        let mut rng = StdRng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let max_start = self.tokens.len() - self.block_size - 1;
-        (0..batches)
-            .map(|_| (0..self.batch_size).map(|_| rng.random_range(0..=max_start)).collect())
-            .collect()
+        let (first, batches) = self.epochs.get(epoch.wrapping_sub(1)).copied().unwrap_or((0, 0));
+        let starts = self.order.range(first * self.batch_size, batches * self.batch_size);
+        starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
     }
 }
 
-impl<B: Backend> DataLoader<B, LmBatch<B>> for RandomWindows<B> {
+impl<B: Backend> DataLoader<B, LmBatch<B>> for TrainWindows<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         Box::new(WindowIter::new(self.tokens.clone(), self.epoch_starts(epoch), self.block_size, self.device.clone()))
     }
 
     fn num_items(&self) -> usize {
-        self.epoch_lengths.first().copied().unwrap_or(0) * self.batch_size
+        self.epochs.first().map_or(0, |&(_, len)| len) * self.batch_size
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
@@ -96,8 +104,9 @@ impl<B: Backend> DataLoader<B, LmBatch<B>> for RandomWindows<B> {
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
-        let lengths: Vec<usize> = self.epoch_lengths.iter().map(|&n| n.min(end).saturating_sub(start)).collect();
-        Arc::new(Self { epoch_lengths: lengths.into(), ..self.clone() })
+        let epochs: Vec<(usize, usize)> =
+            self.epochs.iter().map(|&(first, len)| (first + start, len.min(end).saturating_sub(start))).collect();
+        Arc::new(Self { epochs: epochs.into(), ..self.clone() })
     }
 }
 
@@ -111,13 +120,32 @@ pub struct FixedWindows<B: Backend> {
 }
 
 impl<B: Backend> FixedWindows<B> {
-    pub fn new(tokens: Arc<[u32]>, batch_size: usize, block_size: usize, count: usize, seed: u64, device: B::Device) -> Self {
+    /// `count` batches of windows drawn at random from `allowed`, the same for a given seed.
+    pub fn new(
+        tokens: Arc<[u32]>,
+        allowed: &WindowStarts,
+        batch_size: usize,
+        block_size: usize,
+        count: usize,
+        seed: u64,
+        device: B::Device,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x5EED_0F_7A11));
-        let max_start = tokens.len() - block_size - 1;
-        let starts: Vec<Vec<usize>> = (0..count)
-            .map(|_| (0..batch_size).map(|_| rng.random_range(0..=max_start)).collect())
-            .collect();
+        let starts: Vec<Vec<usize>> = (0..count).map(|_| allowed.sample(&mut rng, batch_size)).collect();
         Self { tokens, starts: starts.into(), block_size, device }
+    }
+
+    /// Every non-overlapping window of the stream, in order, `batch_size` to a batch (the
+    /// last batch may be smaller): the whole split, for a full evaluation.
+    pub fn tiling(tokens: Arc<[u32]>, batch_size: usize, block_size: usize, device: B::Device) -> Self {
+        let windows: Vec<usize> = (0..tokens.len().saturating_sub(block_size)).step_by(block_size).collect();
+        let starts: Vec<Vec<usize>> = windows.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        Self { tokens, starts: starts.into(), block_size, device }
+    }
+
+    /// Number of batches and of predicted tokens.
+    pub fn size(&self) -> (usize, usize) {
+        (self.starts.len(), self.starts.iter().map(Vec::len).sum::<usize>() * self.block_size)
     }
 
     /// All batches, for evaluation outside the Learner.
@@ -198,8 +226,9 @@ mod tests {
 
     #[test]
     fn epochs_are_reproducible_and_distinct() {
-        let loader = RandomWindows::<B>::new(tokens(), 3, 8, 7, vec![2, 2, 1], 1, Default::default());
-        let resumed = RandomWindows::<B>::new(tokens(), 3, 8, 7, vec![2, 2, 1], 2, Default::default());
+        let order = WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
+        let loader = TrainWindows::<B>::new(tokens(), order.clone(), 3, 8, &[2, 2, 1], 1, Default::default());
+        let resumed = TrainWindows::<B>::new(tokens(), order, 3, 8, &[2, 2, 1], 2, Default::default());
         assert_eq!(loader.epoch_starts(2), resumed.epoch_starts(2));
         assert_ne!(loader.epoch_starts(1), loader.epoch_starts(2));
         assert_eq!(loader.epoch_starts(3).len(), 1);

@@ -2,6 +2,8 @@
 
 mod corpus;
 mod loader;
+mod windows;
 
-pub use corpus::{Corpus, DataError};
-pub use loader::{FixedWindows, LmBatch, RandomWindows};
+pub use corpus::{read_text, Corpus, DataError};
+pub use loader::{FixedWindows, LmBatch, TrainWindows};
+pub use windows::{WindowOrder, WindowStarts};

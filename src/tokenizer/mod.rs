@@ -3,6 +3,7 @@
 
 mod char_level;
 mod tiktoken;
+mod word;
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use char_level::CharTokenizer;
 pub use tiktoken::TiktokenTokenizer;
+pub use word::{split_words, WordTokenizer, END_OF_TEXT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
@@ -30,6 +32,16 @@ pub trait Tokenizer: Send + Sync {
     /// The serializable form written to `tokenizer.json`.
     fn to_file(&self) -> TokenizerFile;
 
+    /// Bytes to append when `id` follows already decoded text (word tokens add a space).
+    fn decode_next(&self, id: u32) -> Vec<u8> {
+        self.decode_bytes(&[id])
+    }
+
+    /// The id of a special token such as `<|endoftext|>`, when the vocabulary has it.
+    fn special_id(&self, _token: &str) -> Option<u32> {
+        None
+    }
+
     fn decode(&self, ids: &[u32]) -> String {
         String::from_utf8_lossy(&self.decode_bytes(ids)).into_owned()
     }
@@ -39,25 +51,37 @@ pub trait Tokenizer: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenizerSpec {
     Char,
+    Word,
     Tiktoken(String),
+}
+
+/// How tokenizers fitted on the corpus (`char`, `word`) treat rare and unseen symbols.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FitOptions {
+    /// `char`: map characters unseen in the corpus to `<unk>` instead of failing.
+    pub allow_unknown: bool,
+    /// `word`: keep only words seen at least this often (others become `<|unk|>`).
+    pub min_count: usize,
 }
 
 impl TokenizerSpec {
     pub fn parse(spec: &str) -> Result<Self, TokenizerError> {
         match spec.split_once(':') {
             None if spec == "char" => Ok(Self::Char),
+            None if spec == "word" => Ok(Self::Word),
             Some(("tiktoken", enc)) if tiktoken::ENCODINGS.contains(&enc) => Ok(Self::Tiktoken(enc.into())),
             _ => Err(TokenizerError::BadSpec(format!(
-                "\"char\" or \"tiktoken:<encoding>\" with encoding one of {}",
+                "\"char\", \"word\" or \"tiktoken:<encoding>\" with encoding one of {}",
                 tiktoken::ENCODINGS.join(", ")
             ))),
         }
     }
 
     /// Builds the tokenizer for `corpus` (fitting the vocabulary where the kind needs it).
-    pub fn build(&self, corpus: &str, allow_unknown: bool) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+    pub fn build(&self, corpus: &str, fit: FitOptions) -> Result<Box<dyn Tokenizer>, TokenizerError> {
         Ok(match self {
-            Self::Char => Box::new(CharTokenizer::fit(corpus, allow_unknown)),
+            Self::Char => Box::new(CharTokenizer::fit(corpus, fit.allow_unknown)),
+            Self::Word => Box::new(WordTokenizer::fit(corpus, fit.min_count.max(1))),
             Self::Tiktoken(enc) => Box::new(TiktokenTokenizer::new(enc)?),
         })
     }
@@ -69,6 +93,8 @@ impl TokenizerSpec {
 pub enum TokenizerFile {
     /// Ids are positions in `chars`; with `unk`, id `chars.len()` is `<unk>`.
     Char { chars: String, unk: bool },
+    /// Ids are positions in `words`, which end with `<|endoftext|>` and `<|unk|>`.
+    Word { words: Vec<String> },
     Tiktoken { encoding: String },
 }
 
@@ -76,6 +102,7 @@ impl TokenizerFile {
     pub fn into_tokenizer(self) -> Result<Box<dyn Tokenizer>, TokenizerError> {
         Ok(match self {
             Self::Char { chars, unk } => Box::new(CharTokenizer::from_chars(chars.chars().collect(), unk)?),
+            Self::Word { words } => Box::new(WordTokenizer::from_words(words)?),
             Self::Tiktoken { encoding } => Box::new(TiktokenTokenizer::new(&encoding)?),
         })
     }

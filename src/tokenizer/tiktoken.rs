@@ -7,7 +7,7 @@ use tiktoken_rs::CoreBPE;
 use super::{Tokenizer, TokenizerError, TokenizerFile};
 
 pub const ENCODINGS: &[&str] = &["gpt2", "cl100k_base", "o200k_base"];
-const END_OF_TEXT: &str = "<|endoftext|>";
+use super::END_OF_TEXT;
 
 pub struct TiktokenTokenizer {
     encoding: String,
@@ -54,6 +54,13 @@ impl Tokenizer for TiktokenTokenizer {
 
     fn to_file(&self) -> TokenizerFile {
         TokenizerFile::Tiktoken { encoding: self.encoding.clone() }
+    }
+
+    fn special_id(&self, token: &str) -> Option<u32> {
+        match self.bpe.encode_with_special_tokens(token).as_slice() {
+            [id] if self.bpe.special_tokens().contains(&token) => Some(*id),
+            _ => None,
+        }
     }
 }
 

@@ -24,8 +24,8 @@ pub use step::{lm_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendJob, BackendName};
 use crate::checkpoint::{load_record, CheckpointPolicy, CheckpointRecorder, CheckpointState};
-use crate::config::RunSpec;
-use crate::data::{Corpus, FixedWindows, LmBatch, RandomWindows};
+use crate::config::{RunSpec, SamplingMode};
+use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
 use crate::run_dir::RunDir;
@@ -83,16 +83,61 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
         .with_tie_embeddings(m.tie_embeddings)
 }
 
-/// Validation windows of a run: the same batches during training, `eval` and the summary.
-pub fn val_windows<B: Backend>(spec: &RunSpec, corpus: &Corpus, device: &B::Device) -> FixedWindows<B> {
-    let t = &spec.training;
-    FixedWindows::new(corpus.val.clone(), t.batch_size, spec.model.block_size, t.eval_iters, spec.run.seed, device.clone())
+/// The `<|endoftext|>` id that windows must not cross when `data.respect_documents` is set.
+pub fn document_separator(spec: &RunSpec, tokenizer: &dyn Tokenizer) -> Result<Option<u32>> {
+    if !spec.data.respect_documents {
+        return Ok(None);
+    }
+    match tokenizer.special_id(tokenizer::END_OF_TEXT) {
+        Some(id) => Ok(Some(id)),
+        None => bail!(
+            "data.respect_documents = true: the tokenizer {:?} has no {} token to split documents on; \
+             use the word or a tiktoken tokenizer, or set respect_documents = false",
+            spec.data.tokenizer,
+            tokenizer::END_OF_TEXT
+        ),
+    }
 }
 
-/// Mean loss of `model` over `batches`.
+/// Allowed window starts in one split, an error when none fits.
+fn split_starts(spec: &RunSpec, tokens: &[u32], stride: usize, separator: Option<u32>, split: &'static str) -> Result<WindowStarts> {
+    let starts = WindowStarts::new(tokens, spec.model.block_size, stride, separator);
+    if starts.is_empty() {
+        bail!(
+            "data.respect_documents = true: no window of model.block_size + 1 = {} tokens fits inside one document \
+             of the {split} split of {:?}; lower model.block_size or set respect_documents = false",
+            spec.model.block_size + 1,
+            spec.data.path
+        );
+    }
+    Ok(starts)
+}
+
+/// The order in which training visits windows of the train split (`data.sampling`).
+pub fn train_order(spec: &RunSpec, corpus: &Corpus, separator: Option<u32>) -> Result<WindowOrder> {
+    let seed = spec.run.seed;
+    Ok(match spec.data.sampling {
+        SamplingMode::Random => WindowOrder::Random { starts: split_starts(spec, &corpus.train, 1, separator, "training")?, seed },
+        SamplingMode::Sliding => {
+            let stride = spec.data.stride(spec.model.block_size);
+            WindowOrder::Shuffled { starts: split_starts(spec, &corpus.train, stride, separator, "training")?, seed }
+        }
+    })
+}
+
+/// Validation windows of a run: the same batches during training, `eval` and the summary.
+pub fn val_windows<B: Backend>(spec: &RunSpec, corpus: &Corpus, separator: Option<u32>, device: &B::Device) -> Result<FixedWindows<B>> {
+    let t = &spec.training;
+    let allowed = split_starts(spec, &corpus.val, 1, separator, "validation")?;
+    let (batch, block) = (t.batch_size, spec.model.block_size);
+    Ok(FixedWindows::new(corpus.val.clone(), &allowed, batch, block, t.eval_iters, spec.run.seed, device.clone()))
+}
+
+/// Mean per-token loss of `model` over `batches` (batches of unequal size weigh by size).
 pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBatch<B>>) -> f64 {
     let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
-        (sum + lm_loss(model, &batch).into_scalar().elem::<f64>(), n + 1)
+        let windows = batch.inputs.dims()[0];
+        (sum + lm_loss(model, &batch).into_scalar().elem::<f64>() * windows as f64, n + windows)
     });
     sum / n.max(1) as f64
 }
@@ -102,12 +147,10 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     let resume_from = prepare_run_dir(&run, &spec, options)?;
     B::seed(&device, spec.run.seed);
 
-    let text = std::fs::read(&spec.data.path).with_context(|| format!("data.path = {:?}", spec.data.path))?;
-    let text = String::from_utf8(text)
-        .map_err(|e| anyhow::anyhow!("data.path = {:?}: not UTF-8 text (invalid byte at offset {})", spec.data.path, e.utf8_error().valid_up_to()))?;
+    let text = crate::data::read_text(&spec.data.path)?;
     let tokenizer: Box<dyn Tokenizer> = match resume_from {
         Some(_) => tokenizer::load(&run.tokenizer())?,
-        None => TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.allow_unknown)?,
+        None => TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?,
     };
     resolve_vocab(&mut spec, tokenizer.as_ref())?;
     tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
@@ -135,16 +178,11 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     let epoch_lengths: Vec<usize> = (1..=num_epochs)
         .map(|e| (t.max_iters - (e - 1) * t.eval_interval).min(t.eval_interval) * t.grad_accumulation)
         .collect();
-    let train_loader = RandomWindows::<B>::new(
-        corpus.train.clone(),
-        t.batch_size,
-        spec.model.block_size,
-        spec.run.seed,
-        epoch_lengths,
-        first_epoch,
-        device.clone(),
-    );
-    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, &device);
+    let separator = document_separator(&spec, tokenizer.as_ref())?;
+    let order = train_order(&spec, &corpus, separator)?;
+    let train_loader =
+        TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, &epoch_lengths, first_epoch, device.clone());
+    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?;
 
     let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
     let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
@@ -190,7 +228,7 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), model.clone().into_record(), run.final_model())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
 
-    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, &device).batches());
+    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.batches());
     let latest = latest.lock().expect("metrics lock").clone();
     let steps = t.max_iters - start_step;
     let summary = Summary {
@@ -291,7 +329,7 @@ fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: u
     let sampling = Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = crate::generate::Utf8Stream::stdout();
-    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_bytes(&[id])))?;
+    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_next(id)))?;
     out.push(b"\n");
     out.finish();
     Ok(())

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use kiln::config::RunSpec;
 
@@ -32,4 +33,10 @@ pub fn valid_config_text() -> String {
     std::fs::read_to_string(repo().join("configs/tiny.toml"))
         .unwrap()
         .replace("data/tinyshakespeare.txt", &repo().join("data/tinyshakespeare.txt").display().to_string())
+}
+
+/// Runs the kiln binary in the repository root: (success, stdout, stderr).
+pub fn kiln(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(repo()).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
