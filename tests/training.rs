@@ -128,20 +128,42 @@ fn existing_run_is_never_overwritten_without_asking() {
 #[test]
 fn resume_continues_at_the_saved_step() {
     let artifacts = tempfile::tempdir().unwrap();
-    let sets = ["run.name=resume", "training.max_iters=100", "training.keep_checkpoints=5"];
+    let sets = ["run.name=resume"];
     train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
     let run = artifacts.path().join("resume");
 
     // Simulate a crash right after the step-50 checkpoint.
     let dir = kiln::run_dir::RunDir::new(&run);
+    dir.remove_checkpoint(3).unwrap();
     dir.remove_checkpoint(2).unwrap();
     std::fs::remove_file(run.join("model.mpk")).unwrap();
 
     let options = TrainOptions { resume: true, ..Default::default() };
     train(common::tiny_spec(artifacts.path(), &sets), options).unwrap();
-    let steps: Vec<usize> = read_metrics(&run.join("metrics.jsonl")).iter().filter(|l| l.split == "train").map(|l| l.step).collect();
-    assert_eq!(steps, (1..=100).collect::<Vec<_>>(), "metrics continue at step 51 without duplicates");
-    assert!(run.join("model.mpk").is_file() && dir.checkpoint_epochs() == vec![1, 2]);
+    let metrics = read_metrics(&run.join("metrics.jsonl"));
+    let steps = |split: &str| metrics.iter().filter(|l| l.split == split).map(|l| l.step).collect::<Vec<_>>();
+    assert_eq!(steps("train"), (1..=150).collect::<Vec<_>>(), "metrics continue at step 51 without duplicates");
+    assert_eq!(steps("val"), [50, 100, 150]);
+    assert_eq!(dir.checkpoint_epochs(), vec![1, 2, 3]);
+
+    // The resumed run ends exactly where the uninterrupted one did.
+    let uninterrupted = trained_run();
+    let reference = read_metrics(&uninterrupted.join("metrics.jsonl"));
+    let losses = |m: &[kiln::train::MetricsLine]| m.iter().map(|l| (l.step, l.loss)).collect::<Vec<_>>();
+    assert_eq!(losses(&metrics), losses(&reference));
+    assert_eq!(final_logits(&run), final_logits(uninterrupted), "final weights differ from the uninterrupted run");
+}
+
+/// Logits of a run's final model on a fixed batch, as raw f32 bits.
+fn final_logits(run: &Path) -> Vec<u32> {
+    type B = burn::backend::NdArray<f32>;
+    let dir = kiln::run_dir::RunDir::new(run);
+    let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
+    let device = Default::default();
+    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, None, &device).unwrap();
+    let ids: Vec<i64> = (0..32).map(|i| i % 60).collect();
+    let tokens = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids, [1, 32]), &device);
+    model.forward(tokens).into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

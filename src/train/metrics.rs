@@ -130,10 +130,11 @@ pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
 
 /// Keeps only the lines up to `step` (used when resuming from a checkpoint taken there).
 pub fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<()> {
-    let kept: Vec<String> = read_metrics(path)
-        .into_iter()
-        .filter(|l| l.step <= step)
-        .map(|l| serde_json::to_string(&l).expect("metrics lines serialize"))
+    // Kept lines are copied byte for byte: re-serializing could change float digits.
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
         .collect();
     let mut text = kept.join("\n");
     if !text.is_empty() {
@@ -155,13 +156,10 @@ pub struct LatestMetrics {
 pub struct JsonlLogger {
     file: File,
     names: HashMap<MetricId, String>,
-    eval_interval: usize,
     grad_accumulation: usize,
-    max_iters: usize,
-    /// Epochs finished before this process started (the store counts from 1 on resume).
-    epochs_done: usize,
-    /// Micro-batches logged in the current training epoch and the loss summed over the
-    /// current accumulation window.
+    /// Optimizer steps done, counted here because Burn's epoch numbers restart on resume.
+    step: usize,
+    /// Micro-batches logged in the current accumulation window and their summed loss.
     micro_batches: usize,
     window_loss: f64,
     val_sum: f64,
@@ -172,20 +170,16 @@ pub struct JsonlLogger {
 impl JsonlLogger {
     pub fn new(
         path: &Path,
-        eval_interval: usize,
         grad_accumulation: usize,
-        max_iters: usize,
-        epochs_done: usize,
+        start_step: usize,
         latest: Arc<Mutex<LatestMetrics>>,
     ) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             file,
             names: HashMap::new(),
-            eval_interval,
             grad_accumulation,
-            max_iters,
-            epochs_done,
+            step: start_step,
             micro_batches: 0,
             window_loss: 0.0,
             val_sum: 0.0,
@@ -211,20 +205,21 @@ impl JsonlLogger {
 }
 
 impl MetricLogger for JsonlLogger {
-    fn log(&mut self, update: MetricsUpdate, epoch: usize, split: &Split) {
+    fn log(&mut self, update: MetricsUpdate, _epoch: usize, split: &Split) {
         let values = self.values(&update);
         let Some(&loss) = values.get(LOSS) else { return };
         match split {
             Split::Train => {
                 self.micro_batches += 1;
                 self.window_loss += loss;
-                if self.micro_batches % self.grad_accumulation != 0 {
+                if self.micro_batches < self.grad_accumulation {
                     return;
                 }
                 let loss = self.window_loss / self.grad_accumulation as f64;
-                self.window_loss = 0.0;
+                (self.window_loss, self.micro_batches) = (0.0, 0);
+                self.step += 1;
                 let line = MetricsLine {
-                    step: (self.epochs_done + epoch - 1) * self.eval_interval + self.micro_batches / self.grad_accumulation,
+                    step: self.step,
                     split: "train".into(),
                     loss,
                     lr: values.get(LEARNING_RATE).copied(),
@@ -246,13 +241,11 @@ impl MetricLogger for JsonlLogger {
 
     fn log_epoch_summary(&mut self, summary: EpochSummary) {
         match summary.split {
-            Split::Train => self.micro_batches = 0,
             Split::Valid if self.val_count > 0 => {
                 let loss = self.val_sum / self.val_count as f64;
                 (self.val_sum, self.val_count) = (0.0, 0);
-                let step = ((self.epochs_done + summary.epoch_number) * self.eval_interval).min(self.max_iters);
                 self.write(&MetricsLine {
-                    step,
+                    step: self.step,
                     split: "val".into(),
                     loss,
                     lr: None,

@@ -188,7 +188,7 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
     let schedule = WarmupCosine::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, t.grad_accumulation);
     let latest = Arc::new(Mutex::new(metrics::LatestMetrics::default()));
-    let logger = metrics::JsonlLogger::new(&run.metrics(), t.eval_interval, t.grad_accumulation, t.max_iters, first_epoch - 1, latest.clone())
+    let logger = metrics::JsonlLogger::new(&run.metrics(), t.grad_accumulation, start_step, latest.clone())
         .with_context(|| format!("opening {}", run.metrics().display()))?;
     let policy = CheckpointPolicy {
         run: run.clone(),
