@@ -100,3 +100,14 @@ fn corpus_shorter_than_a_block_is_an_error() {
     let err = format!("{:#}", kiln::train::train(spec, Default::default()).unwrap_err());
     assert!(err.contains("short.txt") && err.contains("model.block_size = 32") && err.contains("needs at least 33"), "{err}");
 }
+
+#[test]
+fn backend_not_compiled_in_names_the_feature_to_build_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let (name, feature) = [("wgpu", "wgpu"), ("tch-cpu", "tch"), ("cuda", "cuda")]
+        .into_iter()
+        .find(|(name, _)| kiln::backend::BackendName::parse(name).is_err())
+        .expect("this test runs in builds without the cuda feature");
+    let err = config_error(dir.path(), &format!("{}\n[backend]\nname = \"{name}\"\n", valid_config_text()));
+    assert!(err.contains(&format!("--features {feature}")), "{err}");
+}

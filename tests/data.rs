@@ -114,7 +114,7 @@ fn data_show_puts_each_input_next_to_its_shifted_target() {
 fn word_config_trains_and_generates() {
     let artifacts = tempfile::tempdir().unwrap();
     let dir = artifacts.path().to_str().unwrap();
-    let (ok, _, err) = kiln(&[
+    let (ok, sample, err) = kiln(&[
         "--config",
         "configs/verdict-word.toml",
         "--set",
@@ -124,9 +124,10 @@ fn word_config_trains_and_generates() {
         "--set",
         "training.eval_interval=50",
         "--sample-tokens",
-        "0",
+        "30",
     ]);
     assert!(ok, "{err}");
+    assert!(sample.split_whitespace().count() >= 10, "a word-level sample after training: {sample:?}");
     let run = artifacts.path().join("verdict-word");
     let tokenizer = std::fs::read_to_string(run.join("tokenizer.json")).unwrap();
     assert!(tokenizer.contains("\"kind\": \"word\""), "{tokenizer}");

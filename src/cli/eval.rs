@@ -7,7 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::{BackendJob, BackendName};
+use crate::backend::{BackendChoice, BackendJob};
 use crate::data::{Corpus, FixedWindows};
 use crate::train::{load_model, mean_loss, val_windows};
 
@@ -23,6 +23,8 @@ pub struct EvalArgs {
     /// `training.eval_iters` fixed batches that training reports.
     #[arg(long)]
     full: bool,
+    #[command(flatten)]
+    backend: super::BackendArg,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -40,7 +42,7 @@ struct EvalResult {
 pub fn run(args: EvalArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
     let corpus = Corpus::from_run(&run, spec.data.val_fraction, spec.model.block_size)?;
-    let backend = spec.backend.name.clone();
+    let backend = args.backend.section(&spec)?;
     let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint, full: args.full })??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -63,7 +65,7 @@ struct Job {
 
 impl BackendJob for Job {
     type Output = Result<EvalResult>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<EvalResult> {
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<EvalResult> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
         let tokenizer = crate::tokenizer::load(&self.run.tokenizer())?;
         let separator = crate::train::document_separator(&self.spec, tokenizer.as_ref())?;

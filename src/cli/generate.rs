@@ -6,7 +6,7 @@ use anyhow::Result;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::backend::{BackendJob, BackendName};
+use crate::backend::{BackendChoice, BackendJob};
 use crate::generate::{generate, Sampling, Utf8Stream};
 
 #[derive(Debug, Args)]
@@ -33,6 +33,8 @@ pub struct GenerateArgs {
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
+    #[command(flatten)]
+    backend: super::BackendArg,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -47,7 +49,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     sampling.validate()?;
     let tokenizer = crate::tokenizer::load(&run.tokenizer())?;
     let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
-    let backend = spec.backend.name.clone();
+    let backend = args.backend.section(&spec)?;
     crate::backend::dispatch(&backend, Job { run, spec, checkpoint: args.checkpoint, prompt, prompt_text: args.prompt, sampling, tokenizer })?
 }
 
@@ -63,7 +65,7 @@ struct Job {
 
 impl BackendJob for Job {
     type Output = Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<()> {
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<()> {
         let (model, _) = crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
         let mut out = Utf8Stream::stdout();
         out.push(self.prompt_text.as_bytes());

@@ -9,7 +9,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::{BackendJob, BackendName};
+use crate::backend::{BackendChoice, BackendJob};
 use crate::checkpoint::CheckpointState;
 use crate::config::{ModelSection, RunSpec};
 use crate::run_dir::RunDir;
@@ -56,7 +56,8 @@ pub fn run(args: InspectArgs) -> Result<()> {
         anyhow::bail!("{}: no such run directory or checkpoint file", args.path.display());
     };
     let (run, spec) = super::open_run(&run_path)?;
-    let backend = spec.backend.name.clone();
+    // Reading a record needs no GPU: any CPU backend compiled in will do.
+    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
     let report = crate::backend::dispatch(&backend, Job { run, spec, file })??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -74,7 +75,7 @@ struct Job {
 
 impl BackendJob for Job {
     type Output = Result<Report>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendName) -> Result<Report> {
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
         let mut table = ParamTable { path: Vec::new(), params: Vec::new() };
         model.visit(&mut table);

@@ -1,5 +1,6 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
+mod bench;
 mod data;
 mod eval;
 mod generate;
@@ -43,6 +44,9 @@ enum Command {
     /// Look at the data pipeline: batches and corpus statistics.
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Parses the command line and runs it.
@@ -55,7 +59,30 @@ pub fn run() -> Result<()> {
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Tokenizer(command)) => tokenizer::run(command),
         Some(Command::Data(command)) => data::run(command),
+        Some(Command::Bench(command)) => bench::run(command),
         None => train::run(cli.train),
+    }
+}
+
+/// `--backend NAME`: run on another backend than the run's config names (e.g. generate on
+/// the CPU from a run trained on a GPU).
+#[derive(Debug, clap::Args)]
+struct BackendArg {
+    /// Backend to run on instead of the run's own (ndarray, wgpu, tch-cpu, cuda).
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
+}
+
+impl BackendArg {
+    /// The run's `[backend]` section with the override applied and checked.
+    fn section(&self, spec: &RunSpec) -> Result<crate::config::BackendSection> {
+        let mut section = spec.backend.clone();
+        if let Some(name) = &self.backend {
+            section.name = name.clone();
+        }
+        crate::backend::BackendChoice::from_section(&section)
+            .map_err(|(key, value, expected)| anyhow::anyhow!("{key} = {value}: expected {expected}"))?;
+        Ok(section)
     }
 }
 

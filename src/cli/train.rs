@@ -16,6 +16,9 @@ pub struct TrainArgs {
     /// the file and KILN_<SECTION>__<KEY> environment variables).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
+    /// Backend to train on: a shortcut for --set backend.name=NAME.
+    #[arg(long, value_name = "NAME")]
+    backend: Option<String>,
     /// Continue the run from its newest complete checkpoint.
     #[arg(long)]
     resume: bool,
@@ -31,7 +34,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let Some(config) = args.config else {
         anyhow::bail!("no config given: run `kiln --config configs/small.toml` (see `kiln --help`)");
     };
-    let spec = crate::config::load(&config, &args.overrides)?;
+    let mut overrides = args.overrides;
+    if let Some(name) = args.backend {
+        overrides.push(format!("backend.name={name}"));
+    }
+    let spec = crate::config::load(&config, &overrides)?;
     let options = TrainOptions { resume: args.resume, force: args.force, sample_tokens: args.sample_tokens };
     train(spec, options)?;
     Ok(())

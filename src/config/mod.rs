@@ -177,13 +177,20 @@ impl TrainingSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSection {
+    /// `ndarray`, `wgpu`, `tch-cpu` or `cuda`; defaults to cuda when compiled in, else ndarray.
     #[serde(default = "defaults::backend")]
     pub name: String,
+    /// GPU index for wgpu and cuda.
+    #[serde(default)]
+    pub device: usize,
+    /// Float precision: `f32`, or `f16` / `bf16` where the backend runs them (libtorch).
+    #[serde(default = "defaults::precision")]
+    pub precision: String,
 }
 
 impl Default for BackendSection {
     fn default() -> Self {
-        Self { name: defaults::backend() }
+        Self { name: defaults::backend(), device: 0, precision: defaults::precision() }
     }
 }
 
@@ -228,6 +235,9 @@ mod defaults {
     }
     pub fn backend() -> String {
         crate::backend::DEFAULT.to_string()
+    }
+    pub fn precision() -> String {
+        "f32".into()
     }
 }
 

@@ -112,7 +112,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
 
-    crate::backend::BackendName::parse(&spec.backend.name)
-        .map_err(|e| invalid("backend.name", format!("{:?}", spec.backend.name), e))?;
+    crate::backend::BackendChoice::from_section(&spec.backend)
+        .map_err(|(key, value, expected)| invalid(key, value, expected))?;
     Ok(())
 }

@@ -22,7 +22,7 @@ pub use optim::{global_norm, AdamW, ClippedAdamW};
 pub use schedule::WarmupCosine;
 pub use step::{lm_loss, LmOutput, LmStats};
 
-use crate::backend::{BackendJob, BackendName};
+use crate::backend::{BackendChoice, BackendJob};
 use crate::checkpoint::{load_record, CheckpointPolicy, CheckpointRecorder, CheckpointState};
 use crate::config::{RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
@@ -58,7 +58,7 @@ pub struct Summary {
 
 /// Trains the run described by `spec` on its configured backend.
 pub fn train(spec: RunSpec, options: TrainOptions) -> Result<Summary> {
-    let backend = spec.backend.name.clone();
+    let backend = spec.backend.clone();
     crate::backend::dispatch(&backend, TrainJob { spec, options })?
 }
 
@@ -69,7 +69,7 @@ struct TrainJob {
 
 impl BackendJob for TrainJob {
     type Output = Result<Summary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendName) -> Result<Summary> {
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<Summary> {
         run::<B>(self.spec, self.options, device, backend)
     }
 }
@@ -142,7 +142,7 @@ pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBat
     sum / n.max(1) as f64
 }
 
-fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendName) -> Result<Summary> {
+fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Summary> {
     let run = RunDir::new(spec.run.artifacts_dir.join(&spec.run.name));
     let resume_from = prepare_run_dir(&run, &spec, options)?;
     B::seed(&device, spec.run.seed);
@@ -164,7 +164,7 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     eprintln!(
         "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {} train / {} val tokens",
         run.root().display(),
-        backend.as_str(),
+        backend.describe(),
         counts.total,
         counts.total - counts.embedding,
         counts.total as f64 * 4.0 / 1e6,
@@ -241,7 +241,7 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
         tokens_seen: t.max_iters * t.tokens_per_step(spec.model.block_size),
         wall_seconds,
         tokens_per_second: (steps * t.tokens_per_step(spec.model.block_size)) as f64 / wall_seconds.max(1e-9),
-        backend: backend.as_str().to_string(),
+        backend: backend.describe(),
     };
     let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
     crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
@@ -325,7 +325,11 @@ fn resolve_vocab(spec: &mut RunSpec, tokenizer: &dyn Tokenizer) -> Result<()> {
 }
 
 fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: usize, seed: u64) -> Result<()> {
-    let prompt = tokenizer.encode("\n").unwrap_or_else(|_| vec![0]);
+    // A newline where the tokenizer has one (char, BPE), else the document separator.
+    let prompt = match tokenizer.encode("\n") {
+        Ok(ids) if !ids.is_empty() => ids,
+        _ => vec![tokenizer.special_id(tokenizer::END_OF_TEXT).unwrap_or(0)],
+    };
     let sampling = Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = crate::generate::Utf8Stream::stdout();

@@ -1,0 +1,41 @@
+//! With the `tch` feature, records where libtorch's shared libraries live as an rpath of the
+//! binaries, so that `kiln` runs without `LD_LIBRARY_PATH`. The directory is found the way
+//! torch-sys finds it: `$LIBTORCH/lib`, or the `torch` package of the active Python when
+//! `LIBTORCH_USE_PYTORCH` is set (see scripts/setup-libtorch.sh).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    for var in ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV", "PATH"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var_os("CARGO_FEATURE_TCH").is_none() {
+        return;
+    }
+    match libtorch_lib_dir() {
+        Some(dir) => println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display()),
+        None => println!(
+            "cargo:warning=libtorch not located (set LIBTORCH_USE_PYTORCH=1 with torch on the python path, or LIBTORCH); \
+             kiln will need LD_LIBRARY_PATH to run"
+        ),
+    }
+}
+
+fn libtorch_lib_dir() -> Option<PathBuf> {
+    if let Some(lib) = std::env::var_os("LIBTORCH_LIB") {
+        return Some(PathBuf::from(lib).join("lib"));
+    }
+    if let Some(root) = std::env::var_os("LIBTORCH") {
+        return Some(PathBuf::from(root).join("lib"));
+    }
+    std::env::var_os("LIBTORCH_USE_PYTORCH")?;
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let out = Command::new(python)
+        .args(["-c", "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib'))"])
+        .output()
+        .ok()?;
+    let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    dir.is_dir().then_some(dir)
+}

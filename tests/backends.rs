@@ -1,0 +1,183 @@
+//! One model, three backends: the same weights give the same logits, the same training losses
+//! and the same greedy text on ndarray, wgpu and libtorch's CPU device.
+//!
+//! Compiled with `--features wgpu,tch` (as `.ci/run` does); each test compares every backend
+//! compiled in with ndarray.
+#![cfg(any(feature = "wgpu", feature = "tch"))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::record::Recorder;
+use burn::tensor::backend::AutodiffBackend;
+use kiln::checkpoint::{load_record, CheckpointRecorder};
+use kiln::data::LmBatch;
+use kiln::generate::{generate, Sampling};
+use kiln::model::{Gpt, GptConfig};
+use kiln::tokenizer::{CharTokenizer, Tokenizer};
+use kiln::train::{lm_loss, AdamW, ClippedAdamW};
+
+type Reference = burn::backend::NdArray<f32>;
+
+const STEPS: usize = 20;
+const BATCH: usize = 8;
+const BLOCK: usize = 32;
+
+fn config() -> GptConfig {
+    GptConfig::new(65, 64, 4, 2, 256, BLOCK).with_bias(true)
+}
+
+/// Encoded tinyshakespeare (char level, 65 symbols).
+fn corpus() -> &'static (CharTokenizer, Vec<u32>) {
+    static CORPUS: OnceLock<(CharTokenizer, Vec<u32>)> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let text = std::fs::read_to_string(common::repo().join("data/tinyshakespeare.txt")).unwrap();
+        let tok = CharTokenizer::fit(&text, false);
+        let ids = tok.encode(&text).unwrap();
+        (tok, ids)
+    })
+}
+
+/// Initial weights, drawn once on ndarray and saved as an f32 record.
+fn initial_weights() -> &'static PathBuf {
+    static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
+    WEIGHTS.get_or_init(|| {
+        let path = tempfile::tempdir().unwrap().keep().join("init.mpk");
+        let device = Default::default();
+        let model: Gpt<Reference> = config().init(&device);
+        // Touch every parameter so the lazily initialised values are the ones saved.
+        let _ = model.forward(Tensor::zeros([1, 2], &device));
+        Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
+        path
+    })
+}
+
+fn load<B: Backend>(path: &Path, device: &B::Device) -> Gpt<B> {
+    config().init(device).load_record(load_record::<B, _>(path, device).unwrap())
+}
+
+fn batch<B: Backend>(step: usize, device: &B::Device) -> LmBatch<B> {
+    let tokens = &corpus().1;
+    let starts: Vec<usize> = (0..BATCH).map(|i| (step * 7919 + i * 104_729) % (tokens.len() - BLOCK - 1)).collect();
+    LmBatch::from_starts(tokens, &starts, BLOCK, device)
+}
+
+fn logits<B: Backend>(device: &B::Device) -> Vec<f32> {
+    let model = load::<B>(initial_weights(), device);
+    model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap()
+}
+
+/// Losses of `STEPS` AdamW steps from the initial weights, and the weights they end at.
+fn train<B: AutodiffBackend>(device: &B::Device, out: &Path) -> Vec<f32> {
+    let mut model = load::<B>(initial_weights(), device);
+    let adamw = AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 };
+    let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, 1.0, 1);
+    let mut losses = Vec::new();
+    for step in 0..STEPS {
+        let loss = lm_loss(&model, &batch::<B>(step, device));
+        losses.push(loss.clone().into_scalar().elem::<f32>());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(3e-3, model, grads);
+    }
+    Recorder::<B>::record(&CheckpointRecorder::default(), model.into_record(), out.to_path_buf()).unwrap();
+    losses
+}
+
+fn greedy<B: Backend>(weights: &Path, device: &B::Device) -> String {
+    let (tok, _) = corpus();
+    let model = load::<B>(weights, device);
+    let sampling = Sampling { max_new_tokens: 40, temperature: 0.0, top_k: None, top_p: None, seed: 1 };
+    let ids = generate(&model, &tok.encode("ROMEO:\n").unwrap(), &sampling, |_| {}).unwrap();
+    tok.decode(&ids)
+}
+
+fn assert_logits_agree(name: &str, got: &[f32]) {
+    let want = logits::<Reference>(&Default::default());
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let worst = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(worst / scale <= 1e-4, "{name}: logits differ by {worst} (relative {})", worst / scale);
+}
+
+fn assert_training_agrees<B: AutodiffBackend>(name: &str, device: &B::Device) {
+    let dir = tempfile::tempdir().unwrap();
+    let (want_weights, got_weights) = (dir.path().join("ndarray.mpk"), dir.path().join(format!("{name}.mpk")));
+    let want = train::<burn::backend::Autodiff<Reference>>(&Default::default(), &want_weights);
+    let got = train::<B>(device, &got_weights);
+    for (step, (a, b)) in want.iter().zip(&got).enumerate() {
+        assert!((a - b).abs() / a.abs() <= 0.01, "{name}: step {step} loss {b} vs ndarray {a}");
+    }
+    assert!(want[STEPS - 1] < want[0] * 0.8, "the model learns: {want:?}");
+    let text = greedy::<B::InnerBackend>(&got_weights, device);
+    assert_eq!(text, greedy::<Reference>(&want_weights, &Default::default()), "{name}: greedy text differs");
+}
+
+#[cfg(feature = "wgpu")]
+mod wgpu {
+    use super::*;
+    use burn::backend::wgpu::WgpuDevice;
+    type B = burn::backend::Wgpu;
+
+    #[test]
+    fn logits_match_ndarray() {
+        assert_logits_agree("wgpu", &logits::<B>(&WgpuDevice::DefaultDevice));
+    }
+
+    #[test]
+    fn training_and_greedy_text_match_ndarray() {
+        assert_training_agrees::<burn::backend::Autodiff<B>>("wgpu", &WgpuDevice::DefaultDevice);
+    }
+}
+
+#[cfg(feature = "tch")]
+mod tch_cpu {
+    use super::*;
+    use burn::backend::libtorch::LibTorchDevice;
+    type B = burn::backend::LibTorch<f32>;
+
+    #[test]
+    fn logits_match_ndarray() {
+        assert_logits_agree("tch-cpu", &logits::<B>(&LibTorchDevice::Cpu));
+    }
+
+    #[test]
+    fn training_and_greedy_text_match_ndarray() {
+        assert_training_agrees::<burn::backend::Autodiff<B>>("tch-cpu", &LibTorchDevice::Cpu);
+    }
+}
+
+#[test]
+fn backends_are_picked_by_name_with_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = dir.path().to_str().unwrap();
+    for backend in ["wgpu", "tch-cpu"] {
+        if kiln::backend::BackendName::parse(backend).is_err() {
+            continue;
+        }
+        let (ok, _, err) = common::kiln(&[
+            "--config",
+            "configs/tiny.toml",
+            "--backend",
+            backend,
+            "--set",
+            &format!("run.artifacts_dir={artifacts}"),
+            "--set",
+            &format!("run.name={backend}"),
+            "--set",
+            "training.max_iters=20",
+            "--set",
+            "training.eval_interval=10",
+            "--sample-tokens",
+            "0",
+        ]);
+        assert!(ok, "{backend}: {err}");
+        let summary = std::fs::read_to_string(dir.path().join(backend).join("summary.json")).unwrap();
+        assert!(summary.contains(&format!("\"backend\": \"{backend}\"")), "{summary}");
+    }
+    let (ok, _, err) = common::kiln(&["--config", "configs/tiny.toml", "--backend", "ndarray", "--set", "backend.precision=bf16"]);
+    assert!(!ok && err.contains("backend.precision = \"bf16\"") && err.contains("ndarray"), "{err}");
+}
