@@ -53,6 +53,7 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// so one code path serves training, prefill and one-token decoding.
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
+        let x_device = x.device();
         let head_dim = d_model / self.n_heads;
         // [batch, seq, 3 * d_model] → 3 × [batch, n_heads, seq, head_dim]
         let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
@@ -70,9 +71,32 @@ impl<B: Backend> CausalSelfAttention<B> {
             *slot = Some(LayerCache { keys: k.clone(), values: v.clone() });
         }
 
-        let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-        let y = attention(q, k, v, None, None, options); // [batch, n_heads, seq, head_dim]
+        let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &x_device);
+        let options = AttentionModuleOptions { is_causal, ..Default::default() };
+        let y = attention(q, k, v, mask, None, options); // [batch, n_heads, seq, head_dim]
         let y = y.swap_dims(1, 2).reshape([batch, seq, d_model]);
         self.resid_dropout.forward(self.c_proj.forward(y))
     }
+}
+
+/// How `seq` queries, the last ones of `keys` positions, are kept from attending ahead.
+///
+/// Without cached positions the queries and keys line up and the backend's causal flag
+/// does it. With a cache they do not, and backends disagree on where the causal flag aligns
+/// (libtorch's top-left, Burn's fallback bottom-right), so an explicit mask is built; one
+/// query (the usual decoding step) sees every key and needs none.
+fn causal_mask<B: Backend>(shape: [usize; 4], device: &B::Device) -> (Option<Tensor<B, 4, Bool>>, bool) {
+    let [batch, heads, seq, keys] = shape;
+    let past = keys - seq;
+    if past == 0 {
+        return (None, true);
+    }
+    if seq == 1 {
+        return (None, false);
+    }
+    // mask[i, j] = key j lies after query i's position (past + i).
+    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device).reshape([seq, 1]).add_scalar(past as i64);
+    let cols = Tensor::<B, 1, Int>::arange(0..keys as i64, device).reshape([1, keys]);
+    let mask = cols.expand([seq, keys]).greater(rows.expand([seq, keys]));
+    (Some(mask.reshape([1, 1, seq, keys]).expand(shape)), false)
 }
