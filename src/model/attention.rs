@@ -86,7 +86,7 @@ impl<B: Backend> CausalSelfAttention<B> {
 /// (libtorch's top-left, Burn's fallback bottom-right), so an explicit mask is built; one
 /// query (the usual decoding step) sees every key and needs none.
 fn causal_mask<B: Backend>(shape: [usize; 4], device: &B::Device) -> (Option<Tensor<B, 4, Bool>>, bool) {
-    let [batch, heads, seq, keys] = shape;
+    let [_, _, seq, keys] = shape;
     let past = keys - seq;
     if past == 0 {
         return (None, true);
