@@ -6,7 +6,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::config::BackendSection;
+use crate::config::{BackendSection, ConfigError};
 
 #[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "tch")))]
 compile_error!("kiln needs at least one backend feature: ndarray, wgpu, tch or cuda");
@@ -114,17 +114,15 @@ pub struct BackendChoice {
 
 impl BackendChoice {
     /// Checks names, the feature and the precision; errors name the key and what was expected.
-    pub fn from_section(section: &BackendSection) -> Result<Self, (&'static str, String, String)> {
-        let name = BackendName::parse(&section.name).map_err(|e| ("backend.name", format!("{:?}", section.name), e))?;
-        let precision = Precision::parse(&section.precision)
-            .map_err(|e| ("backend.precision", format!("{:?}", section.precision), e))?;
+    pub fn from_section(section: &BackendSection) -> Result<Self, ConfigError> {
+        let invalid = |key, value: &str, expected| ConfigError::Invalid { key, value: format!("{value:?}"), expected };
+        let name = BackendName::parse(&section.name).map_err(|e| invalid("backend.name", &section.name, e))?;
+        let precision =
+            Precision::parse(&section.precision).map_err(|e| invalid("backend.precision", &section.precision, e))?;
         if !name.precisions().contains(&precision) {
             let can: Vec<&str> = name.precisions().iter().map(|p| p.as_str()).collect();
-            return Err((
-                "backend.precision",
-                format!("{:?}", section.precision),
-                format!("a precision the {} backend runs: {}", name.as_str(), can.join(", ")),
-            ));
+            let expected = format!("a precision the {} backend runs: {}", name.as_str(), can.join(", "));
+            return Err(invalid("backend.precision", &section.precision, expected));
         }
         Ok(Self { name, precision, device: section.device })
     }
@@ -150,8 +148,7 @@ pub trait BackendJob {
 
 /// Runs `job` on the backend a `[backend]` section asks for.
 pub fn dispatch<J: BackendJob>(section: &BackendSection, job: J) -> anyhow::Result<J::Output> {
-    let choice = BackendChoice::from_section(section)
-        .map_err(|(key, value, expected)| anyhow::anyhow!("{key} = {value}: expected {expected}"))?;
+    let choice = BackendChoice::from_section(section)?;
     #[allow(unused_imports)]
     use burn::tensor::{bf16, f16};
     match (choice.name, choice.precision) {

@@ -17,10 +17,9 @@ use serde::Serialize;
 
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::RunSpec;
-use crate::data::{Corpus, LmBatch};
+use crate::data::{Corpus, LmBatch, WindowOrder};
 use crate::model::Gpt;
-use crate::tokenizer::TokenizerSpec;
-use crate::train::{document_separator, gpt_config, lm_loss, train_order, AdamW, ClippedAdamW};
+use crate::train::{gpt_config, lm_loss, prepare_in_memory, AdamW, ClippedAdamW};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -33,9 +32,8 @@ pub struct TrainBenchArgs {
     /// A run config, e.g. configs/small.toml.
     #[arg(long)]
     config: PathBuf,
-    /// Backend to run on: a shortcut for --set backend.name=NAME.
-    #[arg(long, value_name = "NAME")]
-    backend: Option<String>,
+    #[command(flatten)]
+    backend: super::BackendArg,
     /// Override a config value (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
@@ -67,19 +65,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
     if args.iters == 0 {
         anyhow::bail!("--iters 0: expected at least one timed step");
     }
-    let mut overrides = args.overrides.clone();
-    if let Some(name) = &args.backend {
-        overrides.push(format!("backend.name={name}"));
-    }
-    let spec = crate::config::load(&args.config, &overrides)?;
-    let text = crate::data::read_text(&spec.data.path)?;
-    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
-    let mut spec = spec;
-    spec.model.vocab_size = Some(spec.model.vocab_size.unwrap_or(tokenizer.vocab_size()).max(tokenizer.vocab_size()));
-    let corpus = Corpus::in_memory(&spec.data.path, &text, tokenizer.as_ref(), spec.data.val_fraction, spec.model.block_size)?;
-    let separator = document_separator(&spec, tokenizer.as_ref())?;
+    let mut spec = crate::config::load(&args.config, &args.backend.add_to(&args.overrides))?;
+    let (_, corpus, order) = prepare_in_memory(&mut spec)?;
     let backend = spec.backend.clone();
-    let job = Job { spec, corpus, separator, iters: args.iters, warmup: args.warmup };
+    let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
     let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -101,7 +90,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
 struct Job {
     spec: RunSpec,
     corpus: Corpus,
-    separator: Option<u32>,
+    order: WindowOrder,
     iters: usize,
     warmup: usize,
 }
@@ -114,10 +103,11 @@ impl BackendJob for Job {
         let mut model: Gpt<B> = gpt_config(spec).init(&device);
         let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
         let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
-        let order = train_order(spec, &self.corpus, self.separator)?;
         let micro = t.batch_size;
         let block = spec.model.block_size;
         let total = self.warmup + self.iters;
+        // Every window up front: drawing them is not part of a training step.
+        let starts = self.order.range(0, total * t.grad_accumulation * micro);
 
         let bar = ProgressBar::new(total as u64)
             .with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps").expect("valid template"))
@@ -133,7 +123,7 @@ impl BackendJob for Job {
             let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
             for m in 0..t.grad_accumulation {
                 let first = (step * t.grad_accumulation + m) * micro;
-                let batch = LmBatch::<B>::from_starts(&self.corpus.train, &order.range(first, micro), block, &device);
+                let batch = LmBatch::<B>::from_starts(&self.corpus.train, &starts[first..first + micro], block, &device);
                 let loss = lm_loss(&model, &batch);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 accumulator.accumulate(&model, grads);

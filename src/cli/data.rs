@@ -8,8 +8,8 @@ use clap::{Args, Subcommand};
 use super::table::{escape, Table};
 use crate::config::SamplingMode;
 use crate::data::Corpus;
-use crate::tokenizer::{Tokenizer, TokenizerSpec};
-use crate::train::{document_separator, train_order};
+use crate::tokenizer::Tokenizer;
+use crate::train::prepare_in_memory;
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
@@ -40,11 +40,8 @@ pub fn run(command: DataCommand) -> Result<()> {
 }
 
 fn show(args: ShowArgs) -> Result<()> {
-    let spec = crate::config::load(&args.config, &args.overrides)?;
-    let text = crate::data::read_text(&spec.data.path)?;
-    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
-    let corpus = Corpus::in_memory(&spec.data.path, &text, tokenizer.as_ref(), spec.data.val_fraction, spec.model.block_size)?;
-    let order = train_order(&spec, &corpus, document_separator(&spec, tokenizer.as_ref())?)?;
+    let mut spec = crate::config::load(&args.config, &args.overrides)?;
+    let (tokenizer, corpus, order) = prepare_in_memory(&mut spec)?;
     if args.stats {
         print_stats(&spec, &corpus, tokenizer.as_ref(), order.starts().len());
         return Ok(());

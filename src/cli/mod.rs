@@ -64,24 +64,30 @@ pub fn run() -> Result<()> {
     }
 }
 
-/// `--backend NAME`: run on another backend than the run's config names (e.g. generate on
-/// the CPU from a run trained on a GPU).
+/// `--backend NAME`: the backend to run on instead of the one the config or run names (e.g.
+/// generate on the CPU from a run trained on a GPU).
 #[derive(Debug, clap::Args)]
 struct BackendArg {
-    /// Backend to run on instead of the run's own (ndarray, wgpu, tch-cpu, cuda).
+    /// Backend to run on (ndarray, wgpu, tch-cpu, cuda); overrides `[backend] name`.
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 }
 
 impl BackendArg {
-    /// The run's `[backend]` section with the override applied and checked.
+    /// `--set` overrides with this one added last (for commands that load a config).
+    fn add_to(&self, overrides: &[String]) -> Vec<String> {
+        let mut all = overrides.to_vec();
+        all.extend(self.backend.as_ref().map(|name| format!("backend.name={name}")));
+        all
+    }
+
+    /// A run's `[backend]` section with the override applied and checked.
     fn section(&self, spec: &RunSpec) -> Result<crate::config::BackendSection> {
         let mut section = spec.backend.clone();
         if let Some(name) = &self.backend {
             section.name = name.clone();
         }
-        crate::backend::BackendChoice::from_section(&section)
-            .map_err(|(key, value, expected)| anyhow::anyhow!("{key} = {value}: expected {expected}"))?;
+        crate::backend::BackendChoice::from_section(&section)?;
         Ok(section)
     }
 }

@@ -16,9 +16,8 @@ pub struct TrainArgs {
     /// the file and KILN_<SECTION>__<KEY> environment variables).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
-    /// Backend to train on: a shortcut for --set backend.name=NAME.
-    #[arg(long, value_name = "NAME")]
-    backend: Option<String>,
+    #[command(flatten)]
+    backend: super::BackendArg,
     /// Continue the run from its newest complete checkpoint.
     #[arg(long)]
     resume: bool,
@@ -34,11 +33,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let Some(config) = args.config else {
         anyhow::bail!("no config given: run `kiln --config configs/small.toml` (see `kiln --help`)");
     };
-    let mut overrides = args.overrides;
-    if let Some(name) = args.backend {
-        overrides.push(format!("backend.name={name}"));
-    }
-    let spec = crate::config::load(&config, &overrides)?;
+    let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
     let options = TrainOptions { resume: args.resume, force: args.force, sample_tokens: args.sample_tokens };
     train(spec, options)?;
     Ok(())

@@ -112,7 +112,6 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
 
-    crate::backend::BackendChoice::from_section(&spec.backend)
-        .map_err(|(key, value, expected)| invalid(key, value, expected))?;
+    crate::backend::BackendChoice::from_section(&spec.backend)?;
     Ok(())
 }

@@ -83,6 +83,18 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
         .with_tie_embeddings(m.tie_embeddings)
 }
 
+/// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
+/// order training would visit windows in; `model.vocab_size` is resolved in `spec`. For
+/// commands that look at or time a config without training it.
+pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corpus, WindowOrder)> {
+    let text = crate::data::read_text(&spec.data.path)?;
+    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
+    resolve_vocab(spec, tokenizer.as_ref())?;
+    let corpus = Corpus::in_memory(&spec.data.path, &text, tokenizer.as_ref(), spec.data.val_fraction, spec.model.block_size)?;
+    let order = train_order(spec, &corpus, document_separator(spec, tokenizer.as_ref())?)?;
+    Ok((tokenizer, corpus, order))
+}
+
 /// The `<|endoftext|>` id that windows must not cross when `data.respect_documents` is set.
 pub fn document_separator(spec: &RunSpec, tokenizer: &dyn Tokenizer) -> Result<Option<u32>> {
     if !spec.data.respect_documents {
