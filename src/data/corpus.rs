@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::run_dir::{write_atomic, RunDir};
-use crate::tokenizer::{Tokenizer, TokenizerFile};
+use crate::tokenizer::{self, Tokenizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -31,7 +31,8 @@ pub fn read_text(path: &Path) -> Result<String, DataError> {
 struct TokenFileMeta {
     source: PathBuf,
     source_sha256: String,
-    tokenizer: TokenizerFile,
+    /// SHA-256 of the tokenizer's file.
+    tokenizer_sha256: String,
     /// Bytes per token in `tokens.bin`: 2 (u16) when the vocabulary fits, else 4 (u32).
     bytes_per_token: usize,
     tokens: usize,
@@ -64,7 +65,7 @@ impl Corpus {
         let meta = TokenFileMeta {
             source: source.into(),
             source_sha256: hex(&Sha256::digest(bytes)),
-            tokenizer: tokenizer.to_file(),
+            tokenizer_sha256: tokenizer::fingerprint(tokenizer),
             bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
             tokens: 0,
         };

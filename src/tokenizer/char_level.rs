@@ -51,8 +51,8 @@ impl Tokenizer for CharTokenizer {
         self.chars.len() + usize::from(self.unk.is_some())
     }
 
-    fn to_file(&self) -> TokenizerFile {
-        TokenizerFile::Char { chars: self.chars.iter().collect(), unk: self.unk.is_some() }
+    fn to_json(&self) -> serde_json::Value {
+        TokenizerFile::Char { chars: self.chars.iter().collect(), unk: self.unk.is_some() }.to_json()
     }
 }
 

@@ -1,14 +1,16 @@
 //! Tokenizers behind one trait, saved with the run as `tokenizer.json` so a run directory is
 //! self-contained.
 
+pub mod bpe;
 mod char_level;
 mod tiktoken;
 mod word;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bpe::BpeTokenizer;
 pub use char_level::CharTokenizer;
 pub use tiktoken::TiktokenTokenizer;
 pub use word::{split_words, WordTokenizer, END_OF_TEXT};
@@ -29,8 +31,8 @@ pub trait Tokenizer: Send + Sync {
     /// Raw bytes of the tokens; byte-level tokens may split a UTF-8 character.
     fn decode_bytes(&self, ids: &[u32]) -> Vec<u8>;
     fn vocab_size(&self) -> usize;
-    /// The serializable form written to `tokenizer.json`.
-    fn to_file(&self) -> TokenizerFile;
+    /// The contents of `tokenizer.json`: kiln's own form, or Hugging Face's for BPE.
+    fn to_json(&self) -> serde_json::Value;
 
     /// Bytes to append when `id` follows already decoded text (word tokens add a space).
     fn decode_next(&self, id: u32) -> Vec<u8> {
@@ -53,6 +55,10 @@ pub enum TokenizerSpec {
     Char,
     Word,
     Tiktoken(String),
+    /// A byte-level BPE `tokenizer.json` (kiln's or Hugging Face's).
+    Bpe(PathBuf),
+    /// Byte-level BPE trained on the run's corpus to this vocabulary size.
+    BpeTrain { vocab_size: usize },
 }
 
 /// How tokenizers fitted on the corpus (`char`, `word`) treat rare and unseen symbols.
@@ -70,8 +76,18 @@ impl TokenizerSpec {
             None if spec == "char" => Ok(Self::Char),
             None if spec == "word" => Ok(Self::Word),
             Some(("tiktoken", enc)) if tiktoken::ENCODINGS.contains(&enc) => Ok(Self::Tiktoken(enc.into())),
+            Some(("bpe", rest)) => match rest.split_once(':') {
+                Some(("train", n)) => match n.parse::<usize>() {
+                    Ok(vocab_size) if vocab_size > 256 => Ok(Self::BpeTrain { vocab_size }),
+                    _ => Err(TokenizerError::BadSpec(format!(
+                        "\"bpe:train:<vocab size>\" with a vocab size above 256 (bytes + <|endoftext|>), not {n:?}"
+                    ))),
+                },
+                _ if !rest.is_empty() => Ok(Self::Bpe(rest.into())),
+                _ => Err(TokenizerError::BadSpec("\"bpe:<path to tokenizer.json>\" or \"bpe:train:<vocab size>\"".into())),
+            },
             _ => Err(TokenizerError::BadSpec(format!(
-                "\"char\", \"word\" or \"tiktoken:<encoding>\" with encoding one of {}",
+                "\"char\", \"word\", \"tiktoken:<encoding>\" with encoding one of {}, \"bpe:<tokenizer.json>\" or \"bpe:train:<vocab size>\"",
                 tiktoken::ENCODINGS.join(", ")
             ))),
         }
@@ -83,6 +99,15 @@ impl TokenizerSpec {
             Self::Char => Box::new(CharTokenizer::fit(corpus, fit.allow_unknown)),
             Self::Word => Box::new(WordTokenizer::fit(corpus, fit.min_count.max(1))),
             Self::Tiktoken(enc) => Box::new(TiktokenTokenizer::new(enc)?),
+            Self::Bpe(path) => load(path)?,
+            Self::BpeTrain { vocab_size } => {
+                let options = bpe::train::BpeTrainOptions {
+                    vocab_size: *vocab_size,
+                    specials: vec![END_OF_TEXT.to_string()],
+                    progress: true,
+                };
+                Box::new(bpe::train::train_on_text(corpus, &options).map_err(|e| TokenizerError::BadSpec(e.to_string()))?)
+            }
         })
     }
 }
@@ -108,16 +133,38 @@ impl TokenizerFile {
     }
 }
 
+impl TokenizerFile {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("tokenizer files serialize")
+    }
+}
+
 pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
-    let json = serde_json::to_vec_pretty(&tokenizer.to_file()).expect("tokenizer files serialize");
+    let json = serde_json::to_vec_pretty(&tokenizer.to_json()).expect("JSON values serialize");
     crate::run_dir::write_atomic(path, &json)
 }
 
+/// A SHA-256 of the tokenizer's file: equal exactly when the tokenizers are.
+pub fn fingerprint(tokenizer: &dyn Tokenizer) -> String {
+    use sha2::{Digest, Sha256};
+    let json = serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize");
+    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face byte-level BPE
+/// (`"model"`).
 pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
     let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let file: TokenizerFile = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    file.into_tokenizer()
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    if value.get("model").is_some() {
+        return Ok(Box::new(bpe::hf::from_json(value).map_err(err)?));
+    }
+    if value.get("kind").is_none() {
+        return Err(err("neither a kiln tokenizer (\"kind\") nor a Hugging Face tokenizer.json (\"model\")".into()));
+    }
+    let file: TokenizerFile = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
+    file.into_tokenizer().map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -130,5 +177,9 @@ mod tests {
         assert_eq!(TokenizerSpec::parse("tiktoken:gpt2").unwrap(), TokenizerSpec::Tiktoken("gpt2".into()));
         assert!(TokenizerSpec::parse("tiktoken:nope").is_err());
         assert!(TokenizerSpec::parse("bytes").is_err());
+        assert_eq!(TokenizerSpec::parse("bpe:train:10000").unwrap(), TokenizerSpec::BpeTrain { vocab_size: 10000 });
+        assert_eq!(TokenizerSpec::parse("bpe:a/t.json").unwrap(), TokenizerSpec::Bpe("a/t.json".into()));
+        let err = TokenizerSpec::parse("bpe:train:ten").unwrap_err().to_string();
+        assert!(err.contains("\"ten\""), "{err}");
     }
 }

@@ -52,8 +52,8 @@ impl Tokenizer for TiktokenTokenizer {
         self.vocab_size
     }
 
-    fn to_file(&self) -> TokenizerFile {
-        TokenizerFile::Tiktoken { encoding: self.encoding.clone() }
+    fn to_json(&self) -> serde_json::Value {
+        TokenizerFile::Tiktoken { encoding: self.encoding.clone() }.to_json()
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {

@@ -103,8 +103,8 @@ impl Tokenizer for WordTokenizer {
         self.words.len()
     }
 
-    fn to_file(&self) -> TokenizerFile {
-        TokenizerFile::Word { words: self.words.clone() }
+    fn to_json(&self) -> serde_json::Value {
+        TokenizerFile::Word { words: self.words.clone() }.to_json()
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
