@@ -111,6 +111,45 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     commit_temp(&tmp, path)
 }
 
+/// A file written in pieces that appears at its path only when complete: it is written to a
+/// temporary sibling and renamed by [`AtomicFile::commit`]; dropped uncommitted, it is removed.
+pub struct AtomicFile {
+    writer: Option<std::io::BufWriter<fs::File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+}
+
+impl AtomicFile {
+    pub fn create(path: &Path) -> std::io::Result<Self> {
+        let tmp = temp_sibling(path);
+        let writer = std::io::BufWriter::new(fs::File::create(&tmp)?);
+        Ok(Self { writer: Some(writer), tmp, path: path.to_path_buf() })
+    }
+
+    pub fn commit(mut self) -> std::io::Result<()> {
+        let writer = self.writer.take().expect("an AtomicFile commits once");
+        writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        commit_temp(&self.tmp, &self.path)
+    }
+}
+
+impl Write for AtomicFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.writer.as_mut().expect("not yet committed").write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.writer.as_mut().expect("not yet committed").flush()
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.writer.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 /// A hidden file next to `path` to write into before [`commit_temp`]. It has no extension
 /// of its own, so writers that set one (Burn's recorders) keep it recognisable.
 pub fn temp_sibling(path: &Path) -> PathBuf {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use bpe::pretokenize::EncodeStreamError;
 pub use bpe::BpeTokenizer;
 pub use char_level::CharTokenizer;
 pub use tiktoken::TiktokenTokenizer;
@@ -131,6 +132,31 @@ impl TokenizerFile {
             Self::Tiktoken { encoding } => Box::new(TiktokenTokenizer::new(&encoding)?),
         })
     }
+}
+
+/// Encodes a stream in blocks of about 8 MiB, never holding it whole; each block's ids go to
+/// `sink` with the number of text bytes they cover. Blocks are cut just after a newline before a visible character, where no
+/// tokenizer here joins text across the cut. Returns the bytes read.
+pub fn encode_reader(
+    tokenizer: &dyn Tokenizer,
+    reader: impl std::io::Read,
+    sink: impl FnMut(&[u32], usize) -> std::io::Result<()>,
+) -> Result<u64, EncodeStreamError> {
+    encode_blocks(tokenizer, reader, 8 << 20, sink)
+}
+
+pub(crate) fn encode_blocks(
+    tokenizer: &dyn Tokenizer,
+    reader: impl std::io::Read,
+    block: usize,
+    mut sink: impl FnMut(&[u32], usize) -> std::io::Result<()>,
+) -> Result<u64, EncodeStreamError> {
+    let mut blocks = bpe::pretokenize::TextBlocks::new(reader, block);
+    while let Some(text) = blocks.next_block()? {
+        let ids = tokenizer.encode(&text).map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
+        sink(&ids, text.len()).map_err(EncodeStreamError::Io)?;
+    }
+    Ok(blocks.bytes_read())
 }
 
 impl TokenizerFile {

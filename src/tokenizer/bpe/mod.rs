@@ -11,13 +11,11 @@ pub mod train;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::io::Read;
 
 use rayon::prelude::*;
 use rustc_hash::FxHashMap;
 
-use pretokenize::{pre_tokens, Segment, SpecialMatcher, TextBlocks};
-pub use pretokenize::EncodeStreamError;
+use pretokenize::{pre_tokens, Segment, SpecialMatcher};
 
 use super::{Tokenizer, TokenizerError};
 
@@ -97,6 +95,25 @@ impl BpeTokenizer {
         });
         let texts: Vec<String> = specials.iter().map(|(t, _)| t.clone()).collect();
         Ok(Self { tokens, byte_ids, merges, ranks, special_matcher: SpecialMatcher::new(&texts), specials, whole_pieces })
+    }
+
+    /// A tokenizer whose ids are merge ranks, as tiktoken's: each multi-byte token is the
+    /// merge of the two pieces the earlier merges make of its bytes.
+    pub fn from_ranked_tokens(tokens: Vec<Vec<u8>>, specials: Vec<(String, u32)>) -> Result<Self, String> {
+        let mut tok = Self::new(tokens, Vec::new(), specials, false)?;
+        for id in 0..tok.tokens.len() as u32 {
+            if tok.tokens[id as usize].len() < 2 || tok.specials.iter().any(|&(_, s)| s == id) {
+                continue;
+            }
+            let mut parts = Vec::new();
+            tok.encode_piece(&tok.tokens[id as usize], &mut parts);
+            let [left, right] = parts[..] else {
+                return Err(format!("token {id} is not the merge of two earlier tokens"));
+            };
+            tok.ranks.entry((left, right)).or_insert((tok.merges.len() as u32, id));
+            tok.merges.push(Merge { left, right, merged: id });
+        }
+        Ok(tok)
     }
 
     pub fn merges(&self) -> &[Merge] {
@@ -203,30 +220,6 @@ impl BpeTokenizer {
         (0..n).filter(|&i| alive[i]).map(|i| id[i]).collect()
     }
 
-    /// Encodes a stream without holding it whole: blocks are cut at safe points (see
-    /// [`pretokenize::safe_cut_before`]) and each block's ids go to `sink`. Returns the
-    /// number of bytes read.
-    pub fn encode_reader(
-        &self,
-        reader: impl Read,
-        sink: impl FnMut(&[u32]) -> std::io::Result<()>,
-    ) -> Result<u64, EncodeStreamError> {
-        self.encode_blocks(reader, 8 << 20, sink)
-    }
-
-    fn encode_blocks(
-        &self,
-        reader: impl Read,
-        block: usize,
-        mut sink: impl FnMut(&[u32]) -> std::io::Result<()>,
-    ) -> Result<u64, EncodeStreamError> {
-        let mut blocks = TextBlocks::new(reader, block);
-        while let Some(text) = blocks.next_block()? {
-            sink(&self.encode_text(&text)).map_err(EncodeStreamError::Io)?;
-        }
-        Ok(blocks.bytes_read())
-    }
-
     /// All ids of `text`; long texts are cut at safe points and encoded in parallel.
     pub fn encode_text(&self, text: &str) -> Vec<u32> {
         if text.len() < PARALLEL_BYTES {
@@ -327,12 +320,11 @@ mod tests {
         let tok = toy();
         let text = "abc aab\n  cab<|endoftext|>\nbaa\n".repeat(20_000);
         let mut streamed = Vec::new();
-        let read = tok
-            .encode_blocks(text.as_bytes(), 4096, |ids| {
-                streamed.extend_from_slice(ids);
-                Ok(())
-            })
-            .unwrap();
+        let read = crate::tokenizer::encode_blocks(&tok, text.as_bytes(), 4096, |ids, _| {
+            streamed.extend_from_slice(ids);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(read as usize, text.len());
         assert_eq!(streamed, tok.encode_single_thread(&text));
         assert_eq!(tok.encode_text(&text), streamed);

@@ -148,6 +148,8 @@ pub enum EncodeStreamError {
     Io(std::io::Error),
     #[error("not UTF-8 text (invalid byte at offset {offset})")]
     NotUtf8 { offset: u64 },
+    #[error("{0}")]
+    Encode(String),
 }
 
 impl<R: std::io::Read> TextBlocks<R> {

@@ -18,7 +18,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use super::pretokenize::{self, pre_tokens, EncodeStreamError, Segment, SpecialMatcher, TextBlocks};
+use super::pretokenize::{self, pre_tokens, Segment, SpecialMatcher, TextBlocks};
 use super::{BpeTokenizer, Merge};
 
 #[derive(Debug, Clone)]
@@ -66,10 +66,7 @@ pub fn train_on_files(paths: &[PathBuf], options: &BpeTrainOptions) -> Result<Bp
         let file = File::open(path).map_err(|e| input_err(path, e.to_string()))?;
         let mut blocks = TextBlocks::new(file, 16 << 20);
         loop {
-            let block = blocks.next_block().map_err(|e| match e {
-                EncodeStreamError::Io(e) => input_err(path, e.to_string()),
-                EncodeStreamError::NotUtf8 { offset } => input_err(path, format!("not UTF-8 text (invalid byte at offset {offset})")),
-            })?;
+            let block = blocks.next_block().map_err(|e| input_err(path, e.to_string()))?;
             let Some(text) = block else { break };
             counts.add(&text, &matcher);
             bar.inc(text.len() as u64);
