@@ -1,7 +1,7 @@
 //! With the `tch` feature, records where libtorch's shared libraries live as an rpath of the
 //! binaries, so that `kiln` runs without `LD_LIBRARY_PATH`. The directory is found the way
 //! torch-sys finds it: `$LIBTORCH/lib`, or the `torch` package of the active Python when
-//! `LIBTORCH_USE_PYTORCH` is set (see scripts/setup-libtorch.sh).
+//! `LIBTORCH_USE_PYTORCH` is set (see scripts/setup-venv.sh).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -188,7 +188,7 @@ fn cuda_device(index: usize) -> anyhow::Result<burn::backend::libtorch::LibTorch
         anyhow::bail!(
             "backend.device = {index}: libtorch sees {count} CUDA device(s){}",
             if count == 0 {
-                "; check `nvidia-smi`, and that kiln was built against a CUDA build of libtorch (scripts/setup-libtorch.sh)"
+                "; check `nvidia-smi`, and that kiln was built against a CUDA build of libtorch (scripts/setup-venv.sh)"
             } else {
                 ""
             }

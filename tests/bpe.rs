@@ -6,7 +6,7 @@ mod common;
 use std::sync::LazyLock;
 
 use common::{kiln, repo};
-use kiln::tokenizer::bpe::pretokenize::{pre_tokens, GPT2_PATTERN};
+use kiln::tokenizer::bpe::pretokenize::{chunks, pre_tokens, GPT2_PATTERN};
 use kiln::tokenizer::bpe::train::{train_on_text, BpeTrainOptions};
 use kiln::tokenizer::{BpeTokenizer, TiktokenTokenizer, Tokenizer};
 use proptest::prelude::*;
@@ -24,7 +24,7 @@ static VERDICT_BPE: LazyLock<BpeTokenizer> = LazyLock::new(|| {
 fn tricky_text() -> impl Strategy<Value = String> {
     let pieces = prop::sample::select(vec![
         " ", "  ", "\n", "\n\n", "\t", "\r\n", "\u{a0}", "\u{3000}", "\u{2028}", "'s", "'ll", "'S", "'", "123",
-        "٣", "abc", "Ünï", "日本語", "😀", "!!", "<|endoftext|>", "<pad>", "<|endoftext", "x",
+        "٣", "abc", "Ünï", "\nA", "a\n", ".\n\nB", " \nx", "日本語", "😀", "!!", "<|endoftext|>", "<pad>", "<|endoftext", "x",
     ]);
     let piece = prop_oneof![3 => pieces.prop_map(String::from), 1 => any::<char>().prop_map(String::from)];
     prop::collection::vec(piece, 0..40).prop_map(|v| v.concat())
@@ -38,6 +38,13 @@ proptest! {
         let expected: Vec<&str> = GPT2_REGEX.find_iter(&text).map(|m| m.unwrap().as_str()).collect();
         let ours: Vec<&str> = pre_tokens(&text).collect();
         prop_assert_eq!(ours, expected);
+    }
+
+    #[test]
+    fn cutting_into_chunks_keeps_the_pieces(text in tricky_text(), target in 1usize..30) {
+        let whole: Vec<&str> = pre_tokens(&text).collect();
+        let chunked: Vec<&str> = chunks(&text, target).into_iter().flat_map(pre_tokens).collect();
+        prop_assert_eq!(chunked, whole);
     }
 
     #[test]
@@ -65,7 +72,8 @@ fn specials_are_single_tokens() {
 fn gpt2_merges_reproduce_tiktoken() {
     let kiln_gpt2 = TiktokenTokenizer::gpt2_as_bpe().unwrap();
     let tiktoken = TiktokenTokenizer::new("gpt2").unwrap();
-    for file in ["the-verdict.txt", "tinystories_val.txt"] {
+    // tinyshakespeare is over the 1 MB at which encoding goes parallel.
+    for file in ["the-verdict.txt", "tinystories_val.txt", "tinyshakespeare.txt"] {
         let text = std::fs::read_to_string(repo().join("data").join(file)).unwrap();
         assert_eq!(kiln_gpt2.encode(&text).unwrap(), tiktoken.encode(&text).unwrap(), "{file}");
     }
@@ -124,4 +132,105 @@ fn bad_tokenizer_inputs_get_named_errors() {
     std::fs::write(&truncated, r#"{"model": {"type": "BPE", "vocab": {"#).unwrap();
     let (ok, _, err) = kiln(&["tokenizer", "encode", "--tokenizer", truncated.to_str().unwrap(), "--text", "a"]);
     assert!(!ok && err.contains("cut.json") && err.contains("not JSON"), "{err}");
+}
+
+/// The Python with Hugging Face `tokenizers`: the repo's `.venv` (scripts/setup-venv.sh),
+/// else `python3` on PATH.
+fn python_with_tokenizers() -> std::path::PathBuf {
+    let venv = repo().join(".venv/bin/python");
+    let python = if venv.is_file() { venv } else { "python3".into() };
+    let probe = std::process::Command::new(&python).args(["-c", "import tokenizers"]).output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "{} cannot import tokenizers: run scripts/setup-venv.sh (pip install tokenizers)",
+        python.display()
+    );
+    python
+}
+
+/// Texts for the interop checks: prose, whitespace runs, Unicode, specials, numbers.
+fn interop_texts() -> Vec<String> {
+    let verdict = std::fs::read_to_string(repo().join("data/the-verdict.txt")).unwrap();
+    let mut texts: Vec<String> = [
+        "Once upon a time",
+        "  two leading spaces, trailing   ",
+        "tabs\tand\r\nCRLF\n\n\nthree newlines",
+        "I'll say it's 'THEIR' dog's 1234567 bones.",
+        "Ünïcødé: 日本語のテキスト, emoji 😀👍🏽, Ελληνικά, עברית",
+        "nbsp\u{a0}here and ideographic\u{3000}space",
+        "<|endoftext|>story one<|endoftext|><|endoftext|> story two",
+        "",
+    ]
+    .map(String::from)
+    .into();
+    texts.extend(verdict.lines().filter(|l| !l.is_empty()).take(40).map(String::from));
+    texts.push(verdict[..3000].to_string());
+    texts
+}
+
+fn run_python(python: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(python).arg(repo().join("tests/hf_tokenizers.py")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tests/hf_tokenizers.py {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}
+
+/// Python's `tokenizers` loads what kiln writes and encodes every text to kiln's ids.
+#[test]
+fn hugging_face_reads_kiln_tokenizers() {
+    let python = python_with_tokenizers();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokenizer.json");
+    kiln::tokenizer::save(&*VERDICT_BPE, &path).unwrap();
+    let cases: Vec<serde_json::Value> = interop_texts()
+        .into_iter()
+        .map(|text| serde_json::json!({"ids": VERDICT_BPE.encode(&text).unwrap(), "text": text}))
+        .collect();
+    let cases_path = dir.path().join("cases.json");
+    std::fs::write(&cases_path, serde_json::to_vec(&cases).unwrap()).unwrap();
+    let report = run_python(&python, &["check", path.to_str().unwrap(), cases_path.to_str().unwrap()]);
+    assert!(report.contains(&format!("{0}/{0} texts", cases.len())), "{report}");
+}
+
+/// kiln loads a tokenizer.json that Hugging Face's BpeTrainer wrote and encodes like it.
+#[test]
+fn kiln_reads_hugging_face_tokenizers() {
+    let python = python_with_tokenizers();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hf.json");
+    let texts = interop_texts();
+    let texts_path = dir.path().join("texts.json");
+    std::fs::write(&texts_path, serde_json::to_vec(&texts).unwrap()).unwrap();
+    let corpus = repo().join("data/the-verdict.txt");
+    let stdout = run_python(&python, &["train", corpus.to_str().unwrap(), "700", path.to_str().unwrap(), texts_path.to_str().unwrap()]);
+    let hf_ids: Vec<Vec<u32>> = serde_json::from_str(stdout.trim()).unwrap();
+    let tok = kiln::tokenizer::load(&path).unwrap();
+    assert_eq!(tok.vocab_size(), 700);
+    for (text, ids) in texts.iter().zip(&hf_ids) {
+        assert_eq!(&tok.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(&tok.decode(ids), text);
+    }
+}
+
+/// `tokenizer = "bpe:train:N"` trains on the run's corpus and saves a Hugging Face file in
+/// the run; a saved file is used as `bpe:PATH`, and generate decodes with it.
+#[test]
+fn configs_train_or_load_a_bpe() {
+    use kiln::train::{train, TrainOptions};
+    let artifacts = tempfile::tempdir().unwrap();
+    let sets = ["data.path=data/the-verdict.txt", "data.tokenizer=bpe:train:300", "training.max_iters=20", "training.eval_interval=10"];
+    let summary = train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
+    assert!(summary.final_val_loss < (300f64).ln(), "{}", summary.final_val_loss);
+    let saved = artifacts.path().join("tiny/tokenizer.json");
+    let tok = kiln::tokenizer::load(&saved).unwrap();
+    assert_eq!((tok.vocab_size(), tok.special_id("<|endoftext|>")), (300, Some(256)));
+
+    let spec = format!("data.tokenizer=bpe:{}", saved.display());
+    let sets = [spec.as_str(), "run.name=loaded", "data.path=data/the-verdict.txt", "training.max_iters=10", "training.eval_interval=10"];
+    train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
+    let copied = std::fs::read(artifacts.path().join("loaded/tokenizer.json")).unwrap();
+    assert_eq!(copied, std::fs::read(&saved).unwrap());
+    let run = artifacts.path().join("loaded");
+    let (ok, text, err) = kiln(&["generate", "--run", run.to_str().unwrap(), "--prompt", "I had", "--max-new-tokens", "20", "--seed", "1"]);
+    assert!(ok && text.starts_with("I had"), "{err}");
 }

@@ -1,4 +1,5 @@
-//! `kiln bench train`: time training steps of a config on a backend.
+//! `kiln bench train`: time training steps of a config on a backend. (`kiln bench tokenizer`
+//! is in `bench_tokenizer.rs`.)
 //!
 //! Steps run outside the Learner (forward, backward, clipped AdamW step) so the figure is the
 //! cost of the model and optimizer alone. FLOPs follow nanoGPT's `estimate_mfu`:
@@ -25,6 +26,8 @@ use crate::train::{gpt_config, lm_loss, prepare_in_memory, AdamW, ClippedAdamW};
 pub enum BenchCommand {
     /// ms per training step, tokens/s, model FLOP/s and peak memory for a config.
     Train(TrainBenchArgs),
+    /// BPE training time, peak memory and encode MB/s, against Hugging Face tokenizers and tiktoken-rs.
+    Tokenizer(super::bench_tokenizer::TokenizerBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,7 +64,10 @@ struct TrainBench {
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
-    let BenchCommand::Train(args) = command;
+    let args = match command {
+        BenchCommand::Train(args) => args,
+        BenchCommand::Tokenizer(args) => return super::bench_tokenizer::run(args),
+    };
     if args.iters == 0 {
         anyhow::bail!("--iters 0: expected at least one timed step");
     }
@@ -161,9 +167,16 @@ fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
 }
 
 /// The process's peak resident set (VmHWM), Linux only.
-fn peak_rss_mb() -> Option<f64> {
+/// The process's peak resident memory (Linux; `None` elsewhere).
+pub(super) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// Restarts the peak-memory count from the current resident size (Linux), so that
+/// [`peak_rss_mb`] measures one phase.
+pub(super) fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
 mod bench;
+mod bench_tokenizer;
 mod data;
 mod eval;
 mod generate;

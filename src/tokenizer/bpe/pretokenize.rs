@@ -101,19 +101,20 @@ impl SpecialMatcher {
 }
 
 /// A byte position at or after `from` where `text` can be cut without changing its
-/// pre-tokens: just after a newline and before a visible ASCII character (no piece spans
-/// that point). `None` when there is none.
+/// pre-tokens: after a newline that stands between two visible ASCII characters. (After a
+/// longer whitespace run the cut would move the run's last character: `"a\n\nB"` is
+/// `a`, `\n`, `\n`, `B`, but `"a\n\n"` alone ends in `\n\n`.) `None` when there is none.
 pub fn safe_cut_after(text: &[u8], from: usize) -> Option<usize> {
-    (from.max(1)..text.len()).find(|&i| is_cut(text, i))
+    (from.max(2)..text.len()).find(|&i| is_cut(text, i))
 }
 
 /// The last safe cut point before `until` (see [`safe_cut_after`]).
 pub fn safe_cut_before(text: &[u8], until: usize) -> Option<usize> {
-    (1..until.min(text.len())).rev().find(|&i| is_cut(text, i))
+    (2..until.min(text.len())).rev().find(|&i| is_cut(text, i))
 }
 
 fn is_cut(text: &[u8], i: usize) -> bool {
-    text[i - 1] == b'\n' && text[i].is_ascii_graphic()
+    text[i - 2].is_ascii_graphic() && text[i - 1] == b'\n' && text[i].is_ascii_graphic()
 }
 
 /// `text` cut at safe points into pieces of roughly `target` bytes (for parallel work).
