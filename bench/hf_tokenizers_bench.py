@@ -2,20 +2,31 @@
 
 Trains a byte-level BPE (BpeTrainer, ByteLevel pre-tokenizer and alphabet, the same vocab
 size and special tokens as kiln) on the given files, then encodes their text; prints one
-JSON object of figures. Peak memory is the process's ru_maxrss, which includes the Python
-interpreter (reported as baseline_rss_mb).
+JSON object of figures. Peak memory is measured as kiln measures its own (Linux): the peak
+resident size is reset to the current size just before training (/proc/self/clear_refs)
+and read after it (VmHWM); baseline_rss_mb is the resident size before training, i.e. the
+Python interpreter and the tokenizers module. (ru_maxrss would not do: Linux carries it
+over from the parent process.)
 """
 import argparse
 import json
-import resource
 import time
 
 import tokenizers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 
-def rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main():
@@ -25,7 +36,7 @@ def main():
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
 
-    baseline = rss_mb()
+    baseline = status_mb("VmRSS")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -35,10 +46,11 @@ def main():
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+    reset_peak()
     start = time.perf_counter()
     tokenizer.train(args.files, trainer)
     train_seconds = time.perf_counter() - start
-    peak = rss_mb()
+    peak = status_mb("VmHWM")
 
     text = "".join(open(f, encoding="utf-8").read() for f in args.files)
     start = time.perf_counter()

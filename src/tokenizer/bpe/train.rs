@@ -6,8 +6,10 @@
 //!    weighted by word count, and remember which words hold each pair.
 //! 3. Repeatedly merge the most frequent pair — on a tie, the lexicographically greatest
 //!    pair of byte strings, as the CS336 reference does — into a new token. Only the words
-//!    that hold the pair are rewritten, and only the pair counts they change are updated; a
-//!    max-heap with stale entries skipped on pop finds the next pair.
+//!    that hold the pair are rewritten, and only the pair counts they change are updated.
+//!    A max-heap finds the next pair; an entry whose count has fallen since it was pushed is
+//!    pushed again with the current count when it reaches the top (lazy updates keep the
+//!    heap small: only new pairs are pushed during a merge).
 
 use std::collections::BinaryHeap;
 use std::fs::File;
@@ -194,8 +196,14 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
     let bar = bar(options.progress, target as u64, "merges {bar:40} {pos}/{len} eta {eta}");
     while tokens.len() < options.vocab_size {
         let Some(top) = heap.pop() else { break };
-        if pair_counts.get(&top.pair) != Some(&top.count) {
-            continue; // stale: the pair's count changed since this entry was pushed
+        let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
+        if current != top.count {
+            // Counts of existing pairs only fall, and a fall is not pushed: the entry comes
+            // back with its count corrected. (A rise always pushes, leaving a stale low entry.)
+            if current > 0 && current < top.count {
+                heap.push(Candidate { count: current, ..top });
+            }
+            continue;
         }
         let pair = top.pair;
         let joined: Rc<[u8]> = [&top.left[..], &top.right[..]].concat().into();
@@ -225,7 +233,7 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
             *count = (*count as i64 + delta) as u64;
             if *count == 0 {
                 pair_counts.remove(&p);
-            } else {
+            } else if delta > 0 {
                 heap.push(candidate(&tokens, p, *count));
             }
         }
