@@ -2,7 +2,9 @@
 //! side with Hugging Face `tokenizers` (through bench/hf_tokenizers_bench.py) and tiktoken-rs.
 //!
 //! Every encoder runs on the same text held in memory, so the figures leave out disk reads.
-//! "1 thread" figures encode on the calling thread; "all threads" cut the text at safe
+//! Peak memory is the process's peak resident size during training, which includes what
+//! the process held before (its baseline, large in builds linked to libtorch). "1 thread"
+//! figures encode on the calling thread; "all threads" cut the text at safe
 //! points and encode the pieces with rayon (tiktoken-rs is given the same pieces).
 
 use std::path::PathBuf;
@@ -54,6 +56,7 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     // measured before the text is loaded for the encoders.
     let options = BpeTrainOptions { vocab_size: args.vocab_size, specials: args.specials.clone(), progress: true };
     reset_peak_rss();
+    let baseline_mb = peak_rss_mb();
     let (trained, seconds) = timed(|| train_on_files(&args.input, &options));
     let trained = trained?;
     let peak_mb = peak_rss_mb();
@@ -64,7 +67,7 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     }
     let mb = text.len() as f64 / 1e6;
     eprintln!("kiln bench tokenizer: {mb:.1} MB from {} file(s), vocab {}, {} threads", args.input.len(), args.vocab_size, rayon::current_num_threads());
-    rows.push(Row { what: "kiln train".into(), seconds: Some(seconds), peak_mb, mb_per_s: Some(mb / seconds), note: format!("vocab {}", trained.vocab_size()) });
+    rows.push(Row { what: "kiln train".into(), seconds: Some(seconds), peak_mb, mb_per_s: Some(mb / seconds), note: format!("vocab {}; process baseline {} MB", trained.vocab_size(), baseline_mb.map_or("?".into(), |mb| format!("{mb:.0}"))) });
 
     let gpt2 = TiktokenTokenizer::gpt2_as_bpe()?;
     let tiktoken = tiktoken_rs::r50k_base_singleton();
