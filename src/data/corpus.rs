@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::run_dir::{write_atomic, RunDir};
-use crate::tokenizer::{self, Tokenizer};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -65,7 +65,7 @@ impl Corpus {
         let meta = TokenFileMeta {
             source: source.into(),
             source_sha256: hex(&Sha256::digest(bytes)),
-            tokenizer_sha256: tokenizer::fingerprint(tokenizer),
+            tokenizer_sha256: hex(&Sha256::digest(serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize"))),
             bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
             tokens: 0,
         };

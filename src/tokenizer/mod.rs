@@ -170,13 +170,6 @@ pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
     crate::run_dir::write_atomic(path, &json)
 }
 
-/// A SHA-256 of the tokenizer's file: equal exactly when the tokenizers are.
-pub fn fingerprint(tokenizer: &dyn Tokenizer) -> String {
-    use sha2::{Digest, Sha256};
-    let json = serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize");
-    Sha256::digest(json).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face byte-level BPE
 /// (`"model"`).
 pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {

@@ -147,6 +147,11 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
         char_bytes.insert(c, b as u8);
     }
     let n = model.vocab.values().chain(file.added_tokens.iter().map(|t| &t.id)).max().map_or(0, |&id| id as usize + 1);
+    // Ids are dense in real files; a stray huge id must not make kiln allocate for it.
+    let entries = model.vocab.len() + file.added_tokens.len();
+    if n > entries {
+        return Err(format!("token id {} is out of range: the file has {entries} vocab and added tokens", n - 1));
+    }
     let mut tokens: Vec<Vec<u8>> = vec![Vec::new(); n];
     let specials: Vec<(String, u32)> = file.added_tokens.iter().map(|t| (t.content.clone(), t.id)).collect();
     for (text, &id) in &model.vocab {
@@ -233,5 +238,8 @@ mod tests {
         let err = from_json(json!({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
             "pre_tokenizer": {"type": "ByteLevel"}})).unwrap_err();
         assert!(err.contains("byte 0x00 has no token"), "{err}");
+        let err = from_json(json!({"model": {"type": "BPE", "vocab": {"a": 4000000000u32}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel"}})).unwrap_err();
+        assert!(err.contains("token id 4000000000 is out of range"), "{err}");
     }
 }

@@ -19,7 +19,8 @@ use pretokenize::{pre_tokens, Segment, SpecialMatcher};
 
 use super::{Tokenizer, TokenizerError};
 
-/// Pre-tokens longer than this are merged with a heap instead of repeated scans.
+/// Pre-tokens longer than this are merged with a heap instead of repeated scans, and are
+/// not cached.
 const SHORT_PIECE: usize = 32;
 /// Texts longer than this are encoded in parallel chunks.
 const PARALLEL_BYTES: usize = 1 << 20;
@@ -94,7 +95,8 @@ impl BpeTokenizer {
             ids
         });
         let texts: Vec<String> = specials.iter().map(|(t, _)| t.clone()).collect();
-        Ok(Self { tokens, byte_ids, merges, ranks, special_matcher: SpecialMatcher::new(&texts), specials, whole_pieces })
+        let special_matcher = SpecialMatcher::new(&texts)?;
+        Ok(Self { tokens, byte_ids, merges, ranks, special_matcher, specials, whole_pieces })
     }
 
     /// A tokenizer whose ids are merge ranks, as tiktoken's: each multi-byte token is the
@@ -223,9 +225,7 @@ impl BpeTokenizer {
     /// All ids of `text`; long texts are cut at safe points and encoded in parallel.
     pub fn encode_text(&self, text: &str) -> Vec<u32> {
         if text.len() < PARALLEL_BYTES {
-            let mut out = Vec::with_capacity(text.len() / 3);
-            self.encode_serial(text, &mut FxHashMap::default(), &mut out);
-            return out;
+            return self.encode_single_thread(text);
         }
         let chunks = pretokenize::chunks(text, PARALLEL_BYTES / 4);
         let parts: Vec<Vec<u32>> = chunks

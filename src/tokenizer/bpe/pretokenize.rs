@@ -6,6 +6,7 @@
 //! character back by hand, which yields exactly the look-ahead pattern's pieces (tested
 //! against `fancy-regex`).
 
+use std::io::Read;
 use std::sync::LazyLock;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -69,14 +70,16 @@ pub struct SpecialMatcher {
 }
 
 impl SpecialMatcher {
-    pub fn new(specials: &[String]) -> Self {
-        let matcher = (!specials.is_empty()).then(|| {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(specials)
-                .expect("special tokens form a valid automaton")
-        });
-        Self { matcher }
+    /// Fails only when the special tokens are too many or too long for one automaton.
+    pub fn new(specials: &[String]) -> Result<Self, String> {
+        if specials.is_empty() {
+            return Ok(Self { matcher: None });
+        }
+        let matcher = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(specials)
+            .map_err(|e| format!("cannot match {} special token(s): {e}", specials.len()))?;
+        Ok(Self { matcher: Some(matcher) })
     }
 
     /// `text` cut at its special tokens.
@@ -153,7 +156,7 @@ pub enum EncodeStreamError {
     Encode(String),
 }
 
-impl<R: std::io::Read> TextBlocks<R> {
+impl<R: Read> TextBlocks<R> {
     pub fn new(reader: R, block: usize) -> Self {
         Self { reader, block: block.max(1), pending: Vec::new(), offset: 0, done: false }
     }
@@ -165,10 +168,7 @@ impl<R: std::io::Read> TextBlocks<R> {
 
     pub fn next_block(&mut self) -> Result<Option<String>, EncodeStreamError> {
         while !self.done {
-            let filled = self.pending.len();
-            self.pending.resize(filled + self.block, 0);
-            let read = read_full(&mut self.reader, &mut self.pending[filled..]).map_err(EncodeStreamError::Io)?;
-            self.pending.truncate(filled + read);
+            let read = (&mut self.reader).take(self.block as u64).read_to_end(&mut self.pending).map_err(EncodeStreamError::Io)?;
             self.done = read == 0;
             let cut = if self.done { self.pending.len() } else { safe_cut_before(&self.pending, self.pending.len()).unwrap_or(0) };
             if cut == 0 {
@@ -183,19 +183,6 @@ impl<R: std::io::Read> TextBlocks<R> {
         }
         Ok(None)
     }
-}
-
-fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
@@ -216,7 +203,7 @@ mod tests {
 
     #[test]
     fn specials_split_leftmost_longest() {
-        let m = SpecialMatcher::new(&["<|a|>".into(), "<|a|><|b|>".into()]);
+        let m = SpecialMatcher::new(&["<|a|>".into(), "<|a|><|b|>".into()]).unwrap();
         assert_eq!(
             m.segments("x<|a|><|b|>y<|a|>"),
             [Segment::Text("x"), Segment::Special(1), Segment::Text("y"), Segment::Special(0)]

@@ -41,14 +41,15 @@ pub enum BpeTrainError {
     BadSpecial { index: usize, token: String },
     #[error("{path}: {reason}")]
     Input { path: PathBuf, reason: String },
+    #[error("special tokens: {0}")]
+    Specials(String),
     #[error("no text to train on: {what} has no text outside special tokens")]
     EmptyCorpus { what: String },
 }
 
 /// Trains on text in memory.
 pub fn train_on_text(text: &str, options: &BpeTrainOptions) -> Result<BpeTokenizer, BpeTrainError> {
-    check_options(options)?;
-    let matcher = SpecialMatcher::new(&options.specials);
+    let matcher = check_options(options)?;
     let mut counts = PreTokenCounts::default();
     counts.add(text, &matcher);
     merge(counts, options, "the corpus")
@@ -56,8 +57,7 @@ pub fn train_on_text(text: &str, options: &BpeTrainOptions) -> Result<BpeTokeniz
 
 /// Trains on the concatenation of files, read in blocks (never whole).
 pub fn train_on_files(paths: &[PathBuf], options: &BpeTrainOptions) -> Result<BpeTokenizer, BpeTrainError> {
-    check_options(options)?;
-    let matcher = SpecialMatcher::new(&options.specials);
+    let matcher = check_options(options)?;
     let sizes: Vec<u64> = paths
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(|e| input_err(p, e.to_string())))
@@ -83,7 +83,8 @@ fn input_err(path: &Path, reason: String) -> BpeTrainError {
     BpeTrainError::Input { path: path.into(), reason }
 }
 
-fn check_options(options: &BpeTrainOptions) -> Result<(), BpeTrainError> {
+/// Checks the options; returns the matcher of their special tokens.
+fn check_options(options: &BpeTrainOptions) -> Result<SpecialMatcher, BpeTrainError> {
     for (index, token) in options.specials.iter().enumerate() {
         if token.is_empty() || options.specials[..index].contains(token) {
             return Err(BpeTrainError::BadSpecial { index, token: token.clone() });
@@ -93,7 +94,7 @@ fn check_options(options: &BpeTrainOptions) -> Result<(), BpeTrainError> {
     if options.vocab_size < min {
         return Err(BpeTrainError::VocabTooSmall { vocab_size: options.vocab_size, specials: options.specials.len(), min });
     }
-    Ok(())
+    SpecialMatcher::new(&options.specials).map_err(BpeTrainError::Specials)
 }
 
 fn bar(show: bool, len: u64, template: &str) -> ProgressBar {
@@ -284,7 +285,7 @@ mod tests {
 
     /// The textbook algorithm: recount every pair before every merge.
     fn naive_merges(text: &str, specials: &[String], n_merges: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let matcher = SpecialMatcher::new(specials);
+        let matcher = SpecialMatcher::new(specials).unwrap();
         let mut words: FxHashMap<Vec<Vec<u8>>, u64> = FxHashMap::default();
         for segment in matcher.segments(text) {
             if let Segment::Text(t) = segment {
