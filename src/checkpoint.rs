@@ -1,15 +1,33 @@
-//! Checkpoint files: Burn records written atomically into `<run>/checkpoints/`, the policy
-//! that decides when to take one and which to keep, and loading with clear errors.
+//! Checkpoints: Burn records written atomically into `<run>/checkpoints/`, the policy that
+//! decides when to take one, the journal that completes them, and verified loading.
+//!
+//! A checkpoint of Learner epoch `N` is `model-N.mpk`, `optim-N.mpk`, `scheduler-N.mpk` and
+//! `state-N.json`. Each record is written to a temporary file, fsynced and renamed. The state
+//! file, which holds the SHA-256 of the three records, is written only once all three are on
+//! disk; then `latest.json` moves to it and checkpoints beyond the newest `keep` are removed.
+//! A checkpoint without a state file, or whose records no longer match their hashes, is not
+//! one.
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
 use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder, RecorderError};
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::run_dir::{commit_temp, temp_sibling, write_atomic, RunDir};
+use crate::train::RunControl;
+
+/// The records of one checkpoint, besides its state file.
+pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
+
+/// Version of `state-N.json`; a newer kiln that changes its meaning bumps it.
+pub const STATE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -17,25 +35,29 @@ pub enum CheckpointError {
     Load { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     State { path: PathBuf, reason: String },
+    #[error("checkpoint {epoch} (step {step}) is damaged: {file} {problem}")]
+    Damaged { epoch: usize, step: usize, file: String, problem: String },
     #[error("{0}")]
     NotFound(String),
 }
 
 /// Named-MessagePack records (Burn's default format, f32), written to a temporary file,
-/// fsynced and renamed so a crash never leaves a half-written checkpoint under its real name.
+/// fsynced and renamed so a crash never leaves a half-written record under its real name.
 ///
 /// With a directory, files are placed there by name: Burn's Learner asks for
-/// `<run>/checkpoint/model-3`, kiln keeps it at `<run>/checkpoints/model-3.mpk`.
+/// `<run>/checkpoint/model-3`, kiln keeps it at `<run>/checkpoints/model-3.mpk`. With a
+/// journal, each written record is reported to it.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointRecorder {
     dir: Option<PathBuf>,
+    journal: Option<CheckpointJournal>,
 }
 
 type Inner = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 impl CheckpointRecorder {
-    pub fn into_dir(dir: PathBuf) -> Self {
-        Self { dir: Some(dir) }
+    pub fn for_journal(journal: CheckpointJournal) -> Self {
+        Self { dir: Some(journal.run.checkpoints()), journal: Some(journal) }
     }
 
     fn target(&self, path: &Path) -> PathBuf {
@@ -58,7 +80,12 @@ impl<B: Backend> Recorder<B> for CheckpointRecorder {
         let tmp = temp_sibling(&target);
         Recorder::<B>::save_item(&Inner::new(), item, tmp.clone())?;
         // The inner recorder appends its extension to the temporary name.
-        commit_temp(&tmp.with_extension("mpk"), &target).map_err(|e| RecorderError::Unknown(e.to_string()))
+        let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", target.display()));
+        commit_temp(&tmp.with_extension("mpk"), &target).map_err(io)?;
+        match &self.journal {
+            Some(journal) => journal.record_written(&target).map_err(io),
+            None => Ok(()),
+        }
     }
 
     fn load_item<I: DeserializeOwned>(&self, path: &mut PathBuf) -> Result<I, RecorderError> {
@@ -86,59 +113,194 @@ fn short(reason: &str) -> String {
     reason.lines().next().unwrap_or(reason).chars().take(300).collect()
 }
 
-/// What a checkpoint records beyond the Burn records: where in the run it was taken.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// `state-N.json`: where in the run a checkpoint was taken and what it must match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
+    pub version: u32,
     pub epoch: usize,
     pub step: usize,
-    /// The data sampler derives each epoch's windows from `(seed, epoch)`, so this and
-    /// `epoch` are its whole RNG state.
+    /// Data windows and dropout masks derive from `(seed, micro-batch index)`, so this and
+    /// `step` are the whole RNG state of the run.
     pub seed: u64,
     pub tokens_seen: usize,
+    /// Why it was taken: `interval`, `end` or `interrupt`.
+    pub reason: String,
+    /// SHA-256 of the resolved `config.toml` and of `tokenizer.json` when it was taken.
+    pub config_sha256: String,
+    pub tokenizer_sha256: String,
+    /// SHA-256 of each record file, by file name.
+    pub files: BTreeMap<String, String>,
 }
 
 impl CheckpointState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let err = |reason: String| CheckpointError::State { path: path.to_path_buf(), reason };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
+        match value.get("version").and_then(|v| v.as_u64()) {
+            Some(v) if v == STATE_VERSION as u64 => {}
+            Some(v) => return Err(err(format!("checkpoint format version {v}; this kiln reads version {STATE_VERSION}"))),
+            None => return Err(err("no \"version\" field: not a kiln checkpoint state file".into())),
+        }
+        serde_json::from_value(value).map_err(|e| err(format!("not a checkpoint state file ({e})")))
+    }
+
+    /// Reads checkpoint `epoch` of `run` and checks every record against its hash.
+    pub fn verify(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
+        let state = Self::read(&run.checkpoint_state(epoch))?;
+        for kind in RECORDS {
+            let path = run.checkpoint_file(kind, epoch);
+            let name = file_name(&path);
+            let damaged = |problem: String| CheckpointError::Damaged { epoch, step: state.step, file: name.clone(), problem };
+            let expected = state.files.get(&name).ok_or_else(|| damaged("is not listed in its state file".into()))?;
+            let actual = sha256_file(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
+            if &actual != expected {
+                return Err(damaged("does not match the SHA-256 recorded when it was written (truncated or changed since)".into()));
+            }
+        }
+        Ok(state)
     }
 }
 
-/// Takes a checkpoint every `every_epochs` epochs and after the last one; keeps the newest
-/// `keep` complete checkpoints, never deleting the last complete one before the new one is
-/// on disk.
-pub struct CheckpointPolicy {
-    pub run: RunDir,
-    pub every_epochs: usize,
-    pub last_epoch: usize,
-    pub keep: usize,
-    pub eval_interval: usize,
-    pub max_iters: usize,
-    pub tokens_per_step: usize,
+/// `latest.json`: the newest complete checkpoint, moved only after it is whole.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latest {
+    pub epoch: usize,
+    pub step: usize,
+}
+
+impl Latest {
+    pub fn read(run: &RunDir) -> Option<Self> {
+        serde_json::from_slice(&std::fs::read(run.latest_checkpoint()).ok()?).ok()
+    }
+}
+
+/// Hex SHA-256 of a file, read in 1 MB pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// Completes checkpoints once all their records are written (see the module comment).
+#[derive(Debug, Clone)]
+pub struct CheckpointJournal {
+    run: RunDir,
+    keep: usize,
+    /// Checkpoints asked for and not yet complete: their state and the records written so far.
+    pending: Arc<Mutex<HashMap<usize, (CheckpointState, Vec<String>)>>>,
+}
+
+impl CheckpointJournal {
+    pub fn new(run: RunDir, keep: usize) -> Self {
+        Self { run, keep: keep.max(1), pending: Default::default() }
+    }
+
+    /// Records that checkpoint `state.epoch` is being written.
+    fn expect(&self, state: CheckpointState) {
+        self.pending.lock().expect("journal lock").insert(state.epoch, (state, Vec::new()));
+    }
+
+    /// Called by the recorder after `path` (`<kind>-<epoch>.mpk`) is on disk.
+    fn record_written(&self, path: &Path) -> std::io::Result<()> {
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let Some((kind, epoch)) = stem.rsplit_once('-').and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?))) else {
+            return Ok(());
+        };
+        // Held while completing, so only one of the three writer threads does it.
+        let mut pending = self.pending.lock().expect("journal lock");
+        let Some((_, written)) = pending.get_mut(&epoch) else { return Ok(()) };
+        written.push(kind.to_string());
+        if !RECORDS.iter().all(|k| written.iter().any(|w| w == k)) {
+            return Ok(());
+        }
+        let (mut state, _) = pending.remove(&epoch).expect("present");
+        for kind in RECORDS {
+            let path = self.run.checkpoint_file(kind, epoch);
+            state.files.insert(file_name(&path), sha256_file(&path)?);
+        }
+        let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
+        write_atomic(&self.run.checkpoint_state(epoch), &json)?;
+        let latest = serde_json::to_vec(&Latest { epoch, step: state.step }).expect("serializes");
+        write_atomic(&self.run.latest_checkpoint(), &latest)?;
+        self.prune(epoch)
+    }
+
+    /// Removes all but the newest `keep` complete checkpoints; `newest` always stays.
+    fn prune(&self, newest: usize) -> std::io::Result<()> {
+        let complete = self.run.checkpoint_epochs();
+        for &old in complete.iter().filter(|&&e| e != newest).rev().skip(self.keep - 1) {
+            self.run.remove_checkpoint(old)?;
+        }
+        Ok(())
+    }
+}
+
+/// What every checkpoint of a run records besides its position.
+#[derive(Debug, Clone)]
+pub struct RunIdentity {
     pub seed: u64,
+    pub tokens_per_step: usize,
+    pub config_sha256: String,
+    pub tokenizer_sha256: String,
+}
+
+/// Takes a checkpoint every `interval` steps, at the last step and when the run is
+/// interrupted; never after a divergence. Stops the Learner once the run should stop.
+pub struct CheckpointPolicy {
+    pub journal: CheckpointJournal,
+    pub control: Arc<RunControl>,
+    pub identity: RunIdentity,
+    pub interval: usize,
+    pub max_iters: usize,
+    /// The step of the checkpoint the run started from, or of the last one taken.
+    pub last_saved: Option<usize>,
 }
 
 impl CheckpointingStrategy for CheckpointPolicy {
     fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
-        if epoch % self.every_epochs != 0 && epoch != self.last_epoch {
+        let control = &self.control;
+        if control.should_stop() {
+            control.stop_learner();
+        }
+        let step = control.steps();
+        let reason = if control.divergence().is_some() || control.failure().is_some() || self.last_saved == Some(step) {
             return Vec::new();
-        }
-        let complete = self.run.checkpoint_epochs();
-        let keep_old = self.keep.saturating_sub(1).max(1);
-        for &old in complete.iter().filter(|&&e| e != epoch).rev().skip(keep_old) {
-            if let Err(e) = self.run.remove_checkpoint(old) {
-                log::warn!("cannot remove old checkpoint {old}: {e}");
-            }
-        }
-        let step = (epoch * self.eval_interval).min(self.max_iters);
-        let state =
-            CheckpointState { epoch, step, seed: self.seed, tokens_seen: step * self.tokens_per_step };
-        let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
-        if let Err(e) = write_atomic(&self.run.checkpoint_state(epoch), &json) {
-            log::error!("cannot write checkpoint state for epoch {epoch}: {e}");
+        } else if step >= self.max_iters {
+            "end"
+        } else if control.interrupted() {
+            "interrupt"
+        } else if step % self.interval == 0 {
+            "interval"
+        } else {
             return Vec::new();
-        }
+        };
+        let id = &self.identity;
+        self.journal.expect(CheckpointState {
+            version: STATE_VERSION,
+            epoch,
+            step,
+            seed: id.seed,
+            tokens_seen: step * id.tokens_per_step,
+            reason: reason.into(),
+            config_sha256: id.config_sha256.clone(),
+            tokenizer_sha256: id.tokenizer_sha256.clone(),
+            files: BTreeMap::new(),
+        });
+        self.last_saved = Some(step);
         vec![CheckpointingAction::Save]
     }
 }

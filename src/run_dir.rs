@@ -6,7 +6,9 @@
 //!   tokenizer.json           the fitted tokenizer
 //!   tokens.bin, tokens.json  the encoded corpus (u16 or u32 little-endian) and its provenance
 //!   checkpoints/             model-<epoch>.mpk, optim-<epoch>.mpk, scheduler-<epoch>.mpk,
-//!                            state-<epoch>.json (step, seed, metrics at that point)
+//!                            state-<epoch>.json (step, seed, hashes; written last),
+//!                            latest.json (the newest complete one),
+//!                            set-aside/<time>/ (checkpoints newer than a resume point)
 //!   model.mpk                final model record
 //!   metrics.jsonl            one JSON object per logged step
 //!   summary.json             final figures of the run
@@ -52,6 +54,9 @@ impl RunDir {
     pub fn checkpoint_state(&self, epoch: usize) -> PathBuf {
         self.checkpoints().join(format!("state-{epoch}.json"))
     }
+    pub fn latest_checkpoint(&self) -> PathBuf {
+        self.checkpoints().join("latest.json")
+    }
     /// The model file written at the end of training (same format as a checkpoint).
     pub fn final_model(&self) -> PathBuf {
         self.root.join("model.mpk")
@@ -74,7 +79,7 @@ impl RunDir {
                 name.strip_prefix("state-")?.strip_suffix(".json")?.parse().ok()
             })
             .filter(|&epoch| {
-                ["model", "optim", "scheduler"].iter().all(|k| self.checkpoint_file(k, epoch).is_file())
+                crate::checkpoint::RECORDS.iter().all(|k| self.checkpoint_file(k, epoch).is_file())
             })
             .collect();
         epochs.sort_unstable();
@@ -85,11 +90,86 @@ impl RunDir {
     /// half-deleted checkpoint is never listed as complete.
     pub fn remove_checkpoint(&self, epoch: usize) -> std::io::Result<()> {
         remove_if_exists(&self.checkpoint_state(epoch))?;
-        for kind in ["model", "optim", "scheduler"] {
+        for kind in crate::checkpoint::RECORDS {
             remove_if_exists(&self.checkpoint_file(kind, epoch))?;
         }
         Ok(())
     }
+}
+
+/// The Learner epoch of a checkpoint file name (`model-3.mpk`, `state-3.json`).
+pub fn checkpoint_epoch(path: &Path) -> Option<usize> {
+    let stem = path.file_stem()?.to_str()?;
+    let (kind, epoch) = stem.rsplit_once('-')?;
+    (kind == "state" || crate::checkpoint::RECORDS.contains(&kind)).then_some(())?;
+    epoch.parse().ok()
+}
+
+impl RunDir {
+    /// Moves every checkpoint file of an epoch after `epoch` into `checkpoints/set-aside/<unix
+    /// time>/`, so a run resumed from `epoch` cannot mix its new files with them. Returns the
+    /// folder when something was moved.
+    pub fn set_aside_after(&self, epoch: usize) -> std::io::Result<Option<PathBuf>> {
+        let newer: Vec<PathBuf> = fs::read_dir(self.checkpoints())?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && checkpoint_epoch(p).is_some_and(|e| e > epoch))
+            .collect();
+        if newer.is_empty() {
+            return Ok(None);
+        }
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let dir = self.checkpoints().join("set-aside").join(secs.to_string());
+        fs::create_dir_all(&dir)?;
+        for path in newer {
+            fs::rename(&path, dir.join(path.file_name().expect("a file")))?;
+        }
+        Ok(Some(dir))
+    }
+
+    /// Removes temporary files a killed writer left in the run and its checkpoints folder.
+    pub fn remove_partial_files(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for dir in [self.root().to_path_buf(), self.checkpoints()] {
+            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                if path.file_name().and_then(|n| n.to_str()).is_some_and(is_temp_name) {
+                    remove_if_exists(&path)?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Fails unless the run folder can be written and its disk has `bytes` free.
+    pub fn check_room(&self, bytes: u64, what: &str) -> Result<(), String> {
+        let probe = self.root().join(".kiln-write-test");
+        write_atomic(&probe, b"kiln").and_then(|_| fs::remove_file(&probe)).map_err(|e| {
+            format!("{}: cannot write into the run folder ({e}); choose a writable run.artifacts_dir", self.root().display())
+        })?;
+        let free = fs4::available_space(self.root()).map_err(|e| format!("{}: cannot read free space ({e})", self.root().display()))?;
+        if free < bytes {
+            return Err(format!(
+                "{}: {} free on this disk, but {what} needs {}; free some space or set run.artifacts_dir to another disk",
+                self.root().display(),
+                human_bytes(free),
+                human_bytes(bytes)
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} kB", b as f64 / 1024.0),
+    }
+}
+
+fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.contains("-partial")
 }
 
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {

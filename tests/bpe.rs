@@ -219,7 +219,7 @@ fn configs_train_or_load_a_bpe() {
     use kiln::train::{train, TrainOptions};
     let artifacts = tempfile::tempdir().unwrap();
     let sets = ["data.path=data/the-verdict.txt", "data.tokenizer=bpe:train:300", "training.max_iters=20", "training.eval_interval=10"];
-    let summary = train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
+    let summary = train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap().summary().unwrap();
     assert!(summary.final_val_loss < (300f64).ln(), "{}", summary.final_val_loss);
     let saved = artifacts.path().join("tiny/tokenizer.json");
     let tok = kiln::tokenizer::load(&saved).unwrap();

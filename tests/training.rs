@@ -138,7 +138,7 @@ fn resume_continues_at_the_saved_step() {
     dir.remove_checkpoint(2).unwrap();
     std::fs::remove_file(run.join("model.mpk")).unwrap();
 
-    let options = TrainOptions { resume: true, ..Default::default() };
+    let options = TrainOptions { resume: Some(kiln::train::Resume::Newest), ..Default::default() };
     train(common::tiny_spec(artifacts.path(), &sets), options).unwrap();
     let metrics = read_metrics(&run.join("metrics.jsonl"));
     let steps = |split: &str| metrics.iter().filter(|l| l.split == split).map(|l| l.step).collect::<Vec<_>>();

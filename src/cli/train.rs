@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::train::{train, TrainOptions};
+use crate::train::{train, Resume, TrainOptions};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -18,9 +18,10 @@ pub struct TrainArgs {
     overrides: Vec<String>,
     #[command(flatten)]
     backend: super::BackendArg,
-    /// Continue the run from its newest complete checkpoint.
-    #[arg(long)]
-    resume: bool,
+    /// Continue the run from its newest valid checkpoint, or from the checkpoint file given
+    /// (artifacts/<run>/checkpoints/state-3.json or any file of that checkpoint).
+    #[arg(long, value_name = "CHECKPOINT")]
+    resume: Option<Option<PathBuf>>,
     /// Delete an existing run with the same name and start over.
     #[arg(long, conflicts_with = "resume")]
     force: bool,
@@ -34,7 +35,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         anyhow::bail!("no config given: run `kiln --config configs/small.toml` (see `kiln --help`)");
     };
     let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
-    let options = TrainOptions { resume: args.resume, force: args.force, sample_tokens: args.sample_tokens };
+    let resume = args.resume.map(|path| path.map_or(Resume::Newest, Resume::From));
+    let options = TrainOptions { resume, force: args.force, sample_tokens: args.sample_tokens };
     train(spec, options)?;
     Ok(())
 }

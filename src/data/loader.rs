@@ -34,21 +34,26 @@ impl<B: Backend> LmBatch<B> {
     }
 }
 
-/// Training windows in `order`, `epoch_lengths[e - 1]` micro-batches in Learner epoch `e`.
+/// Asked before each optimizer step: true ends the epoch there (SIGINT, divergence).
+pub type StopCheck = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Training windows in `order`, served in Learner epochs.
 ///
-/// Epoch `e` serves the samples that follow those of the epochs before it, whatever
-/// happened before, so a run resumed at epoch `e` sees exactly the batches an uninterrupted
-/// run would have seen.
+/// Epoch `first_epoch + i` serves `epochs[i] = (first, count)`: micro-batches
+/// `first..first + count` of the run. A micro-batch's windows, and the dropout masks of its
+/// step (the backend is reseeded from `(seed, index)` before each one), depend only on its
+/// index, so a run resumed at any step sees exactly what an uninterrupted run would have.
 #[derive(Clone)]
 pub struct TrainWindows<B: Backend> {
     tokens: Arc<[u32]>,
     order: WindowOrder,
     batch_size: usize,
     block_size: usize,
-    /// Index of the first micro-batch of each epoch, and the number of micro-batches in it.
+    first_epoch: usize,
     epochs: Arc<[(usize, usize)]>,
-    /// The epoch the next `iter()` call serves (1-based); shared by clones.
+    /// The epoch the next `iter()` call serves; shared by clones.
     next_epoch: Arc<AtomicUsize>,
+    stop: Option<(StopCheck, usize)>,
     device: B::Device,
 }
 
@@ -58,32 +63,36 @@ impl<B: Backend> TrainWindows<B> {
         order: WindowOrder,
         batch_size: usize,
         block_size: usize,
-        epoch_lengths: &[usize],
         first_epoch: usize,
+        epochs: &[(usize, usize)],
         device: B::Device,
     ) -> Self {
-        let epochs: Vec<(usize, usize)> = epoch_lengths
-            .iter()
-            .scan(0, |first, &len| {
-                let epoch = (*first, len);
-                *first += len;
-                Some(epoch)
-            })
-            .collect();
         Self {
             tokens,
             order,
             batch_size,
             block_size,
+            first_epoch,
             epochs: epochs.into(),
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
+            stop: None,
             device,
         }
     }
 
+    /// Ends an epoch early, at a boundary of `grad_accumulation` micro-batches, once `stop`
+    /// says so.
+    pub fn with_stop(self, stop: StopCheck, grad_accumulation: usize) -> Self {
+        Self { stop: Some((stop, grad_accumulation.max(1))), ..self }
+    }
+
+    fn epoch(&self, epoch: usize) -> (usize, usize) {
+        epoch.checked_sub(self.first_epoch).and_then(|i| self.epochs.get(i)).copied().unwrap_or((0, 0))
+    }
+
     /// The window starts of every batch in `epoch`.
     pub fn epoch_starts(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let (first, batches) = self.epochs.get(epoch.wrapping_sub(1)).copied().unwrap_or((0, 0));
+        let (first, batches) = self.epoch(epoch);
         let starts = self.order.range(first * self.batch_size, batches * self.batch_size);
         starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
     }
@@ -92,7 +101,9 @@ impl<B: Backend> TrainWindows<B> {
 impl<B: Backend> DataLoader<B, LmBatch<B>> for TrainWindows<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
-        Box::new(WindowIter::new(self.tokens.clone(), self.epoch_starts(epoch), self.block_size, self.device.clone()))
+        let first = self.epoch(epoch).0;
+        let windows = WindowIter::new(self.tokens.clone(), self.epoch_starts(epoch), self.block_size, self.device.clone());
+        Box::new(TrainIter { windows, first, served: 0, seed: self.order.seed(), stop: self.stop.clone() })
     }
 
     fn num_items(&self) -> usize {
@@ -110,12 +121,50 @@ impl<B: Backend> DataLoader<B, LmBatch<B>> for TrainWindows<B> {
     }
 }
 
+/// One training epoch: reseeds the backend before each micro-batch and stops early on request.
+struct TrainIter<B: Backend> {
+    windows: WindowIter<B>,
+    /// Run-wide index of the epoch's first micro-batch.
+    first: usize,
+    served: usize,
+    seed: u64,
+    stop: Option<(StopCheck, usize)>,
+}
+
+impl<B: Backend> Iterator for TrainIter<B> {
+    type Item = LmBatch<B>;
+    fn next(&mut self) -> Option<LmBatch<B>> {
+        if let Some((stop, accumulation)) = &self.stop {
+            if self.served % accumulation == 0 && stop() {
+                return None;
+            }
+        }
+        let batch = self.windows.next()?;
+        B::seed(&batch.inputs.device(), micro_batch_seed(self.seed, self.first + self.served));
+        self.served += 1;
+        Some(batch)
+    }
+}
+
+impl<B: Backend> DataLoaderIterator<LmBatch<B>> for TrainIter<B> {
+    fn progress(&self) -> Progress {
+        self.windows.progress()
+    }
+}
+
+/// The backend seed for micro-batch `index` of a run: its own stream, apart from the data's.
+fn micro_batch_seed(seed: u64, index: usize) -> u64 {
+    super::windows::mix(seed ^ 0xD2_0A_0C_5E_ED, index as u64)
+}
+
 /// The same `count` validation windows every time, so validation losses are comparable.
 #[derive(Clone)]
 pub struct FixedWindows<B: Backend> {
     tokens: Arc<[u32]>,
     starts: Arc<[Vec<usize>]>,
     block_size: usize,
+    /// When it says stop, a validation pass yields nothing (the run is ending).
+    skip_when: Option<StopCheck>,
     device: B::Device,
 }
 
@@ -132,7 +181,11 @@ impl<B: Backend> FixedWindows<B> {
     ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x5EED_0F_7A11));
         let starts: Vec<Vec<usize>> = (0..count).map(|_| allowed.sample(&mut rng, batch_size)).collect();
-        Self { tokens, starts: starts.into(), block_size, device }
+        Self { tokens, starts: starts.into(), block_size, skip_when: None, device }
+    }
+
+    pub fn skip_when(self, stop: StopCheck) -> Self {
+        Self { skip_when: Some(stop), ..self }
     }
 
     /// Every non-overlapping window of the stream, in order, `batch_size` to a batch (the
@@ -140,7 +193,7 @@ impl<B: Backend> FixedWindows<B> {
     pub fn tiling(tokens: Arc<[u32]>, batch_size: usize, block_size: usize, device: B::Device) -> Self {
         let windows: Vec<usize> = (0..tokens.len().saturating_sub(block_size)).step_by(block_size).collect();
         let starts: Vec<Vec<usize>> = windows.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
-        Self { tokens, starts: starts.into(), block_size, device }
+        Self { tokens, starts: starts.into(), block_size, skip_when: None, device }
     }
 
     /// Number of batches and of predicted tokens.
@@ -156,7 +209,9 @@ impl<B: Backend> FixedWindows<B> {
 
 impl<B: Backend> DataLoader<B, LmBatch<B>> for FixedWindows<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
-        Box::new(WindowIter::new(self.tokens.clone(), self.starts.to_vec(), self.block_size, self.device.clone()))
+        let skip = self.skip_when.as_ref().is_some_and(|stop| stop());
+        let starts = if skip { Vec::new() } else { self.starts.to_vec() };
+        Box::new(WindowIter::new(self.tokens.clone(), starts, self.block_size, self.device.clone()))
     }
 
     fn num_items(&self) -> usize {
@@ -227,9 +282,11 @@ mod tests {
     #[test]
     fn epochs_are_reproducible_and_distinct() {
         let order = WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
-        let loader = TrainWindows::<B>::new(tokens(), order.clone(), 3, 8, &[2, 2, 1], 1, Default::default());
-        let resumed = TrainWindows::<B>::new(tokens(), order, 3, 8, &[2, 2, 1], 2, Default::default());
-        assert_eq!(loader.epoch_starts(2), resumed.epoch_starts(2));
+        let loader = TrainWindows::<B>::new(tokens(), order.clone(), 3, 8, 1, &[(0, 2), (2, 2), (4, 1)], Default::default());
+        // Resumed after micro-batch 3, in the middle of epoch 2: its epoch 3 holds the rest.
+        let resumed = TrainWindows::<B>::new(tokens(), order, 3, 8, 3, &[(3, 1), (4, 1)], Default::default());
+        assert_eq!(loader.epoch_starts(2)[1..], resumed.epoch_starts(3)[..]);
+        assert_eq!(loader.epoch_starts(3), resumed.epoch_starts(4));
         assert_ne!(loader.epoch_starts(1), loader.epoch_starts(2));
         assert_eq!(loader.epoch_starts(3).len(), 1);
         let first: Vec<_> = DataLoader::iter(&loader).collect();

@@ -5,5 +5,5 @@ mod loader;
 mod windows;
 
 pub use corpus::{read_text, Corpus, DataError};
-pub use loader::{FixedWindows, LmBatch, TrainWindows};
+pub use loader::{FixedWindows, LmBatch, StopCheck, TrainWindows};
 pub use windows::{WindowOrder, WindowStarts};

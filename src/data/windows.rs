@@ -74,6 +74,12 @@ pub enum WindowOrder {
 }
 
 impl WindowOrder {
+    pub fn seed(&self) -> u64 {
+        match self {
+            Self::Random { seed, .. } | Self::Shuffled { seed, .. } => *seed,
+        }
+    }
+
     pub fn starts(&self) -> &WindowStarts {
         match self {
             Self::Random { starts, .. } | Self::Shuffled { starts, .. } => starts,
@@ -119,7 +125,8 @@ impl WindowOrder {
 
 const RANDOM_BLOCK: usize = 4096;
 
-fn mix(seed: u64, n: u64) -> u64 {
+/// Seed of the `n`-th stream derived from `seed` (`StdRng::seed_from_u64` scrambles it further).
+pub(crate) fn mix(seed: u64, n: u64) -> u64 {
     seed ^ n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 

@@ -1,6 +1,7 @@
 //! Training through Burn's `SupervisedTraining` + `Learner`: wiring of data, model,
 //! optimizer, schedule, metrics, progress bar and checkpoints; the summary at the end.
 
+mod control;
 mod metrics;
 mod optim;
 mod renderer;
@@ -17,28 +18,54 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::train::{Learner, SupervisedTraining};
 use serde::{Deserialize, Serialize};
 
+pub use control::{Divergence, RunControl};
 pub use metrics::{read_metrics, MetricsLine};
 pub use optim::{global_norm, AdamW, ClippedAdamW};
 pub use schedule::WarmupCosine;
 pub use step::{lm_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendChoice, BackendJob};
-use crate::checkpoint::{load_record, CheckpointPolicy, CheckpointRecorder, CheckpointState};
+use crate::checkpoint::{
+    load_record, sha256_file, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, RunIdentity,
+};
 use crate::config::{RunSpec, SamplingMode};
-use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
+use crate::data::{Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
 use crate::run_dir::RunDir;
 use crate::tokenizer::{self, Tokenizer, TokenizerSpec};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TrainOptions {
-    /// Continue from the newest complete checkpoint of the run.
-    pub resume: bool,
+    /// Continue the run: from its newest valid checkpoint, or from the given checkpoint file.
+    pub resume: Option<Resume>,
     /// Delete an existing run of the same name and start over.
     pub force: bool,
     /// Tokens of the sample printed at the end (0 for none).
     pub sample_tokens: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resume {
+    Newest,
+    From(std::path::PathBuf),
+}
+
+/// How a training ended without an error.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Finished(Summary),
+    /// Stopped by SIGINT/SIGTERM after writing a checkpoint at `step`.
+    Interrupted { step: usize },
+}
+
+impl Outcome {
+    pub fn summary(self) -> Option<Summary> {
+        match self {
+            Self::Finished(summary) => Some(summary),
+            Self::Interrupted { .. } => None,
+        }
+    }
 }
 
 /// `summary.json`: the final figures of a run.
@@ -57,7 +84,7 @@ pub struct Summary {
 }
 
 /// Trains the run described by `spec` on its configured backend.
-pub fn train(spec: RunSpec, options: TrainOptions) -> Result<Summary> {
+pub fn train(spec: RunSpec, options: TrainOptions) -> Result<Outcome> {
     let backend = spec.backend.clone();
     crate::backend::dispatch(&backend, TrainJob { spec, options })?
 }
@@ -68,8 +95,8 @@ struct TrainJob {
 }
 
 impl BackendJob for TrainJob {
-    type Output = Result<Summary>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<Summary> {
+    type Output = Result<Outcome>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
         run::<B>(self.spec, self.options, device, backend)
     }
 }
@@ -154,18 +181,23 @@ pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBat
     sum / n.max(1) as f64
 }
 
-fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Summary> {
+fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
     let run = RunDir::new(spec.run.artifacts_dir.join(&spec.run.name));
-    let resume_from = prepare_run_dir(&run, &spec, options)?;
+    let resume_from = prepare_run_dir(&run, &spec, &options)?;
     B::seed(&device, spec.run.seed);
 
     let text = crate::data::read_text(&spec.data.path)?;
     let tokenizer: Box<dyn Tokenizer> = match resume_from {
+        // The run's own file, left as it is: its hash is what checkpoints refer to.
         Some(_) => tokenizer::load(&run.tokenizer())?,
-        None => TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?,
+        None => {
+            let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
+            tokenizer::save(tokenizer.as_ref(), &run.tokenizer())
+                .with_context(|| format!("writing {}", run.tokenizer().display()))?;
+            tokenizer
+        }
     };
     resolve_vocab(&mut spec, tokenizer.as_ref())?;
-    tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
     spec.write_resolved(&run.config())?;
     let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer.as_ref(), &run, spec.data.val_fraction, spec.model.block_size)?;
     drop(text);
@@ -173,6 +205,10 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     let t = spec.training.clone();
     let model: Gpt<B> = gpt_config(&spec).init(&device);
     let counts = model.param_counts();
+    // Model, two Adam moments, f32; room for two checkpoints and the final model.
+    let checkpoint_bytes = counts.total as u64 * 4 * 3;
+    run.check_room(2 * checkpoint_bytes + counts.total as u64 * 4, "training (two checkpoints and the final model)")
+        .map_err(anyhow::Error::msg)?;
     eprintln!(
         "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {} train / {} val tokens",
         run.root().display(),
@@ -184,33 +220,54 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
         corpus.val.len(),
     );
 
-    let num_epochs = t.num_epochs();
-    let first_epoch = resume_from.map_or(1, |s| s.epoch + 1);
-    let start_step = resume_from.map_or(0, |s| s.step);
-    let epoch_lengths: Vec<usize> = (1..=num_epochs)
-        .map(|e| (t.max_iters - (e - 1) * t.eval_interval).min(t.eval_interval) * t.grad_accumulation)
-        .collect();
+    let start_step = resume_from.as_ref().map_or(0, |s| s.step);
+    if start_step >= t.max_iters {
+        bail!(
+            "--resume: {} already reached training.max_iters = {} (checkpoint at step {start_step}); \
+             raise it, e.g. --set training.max_iters={}, to train further",
+            run.root().display(),
+            t.max_iters,
+            2 * t.max_iters.max(1)
+        );
+    }
+    let first_epoch = resume_from.as_ref().map_or(1, |s| s.epoch + 1);
+    let acc = t.grad_accumulation;
+    let epochs: Vec<(usize, usize)> =
+        epoch_plan(start_step, t.eval_interval, t.max_iters).into_iter().map(|(first, steps)| (first * acc, steps * acc)).collect();
+    let num_epochs = first_epoch - 1 + epochs.len();
+
+    let control = Arc::new(RunControl::new(start_step));
+    let stop: StopCheck = {
+        let control = control.clone();
+        Arc::new(move || control.should_stop())
+    };
     let separator = document_separator(&spec, tokenizer.as_ref())?;
     let order = train_order(&spec, &corpus, separator)?;
     let train_loader =
-        TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, &epoch_lengths, first_epoch, device.clone());
-    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?;
+        TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, first_epoch, &epochs, device.clone())
+            .with_stop(stop.clone(), acc);
+    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.skip_when(stop);
 
     let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
-    let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
-    let schedule = WarmupCosine::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, t.grad_accumulation);
+    let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, acc).with_control(control.clone());
+    let schedule = WarmupCosine::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc);
     let latest = Arc::new(Mutex::new(metrics::LatestMetrics::default()));
-    let logger = metrics::JsonlLogger::new(&run.metrics(), t.grad_accumulation, start_step, latest.clone())
+    let logger = metrics::JsonlLogger::new(&run.metrics(), acc, start_step, latest.clone())
         .with_context(|| format!("opening {}", run.metrics().display()))?;
-    let policy = CheckpointPolicy {
-        run: run.clone(),
-        every_epochs: t.checkpoint_interval() / t.eval_interval,
-        last_epoch: num_epochs,
-        keep: t.keep_checkpoints,
-        eval_interval: t.eval_interval,
-        max_iters: t.max_iters,
-        tokens_per_step: t.tokens_per_step(spec.model.block_size),
+    let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
+    let identity = RunIdentity {
         seed: spec.run.seed,
+        tokens_per_step: t.tokens_per_step(spec.model.block_size),
+        config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
+        tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
+    };
+    let policy = CheckpointPolicy {
+        journal: journal.clone(),
+        control: control.clone(),
+        identity,
+        interval: t.checkpoint_interval(),
+        max_iters: t.max_iters,
+        last_saved: resume_from.as_ref().map(|s| s.step),
     };
 
     let mut training = SupervisedTraining::new(run.root(), Arc::new(train_loader), Arc::new(valid_loader))
@@ -219,14 +276,15 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
         .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
         .metric_train_numeric(metrics::TokensPerSecond::new())
         .with_metric_logger(logger)
-        .with_file_checkpointer(CheckpointRecorder::into_dir(run.checkpoints()))
+        .with_file_checkpointer(CheckpointRecorder::for_journal(journal))
         .with_checkpointing_strategy(policy)
-        .renderer(renderer::ProgressRenderer::new(t.max_iters, start_step, t.eval_interval, t.grad_accumulation))
+        .with_interrupter(control.interrupter())
+        .renderer(renderer::ProgressRenderer::new(t.max_iters, start_step, acc))
         .num_epochs(num_epochs);
-    if t.grad_accumulation > 1 {
-        training = training.grads_accumulation(t.grad_accumulation);
+    if acc > 1 {
+        training = training.grads_accumulation(acc);
     }
-    if let Some(state) = resume_from {
+    if let Some(state) = &resume_from {
         training = training.checkpoint(state.epoch);
     }
     // Burn creates its own checkpoint folder; kiln's recorder writes to `checkpoints/`.
@@ -236,6 +294,23 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     let result = training.launch(Learner::new(model, optimizer, schedule));
     let wall_seconds = started.elapsed().as_secs_f64();
     let model = result.model;
+
+    if let Some(divergence) = control.divergence() {
+        bail!(divergence_message(&run, &spec, divergence));
+    }
+    if let Some(failure) = control.failure() {
+        bail!("training stopped at step {}: {failure}", control.steps());
+    }
+    if control.steps() < t.max_iters {
+        let step = control.steps();
+        eprintln!(
+            "kiln: stopped at step {step} of {}; checkpoint written to {}. Continue with the same command plus --resume \
+             (kiln train --config <config> --resume)",
+            t.max_iters,
+            run.checkpoints().display()
+        );
+        return Ok(Outcome::Interrupted { step });
+    }
 
     Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), model.clone().into_record(), run.final_model())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
@@ -269,14 +344,41 @@ fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::
     if options.sample_tokens > 0 {
         print_sample(&model, tokenizer.as_ref(), options.sample_tokens, spec.run.seed)?;
     }
-    Ok(summary)
+    Ok(Outcome::Finished(summary))
+}
+
+/// The Learner epochs left from `start_step`: `(first step, steps)`, cut at every multiple
+/// of `eval_interval` (a resumed run validates and checkpoints where an uninterrupted one would).
+pub fn epoch_plan(start_step: usize, eval_interval: usize, max_iters: usize) -> Vec<(usize, usize)> {
+    let mut plan = Vec::new();
+    let mut step = start_step;
+    while step < max_iters {
+        let end = ((step / eval_interval + 1) * eval_interval).min(max_iters);
+        plan.push((step, end - step));
+        step = end;
+    }
+    plan
+}
+
+fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> String {
+    let t = &spec.training;
+    let last_good = match crate::checkpoint::Latest::read(run) {
+        Some(latest) => format!("the last good checkpoint (step {}) is kept; `--resume` continues from it", latest.step),
+        None => "no checkpoint had been taken yet".to_string(),
+    };
+    let clip = if t.grad_clip > 0.0 { format!("lower training.grad_clip (now {})", t.grad_clip) } else { "set training.grad_clip = 1.0 (now off)".into() };
+    format!(
+        "the loss stopped being a number at step {} (gradient norm {}): training stopped and that step was not applied; \
+         {last_good}. Try a lower training.learning_rate (now {}), a longer training.warmup_iters (now {}), or {clip}",
+        divergence.step, divergence.grad_norm, t.learning_rate, t.warmup_iters
+    )
 }
 
 /// Creates the run directory, refusing to overwrite an existing run unless asked, and finds
 /// the checkpoint to resume from.
-fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: TrainOptions) -> Result<Option<CheckpointState>> {
+fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Result<Option<CheckpointState>> {
     let has_run = run.config().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
-    if options.resume {
+    if let Some(resume) = &options.resume {
         if !has_run {
             bail!("--resume: {} holds no run to resume; train without --resume first", run.root().display());
         }
@@ -290,11 +392,32 @@ fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: TrainOptions) -> Resul
                 );
             }
         }
-        let Some(state) = newest_valid_checkpoint(run)? else {
-            bail!("--resume: {} has no complete checkpoint yet; train without --resume (add --force to start over)", run.checkpoints().display());
+        if saved.training != spec.training {
+            eprintln!("kiln: warning: the [training] section differs from the one the run started with; the resumed run will not match an uninterrupted one");
+        }
+        let state = match resume {
+            Resume::Newest => newest_valid_checkpoint(run)?,
+            Resume::From(path) => checkpoint_at(run, path)?,
         };
+        let tokenizer_sha256 = sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?;
+        if tokenizer_sha256 != state.tokenizer_sha256 {
+            bail!(
+                "--resume: {} changed after checkpoint {} (step {}) was taken, so token ids would mean other things; \
+                 restore the file, or start a new run",
+                run.tokenizer().display(),
+                state.epoch,
+                state.step
+            );
+        }
+        let partials = run.remove_partial_files().with_context(|| format!("cleaning {}", run.root().display()))?;
+        if partials > 0 {
+            eprintln!("kiln: removed {partials} half-written file(s) left by an interrupted write");
+        }
+        if let Some(dir) = run.set_aside_after(state.epoch).with_context(|| format!("cleaning {}", run.checkpoints().display()))? {
+            eprintln!("kiln: checkpoints newer than the resume point were moved to {}", dir.display());
+        }
         crate::train::metrics::truncate_metrics(&run.metrics(), state.step)?;
-        eprintln!("kiln: resuming {} from step {} (epoch {})", run.root().display(), state.step, state.epoch);
+        eprintln!("kiln: resuming {} from step {} (checkpoint {})", run.root().display(), state.step, state.epoch);
         return Ok(Some(state));
     }
     if has_run {
@@ -311,15 +434,32 @@ fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: TrainOptions) -> Resul
     Ok(None)
 }
 
-/// The newest checkpoint whose state file reads; broken newer ones are reported and skipped.
-fn newest_valid_checkpoint(run: &RunDir) -> Result<Option<CheckpointState>> {
+/// The newest checkpoint whose records match their hashes; damaged newer ones are reported
+/// and skipped.
+fn newest_valid_checkpoint(run: &RunDir) -> Result<CheckpointState> {
     for epoch in run.checkpoint_epochs().into_iter().rev() {
-        match CheckpointState::read(&run.checkpoint_state(epoch)) {
-            Ok(state) => return Ok(Some(state)),
-            Err(e) => eprintln!("kiln: skipping checkpoint {epoch}: {e}"),
+        match CheckpointState::verify(run, epoch) {
+            Ok(state) => return Ok(state),
+            Err(e) => eprintln!("kiln: {e}; trying the one before"),
         }
     }
-    Ok(None)
+    bail!("--resume: {} has no complete checkpoint; train without --resume (add --force to start over)", run.checkpoints().display())
+}
+
+/// The checkpoint a `--resume PATH` names: any of its files, inside this run.
+fn checkpoint_at(run: &RunDir, path: &std::path::Path) -> Result<CheckpointState> {
+    let epoch = crate::run_dir::checkpoint_epoch(path).filter(|_| {
+        let dir = path.parent().and_then(|d| d.canonicalize().ok());
+        dir.is_some() && dir == run.checkpoints().canonicalize().ok()
+    });
+    let Some(epoch) = epoch else {
+        bail!(
+            "--resume {}: expected a checkpoint file of this run, such as {}",
+            path.display(),
+            run.checkpoint_state(run.checkpoint_epochs().last().copied().unwrap_or(1)).display()
+        );
+    };
+    Ok(CheckpointState::verify(run, epoch)?)
 }
 
 /// Fills `model.vocab_size` from the tokenizer, or checks that a configured one is big enough.

@@ -4,12 +4,16 @@
 //! PyTorch's `clip_grad_norm_`) decay only ≥2-D weights and clip the norm of all gradients
 //! taken together. Both are reproduced here on top of Burn's `SimpleOptimizer` machinery.
 
+use std::sync::Arc;
+
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, LearningRate, MultiGradientsParams, Optimizer, SimpleOptimizer};
 use burn::prelude::*;
 use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
+
+use super::control::RunControl;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {
@@ -62,16 +66,24 @@ impl<B: Backend> SimpleOptimizer<B> for AdamW {
 
 /// Scales the summed gradients of an accumulation window back to a mean, clips their global
 /// norm to `max_norm` (0 = off), then lets the inner optimizer step.
+///
+/// Under a [`RunControl`] it also counts steps and refuses a step whose gradient norm is not
+/// finite: the weights stay as they were and the run is told it diverged.
 #[derive(Clone)]
 pub struct ClippedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
     inner: OptimizerAdaptor<AdamW, M, B>,
     max_norm: f64,
     grad_scale: f64,
+    control: Option<Arc<RunControl>>,
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> ClippedAdamW<M, B> {
     pub fn new(adamw: AdamW, max_norm: f64, grad_accumulation: usize) -> Self {
-        Self { inner: OptimizerAdaptor::from(adamw), max_norm, grad_scale: 1.0 / grad_accumulation as f64 }
+        Self { inner: OptimizerAdaptor::from(adamw), max_norm, grad_scale: 1.0 / grad_accumulation as f64, control: None }
+    }
+
+    pub fn with_control(self, control: Arc<RunControl>) -> Self {
+        Self { control: Some(control), ..self }
     }
 }
 
@@ -80,16 +92,24 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizer<M, B> for ClippedAdamW<
 
     fn step(&mut self, lr: LearningRate, module: M, mut grads: GradientsParams) -> M {
         let mut factor = self.grad_scale;
-        if self.max_norm > 0.0 {
+        if self.max_norm > 0.0 || self.control.is_some() {
             let norm = global_norm(&module, &grads) * self.grad_scale;
-            if norm > self.max_norm {
+            if let Some(control) = self.control.as_ref().filter(|_| !norm.is_finite()) {
+                control.diverged(norm);
+                return module;
+            }
+            if self.max_norm > 0.0 && norm > self.max_norm {
                 factor *= self.max_norm / (norm + 1e-6);
             }
         }
         if factor != 1.0 {
             module.visit(&mut ScaleGrads::<B> { grads: &mut grads, factor, _b: Default::default() });
         }
-        self.inner.step(lr, module, grads)
+        let module = self.inner.step(lr, module, grads);
+        if let Some(control) = &self.control {
+            control.step_done();
+        }
+        module
     }
 
     fn step_multi(&mut self, lr: LearningRate, module: M, grads: MultiGradientsParams) -> M {

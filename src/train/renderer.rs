@@ -18,9 +18,12 @@ use super::metrics::{LEARNING_RATE, LOSS, TOKENS_PER_SEC};
 pub struct ProgressRenderer {
     bar: ProgressBar,
     names: HashMap<MetricId, String>,
-    eval_interval: usize,
     grad_accumulation: usize,
     max_iters: usize,
+    start_step: usize,
+    /// Micro-batches trained since this process started (Burn's epoch numbers say nothing
+    /// about steps once a run was resumed mid-epoch).
+    micro_batches: usize,
     train: HashMap<String, f64>,
     epoch_train_loss: (f64, usize),
     val_loss: (f64, usize),
@@ -28,7 +31,7 @@ pub struct ProgressRenderer {
 }
 
 impl ProgressRenderer {
-    pub fn new(max_iters: usize, start_step: usize, eval_interval: usize, grad_accumulation: usize) -> Self {
+    pub fn new(max_iters: usize, start_step: usize, grad_accumulation: usize) -> Self {
         let bar = ProgressBar::new(max_iters as u64).with_position(start_step as u64);
         bar.set_style(
             ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>6}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
@@ -38,9 +41,10 @@ impl ProgressRenderer {
         Self {
             bar,
             names: HashMap::new(),
-            eval_interval,
             grad_accumulation,
             max_iters,
+            start_step,
+            micro_batches: 0,
             train: HashMap::new(),
             epoch_train_loss: (0.0, 0),
             val_loss: (0.0, 0),
@@ -53,6 +57,10 @@ impl ProgressRenderer {
             MetricState::Numeric(entry, value) => Some((self.names.get(&entry.metric_id)?.clone(), value.current())),
             MetricState::Generic(_) => None,
         }
+    }
+
+    fn step(&self) -> usize {
+        (self.start_step + self.micro_batches / self.grad_accumulation).min(self.max_iters)
     }
 
     fn message(&self) -> String {
@@ -92,11 +100,9 @@ impl MetricsRendererTraining for ProgressRenderer {
         }
     }
 
-    fn render_train(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
-        let epoch = item.global_progress.items_processed;
-        let micro = item.iteration.unwrap_or(0);
-        let step = (epoch.saturating_sub(1) * self.eval_interval + micro / self.grad_accumulation).min(self.max_iters);
-        self.bar.set_position(step as u64);
+    fn render_train(&mut self, _: TrainingProgress, _: Vec<ProgressType>) {
+        self.micro_batches += 1;
+        self.bar.set_position(self.step() as u64);
         self.bar.set_message(self.message());
     }
 
@@ -108,7 +114,7 @@ impl MetricsRendererTraining for ProgressRenderer {
         }
         let val = self.val_loss.0 / self.val_loss.1 as f64;
         let train = self.epoch_train_loss.0 / self.epoch_train_loss.1.max(1) as f64;
-        let step = (item.global_progress.items_processed * self.eval_interval).min(self.max_iters);
+        let step = self.step();
         self.bar.suspend(|| eprintln!("step {step}: train loss {train:.4}, val loss {val:.4}"));
         self.last_val = Some(val);
         self.val_loss = (0.0, 0);

@@ -1,0 +1,116 @@
+//! What can end a run before `max_iters`: SIGINT/SIGTERM, a loss that stopped being a
+//! number, or a checkpoint that could not be written.
+//!
+//! The data loader ends its epoch at the next optimizer-step boundary once a stop is asked
+//! for, the optimizer counts steps and watches the gradient norm, and the checkpoint policy
+//! saves (or, after a divergence, refuses to) and stops Burn's Learner.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use burn::train::Interrupter;
+
+/// Signals received by this process since it started.
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the SIGINT/SIGTERM handler once per process. The first signal asks running
+/// trainings to stop after the current step with a checkpoint; a second one exits at once,
+/// which loses only the steps since the last checkpoint (files on disk are always whole).
+fn install_signal_handler() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let handler = || {
+            if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+                eprintln!("\nkiln: second interrupt: exiting now; `kiln train --resume` continues from the last checkpoint");
+                std::process::exit(130);
+            }
+            eprintln!("\nkiln: interrupt: finishing this step and writing a checkpoint (interrupt again to quit at once)");
+        };
+        if let Err(e) = ctrlc::set_handler(handler) {
+            log::warn!("cannot install the SIGINT/SIGTERM handler: {e}");
+        }
+    });
+}
+
+/// The step at which the gradients stopped being finite.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Divergence {
+    pub step: usize,
+    pub grad_norm: f64,
+}
+
+/// Shared by the loader, the optimizer and the checkpoint policy of one run.
+pub struct RunControl {
+    signals_at_start: usize,
+    requested: AtomicBool,
+    steps: AtomicUsize,
+    divergence: Mutex<Option<Divergence>>,
+    interrupter: Interrupter,
+}
+
+impl RunControl {
+    /// A run that has done `start_step` optimizer steps; installs the signal handler.
+    pub fn new(start_step: usize) -> Self {
+        install_signal_handler();
+        Self {
+            signals_at_start: SIGNALS.load(Ordering::SeqCst),
+            requested: AtomicBool::new(false),
+            steps: AtomicUsize::new(start_step),
+            divergence: Mutex::new(None),
+            interrupter: Interrupter::new(),
+        }
+    }
+
+    /// The handle Burn's Learner polls; a failed checkpoint write also stops it, with a message.
+    pub fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
+    }
+
+    /// Optimizer steps done so far in the run (including those before a resume).
+    pub fn steps(&self) -> usize {
+        self.steps.load(Ordering::SeqCst)
+    }
+
+    pub fn step_done(&self) {
+        self.steps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Asks for the same stop a SIGINT gives (for callers that embed kiln).
+    pub fn request_stop(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    /// A stop was asked for by a signal or [`Self::request_stop`].
+    pub fn interrupted(&self) -> bool {
+        self.requested.load(Ordering::SeqCst) || SIGNALS.load(Ordering::SeqCst) > self.signals_at_start
+    }
+
+    pub fn diverged(&self, grad_norm: f64) {
+        let mut divergence = self.divergence.lock().expect("divergence lock");
+        divergence.get_or_insert(Divergence { step: self.steps() + 1, grad_norm });
+    }
+
+    pub fn divergence(&self) -> Option<Divergence> {
+        *self.divergence.lock().expect("divergence lock")
+    }
+
+    /// Why Burn's Learner was stopped by something other than kiln (a failed checkpoint write).
+    pub fn failure(&self) -> Option<String> {
+        if self.interrupted() || self.divergence().is_some() {
+            return None;
+        }
+        self.interrupter.should_stop().then(|| self.interrupter.get_message().unwrap_or_else(|| "unknown reason".into()))
+    }
+
+    /// Training should end at the next step boundary.
+    pub fn should_stop(&self) -> bool {
+        self.interrupted() || self.divergence().is_some() || self.interrupter.should_stop()
+    }
+
+    /// Tells the Learner to leave its epoch loop.
+    pub fn stop_learner(&self) {
+        if !self.interrupter.should_stop() {
+            self.interrupter.stop(None);
+        }
+    }
+}
