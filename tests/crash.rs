@@ -126,3 +126,84 @@ fn killed_runs_resume_to_the_same_weights() {
     );
     assert!(same, "final weights differ from the uninterrupted run (seed {seed})");
 }
+
+fn stderr_of(child: Child) -> (bool, String) {
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// SIGINT (and SIGTERM, the same handler) ends the run after the current step with a
+/// checkpoint and exit status 0; `--resume` then ends where an uninterrupted run does.
+#[test]
+fn sigint_checkpoints_and_exits_cleanly() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let run = artifacts.path().join("interrupted");
+    let dir = RunDir::new(&run);
+    let child = start(artifacts.path(), "interrupted", &[]);
+    // Wait until training is under way (the first checkpoint is on disk), then interrupt.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dir.checkpoint_epochs().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signal = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(signal.success());
+    let (ok, err) = stderr_of(child);
+    assert!(ok, "an interrupted run exits 0:\n{err}");
+    assert!(err.contains("stopped at step") && err.contains("--resume"), "{err}");
+    let newest = *dir.checkpoint_epochs().last().unwrap();
+    let state = CheckpointState::verify(&dir, newest).unwrap();
+    assert!(state.step < 400 && matches!(state.reason.as_str(), "interrupt" | "interval"), "{state:?}");
+    assert!(!run.join("model.mpk").exists(), "an interrupted run has no final model");
+
+    finish(start(artifacts.path(), "interrupted", &["--resume"]));
+    finish(start(artifacts.path(), "reference", &[]));
+    assert_eq!(final_weights(&run), final_weights(&artifacts.path().join("reference")));
+}
+
+/// A damaged newest checkpoint is reported and the one before it is used; the damaged one is
+/// moved aside, not deleted. `--resume PATH` starts from the named checkpoint.
+#[test]
+fn resume_skips_a_damaged_checkpoint_and_accepts_a_path() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let run = artifacts.path().join("damaged");
+    let dir = RunDir::new(&run);
+    let mut child = start(artifacts.path(), "damaged", &[]);
+    while dir.checkpoint_epochs().len() < 2 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let epochs = dir.checkpoint_epochs();
+    let (older, newest) = (epochs[epochs.len() - 2], epochs[epochs.len() - 1]);
+    let model = dir.checkpoint_file("model", newest);
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+
+    let (ok, err) = stderr_of(start(artifacts.path(), "damaged", &["--resume", "--set", "training.max_iters=40"]));
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("checkpoint {newest}")) && err.contains("is damaged") && err.contains("trying the one before"), "{err}");
+    assert!(err.contains(&format!("(checkpoint {older})")), "{err}");
+    assert!(err.contains("moved to"), "{err}");
+    let set_aside: Vec<_> = std::fs::read_dir(run.join("checkpoints/set-aside")).unwrap().collect();
+    assert_eq!(set_aside.len(), 1);
+
+    let path = dir.checkpoint_state(dir.checkpoint_epochs()[0]);
+    let (ok, err) = stderr_of(start(
+        artifacts.path(),
+        "damaged",
+        &["--resume", path.to_str().unwrap(), "--set", "training.max_iters=60"],
+    ));
+    assert!(ok && err.contains("resuming"), "{err}");
+    let (ok, err) = stderr_of(start(artifacts.path(), "damaged", &["--resume", "Cargo.toml"]));
+    assert!(!ok && err.contains("--resume Cargo.toml: expected a checkpoint file of this run"), "{err}");
+}
+
+/// A loss that stops being a number ends the run with a non-zero status and advice.
+#[test]
+fn a_diverging_run_stops_with_advice() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let child = start(artifacts.path(), "diverged", &["--set", "training.learning_rate=1e30", "--set", "training.warmup_iters=0"]);
+    let (ok, err) = stderr_of(child);
+    assert!(!ok, "{err}");
+    assert!(err.contains("the loss stopped being a number at step") && err.contains("training.learning_rate (now 1e30)"), "{err}");
+}

@@ -369,7 +369,7 @@ fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> S
     let clip = if t.grad_clip > 0.0 { format!("lower training.grad_clip (now {})", t.grad_clip) } else { "set training.grad_clip = 1.0 (now off)".into() };
     format!(
         "the loss stopped being a number at step {} (gradient norm {}): training stopped and that step was not applied; \
-         {last_good}. Try a lower training.learning_rate (now {}), a longer training.warmup_iters (now {}), or {clip}",
+         {last_good}. Try a lower training.learning_rate (now {:e}), a longer training.warmup_iters (now {}), or {clip}",
         divergence.step, divergence.grad_norm, t.learning_rate, t.warmup_iters
     )
 }
