@@ -67,7 +67,7 @@ impl BackendJob for Job {
     type Output = Result<EvalResult>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<EvalResult> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
-        let tokenizer = crate::tokenizer::load(&self.run.tokenizer())?;
+        let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
         let separator = crate::train::document_separator(&self.spec, tokenizer.as_ref())?;
         let windows = if self.full {
             let (t, m) = (&self.spec.training, &self.spec.model);

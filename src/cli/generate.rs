@@ -20,16 +20,16 @@ pub struct GenerateArgs {
     /// Text to continue.
     #[arg(long, default_value = "\n")]
     prompt: String,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, allow_negative_numbers = true)]
     max_new_tokens: usize,
     /// Softmax temperature; 0 picks the most likely token (greedy).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     temperature: f64,
     /// Sample only among the k most likely tokens.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_k: Option<usize>,
     /// Sample only among the most likely tokens whose probabilities add up to p.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     top_p: Option<f64>,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
@@ -47,7 +47,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate()?;
-    let tokenizer = crate::tokenizer::load(&run.tokenizer())?;
+    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
     let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
     let backend = args.backend.section(&spec)?;
     crate::backend::dispatch(&backend, Job { run, spec, checkpoint: args.checkpoint, prompt, prompt_text: args.prompt, sampling, tokenizer })?

@@ -3,8 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
@@ -77,15 +75,17 @@ impl BackendJob for Job {
     type Output = Result<Report>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
-        let mut table = ParamTable { path: Vec::new(), params: Vec::new() };
-        model.visit(&mut table);
+        let params: Vec<ParamInfo> = crate::model::named_params(&model)
+            .into_iter()
+            .map(|p| ParamInfo { count: p.shape.iter().product(), name: p.name, shape: p.shape, dtype: p.dtype })
+            .collect();
         let counts = model.param_counts();
         let (step, epoch) = position(&self.run, &path);
         let metrics = read_metrics(&self.run.metrics());
         let upto = |split: &str| {
             metrics.iter().rev().find(|l| l.split == split && step.is_none_or(|s| l.step <= s)).cloned()
         };
-        let bytes: usize = table.params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
+        let bytes: usize = params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
         Ok(Report {
             file: path.display().to_string(),
             file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
@@ -97,7 +97,7 @@ impl BackendJob for Job {
             model: self.spec.model.clone(),
             last_train: upto("train"),
             last_val: upto("val"),
-            params: table.params,
+            params,
         })
     }
 }
@@ -123,27 +123,6 @@ fn dtype_bytes(dtype: &str) -> usize {
         "F16" | "BF16" | "I16" | "U16" => 2,
         "I8" | "U8" | "Bool" => 1,
         _ => 4,
-    }
-}
-
-/// Collects every float parameter with its dotted path (`blocks.0.attn.c_attn.weight`).
-struct ParamTable {
-    path: Vec<String>,
-    params: Vec<ParamInfo>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamTable {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let tensor = param.val();
-        let shape = tensor.dims().to_vec();
-        let name = self.path.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");
-        self.params.push(ParamInfo { name, count: shape.iter().product(), shape, dtype: format!("{:?}", tensor.dtype()) });
     }
 }
 

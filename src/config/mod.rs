@@ -244,14 +244,15 @@ mod defaults {
 /// Errors a user can cause through a config file, the environment or `--set`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {file}: {source}")]
-    Load { file: PathBuf, source: ::config::ConfigError },
+    // Not marked as a `source`: the message already holds it, and `{:#}` would repeat it.
+    #[error("cannot read config {file}: {reason}")]
+    Load { file: PathBuf, reason: ::config::ConfigError },
     #[error("--set {given:?}: expected section.key=value, e.g. --set training.learning_rate=3e-4")]
     BadOverride { given: String },
     #[error("{key} = {value}: expected {expected}")]
     Invalid { key: &'static str, value: String, expected: String },
-    #[error("cannot write {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: std::io::Error },
 }
 
 /// Reads `file`, layers the environment and the `--set` overrides on top, and validates.
@@ -265,7 +266,7 @@ pub fn load_with_env(
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<RunSpec, ConfigError> {
-    let load_err = |source| ConfigError::Load { file: file.to_path_buf(), source };
+    let load_err = |reason| ConfigError::Load { file: file.to_path_buf(), reason };
     if !file.is_file() {
         return Err(load_err(::config::ConfigError::Message("file not found".into())));
     }
@@ -321,7 +322,7 @@ impl RunSpec {
     pub fn read_resolved(path: &Path) -> Result<Self, ConfigError> {
         let load_err = |msg: String| ConfigError::Load {
             file: path.to_path_buf(),
-            source: ::config::ConfigError::Message(msg),
+            reason: ::config::ConfigError::Message(msg),
         };
         let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
         let spec: RunSpec = toml::from_str(&text).map_err(|e| load_err(e.to_string()))?;
@@ -332,7 +333,7 @@ impl RunSpec {
     pub fn write_resolved(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self).expect("RunSpec always serializes to TOML");
         crate::run_dir::write_atomic(path, text.as_bytes())
-            .map_err(|source| ConfigError::Write { path: path.to_path_buf(), source })
+            .map_err(|reason| ConfigError::Write { path: path.to_path_buf(), reason })
     }
 
     /// Whether `other` describes the same model (an unset vocab_size matches any).

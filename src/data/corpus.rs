@@ -23,6 +23,9 @@ pub enum DataError {
 pub fn read_text(path: &Path) -> Result<String, DataError> {
     let err = |reason: String| DataError::Source { path: path.into(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    if bytes.is_empty() {
+        return Err(err("the file is empty".into()));
+    }
     String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
 }
 

@@ -176,14 +176,19 @@ pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
     let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    from_json(value).map_err(err)
+}
+
+/// A tokenizer from the JSON of a `tokenizer.json` (see [`load`]).
+pub fn from_json(value: serde_json::Value) -> Result<Box<dyn Tokenizer>, String> {
     if value.get("model").is_some() {
-        return Ok(Box::new(bpe::hf::from_json(value).map_err(err)?));
+        return Ok(Box::new(bpe::hf::from_json(value)?));
     }
     if value.get("kind").is_none() {
-        return Err(err("neither a kiln tokenizer (\"kind\") nor a Hugging Face tokenizer.json (\"model\")".into()));
+        return Err("neither a kiln tokenizer (\"kind\") nor a Hugging Face tokenizer.json (\"model\")".into());
     }
-    let file: TokenizerFile = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
-    file.into_tokenizer().map_err(|e| err(e.to_string()))
+    let file: TokenizerFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    file.into_tokenizer().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -183,10 +183,10 @@ pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBat
 
 fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
     let run = RunDir::new(spec.run.artifacts_dir.join(&spec.run.name));
+    let text = crate::data::read_text(&spec.data.path)?;
     let resume_from = prepare_run_dir(&run, &spec, &options)?;
     B::seed(&device, spec.run.seed);
 
-    let text = crate::data::read_text(&spec.data.path)?;
     let tokenizer: Box<dyn Tokenizer> = match resume_from {
         // The run's own file, left as it is: its hash is what checkpoints refer to.
         Some(_) => tokenizer::load(&run.tokenizer())?,
@@ -377,7 +377,9 @@ fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> S
 /// Creates the run directory, refusing to overwrite an existing run unless asked, and finds
 /// the checkpoint to resume from.
 fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Result<Option<CheckpointState>> {
-    let has_run = run.config().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
+    // Training has started once metrics are logged; a start that failed on its input (and
+    // left only config, tokenizer and tokens.bin) holds nothing to protect.
+    let has_run = run.metrics().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
     if let Some(resume) = &options.resume {
         if !has_run {
             bail!("--resume: {} holds no run to resume; train without --resume first", run.root().display());
@@ -491,6 +493,35 @@ fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: u
     Ok(())
 }
 
+/// The tokenizer of a trained run, checked against the model it belongs to: its vocabulary
+/// must fit the model's, and it must be the file the run's checkpoints were taken with.
+pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
+    let path = run.tokenizer();
+    let tokenizer = tokenizer::load(&path)?;
+    let (have, model) = (tokenizer.vocab_size(), spec.vocab_size());
+    if have > model {
+        bail!(
+            "{}: a vocabulary of {have} tokens, but the run's model has {model} (model.vocab_size in {}); \
+             the file is not the one this run was trained with: restore it",
+            path.display(),
+            run.config().display()
+        );
+    }
+    let state = crate::checkpoint::Latest::read(run).and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
+    if let Some(state) = state {
+        if sha256_file(&path).with_context(|| format!("reading {}", path.display()))? != state.tokenizer_sha256 {
+            bail!(
+                "{}: changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
+                 restore the run's own tokenizer.json",
+                path.display(),
+                state.epoch,
+                state.step
+            );
+        }
+    }
+    Ok(tokenizer)
+}
+
 /// Loads the weights of a run into `model`: a given checkpoint file, else the final model,
 /// else the newest checkpoint. Returns the model and the file it came from.
 pub fn load_model<B: Backend>(
@@ -508,6 +539,17 @@ pub fn load_model<B: Backend>(
         },
     };
     let model: Gpt<B> = gpt_config(spec).init(device);
+    let expected = crate::model::named_params(&model);
     let record = load_record::<B, _>(&path, device)?;
-    Ok((model.load_record(record), path))
+    let model = model.load_record(record);
+    let loaded = crate::model::named_params(&model);
+    if let Some((want, got)) = expected.iter().zip(&loaded).find(|(want, got)| want.shape != got.shape) {
+        bail!(crate::checkpoint::CheckpointError::Shape {
+            path,
+            name: got.name.clone(),
+            file: got.shape.clone(),
+            config: want.shape.clone(),
+        });
+    }
+    Ok((model, path))
 }
