@@ -9,7 +9,6 @@
 //! one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -18,9 +17,8 @@ use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Re
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::run_dir::{commit_temp, temp_sibling, write_atomic, RunDir};
+use crate::run_dir::{commit_temp, sha256_file, temp_sibling, write_atomic, RunDir};
 use crate::train::RunControl;
 
 /// The records of one checkpoint, besides its state file.
@@ -188,6 +186,21 @@ impl CheckpointState {
         serde_json::from_value(value).map_err(|e| err(format!("not a checkpoint state file ({e})")))
     }
 
+    /// Fails unless the run's `tokenizer.json` is the file this checkpoint was taken with.
+    pub fn check_tokenizer(&self, run: &RunDir) -> Result<(), CheckpointError> {
+        let path = run.tokenizer();
+        let actual = sha256_file(&path).map_err(|e| CheckpointError::State { path: path.clone(), reason: e.to_string() })?;
+        if actual != self.tokenizer_sha256 {
+            let reason = format!(
+                "changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
+                 restore the run's own tokenizer.json",
+                self.epoch, self.step
+            );
+            return Err(CheckpointError::State { path, reason });
+        }
+        Ok(())
+    }
+
     /// Reads checkpoint `epoch` of `run` and checks every record against its hash.
     pub fn verify(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
         let state = Self::read(&run.checkpoint_state(epoch))?;
@@ -216,21 +229,6 @@ impl Latest {
     pub fn read(run: &RunDir) -> Option<Self> {
         serde_json::from_slice(&std::fs::read(run.latest_checkpoint()).ok()?).ok()
     }
-}
-
-/// Hex SHA-256 of a file, read in 1 MB pieces.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn file_name(path: &Path) -> String {
@@ -269,7 +267,7 @@ impl CheckpointJournal {
         if !RECORDS.iter().all(|k| written.iter().any(|w| w == k)) {
             return Ok(());
         }
-        let (mut state, _) = pending.remove(&epoch).expect("present");
+        let Some((mut state, _)) = pending.remove(&epoch) else { return Ok(()) };
         for kind in RECORDS {
             let path = self.run.checkpoint_file(kind, epoch);
             state.files.insert(file_name(&path), sha256_file(&path)?);

@@ -163,11 +163,6 @@ impl TrainingSection {
         self.checkpoint_interval.unwrap_or(self.eval_interval)
     }
 
-    /// Number of Learner epochs: one per `eval_interval` steps, the last one possibly shorter.
-    pub fn num_epochs(&self) -> usize {
-        self.max_iters.div_ceil(self.eval_interval)
-    }
-
     /// Tokens consumed per optimizer step.
     pub fn tokens_per_step(&self, block_size: usize) -> usize {
         self.batch_size * self.grad_accumulation * block_size

@@ -4,9 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::run_dir::{write_atomic, RunDir};
+use crate::run_dir::{sha256_hex, write_atomic, RunDir};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -67,8 +66,8 @@ impl Corpus {
         let bytes = text.as_bytes();
         let meta = TokenFileMeta {
             source: source.into(),
-            source_sha256: hex(&Sha256::digest(bytes)),
-            tokenizer_sha256: hex(&Sha256::digest(serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize"))),
+            source_sha256: sha256_hex(bytes),
+            tokenizer_sha256: sha256_hex(&serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize")),
             bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
             tokens: 0,
         };
@@ -177,10 +176,6 @@ fn write_cache(run: &RunDir, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), 
     write_atomic(&run.tokens(), &bytes).map_err(io(run.tokens()))?;
     let json = serde_json::to_vec_pretty(&meta).expect("token metadata serializes");
     write_atomic(&run.tokens_meta(), &json).map_err(io(run.tokens_meta()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

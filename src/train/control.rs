@@ -5,7 +5,7 @@
 //! for, the optimizer counts steps and watches the gradient norm, and the checkpoint policy
 //! saves (or, after a divergence, refuses to) and stops Burn's Learner.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::train::Interrupter;
@@ -42,7 +42,6 @@ pub struct Divergence {
 /// Shared by the loader, the optimizer and the checkpoint policy of one run.
 pub struct RunControl {
     signals_at_start: usize,
-    requested: AtomicBool,
     steps: AtomicUsize,
     divergence: Mutex<Option<Divergence>>,
     interrupter: Interrupter,
@@ -54,7 +53,6 @@ impl RunControl {
         install_signal_handler();
         Self {
             signals_at_start: SIGNALS.load(Ordering::SeqCst),
-            requested: AtomicBool::new(false),
             steps: AtomicUsize::new(start_step),
             divergence: Mutex::new(None),
             interrupter: Interrupter::new(),
@@ -75,14 +73,9 @@ impl RunControl {
         self.steps.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Asks for the same stop a SIGINT gives (for callers that embed kiln).
-    pub fn request_stop(&self) {
-        self.requested.store(true, Ordering::SeqCst);
-    }
-
-    /// A stop was asked for by a signal or [`Self::request_stop`].
+    /// SIGINT or SIGTERM arrived since the run started.
     pub fn interrupted(&self) -> bool {
-        self.requested.load(Ordering::SeqCst) || SIGNALS.load(Ordering::SeqCst) > self.signals_at_start
+        SIGNALS.load(Ordering::SeqCst) > self.signals_at_start
     }
 
     pub fn diverged(&self, grad_norm: f64) {

@@ -25,14 +25,12 @@ pub use schedule::WarmupCosine;
 pub use step::{lm_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendChoice, BackendJob};
-use crate::checkpoint::{
-    load_record, sha256_file, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, RunIdentity,
-};
+use crate::checkpoint::{load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, RunIdentity};
 use crate::config::{RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
-use crate::run_dir::RunDir;
+use crate::run_dir::{sha256_file, RunDir};
 use crate::tokenizer::{self, Tokenizer, TokenizerSpec};
 
 #[derive(Debug, Clone, Default)]
@@ -401,16 +399,7 @@ fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Resu
             Resume::Newest => newest_valid_checkpoint(run)?,
             Resume::From(path) => checkpoint_at(run, path)?,
         };
-        let tokenizer_sha256 = sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?;
-        if tokenizer_sha256 != state.tokenizer_sha256 {
-            bail!(
-                "--resume: {} changed after checkpoint {} (step {}) was taken, so token ids would mean other things; \
-                 restore the file, or start a new run",
-                run.tokenizer().display(),
-                state.epoch,
-                state.step
-            );
-        }
+        state.check_tokenizer(run)?;
         let partials = run.remove_partial_files().with_context(|| format!("cleaning {}", run.root().display()))?;
         if partials > 0 {
             eprintln!("kiln: removed {partials} half-written file(s) left by an interrupted write");
@@ -509,15 +498,7 @@ pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>>
     }
     let state = crate::checkpoint::Latest::read(run).and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
     if let Some(state) = state {
-        if sha256_file(&path).with_context(|| format!("reading {}", path.display()))? != state.tokenizer_sha256 {
-            bail!(
-                "{}: changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
-                 restore the run's own tokenizer.json",
-                path.display(),
-                state.epoch,
-                state.step
-            );
-        }
+        state.check_tokenizer(run)?;
     }
     Ok(tokenizer)
 }
