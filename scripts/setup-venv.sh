@@ -3,7 +3,9 @@
 #  - libtorch 2.9.0 (the version tch 0.22 / burn-tch 0.21 are built for) as the pip package
 #    torch==2.9.0, so nothing is downloaded at build time;
 #  - Hugging Face `tokenizers`, which the BPE interop test (tests/hf_tokenizers.py) checks
-#    kiln's tokenizer.json files against.
+#    kiln's tokenizer.json files against;
+#  - Hugging Face `transformers`, which the GPT-2 interop tests (tests/hf_gpt2.py) load
+#    `kiln export` folders with and save random GPT-2s with for `kiln import`.
 #
 #   scripts/setup-venv.sh            # creates .venv next to Cargo.toml
 #   eval "$(scripts/setup-venv.sh --env)"   # … and exports what cargo needs
@@ -17,6 +19,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${KILN_VENV:-$root/.venv}"
 torch_version="${KILN_TORCH_VERSION:-2.9.0}"
 tokenizers_version="0.23.3"
+transformers_version="5.23.0"
 
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2
@@ -27,11 +30,14 @@ fi
 if ! "$venv/bin/python" -c "import tokenizers, sys; sys.exit(tokenizers.__version__ != '$tokenizers_version')" 2>/dev/null; then
     "$venv/bin/pip" install --quiet "tokenizers==$tokenizers_version" >&2
 fi
+if ! "$venv/bin/python" -c "import transformers, sys; sys.exit(transformers.__version__ != '$transformers_version')" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet "transformers==$transformers_version" >&2
+fi
 
 exports="export VIRTUAL_ENV=\"$venv\" PATH=\"$venv/bin:\$PATH\" LIBTORCH_USE_PYTORCH=1"
 if [ "${1:-}" = "--env" ]; then
     echo "$exports"
 else
-    echo "libtorch $torch_version and tokenizers $tokenizers_version ready in $venv. Before building with --features tch or cuda, run:" >&2
+    echo "libtorch $torch_version, tokenizers $tokenizers_version and transformers $transformers_version ready in $venv. Before building with --features tch or cuda, run:" >&2
     echo "  $exports" >&2
 fi

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`config`] → [`tokenizer`] → [`data`] → [`backend::dispatch`] →
 //! [`train`] ([`model`] + Burn's Learner) → `artifacts/<run>/` ([`run_dir`]) → [`generate`],
-//! `eval` and `inspect` read the run back.
+//! `eval`, `inspect`, [`plot`] and `export` ([`interop`]) read the run back.
 
 pub mod backend;
 pub mod checkpoint;
@@ -10,7 +10,9 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod generate;
+pub mod interop;
 pub mod model;
+pub mod plot;
 pub mod run_dir;
 pub mod tokenizer;
 pub mod train;

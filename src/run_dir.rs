@@ -29,6 +29,11 @@ impl RunDir {
         Self { root: root.into() }
     }
 
+    /// The directory of the run `spec` describes: `<run.artifacts_dir>/<run.name>`.
+    pub fn of(spec: &crate::config::RunSpec) -> Self {
+        Self::new(spec.run.artifacts_dir.join(&spec.run.name))
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::LazyLock;
 
-use common::{kiln, repo};
+use common::{kiln, python_with, repo, run_python};
 use kiln::tokenizer::bpe::pretokenize::{chunks, pre_tokens, GPT2_PATTERN};
 use kiln::tokenizer::bpe::train::{train_on_text, BpeTrainOptions};
 use kiln::tokenizer::{BpeTokenizer, TiktokenTokenizer, Tokenizer};
@@ -134,20 +134,6 @@ fn bad_tokenizer_inputs_get_named_errors() {
     assert!(!ok && err.contains("cut.json") && err.contains("not JSON"), "{err}");
 }
 
-/// The Python with Hugging Face `tokenizers`: the repo's `.venv` (scripts/setup-venv.sh),
-/// else `python3` on PATH.
-fn python_with_tokenizers() -> std::path::PathBuf {
-    let venv = repo().join(".venv/bin/python");
-    let python = if venv.is_file() { venv } else { "python3".into() };
-    let probe = std::process::Command::new(&python).args(["-c", "import tokenizers"]).output();
-    assert!(
-        probe.is_ok_and(|o| o.status.success()),
-        "{} cannot import tokenizers: run scripts/setup-venv.sh (pip install tokenizers)",
-        python.display()
-    );
-    python
-}
-
 /// Texts for the interop checks: prose, whitespace runs, Unicode, specials, numbers.
 fn interop_texts() -> Vec<String> {
     let verdict = std::fs::read_to_string(repo().join("data/the-verdict.txt")).unwrap();
@@ -168,17 +154,10 @@ fn interop_texts() -> Vec<String> {
     texts
 }
 
-fn run_python(python: &std::path::Path, args: &[&str]) -> String {
-    let out = std::process::Command::new(python).arg(repo().join("tests/hf_tokenizers.py")).args(args).output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "tests/hf_tokenizers.py {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    stdout
-}
-
 /// Python's `tokenizers` loads what kiln writes and encodes every text to kiln's ids.
 #[test]
 fn hugging_face_reads_kiln_tokenizers() {
-    let python = python_with_tokenizers();
+    let python = python_with("tokenizers");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tokenizer.json");
     kiln::tokenizer::save(&*VERDICT_BPE, &path).unwrap();
@@ -188,21 +167,21 @@ fn hugging_face_reads_kiln_tokenizers() {
         .collect();
     let cases_path = dir.path().join("cases.json");
     std::fs::write(&cases_path, serde_json::to_vec(&cases).unwrap()).unwrap();
-    let report = run_python(&python, &["check", path.to_str().unwrap(), cases_path.to_str().unwrap()]);
+    let report = run_python(&python, "hf_tokenizers.py", &["check", path.to_str().unwrap(), cases_path.to_str().unwrap()]);
     assert!(report.contains(&format!("{0}/{0} texts", cases.len())), "{report}");
 }
 
 /// kiln loads a tokenizer.json that Hugging Face's BpeTrainer wrote and encodes like it.
 #[test]
 fn kiln_reads_hugging_face_tokenizers() {
-    let python = python_with_tokenizers();
+    let python = python_with("tokenizers");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hf.json");
     let texts = interop_texts();
     let texts_path = dir.path().join("texts.json");
     std::fs::write(&texts_path, serde_json::to_vec(&texts).unwrap()).unwrap();
     let corpus = repo().join("data/the-verdict.txt");
-    let stdout = run_python(&python, &["train", corpus.to_str().unwrap(), "700", path.to_str().unwrap(), texts_path.to_str().unwrap()]);
+    let stdout = run_python(&python, "hf_tokenizers.py", &["train", corpus.to_str().unwrap(), "700", path.to_str().unwrap(), texts_path.to_str().unwrap()]);
     let hf_ids: Vec<Vec<u32>> = serde_json::from_str(stdout.trim()).unwrap();
     let tok = kiln::tokenizer::load(&path).unwrap();
     assert_eq!(tok.vocab_size(), 700);

@@ -90,3 +90,36 @@ fn truncated_checkpoint_is_a_clear_error() {
     let err = result.err().expect("truncated file must not load").to_string();
     assert!(err.contains("model.mpk") && err.contains("not a readable kiln model record"), "{err}");
 }
+
+#[test]
+fn attention_weights_are_causal_distributions() {
+    let weights = model(true).attention_weights(&[1, 5, 3, 3, 9, 2], 1, &Default::default());
+    assert_eq!(weights.len(), 4, "one map per head");
+    for head in &weights {
+        assert_eq!(head.len(), 6);
+        for (query, row) in head.iter().enumerate() {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "row {query} sums to {}", row.iter().sum::<f32>());
+            assert!(row[query + 1..].iter().all(|&w| w == 0.0), "query {query} attends ahead: {row:?}");
+        }
+    }
+}
+
+#[test]
+fn parameters_round_trip_through_named_values() {
+    let source = model(false);
+    let values: std::collections::HashMap<_, _> =
+        kiln::model::param_values(&source).into_iter().map(|p| (p.name.clone(), p)).collect();
+    let loaded = kiln::model::load_param_values(model(false), values.clone()).unwrap();
+    let ids = tokens(&[3, 1, 4, 1, 5]);
+    assert_eq!(values_of(&source, &ids), values_of(&loaded, &ids));
+
+    let mut wrong = values;
+    wrong.get_mut("wte.weight").unwrap().shape = vec![32, 17];
+    wrong.remove("ln_f.beta");
+    let err = kiln::model::load_param_values(model(false), wrong).unwrap_err();
+    assert!(err.contains("wte.weight has shape [32, 17]") && err.contains("no tensor for parameter ln_f.beta"), "{err}");
+}
+
+fn values_of(model: &Gpt<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
+    values(model.forward(ids.clone()))
+}

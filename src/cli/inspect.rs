@@ -20,6 +20,10 @@ pub struct InspectArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Statistics of every parameter's values (mean, std, min, max), to spot dead or
+    /// exploding layers.
+    #[arg(long)]
+    weights: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -28,6 +32,27 @@ struct ParamInfo {
     shape: Vec<usize>,
     count: usize,
     dtype: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<WeightStats>,
+}
+
+/// Summary of one parameter's values.
+#[derive(Debug, Serialize)]
+struct WeightStats {
+    mean: f64,
+    std: f64,
+    min: f32,
+    max: f32,
+}
+
+impl WeightStats {
+    fn of(values: &[f32]) -> Self {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+        let (min, max) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        Self { mean, std: var.sqrt(), min, max }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -56,7 +81,7 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let (run, spec) = super::open_run(&run_path)?;
     // Reading a record needs no GPU: any CPU backend compiled in will do.
     let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
-    let report = crate::backend::dispatch(&backend, Job { run, spec, file })??;
+    let report = crate::backend::dispatch(&backend, Job { run, spec, file, weights: args.weights })??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -69,15 +94,24 @@ struct Job {
     run: RunDir,
     spec: RunSpec,
     file: Option<PathBuf>,
+    weights: bool,
 }
 
 impl BackendJob for Job {
     type Output = Result<Report>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
+        let values = self.weights.then(|| crate::model::param_values(&model));
         let params: Vec<ParamInfo> = crate::model::named_params(&model)
             .into_iter()
-            .map(|p| ParamInfo { count: p.shape.iter().product(), name: p.name, shape: p.shape, dtype: p.dtype })
+            .enumerate()
+            .map(|(i, p)| ParamInfo {
+                count: p.shape.iter().product(),
+                stats: values.as_ref().map(|v| WeightStats::of(&v[i].values)),
+                name: p.name,
+                shape: p.shape,
+                dtype: p.dtype,
+            })
             .collect();
         let counts = model.param_counts();
         let (step, epoch) = position(&self.run, &path);
@@ -129,17 +163,24 @@ fn dtype_bytes(dtype: &str) -> usize {
 fn print_table(r: &Report) {
     let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(9);
     println!("{}", r.file);
-    println!("{:<width$}  {:<16}  {:>12}  dtype", "parameter", "shape", "count");
+    let stats_header = match r.params.iter().any(|p| p.stats.is_some()) {
+        true => format!("  {:>10}  {:>10}  {:>10}  {:>10}", "mean", "std", "min", "max"),
+        false => String::new(),
+    };
+    println!("{:<width$}  {:<16}  {:>12}  dtype{stats_header}", "parameter", "shape", "count");
     for p in &r.params {
         let shape = format!("{:?}", p.shape);
-        println!("{:<width$}  {:<16}  {:>12}  {}", p.name, shape, p.count, p.dtype);
+        let stats = p.stats.as_ref().map_or(String::new(), |s| {
+            format!("  {:>10.4}  {:>10.4}  {:>10.4}  {:>10.4}", s.mean, s.std, s.min, s.max)
+        });
+        println!("{:<width$}  {:<16}  {:>12}  {:<5}{stats}", p.name, shape, p.count, p.dtype);
     }
     println!();
     println!("total parameters:    {} ({} without token/position embeddings)", r.total_params, r.non_embedding_params);
     println!("size:                {:.2} MB in memory, {} bytes on disk", r.size_mb, r.file_bytes);
     let m = &r.model;
     println!(
-        "model:               gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {}, tied {}",
+        "model:               gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {}, tied {}, {:?}",
         m.vocab_size.unwrap_or(0),
         m.d_model,
         m.n_heads,
@@ -148,7 +189,8 @@ fn print_table(r: &Report) {
         m.block_size,
         m.dropout,
         m.bias,
-        m.tie_embeddings
+        m.tie_embeddings,
+        m.activation
     );
     match (r.step, r.epoch) {
         (Some(s), Some(e)) => println!("taken at:            step {s} (epoch {e})"),

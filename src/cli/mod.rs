@@ -4,8 +4,11 @@ mod bench;
 mod bench_tokenizer;
 mod data;
 mod eval;
+mod export;
 mod generate;
+mod import;
 mod inspect;
+mod plot;
 mod table;
 mod tokenizer;
 mod train;
@@ -39,6 +42,12 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Parameters, shapes, sizes, config, step and metrics of a run or checkpoint file.
     Inspect(inspect::InspectArgs),
+    /// Write a run's model as safetensors that Hugging Face transformers loads.
+    Export(export::ExportArgs),
+    /// Make a kiln run from a GPT-2 checkpoint in Hugging Face form.
+    Import(import::ImportArgs),
+    /// Loss and learning-rate curves, attention maps, positional encodings (PNG).
+    Plot(plot::PlotArgs),
     /// Look at tokenizers.
     #[command(subcommand)]
     Tokenizer(tokenizer::TokenizerCommand),
@@ -58,6 +67,9 @@ pub fn run() -> Result<()> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Inspect(args)) => inspect::run(args),
+        Some(Command::Export(args)) => export::run(args),
+        Some(Command::Import(args)) => import::run(args),
+        Some(Command::Plot(args)) => plot::run(args),
         Some(Command::Tokenizer(command)) => tokenizer::run(command),
         Some(Command::Data(command)) => data::run(command),
         Some(Command::Bench(command)) => bench::run(command),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::train::{train, Resume, TrainOptions};
+use crate::train::{train, Outcome, Resume, TrainOptions};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -37,6 +37,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
     let resume = args.resume.map(|path| path.map_or(Resume::Newest, Resume::From));
     let options = TrainOptions { resume, force: args.force, sample_tokens: args.sample_tokens };
-    train(spec, options)?;
+    let run = crate::run_dir::RunDir::of(&spec);
+    if let Outcome::Finished(_) = train(spec.clone(), options)? {
+        super::plot::after_training(&run, &spec);
+    }
     Ok(())
 }

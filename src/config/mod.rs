@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use validate::validate;
+pub use validate::{validate, validate_shape};
 
 /// Everything a run needs, as resolved from all layers. Written to `<run>/config.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +117,12 @@ pub struct ModelSection {
     pub bias: bool,
     #[serde(default = "defaults::yes")]
     pub tie_embeddings: bool,
+    /// Feed-forward nonlinearity: `gelu` (exact) or `gelu_tanh` (GPT-2's approximation).
+    #[serde(default)]
+    pub activation: crate::model::Activation,
+    /// LayerNorm epsilon.
+    #[serde(default = "defaults::norm_eps")]
+    pub norm_eps: f64,
 }
 
 impl ModelSection {
@@ -209,6 +215,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn norm_eps() -> f64 {
+        1e-5
     }
     pub fn weight_decay() -> f64 {
         0.1

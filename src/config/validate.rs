@@ -64,6 +64,9 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     if let Some(v) = m.vocab_size {
         positive("model.vocab_size", v)?;
     }
+    if !(m.norm_eps > 0.0 && m.norm_eps < 1.0) {
+        return Err(invalid("model.norm_eps", m.norm_eps, "a small positive number such as 1e-5"));
+    }
 
     let t = &spec.training;
     positive("training.batch_size", t.batch_size)?;

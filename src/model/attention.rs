@@ -46,6 +46,30 @@ impl<B: Backend> CausalSelfAttention<B> {
         }
     }
 
+    /// `x: [batch, seq, d_model]` → queries, keys and values, `[batch, n_heads, seq, head_dim]` each.
+    fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, seq, d_model] = x.dims();
+        let head_dim = d_model / self.n_heads;
+        let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
+        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(split_heads);
+        match (qkv.next(), qkv.next(), qkv.next()) {
+            (Some(q), Some(k), Some(v)) => (q, k, v),
+            _ => unreachable!("chunk(3) yields three tensors"),
+        }
+    }
+
+    /// The attention weights, for looking at: `x: [batch, seq, d_model]` →
+    /// `softmax(q·kᵀ / √head_dim)` with the causal mask, `[batch, n_heads, seq, seq]`.
+    pub fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+        let device = x.device();
+        let (q, k, _) = self.qkv(x);
+        let [batch, heads, seq, head_dim] = q.dims();
+        let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+        let ahead = ahead_mask::<B>(seq, seq, &device).reshape([1, 1, seq, seq]).expand([batch, heads, seq, seq]);
+        let scores = scores.mask_fill(ahead, f32::NEG_INFINITY);
+        burn::tensor::activation::softmax(scores, 3)
+    }
+
     /// `x: [batch, seq, d_model]` → `[batch, seq, d_model]`.
     ///
     /// With a cache, `x` holds only the new positions; their keys and values are appended and
@@ -54,14 +78,7 @@ impl<B: Backend> CausalSelfAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let x_device = x.device();
-        let head_dim = d_model / self.n_heads;
-        // [batch, seq, 3 * d_model] → 3 × [batch, n_heads, seq, head_dim]
-        let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
-        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(split_heads);
-        let (q, mut k, mut v) = match (qkv.next(), qkv.next(), qkv.next()) {
-            (Some(q), Some(k), Some(v)) => (q, k, v),
-            _ => unreachable!("chunk(3) yields three tensors"),
-        };
+        let (q, mut k, mut v) = self.qkv(x);
 
         if let Some(slot) = cache {
             if let Some(past) = slot.take() {
@@ -94,9 +111,14 @@ fn causal_mask<B: Backend>(shape: [usize; 4], device: &B::Device) -> (Option<Ten
     if seq == 1 {
         return (None, false);
     }
-    // mask[i, j] = key j lies after query i's position (past + i).
-    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device).reshape([seq, 1]).add_scalar(past as i64);
+    (Some(ahead_mask::<B>(seq, keys, device).reshape([1, 1, seq, keys]).expand(shape)), false)
+}
+
+/// `[seq, keys]`, true where key j lies after the position of query i, the last `seq` of
+/// `keys` positions (query i sits at `keys - seq + i`).
+fn ahead_mask<B: Backend>(seq: usize, keys: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
+    let past = (keys - seq) as i64;
+    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device).reshape([seq, 1]).add_scalar(past);
     let cols = Tensor::<B, 1, Int>::arange(0..keys as i64, device).reshape([1, keys]);
-    let mask = cols.expand([seq, keys]).greater(rows.expand([seq, keys]));
-    (Some(mask.reshape([1, 1, seq, keys]).expand(shape)), false)
+    cols.expand([seq, keys]).greater(rows.expand([seq, keys]))
 }

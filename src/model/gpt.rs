@@ -8,6 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, La
 use burn::prelude::*;
 
 use super::attention::{linear, CausalSelfAttention, LayerCache};
+use super::mlp::{Activation, MlpOptions};
 use super::{normal, Mlp};
 
 #[derive(Config, Debug)]
@@ -25,6 +26,11 @@ pub struct GptConfig {
     pub bias: bool,
     #[config(default = true)]
     pub tie_embeddings: bool,
+    #[config(default = "Activation::Gelu")]
+    pub activation: Activation,
+    /// LayerNorm's epsilon (GPT-2: 1e-5).
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
 }
 
 #[derive(Module, Debug)]
@@ -79,15 +85,16 @@ impl<B: Backend> KvCache<B> {
 
 impl GptConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
-        let ln = || LayerNormConfig::new(self.d_model).with_bias(self.bias).init(device);
+        let ln = || LayerNormConfig::new(self.d_model).with_bias(self.bias).with_epsilon(self.norm_eps).init(device);
         // GPT-2: residual projections get std 0.02 / sqrt(2 * n_layers), one per residual add.
         let proj_std = 0.02 / ((2 * self.n_layers) as f64).sqrt();
+        let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, proj_std, activation: self.activation };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
                 attn: CausalSelfAttention::new(self.d_model, self.n_heads, self.bias, self.dropout, proj_std, device),
                 ln_2: ln(),
-                mlp: Mlp::new(self.d_model, self.d_ff, self.bias, self.dropout, proj_std, device),
+                mlp: Mlp::new(self.d_model, self.d_ff, mlp, device),
             })
             .collect();
         let embedding = |n| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device);
@@ -162,6 +169,23 @@ impl<B: Backend> Gpt<B> {
             }
         }
         self.ln_f.forward(x)
+    }
+
+    /// Attention weights of every head of `layer` for one sequence of `tokens`:
+    /// `[n_heads][query][key]`, each row a softmax over the keys up to the query.
+    pub fn attention_weights(&self, tokens: &[u32], layer: usize, device: &B::Device) -> Vec<Vec<Vec<f32>>> {
+        let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+        let tokens = Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).unsqueeze::<2>();
+        let positions = Tensor::arange(0..ids.len() as i64, device).unsqueeze::<2>();
+        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        for block in &self.blocks[..layer] {
+            x = block.forward(x, None);
+        }
+        let block = &self.blocks[layer];
+        let weights = block.attn.weights(block.ln_1.forward(x)); // [1, n_heads, seq, seq]
+        let [_, heads, seq, _] = weights.dims();
+        let values: Vec<f32> = weights.into_data().convert::<f32>().into_vec().unwrap_or_default();
+        (0..heads).map(|h| (0..seq).map(|q| values[(h * seq + q) * seq..(h * seq + q + 1) * seq].to_vec()).collect()).collect()
     }
 
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.

@@ -2,29 +2,58 @@
 
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
+use burn::tensor::activation::{gelu, gelu_approximate};
+use serde::{Deserialize, Serialize};
 
 use super::attention::linear;
+
+/// The nonlinearity between the two projections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// `x · Φ(x)` with the exact Gaussian CDF (PyTorch's `nn.GELU()`).
+    #[default]
+    Gelu,
+    /// GELU's tanh approximation, which GPT-2 was trained with (`gelu_new` in transformers).
+    GeluTanh,
+}
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     c_fc: Linear<B>,
     c_proj: Linear<B>,
     dropout: Dropout,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// How an [`Mlp`] is built besides its widths.
+#[derive(Debug, Clone, Copy)]
+pub struct MlpOptions {
+    pub bias: bool,
+    pub dropout: f64,
+    /// Init std of the output projection (scaled down for deep residual stacks).
+    pub proj_std: f64,
+    pub activation: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
-    /// `proj_std` is the init std of the output projection (scaled down for deep residual stacks).
-    pub fn new(d_model: usize, d_ff: usize, bias: bool, dropout: f64, proj_std: f64, device: &B::Device) -> Self {
+    pub fn new(d_model: usize, d_ff: usize, shape: MlpOptions, device: &B::Device) -> Self {
         Self {
-            c_fc: linear(d_model, d_ff, bias, 0.02, device),
-            c_proj: linear(d_ff, d_model, bias, proj_std, device),
-            dropout: DropoutConfig::new(dropout).init(),
+            c_fc: linear(d_model, d_ff, shape.bias, 0.02, device),
+            c_proj: linear(d_ff, d_model, shape.bias, shape.proj_std, device),
+            dropout: DropoutConfig::new(shape.dropout).init(),
+            activation: shape.activation,
         }
     }
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.dropout.forward(self.c_proj.forward(gelu(self.c_fc.forward(x))))
+        let hidden = self.c_fc.forward(x);
+        let hidden = match self.activation {
+            Activation::Gelu => gelu(hidden),
+            Activation::GeluTanh => gelu_approximate(hidden),
+        };
+        self.dropout.forward(self.c_proj.forward(hidden))
     }
 }

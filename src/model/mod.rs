@@ -3,12 +3,17 @@
 mod attention;
 mod gpt;
 mod mlp;
+mod positions;
 
 pub use attention::{CausalSelfAttention, LayerCache};
 pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
-pub use mlp::Mlp;
+pub use mlp::{Activation, Mlp};
+pub use positions::sinusoidal_positions;
 
-use burn::module::Initializer;
+use std::collections::HashMap;
+
+use burn::module::{Initializer, Module, ModuleMapper, ModuleVisitor, Param};
+use burn::prelude::{Backend, Tensor, TensorData};
 
 /// GPT-2 / nanoGPT initialisation: N(0, std).
 pub(crate) fn normal(std: f64) -> Initializer {
@@ -24,28 +29,99 @@ pub struct NamedParam {
     pub dtype: String,
 }
 
+/// One float parameter with its values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamValues {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
 /// Every float parameter of `module`, in visiting order.
-pub fn named_params<B: burn::prelude::Backend, M: burn::module::Module<B>>(module: &M) -> Vec<NamedParam> {
-    let mut table = ParamTable { path: Vec::new(), params: Vec::new() };
+pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedParam> {
+    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), values: None };
     module.visit(&mut table);
     table.params
+}
+
+/// Every float parameter of `module` with its values, in visiting order.
+pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamValues> {
+    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), values: Some(Vec::new()) };
+    module.visit(&mut table);
+    let values = table.values.unwrap_or_default();
+    table.params.into_iter().zip(values).map(|(p, values)| ParamValues { name: p.name, shape: p.shape, values }).collect()
+}
+
+/// `module` with every float parameter replaced by the entry of `values` of the same name.
+/// Every parameter must have one, of its shape, and every entry must be used.
+pub fn load_param_values<B: Backend, M: Module<B>>(module: M, values: HashMap<String, ParamValues>) -> Result<M, String> {
+    let mut loader = ParamLoader { path: Vec::new(), values, problems: Vec::new() };
+    let module = module.map(&mut loader);
+    let mut unused: Vec<&String> = loader.values.keys().collect();
+    unused.sort();
+    if let Some(name) = unused.first() {
+        loader.problems.push(format!("tensor {name} has no place in the configured model ({} such)", unused.len()));
+    }
+    match loader.problems.is_empty() {
+        true => Ok(module),
+        false => Err(loader.problems.join("; ")),
+    }
+}
+
+/// The dotted name of the parameter at `path` (Burn's containers add empty segments).
+fn dotted(path: &[String]) -> String {
+    path.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".")
 }
 
 struct ParamTable {
     path: Vec<String>,
     params: Vec<NamedParam>,
+    /// Filled only when the values are wanted.
+    values: Option<Vec<Vec<f32>>>,
 }
 
-impl<B: burn::prelude::Backend> burn::module::ModuleVisitor<B> for ParamTable {
+impl<B: Backend> ModuleVisitor<B> for ParamTable {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.pop();
     }
-    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::prelude::Tensor<B, D>>) {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
-        let name = self.path.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");
-        self.params.push(NamedParam { name, shape: tensor.dims().to_vec(), dtype: format!("{:?}", tensor.dtype()) });
+        let (shape, dtype) = (tensor.dims().to_vec(), format!("{:?}", tensor.dtype()));
+        if let Some(values) = &mut self.values {
+            values.push(tensor.into_data().convert::<f32>().into_vec().unwrap_or_default());
+        }
+        self.params.push(NamedParam { name: dotted(&self.path), shape, dtype });
+    }
+}
+
+struct ParamLoader {
+    path: Vec<String>,
+    values: HashMap<String, ParamValues>,
+    problems: Vec<String>,
+}
+
+impl<B: Backend> ModuleMapper<B> for ParamLoader {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let name = dotted(&self.path);
+        let want = param.val().dims().to_vec();
+        match self.values.remove(&name) {
+            None => self.problems.push(format!("no tensor for parameter {name} {want:?}")),
+            Some(p) if p.shape != want => {
+                self.problems.push(format!("parameter {name} has shape {:?} in the file but {want:?} in the model", p.shape))
+            }
+            Some(p) => {
+                return param.map(|t| Tensor::from_data(TensorData::new(p.values, p.shape), &t.device()));
+            }
+        }
+        param
     }
 }

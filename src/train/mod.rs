@@ -106,6 +106,8 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
         .with_dropout(m.dropout)
         .with_bias(m.bias)
         .with_tie_embeddings(m.tie_embeddings)
+        .with_activation(m.activation)
+        .with_norm_eps(m.norm_eps)
 }
 
 /// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
@@ -180,7 +182,7 @@ pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBat
 }
 
 fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
-    let run = RunDir::new(spec.run.artifacts_dir.join(&spec.run.name));
+    let run = RunDir::of(&spec);
     let text = crate::data::read_text(&spec.data.path)?;
     let resume_from = prepare_run_dir(&run, &spec, &options)?;
     B::seed(&device, spec.run.seed);

@@ -40,3 +40,25 @@ pub fn kiln(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(repo()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// The Python that has `module`: the repo's `.venv` (scripts/setup-venv.sh), else `python3`
+/// on PATH.
+pub fn python_with(module: &str) -> PathBuf {
+    let venv = repo().join(".venv/bin/python");
+    let python = if venv.is_file() { venv } else { "python3".into() };
+    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
+    assert!(
+        probe.is_ok_and(|o| o.status.success()),
+        "{} cannot import {module}: run scripts/setup-venv.sh",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/<script>` with `python`, returning its stdout; fails the test on a non-zero exit.
+pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(python).arg(repo().join("tests").join(script)).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "tests/{script} {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout
+}

@@ -1,0 +1,102 @@
+//! `kiln export`: a run's model as safetensors, loadable by Hugging Face `transformers`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, ValueEnum};
+
+use crate::backend::{BackendChoice, BackendJob};
+use crate::config::RunSpec;
+use crate::interop::Names;
+use crate::run_dir::RunDir;
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Run directory, e.g. artifacts/small.
+    #[arg(long)]
+    run: PathBuf,
+    /// A checkpoint file of the run instead of its final model.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// File format of the weights.
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    format: Format,
+    /// Parameter names: `hf` (GPT-2's, with a config.json that transformers reads) or `kiln`.
+    #[arg(long, value_enum, default_value_t = Names::Hf)]
+    names: Names,
+    /// Folder to write into (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Safetensors,
+}
+
+/// kiln's own tokenizer file, for tokenizers Hugging Face has no `tokenizer.json` form of.
+const KILN_TOKENIZER: &str = "kiln_tokenizer.json";
+/// The run's resolved config, so that `kiln import` and people can see what was trained.
+const KILN_CONFIG: &str = "kiln_config.toml";
+
+pub fn run(args: ExportArgs) -> Result<()> {
+    let (run, spec) = super::open_run(&args.run)?;
+    if args.out.join("config.toml").is_file() {
+        bail!("--out {}: holds a kiln run (config.toml); export into a folder of its own", args.out.display());
+    }
+    let Format::Safetensors = args.format;
+    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
+    let eot = tokenizer.special_id(crate::tokenizer::END_OF_TEXT);
+    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
+    let job = Job { run: run.clone(), spec: spec.clone(), checkpoint: args.checkpoint, names: args.names, eot, out: args.out.clone() };
+    let (exported, source) = crate::backend::dispatch(&backend, job)??;
+
+    // Hugging Face reads its own tokenizer.json (kiln's BPE files are in that form); other
+    // kinds are kept in kiln's form under a name transformers does not look for.
+    let tokenizer_json = tokenizer.to_json();
+    let name = if tokenizer_json.get("model").is_some() { "tokenizer.json" } else { KILN_TOKENIZER };
+    crate::tokenizer::save(tokenizer.as_ref(), &args.out.join(name))?;
+    spec.write_resolved(&args.out.join(KILN_CONFIG))?;
+
+    println!("exported {} ({} tensors) to {}:", source.display(), exported.tensors, args.out.display());
+    for file in exported.files.iter().chain([&args.out.join(name), &args.out.join(KILN_CONFIG)]) {
+        println!("  {}", file.display());
+    }
+    match args.names {
+        Names::Hf => println!(
+            "load it with: transformers.GPT2LMHeadModel.from_pretrained({:?})",
+            args.out.display().to_string()
+        ),
+        Names::Kiln => println!("parameter names are kiln's (see kiln inspect); there is no config.json for transformers"),
+    }
+    if name == KILN_TOKENIZER {
+        println!("the {} tokenizer has no Hugging Face form; {name} is kiln's", spec.data.tokenizer);
+    }
+    Ok(())
+}
+
+struct Job {
+    run: RunDir,
+    spec: RunSpec,
+    checkpoint: Option<PathBuf>,
+    names: Names,
+    eot: Option<u32>,
+    out: PathBuf,
+}
+
+impl BackendJob for Job {
+    type Output = Result<(crate::interop::Exported, PathBuf)>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Self::Output {
+        let (model, source) =
+            crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let metadata = HashMap::from([
+            ("format".to_string(), "pt".to_string()),
+            ("kiln_source".to_string(), source.display().to_string()),
+        ]);
+        let params = crate::model::param_values(&model);
+        let exported = crate::interop::export(params, &self.spec, self.names, self.eot, metadata, &self.out)?;
+        Ok((exported, source))
+    }
+}

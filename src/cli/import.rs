@@ -1,0 +1,166 @@
+//! `kiln import`: a GPT-2 checkpoint in Hugging Face form becomes a kiln run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use burn::module::Module;
+use burn::record::Recorder;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use serde_json::json;
+
+use crate::backend::{BackendChoice, BackendJob};
+use crate::config::RunSpec;
+use crate::interop::Gpt2Checkpoint;
+use crate::run_dir::RunDir;
+use crate::tokenizer::{Tokenizer, TokenizerSpec};
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Folder holding a GPT-2 checkpoint: config.json and model.safetensors (what
+    /// `save_pretrained` writes, or a download of the `gpt2` model files).
+    #[arg(long)]
+    from: PathBuf,
+    /// Run directory to create, e.g. artifacts/gpt2.
+    #[arg(long)]
+    out: PathBuf,
+    /// The tokenizer, as `data.tokenizer` spells it: `tiktoken:gpt2` or `bpe:<tokenizer.json>`.
+    /// Default: the folder's tokenizer.json (or kiln_tokenizer.json), else tiktoken:gpt2 for
+    /// GPT-2's 50257-token vocabulary.
+    #[arg(long)]
+    tokenizer: Option<String>,
+    /// Replace what is already at --out.
+    #[arg(long)]
+    force: bool,
+}
+
+/// GPT-2's vocabulary size, which `tiktoken:gpt2` encodes into.
+const GPT2_VOCAB: usize = 50257;
+
+pub fn run(args: ImportArgs) -> Result<()> {
+    let checkpoint = crate::interop::read_gpt2(&args.from)?;
+    let vocab = checkpoint.model.vocab_size.unwrap_or(0);
+    let (tokenizer, tokenizer_spec) = choose_tokenizer(args.tokenizer.as_deref(), &args.from, vocab)?;
+    if tokenizer.vocab_size() > vocab {
+        bail!(
+            "tokenizer {tokenizer_spec}: {} tokens, but the model in {} has a vocabulary of {vocab}; pass the tokenizer it was trained with (--tokenizer)",
+            tokenizer.vocab_size(),
+            args.from.display()
+        );
+    }
+    let spec = run_spec(&args.out, &args.from, &tokenizer_spec, &checkpoint)?;
+    prepare_out(&args.out, args.force)?;
+
+    let run = RunDir::new(&args.out);
+    crate::tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
+    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
+    let params = crate::backend::dispatch(&backend, Job { run: run.clone(), spec: spec.clone(), checkpoint })??;
+    // Written last: a folder without config.toml is not a run, so an interrupted import
+    // leaves nothing that looks complete.
+    spec.write_resolved(&run.config())?;
+
+    let m = &spec.model;
+    println!(
+        "imported {} ({:.1}M parameters: {} layers, d_model {}, {} heads, vocab {}, block {}) into {} with tokenizer {tokenizer_spec}",
+        args.from.display(),
+        params as f64 / 1e6,
+        m.n_layers,
+        m.d_model,
+        m.n_heads,
+        vocab,
+        m.block_size,
+        run.root().display()
+    );
+    println!("try: kiln generate --run {} --prompt \"Hello, I'm a language model,\"", run.root().display());
+    Ok(())
+}
+
+/// The tokenizer to pair with the imported weights, and how `data.tokenizer` names it.
+fn choose_tokenizer(arg: Option<&str>, from: &Path, vocab: usize) -> Result<(Box<dyn Tokenizer>, String)> {
+    if let Some(spec) = arg {
+        let parsed = TokenizerSpec::parse(spec).map_err(|e| anyhow::anyhow!("--tokenizer {spec:?}: expected {e}"))?;
+        if !matches!(parsed, TokenizerSpec::Tiktoken(_) | TokenizerSpec::Bpe(_)) {
+            bail!("--tokenizer {spec:?}: that tokenizer is fitted on a corpus; pass tiktoken:<encoding> or bpe:<tokenizer.json>");
+        }
+        return Ok((parsed.build("", Default::default())?, spec.to_string()));
+    }
+    let hf = from.join("tokenizer.json");
+    let kiln = from.join("kiln_tokenizer.json");
+    let gpt2 = || -> Result<(Box<dyn Tokenizer>, String)> {
+        Ok((TokenizerSpec::Tiktoken("gpt2".into()).build("", Default::default())?, "tiktoken:gpt2".into()))
+    };
+    if hf.is_file() {
+        match crate::tokenizer::load(&hf) {
+            Ok(tokenizer) => return Ok((tokenizer, format!("bpe:{}", hf.display()))),
+            Err(e) if vocab == GPT2_VOCAB => {
+                eprintln!("kiln: {e}; using tiktoken:gpt2, GPT-2's tokenizer, for the 50257-token vocabulary");
+                return gpt2();
+            }
+            Err(e) => bail!("{e}; pass --tokenizer"),
+        }
+    }
+    if kiln.is_file() {
+        let tokenizer = crate::tokenizer::load(&kiln)?;
+        let file: crate::tokenizer::TokenizerFile = crate::cli::read_json(&kiln)?;
+        let spec = match file {
+            crate::tokenizer::TokenizerFile::Char { .. } => "char".to_string(),
+            crate::tokenizer::TokenizerFile::Word { .. } => "word".to_string(),
+            crate::tokenizer::TokenizerFile::Tiktoken { encoding } => format!("tiktoken:{encoding}"),
+        };
+        return Ok((tokenizer, spec));
+    }
+    if vocab == GPT2_VOCAB {
+        return gpt2();
+    }
+    bail!(
+        "{}: no tokenizer.json or kiln_tokenizer.json, and a vocabulary of {vocab} is not GPT-2's ({GPT2_VOCAB}); pass --tokenizer",
+        from.display()
+    )
+}
+
+/// The resolved config of the imported run: the checkpoint's model, the chosen tokenizer,
+/// and training settings a fine-tuning run would start from.
+fn run_spec(out: &Path, from: &Path, tokenizer: &str, checkpoint: &Gpt2Checkpoint) -> Result<RunSpec> {
+    let name = out.file_name().and_then(|n| n.to_str()).filter(|n| !n.is_empty());
+    let Some(name) = name else { bail!("--out {}: expected a directory path such as artifacts/gpt2", out.display()) };
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let value = json!({
+        "run": { "name": name, "artifacts_dir": parent },
+        "data": { "path": from.join(crate::interop::WEIGHTS_FILE), "tokenizer": tokenizer },
+        "model": checkpoint.model,
+        "training": { "batch_size": 8, "max_iters": 1000, "learning_rate": 3e-4, "eval_interval": 100, "eval_iters": 20 },
+    });
+    let spec: RunSpec = serde_json::from_value(value).context("building the imported run's config")?;
+    crate::config::validate_shape(&spec)?;
+    Ok(spec)
+}
+
+fn prepare_out(out: &Path, force: bool) -> Result<()> {
+    let occupied = out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        if !force {
+            bail!("--out {}: already holds files; pass --force to replace them, or choose another folder", out.display());
+        }
+        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
+}
+
+struct Job {
+    run: RunDir,
+    spec: RunSpec,
+    checkpoint: Gpt2Checkpoint,
+}
+
+impl BackendJob for Job {
+    type Output = Result<usize>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<usize> {
+        let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
+        let model = crate::model::load_param_values(model, self.checkpoint.params)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", self.run.root().display()))?;
+        let path = self.run.final_model();
+        Recorder::<B::InnerBackend>::record(&crate::checkpoint::CheckpointRecorder::default(), model.clone().into_record(), path.clone())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        Ok(model.num_params())
+    }
+}
