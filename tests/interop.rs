@@ -72,6 +72,20 @@ fn transformers_loads_exports_with_the_same_logits() {
         // Stricter than the 1e-4 asked for: GELU vs its tanh form moves these logits by ~7e-5.
         assert!(max_diff < 1e-5, "{name}: logits differ by {max_diff}");
     }
+
+    // --names kiln: the names kiln inspect lists, and no config.json for transformers.
+    let run = dir.path().join("gpt2-shaped");
+    let out = dir.path().join("kiln-names");
+    let (ok, _, err) = kiln(&["export", "--run", run.to_str().unwrap(), "--out", out.to_str().unwrap(), "--names", "kiln"]);
+    assert!(ok, "{err}");
+    let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+    let mut names = safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(String::from).collect::<Vec<_>>();
+    names.sort();
+    let (model, _) = load(&run);
+    let mut expected: Vec<String> = kiln::model::named_params(&model).into_iter().map(|p| p.name).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    assert!(!out.join("config.json").exists());
 }
 
 /// A random GPT-2 that transformers saves is imported, and kiln's greedy continuation (library
