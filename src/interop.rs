@@ -207,6 +207,8 @@ pub struct Gpt2Checkpoint {
     pub model: ModelSection,
     /// Tensors by kiln parameter name, in kiln's layout.
     pub params: HashMap<String, ParamValues>,
+    /// The safetensors file they came from.
+    pub weights: PathBuf,
 }
 
 /// Reads `dir/config.json` (GPT-2) and `dir/model.safetensors`.
@@ -218,7 +220,7 @@ pub fn read_gpt2(dir: &Path) -> Result<Gpt2Checkpoint, InteropError> {
     let model = model_section(&config, &config_path)?;
     let weights = dir.join(WEIGHTS_FILE);
     let params = read_safetensors(&weights)?;
-    Ok(Gpt2Checkpoint { params: from_hf(params, &weights)?, model })
+    Ok(Gpt2Checkpoint { params: from_hf(params, &weights)?, model, weights })
 }
 
 fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropError> {

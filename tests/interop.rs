@@ -157,7 +157,8 @@ fn bad_interop_input_is_named() {
     let text = std::fs::read_to_string(hf.join("config.json")).unwrap().replace("\"n_layer\": 2", "\"n_layer\": 3");
     std::fs::write(hf.join("config.json"), text).unwrap();
     let (ok, _, err) = kiln(&["import", "--from", hf.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(!ok && err.contains("blocks.2."), "{err}");
+    assert!(!ok && err.contains("model.safetensors") && err.contains("no tensor for parameter blocks.2."), "{err}");
+    assert!(!out.exists(), "a failed import leaves no folder behind");
 
     // Export refuses to write into a run; import refuses to overwrite without --force.
     let (ok, _, err) = kiln(&["export", "--run", run.to_str().unwrap(), "--out", run.to_str().unwrap()]);

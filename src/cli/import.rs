@@ -49,15 +49,27 @@ pub fn run(args: ImportArgs) -> Result<()> {
         );
     }
     let spec = run_spec(&args.out, &args.from, &tokenizer_spec, &checkpoint)?;
-    prepare_out(&args.out, args.force)?;
-
+    let occupied = args.out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !args.force {
+        bail!("--out {}: already holds files; pass --force to replace them, or choose another folder", args.out.display());
+    }
+    // Built in a sibling folder and moved into place at the end, so a failed import neither
+    // leaves a half-made run nor loses what --force would replace.
+    let staging = crate::run_dir::temp_sibling(&args.out);
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let params = match write_run(&RunDir::new(&staging), &spec, tokenizer.as_ref(), checkpoint) {
+        Ok(params) => params,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    if occupied {
+        std::fs::remove_dir_all(&args.out).with_context(|| format!("removing {}", args.out.display()))?;
+    }
+    std::fs::rename(&staging, &args.out).with_context(|| format!("moving {} to {}", staging.display(), args.out.display()))?;
     let run = RunDir::new(&args.out);
-    crate::tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
-    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
-    let params = crate::backend::dispatch(&backend, Job { run: run.clone(), spec: spec.clone(), checkpoint })??;
-    // Written last: a folder without config.toml is not a run, so an interrupted import
-    // leaves nothing that looks complete.
-    spec.write_resolved(&run.config())?;
 
     let m = &spec.model;
     println!(
@@ -73,6 +85,15 @@ pub fn run(args: ImportArgs) -> Result<()> {
     );
     println!("try: kiln generate --run {} --prompt \"Hello, I'm a language model,\"", run.root().display());
     Ok(())
+}
+
+/// Writes the run into `run`: tokenizer, model, config.toml. Returns the number of parameters.
+fn write_run(run: &RunDir, spec: &RunSpec, tokenizer: &dyn Tokenizer, checkpoint: Gpt2Checkpoint) -> Result<usize> {
+    crate::tokenizer::save(tokenizer, &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
+    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
+    let params = crate::backend::dispatch(&backend, Job { run: run.clone(), spec: spec.clone(), checkpoint })??;
+    spec.write_resolved(&run.config())?;
+    Ok(params)
 }
 
 /// The tokenizer to pair with the imported weights, and how `data.tokenizer` names it.
@@ -135,17 +156,6 @@ fn run_spec(out: &Path, from: &Path, tokenizer: &str, checkpoint: &Gpt2Checkpoin
     Ok(spec)
 }
 
-fn prepare_out(out: &Path, force: bool) -> Result<()> {
-    let occupied = out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
-    if occupied {
-        if !force {
-            bail!("--out {}: already holds files; pass --force to replace them, or choose another folder", out.display());
-        }
-        std::fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))
-}
-
 struct Job {
     run: RunDir,
     spec: RunSpec,
@@ -156,8 +166,9 @@ impl BackendJob for Job {
     type Output = Result<usize>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<usize> {
         let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
+        let source = self.checkpoint.weights;
         let model = crate::model::load_param_values(model, self.checkpoint.params)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", self.run.root().display()))?;
+            .map_err(|e| anyhow::anyhow!("{}: {e} (the model as its config.json describes it)", source.display()))?;
         let path = self.run.final_model();
         Recorder::<B::InnerBackend>::record(&crate::checkpoint::CheckpointRecorder::default(), model.clone().into_record(), path.clone())
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
