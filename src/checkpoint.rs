@@ -323,7 +323,7 @@ impl CheckpointingStrategy for CheckpointPolicy {
             "end"
         } else if control.interrupted() {
             "interrupt"
-        } else if step % self.interval == 0 {
+        } else if step.is_multiple_of(self.interval) {
             "interval"
         } else {
             return Vec::new();

@@ -248,7 +248,7 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
     if c.add_cross_attention {
         return Err(unsupported("add_cross_attention", "true".into(), "false (a decoder-only GPT-2)"));
     }
-    if c.n_head == 0 || c.n_embd % c.n_head != 0 {
+    if c.n_head == 0 || !c.n_embd.is_multiple_of(c.n_head) {
         return Err(unsupported("n_head", c.n_head.to_string(), &format!("a divisor of n_embd ({})", c.n_embd)));
     }
     Ok(ModelSection {

@@ -110,7 +110,7 @@ fn curves(args: CurvesArgs) -> Result<()> {
 }
 
 fn positions(args: PositionsArgs) -> Result<()> {
-    if args.d_model == 0 || args.d_model % 2 != 0 {
+    if args.d_model == 0 || !args.d_model.is_multiple_of(2) {
         bail!("--d-model {}: expected a positive even number", args.d_model);
     }
     if args.len == 0 {

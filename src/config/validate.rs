@@ -51,7 +51,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("model.n_layers", m.n_layers)?;
     positive("model.block_size", m.block_size)?;
     positive("model.d_ff", m.d_ff())?;
-    if m.d_model % m.n_heads != 0 {
+    if !m.d_model.is_multiple_of(m.n_heads) {
         return Err(invalid(
             "model.n_heads",
             m.n_heads,
@@ -104,7 +104,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         return Err(invalid("training.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)"));
     }
     let every = t.checkpoint_interval();
-    if every == 0 || every % t.eval_interval != 0 {
+    if every == 0 || !every.is_multiple_of(t.eval_interval) {
         return Err(invalid(
             "training.checkpoint_interval",
             every,
