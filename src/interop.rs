@@ -279,7 +279,7 @@ fn read_safetensors(path: &Path) -> Result<Vec<ParamValues>, InteropError> {
                 Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
                 Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
                 Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as f32).collect(),
+                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32).collect(),
                 other => return Err(file_error(path, format!("tensor {name} has dtype {other:?}; kiln reads F32, F16, BF16 and F64"))),
             };
             Ok(ParamValues { name, shape: view.shape().to_vec(), values })

@@ -184,7 +184,7 @@ impl<B: Backend> Gpt<B> {
         let block = &self.blocks[layer];
         let weights = block.attn.weights(block.ln_1.forward(x)); // [1, n_heads, seq, seq]
         let [_, heads, seq, _] = weights.dims();
-        let values: Vec<f32> = weights.into_data().convert::<f32>().into_vec().unwrap_or_default();
+        let values = super::f32_values(weights.into_data());
         (0..heads).map(|h| (0..seq).map(|q| values[(h * seq + q) * seq..(h * seq + q + 1) * seq].to_vec()).collect()).collect()
     }
 

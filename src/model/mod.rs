@@ -39,17 +39,16 @@ pub struct ParamValues {
 
 /// Every float parameter of `module`, in visiting order.
 pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedParam> {
-    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), values: None };
+    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), with_values: false, values: Vec::new() };
     module.visit(&mut table);
     table.params
 }
 
 /// Every float parameter of `module` with its values, in visiting order.
 pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamValues> {
-    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), values: Some(Vec::new()) };
+    let mut table = ParamTable { path: Vec::new(), params: Vec::new(), with_values: true, values: Vec::new() };
     module.visit(&mut table);
-    let values = table.values.unwrap_or_default();
-    table.params.into_iter().zip(values).map(|(p, values)| ParamValues { name: p.name, shape: p.shape, values }).collect()
+    table.params.into_iter().zip(table.values).map(|(p, values)| ParamValues { name: p.name, shape: p.shape, values }).collect()
 }
 
 /// `module` with every float parameter replaced by the entry of `values` of the same name.
@@ -68,6 +67,11 @@ pub fn load_param_values<B: Backend, M: Module<B>>(module: M, values: HashMap<St
     }
 }
 
+/// A tensor's values as f32, whatever float type the backend keeps them in.
+pub(crate) fn f32_values(data: TensorData) -> Vec<f32> {
+    data.convert::<f32>().into_vec().expect("data converted to f32 reads back as f32")
+}
+
 /// The dotted name of the parameter at `path` (Burn's containers add empty segments).
 fn dotted(path: &[String]) -> String {
     path.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".")
@@ -76,8 +80,9 @@ fn dotted(path: &[String]) -> String {
 struct ParamTable {
     path: Vec<String>,
     params: Vec<NamedParam>,
-    /// Filled only when the values are wanted.
-    values: Option<Vec<Vec<f32>>>,
+    with_values: bool,
+    /// One entry per parameter when `with_values`, else empty.
+    values: Vec<Vec<f32>>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for ParamTable {
@@ -90,8 +95,8 @@ impl<B: Backend> ModuleVisitor<B> for ParamTable {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let tensor = param.val();
         let (shape, dtype) = (tensor.dims().to_vec(), format!("{:?}", tensor.dtype()));
-        if let Some(values) = &mut self.values {
-            values.push(tensor.into_data().convert::<f32>().into_vec().unwrap_or_default());
+        if self.with_values {
+            self.values.push(f32_values(tensor.into_data()));
         }
         self.params.push(NamedParam { name: dotted(&self.path), shape, dtype });
     }
