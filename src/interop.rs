@@ -26,6 +26,26 @@ pub enum InteropError {
     File { path: PathBuf, reason: String },
     #[error("{path}: {key} = {value}: {expected}")]
     Config { path: PathBuf, key: &'static str, value: String, expected: String },
+    #[error("{0}: GPT-2 has learned positions, LayerNorm, GELU and pre-norm blocks, so transformers' GPT2LMHeadModel cannot run this model; export it with --names kiln")]
+    NotGpt2(String),
+}
+
+/// Why a kiln model is not a GPT-2, if it is not.
+fn gpt2_mismatch(model: &ModelSection) -> Option<String> {
+    use crate::model::{NormKind, PositionKind};
+    if model.positions != PositionKind::Learned {
+        return Some(format!("model.positions = {:?}", model.positions));
+    }
+    if model.norm != NormKind::LayerNorm {
+        return Some(format!("model.norm = {:?}", model.norm));
+    }
+    if model.activation == Activation::SwiGlu {
+        return Some("model.activation = swiglu".into());
+    }
+    if !model.norm_first {
+        return Some("model.norm_first = false".into());
+    }
+    None
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> InteropError {
@@ -103,6 +123,8 @@ fn hf_config(model: &ModelSection, vocab_size: usize, eot: Option<u32>) -> serde
         "activation_function": match model.activation {
             Activation::Gelu => "gelu",
             Activation::GeluTanh => "gelu_new",
+            Activation::Relu => "relu",
+            Activation::SwiGlu => unreachable!("export refuses SwiGLU models under GPT-2 names"),
         },
         "layer_norm_epsilon": model.norm_eps,
         "resid_pdrop": model.dropout,
@@ -134,6 +156,9 @@ pub fn export(
     metadata: HashMap<String, String>,
     out: &Path,
 ) -> Result<Exported, InteropError> {
+    if let Some(mismatch) = gpt2_mismatch(&spec.model).filter(|_| names == Names::Hf) {
+        return Err(InteropError::NotGpt2(mismatch));
+    }
     std::fs::create_dir_all(out).map_err(|e| file_error(out, format!("cannot create the folder: {e}")))?;
     let params = match names {
         Names::Hf => to_hf(params),
@@ -236,7 +261,8 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
     let activation = match c.activation_function.as_str() {
         "gelu" => Activation::Gelu,
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
-        other => return Err(unsupported("activation_function", format!("{other:?}"), "\"gelu\" or \"gelu_new\"")),
+        "relu" => Activation::Relu,
+        other => return Err(unsupported("activation_function", format!("{other:?}"), "\"gelu\", \"gelu_new\" or \"relu\"")),
     };
     if !c.scale_attn_weights || c.scale_attn_by_inverse_layer_idx {
         return Err(unsupported(
@@ -261,9 +287,14 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
         block_size: c.n_positions,
         dropout: c.resid_pdrop,
         bias: true,
+        qkv_bias: None,
         tie_embeddings: c.tie_word_embeddings,
         activation,
+        norm: crate::model::NormKind::LayerNorm,
+        norm_first: true,
         norm_eps: c.layer_norm_epsilon,
+        positions: crate::model::PositionKind::Learned,
+        rope_theta: crate::config::ModelSection::DEFAULT_ROPE_THETA,
     })
 }
 

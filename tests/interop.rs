@@ -138,9 +138,9 @@ fn bad_interop_input_is_named() {
     let (ok, _, err) = import(&out);
     assert!(!ok && err.contains("config.json") && err.contains("model_type") && err.contains("GPT-2"), "{err}");
 
-    std::fs::write(&config, r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2, "activation_function": "relu"}"#).unwrap();
+    std::fs::write(&config, r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2, "activation_function": "swish"}"#).unwrap();
     let (ok, _, err) = import(&out);
-    assert!(!ok && err.contains("activation_function = \"relu\""), "{err}");
+    assert!(!ok && err.contains("activation_function = \"swish\""), "{err}");
 
     std::fs::write(&config, r#"{"vocab_size": 10, "n_positions": 8, "n_embd": 8, "n_layer": 1, "n_head": 2}"#).unwrap();
     let (ok, _, err) = import(&out);

@@ -13,10 +13,25 @@ use crate::config::{ModelSection, RunSpec};
 use crate::run_dir::RunDir;
 use crate::train::{load_model, read_metrics, MetricsLine, Summary};
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(super::thousands(163_009_536), "163,009,536");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+        assert_eq!(super::thousands(0), "0");
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A run directory (artifacts/small) or a checkpoint file in one.
+    /// A run directory (artifacts/small), a checkpoint file in one, or a config file
+    /// (configs/gpt2-124m.toml) to see the model it describes before training it.
     path: PathBuf,
+    /// With a config file: `section.key=value` overrides, as for `kiln train`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -58,11 +73,15 @@ impl WeightStats {
 #[derive(Debug, Serialize)]
 struct Report {
     file: String,
-    file_bytes: u64,
+    /// Size of the model file; `None` for a config.
+    file_bytes: Option<u64>,
     step: Option<usize>,
     epoch: Option<usize>,
     params: Vec<ParamInfo>,
     total_params: usize,
+    /// The total with the output head sharing the token embedding, and with its own matrix.
+    total_tied: usize,
+    total_untied: usize,
     non_embedding_params: usize,
     size_mb: f64,
     model: ModelSection,
@@ -71,6 +90,12 @@ struct Report {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
+    if args.path.extension().is_some_and(|e| e == "toml") {
+        return inspect_config(&args);
+    }
+    if !args.overrides.is_empty() {
+        anyhow::bail!("--set applies to a config file; {} is a run or checkpoint", args.path.display());
+    }
     let (run_path, file) = if args.path.is_dir() {
         (args.path.clone(), None)
     } else if args.path.is_file() {
@@ -79,15 +104,83 @@ pub fn run(args: InspectArgs) -> Result<()> {
         anyhow::bail!("{}: no such run directory or checkpoint file", args.path.display());
     };
     let (run, spec) = super::open_run(&run_path)?;
-    // Reading a record needs no GPU: any CPU backend compiled in will do.
-    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
-    let report = crate::backend::dispatch(&backend, Job { run, spec, file, weights: args.weights })??;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+    let report = crate::backend::dispatch(&cpu(), Job { run, spec, file, weights: args.weights })??;
+    show(&report, args.json)
+}
+
+/// Reading a record or building a model to count needs no GPU: any CPU backend will do.
+fn cpu() -> crate::config::BackendSection {
+    crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() }
+}
+
+fn show(report: &Report, json: bool) -> Result<()> {
+    match json {
+        true => println!("{}", serde_json::to_string_pretty(report)?),
+        false => print_table(report),
     }
     Ok(())
+}
+
+/// The model a config describes, freshly initialised: its parameters and their counts.
+fn inspect_config(args: &InspectArgs) -> Result<()> {
+    let mut spec = crate::config::load(&args.path, &args.overrides)?;
+    crate::train::fit_tokenizer(&mut spec)?;
+    let job = ConfigJob { spec, file: args.path.clone(), weights: args.weights };
+    let report = crate::backend::dispatch(&cpu(), job)??;
+    show(&report, args.json)
+}
+
+struct ConfigJob {
+    spec: RunSpec,
+    file: PathBuf,
+    weights: bool,
+}
+
+impl BackendJob for ConfigJob {
+    type Output = Result<Report>;
+    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
+        let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
+        Ok(Report { file: self.file.display().to_string(), file_bytes: None, ..report(&model, &self.spec, self.weights) })
+    }
+}
+
+/// The parameter table of `model`, with nothing yet about where it came from.
+fn report<B: burn::prelude::Backend>(model: &crate::model::Gpt<B>, spec: &RunSpec, weights: bool) -> Report {
+    let values = weights.then(|| crate::model::param_values(model));
+    let params: Vec<ParamInfo> = crate::model::named_params(model)
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| ParamInfo {
+            count: p.shape.iter().product(),
+            stats: values.as_ref().map(|v| WeightStats::of(&v[i].values)),
+            name: p.name,
+            shape: p.shape,
+            dtype: p.dtype,
+        })
+        .collect();
+    let counts = model.param_counts();
+    let bytes: usize = params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
+    // The output head is d_model × vocab whether it is its own matrix or the embedding's.
+    let head = spec.model.d_model * spec.vocab_size();
+    let (total_tied, total_untied) = match spec.model.tie_embeddings {
+        true => (counts.total, counts.total + head),
+        false => (counts.total - head, counts.total),
+    };
+    Report {
+        file: String::new(),
+        file_bytes: None,
+        step: None,
+        epoch: None,
+        total_params: counts.total,
+        total_tied,
+        total_untied,
+        non_embedding_params: counts.total - counts.embedding,
+        size_mb: bytes as f64 / 1e6,
+        model: spec.model.clone(),
+        last_train: None,
+        last_val: None,
+        params,
+    }
 }
 
 struct Job {
@@ -101,37 +194,19 @@ impl BackendJob for Job {
     type Output = Result<Report>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
-        let values = self.weights.then(|| crate::model::param_values(&model));
-        let params: Vec<ParamInfo> = crate::model::named_params(&model)
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| ParamInfo {
-                count: p.shape.iter().product(),
-                stats: values.as_ref().map(|v| WeightStats::of(&v[i].values)),
-                name: p.name,
-                shape: p.shape,
-                dtype: p.dtype,
-            })
-            .collect();
-        let counts = model.param_counts();
         let (step, epoch) = position(&self.run, &path);
         let metrics = read_metrics(&self.run.metrics());
         let upto = |split: &str| {
             metrics.iter().rev().find(|l| l.split == split && step.is_none_or(|s| l.step <= s)).cloned()
         };
-        let bytes: usize = params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
         Ok(Report {
             file: path.display().to_string(),
-            file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+            file_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
             step,
             epoch,
-            total_params: counts.total,
-            non_embedding_params: counts.total - counts.embedding,
-            size_mb: bytes as f64 / 1e6,
-            model: self.spec.model.clone(),
             last_train: upto("train"),
             last_val: upto("val"),
-            params,
+            ..report(&model, &self.spec, self.weights)
         })
     }
 }
@@ -149,6 +224,19 @@ fn position(run: &RunDir, file: &Path) -> (Option<usize>, Option<usize>) {
     }
     let summary: Option<Summary> = super::read_json(&run.summary()).ok();
     (summary.map(|s| s.steps), epoch)
+}
+
+/// `163009536` → `163,009,536`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn dtype_bytes(dtype: &str) -> usize {
@@ -176,25 +264,21 @@ fn print_table(r: &Report) {
         println!("{:<width$}  {:<16}  {:>12}  {:<5}{stats}", p.name, shape, p.count, p.dtype);
     }
     println!();
-    println!("total parameters:    {} ({} without token/position embeddings)", r.total_params, r.non_embedding_params);
-    println!("size:                {:.2} MB in memory, {} bytes on disk", r.size_mb, r.file_bytes);
-    let m = &r.model;
-    println!(
-        "model:               gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {}, tied {}, {:?}",
-        m.vocab_size.unwrap_or(0),
-        m.d_model,
-        m.n_heads,
-        m.n_layers,
-        m.d_ff(),
-        m.block_size,
-        m.dropout,
-        m.bias,
-        m.tie_embeddings,
-        m.activation
-    );
-    match (r.step, r.epoch) {
-        (Some(s), Some(e)) => println!("taken at:            step {s} (epoch {e})"),
-        (Some(s), None) => println!("taken at:            step {s} (end of training)"),
+    let other = match r.model.tie_embeddings {
+        true => format!("{} with an untied output head", thousands(r.total_untied)),
+        false => format!("{} with the output head tied to the token embedding", thousands(r.total_tied)),
+    };
+    println!("total parameters:    {} ({other})", thousands(r.total_params));
+    println!("without embeddings:  {} (token and position tables left out)", thousands(r.non_embedding_params));
+    match r.file_bytes {
+        Some(bytes) => println!("size:                {:.2} MB in memory, {bytes} bytes on disk", r.size_mb),
+        None => println!("size:                {:.2} MB in memory (f32)", r.size_mb),
+    }
+    println!("model:               {}", r.model.describe());
+    match (r.file_bytes, r.step, r.epoch) {
+        (None, _, _) => println!("taken at:            not trained (built from the config)"),
+        (_, Some(s), Some(e)) => println!("taken at:            step {s} (epoch {e})"),
+        (_, Some(s), None) => println!("taken at:            step {s} (end of training)"),
         _ => println!("taken at:            unknown"),
     }
     if let Some(l) = &r.last_train {

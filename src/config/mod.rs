@@ -113,21 +113,64 @@ pub struct ModelSection {
     pub block_size: usize,
     #[serde(default)]
     pub dropout: f64,
+    /// Biases on the linear layers and LayerNorms.
     #[serde(default = "defaults::yes")]
     pub bias: bool,
+    /// Bias on the query/key/value projection; defaults to `bias`.
+    #[serde(default)]
+    pub qkv_bias: Option<bool>,
     #[serde(default = "defaults::yes")]
     pub tie_embeddings: bool,
-    /// Feed-forward nonlinearity: `gelu` (exact) or `gelu_tanh` (GPT-2's approximation).
+    /// Feed-forward network: `gelu` (exact), `gelu_tanh` (GPT-2's approximation), `relu` or `swiglu`.
     #[serde(default)]
     pub activation: crate::model::Activation,
-    /// LayerNorm epsilon.
+    /// `layernorm` or `rmsnorm`.
+    #[serde(default)]
+    pub norm: crate::model::NormKind,
+    /// Pre-norm blocks (`true`, GPT-2) or post-norm (`false`, the original Transformer).
+    #[serde(default = "defaults::yes")]
+    pub norm_first: bool,
+    /// The normalisation's epsilon.
     #[serde(default = "defaults::norm_eps")]
     pub norm_eps: f64,
+    /// `learned`, `sinusoidal` or `rope`.
+    #[serde(default)]
+    pub positions: crate::model::PositionKind,
+    /// RoPE's base θ.
+    #[serde(default = "defaults::rope_theta")]
+    pub rope_theta: f64,
 }
 
 impl ModelSection {
+    pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
+
     pub fn d_ff(&self) -> usize {
         self.d_ff.unwrap_or(4 * self.d_model)
+    }
+
+    pub fn qkv_bias(&self) -> bool {
+        self.qkv_bias.unwrap_or(self.bias)
+    }
+
+    /// One line for people: the architecture choices as the config spells them.
+    pub fn describe(&self) -> String {
+        format!(
+            "gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions",
+            self.vocab_size.map_or("?".into(), |v| v.to_string()),
+            self.d_model,
+            self.n_heads,
+            self.n_layers,
+            self.d_ff(),
+            self.block_size,
+            self.dropout,
+            self.bias,
+            self.qkv_bias(),
+            self.tie_embeddings,
+            if self.norm_first { "pre-norm" } else { "post-norm" },
+            spelled(&self.norm),
+            spelled(&self.activation),
+            spelled(&self.positions),
+        )
     }
 }
 
@@ -195,6 +238,11 @@ impl Default for BackendSection {
     }
 }
 
+/// A config value as a config file spells it (`rmsnorm`, `swiglu`).
+fn spelled<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
 mod defaults {
     use std::path::PathBuf;
 
@@ -218,6 +266,9 @@ mod defaults {
     }
     pub fn norm_eps() -> f64 {
         1e-5
+    }
+    pub fn rope_theta() -> f64 {
+        super::ModelSection::DEFAULT_ROPE_THETA
     }
     pub fn weight_decay() -> f64 {
         0.1

@@ -67,6 +67,19 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     if !(m.norm_eps > 0.0 && m.norm_eps < 1.0) {
         return Err(invalid("model.norm_eps", m.norm_eps, "a small positive number such as 1e-5"));
     }
+    if m.positions == crate::model::PositionKind::Rope {
+        let head_dim = m.d_model / m.n_heads;
+        if !head_dim.is_multiple_of(2) {
+            return Err(invalid(
+                "model.positions",
+                "\"rope\"",
+                format!("an even head size for rotary pairs; d_model / n_heads = {} / {} = {head_dim}", m.d_model, m.n_heads),
+            ));
+        }
+        if !(m.rope_theta > 1.0 && m.rope_theta.is_finite()) {
+            return Err(invalid("model.rope_theta", m.rope_theta, "a base above 1, such as 10000"));
+        }
+    }
 
     let t = &spec.training;
     positive("training.batch_size", t.batch_size)?;

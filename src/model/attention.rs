@@ -1,7 +1,8 @@
-//! Causal multi-head self-attention with a fused QKV projection and an optional KV cache.
+//! Causal multi-head self-attention with a fused QKV projection, optional rotary position
+//! embedding of queries and keys, and an optional KV cache.
 
 use burn::module::Initializer;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, RotaryEncoding};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -36,33 +37,53 @@ pub struct LayerCache<B: Backend> {
     pub values: Tensor<B, 4>,
 }
 
+/// How a [`CausalSelfAttention`] is built besides its widths.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionOptions {
+    /// Bias on the fused query/key/value projection.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub proj_bias: bool,
+    pub dropout: f64,
+    /// Init std of the output projection (scaled down for deep residual stacks).
+    pub proj_std: f64,
+}
+
 impl<B: Backend> CausalSelfAttention<B> {
-    pub fn new(d_model: usize, n_heads: usize, bias: bool, dropout: f64, proj_std: f64, device: &B::Device) -> Self {
+    pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
         Self {
-            c_attn: linear(d_model, 3 * d_model, bias, 0.02, device),
-            c_proj: linear(d_model, d_model, bias, proj_std, device),
-            resid_dropout: DropoutConfig::new(dropout).init(),
+            c_attn: linear(d_model, 3 * d_model, options.qkv_bias, 0.02, device),
+            c_proj: linear(d_model, d_model, options.proj_bias, options.proj_std, device),
+            resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,
         }
     }
 
-    /// `x: [batch, seq, d_model]` → queries, keys and values, `[batch, n_heads, seq, head_dim]` each.
-    fn qkv(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    /// `x: [batch, seq, d_model]` at positions `start..start + seq` → queries, keys and
+    /// values, `[batch, n_heads, seq, head_dim]` each.
+    ///
+    /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
+    /// angle proportional to its position, so `q·k` depends only on how far apart they are.
+    fn qkv(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let [batch, seq, d_model] = x.dims();
         let head_dim = d_model / self.n_heads;
         let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
         let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(split_heads);
-        match (qkv.next(), qkv.next(), qkv.next()) {
+        let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
+        };
+        match rotary {
+            Some(rope) => (rope.apply(q, start), rope.apply(k, start), v),
+            None => (q, k, v),
         }
     }
 
     /// The attention weights, for looking at: `x: [batch, seq, d_model]` →
     /// `softmax(q·kᵀ / √head_dim)` with the causal mask, `[batch, n_heads, seq, seq]`.
-    pub fn weights(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn weights(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>) -> Tensor<B, 4> {
         let device = x.device();
-        let (q, k, _) = self.qkv(x);
+        let (q, k, _) = self.qkv(x, rotary, 0);
         let [batch, heads, seq, head_dim] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let ahead = ahead_mask::<B>(seq, seq, &device).reshape([1, 1, seq, seq]).expand([batch, heads, seq, seq]);
@@ -75,10 +96,11 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// With a cache, `x` holds only the new positions; their keys and values are appended and
     /// the queries attend to everything cached. The causal mask is aligned to the last query,
     /// so one code path serves training, prefill and one-token decoding.
-    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = x.dims();
         let x_device = x.device();
-        let (q, mut k, mut v) = self.qkv(x);
+        let start = cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
+        let (q, mut k, mut v) = self.qkv(x, rotary, start);
 
         if let Some(slot) = cache {
             if let Some(past) = slot.take() {

@@ -1,14 +1,21 @@
 //! GPT: a decoder-only Transformer, as in nanoGPT's `model.py`.
 //!
-//! tokens → token embedding + learned position embedding → dropout
-//!        → n_layers × [x + attn(ln_1(x)); x + mlp(ln_2(x))]   (pre-LayerNorm blocks)
+//! tokens → token embedding (+ learned or sinusoidal position embedding) → dropout
+//!        → n_layers × [x + attn(ln_1(x)); x + mlp(ln_2(x))]      (pre-norm blocks)
+//!                  or [x = ln_1(x + attn(x)); x = ln_2(x + mlp(x))] (post-norm, norm_first = false)
 //!        → ln_f → LM head (the token embedding, transposed, when tied) → logits
+//!
+//! With rotary positions (RoPE) nothing is added to the embeddings: every attention layer
+//! rotates its queries and keys instead. `ln_*` are LayerNorm or RMSNorm; the feed-forward
+//! network is GELU or SwiGLU.
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::prelude::*;
 
-use super::attention::{linear, CausalSelfAttention, LayerCache};
+use super::attention::{linear, AttentionOptions, CausalSelfAttention, LayerCache};
 use super::mlp::{Activation, MlpOptions};
+use super::norm::{Norm, NormKind};
+use super::positions::PositionKind;
 use super::{normal, Mlp};
 
 #[derive(Config, Debug)]
@@ -22,39 +29,73 @@ pub struct GptConfig {
     pub block_size: usize,
     #[config(default = 0.0)]
     pub dropout: f64,
+    /// Biases on the linear layers and LayerNorms.
     #[config(default = true)]
     pub bias: bool,
+    /// Bias on the query/key/value projection (GPT-2: yes; Raschka's GPT: no).
+    #[config(default = true)]
+    pub qkv_bias: bool,
     #[config(default = true)]
     pub tie_embeddings: bool,
     #[config(default = "Activation::Gelu")]
     pub activation: Activation,
-    /// LayerNorm's epsilon (GPT-2: 1e-5).
+    #[config(default = "NormKind::LayerNorm")]
+    pub norm: NormKind,
+    /// Normalise each sublayer's input (pre-norm, GPT-2) or the residual sum after it
+    /// (post-norm, "Attention Is All You Need").
+    #[config(default = true)]
+    pub norm_first: bool,
+    /// The normalisation's epsilon (GPT-2: 1e-5).
     #[config(default = 1e-5)]
     pub norm_eps: f64,
+    #[config(default = "PositionKind::Learned")]
+    pub positions: PositionKind,
+    /// RoPE's base: pair i of a head turns `theta^(-2i / head_dim)` radians per position.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
 }
 
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
-    ln_1: LayerNorm<B>,
+    ln_1: Norm<B>,
     attn: CausalSelfAttention<B>,
-    ln_2: LayerNorm<B>,
+    ln_2: Norm<B>,
     mlp: Mlp<B>,
+    norm_first: bool,
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
-        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    fn forward(&self, x: Tensor<B, 3>, rope: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
+        if self.norm_first {
+            let x = x.clone() + self.attn.forward(self.ln_1.forward(x), rope, cache);
+            x.clone() + self.mlp.forward(self.ln_2.forward(x))
+        } else {
+            let x = self.ln_1.forward(x.clone() + self.attn.forward(x, rope, cache));
+            self.ln_2.forward(x.clone() + self.mlp.forward(x))
+        }
+    }
+
+    /// What the attention of this block sees: its input, normalised first in pre-norm blocks.
+    fn attention_input(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        match self.norm_first {
+            true => self.ln_1.forward(x),
+            false => x,
+        }
     }
 }
 
 #[derive(Module, Debug)]
 pub struct Gpt<B: Backend> {
     wte: Embedding<B>,
-    wpe: Embedding<B>,
+    /// Learned position table; `None` with sinusoidal or rotary positions.
+    wpe: Option<Embedding<B>>,
+    /// The fixed sinusoidal table, `[block_size, d_model]`: a constant, not a parameter.
+    sinusoids: Option<Tensor<B, 2>>,
+    /// RoPE's rotation angles (constants), shared by every attention layer.
+    rope: Option<RotaryEncoding<B>>,
     dropout: Dropout,
     blocks: Vec<Block<B>>,
-    ln_f: LayerNorm<B>,
+    ln_f: Norm<B>,
     /// `None` when the head shares the token embedding's weights.
     lm_head: Option<Linear<B>>,
     block_size: usize,
@@ -85,22 +126,34 @@ impl<B: Backend> KvCache<B> {
 
 impl GptConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
-        let ln = || LayerNormConfig::new(self.d_model).with_bias(self.bias).with_epsilon(self.norm_eps).init(device);
+        let ln = || Norm::new(self.norm, self.d_model, self.bias, self.norm_eps, device);
         // GPT-2: residual projections get std 0.02 / sqrt(2 * n_layers), one per residual add.
         let proj_std = 0.02 / ((2 * self.n_layers) as f64).sqrt();
         let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, proj_std, activation: self.activation };
+        let attn = AttentionOptions { qkv_bias: self.qkv_bias, proj_bias: self.bias, dropout: self.dropout, proj_std };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
-                attn: CausalSelfAttention::new(self.d_model, self.n_heads, self.bias, self.dropout, proj_std, device),
+                attn: CausalSelfAttention::new(self.d_model, self.n_heads, attn, device),
                 ln_2: ln(),
                 mlp: Mlp::new(self.d_model, self.d_ff, mlp, device),
+                norm_first: self.norm_first,
             })
             .collect();
         let embedding = |n| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device);
+        let positions = self.positions;
         Gpt {
             wte: embedding(self.vocab_size),
-            wpe: embedding(self.block_size),
+            wpe: (positions == PositionKind::Learned).then(|| embedding(self.block_size)),
+            sinusoids: (positions == PositionKind::Sinusoidal).then(|| {
+                let table: Vec<f32> = super::sinusoidal_positions(self.block_size, self.d_model).concat();
+                Tensor::from_data(TensorData::new(table, [self.block_size, self.d_model]), device)
+            }),
+            rope: (positions == PositionKind::Rope).then(|| {
+                RotaryEncodingConfig::new(self.block_size, self.d_model / self.n_heads)
+                    .with_theta(self.rope_theta as f32)
+                    .init(device)
+            }),
             dropout: DropoutConfig::new(self.dropout).init(),
             blocks,
             ln_f: ln(),
@@ -118,7 +171,7 @@ impl<B: Backend> Gpt<B> {
     pub fn param_counts(&self) -> ParamCounts {
         ParamCounts {
             total: self.num_params(),
-            embedding: self.wte.num_params() + self.wpe.num_params(),
+            embedding: self.wte.num_params() + self.wpe.as_ref().map_or(0, |wpe| wpe.num_params()),
         }
     }
 
@@ -152,23 +205,42 @@ impl<B: Backend> Gpt<B> {
             offset + seq,
             self.block_size
         );
-        let device = tokens.device();
-        let positions = Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
-        let x = self.wte.forward(tokens) + self.wpe.forward(positions);
-        let mut x = self.dropout.forward(x);
+        let mut x = self.dropout.forward(self.embed(tokens, offset));
+        let rope = self.rope.as_ref();
         match cache {
             Some(cache) => {
                 for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                    x = block.forward(x, Some(slot));
+                    x = block.forward(x, rope, Some(slot));
                 }
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(x, None);
+                    x = block.forward(x, rope, None);
                 }
             }
         }
         self.ln_f.forward(x)
+    }
+
+    /// Token plus position embeddings: `[batch, seq]` → `[batch, seq, d_model]` for positions
+    /// `offset..offset + seq` (rotary positions are applied later, inside attention).
+    fn embed(&self, tokens: Tensor<B, 2, Int>, offset: usize) -> Tensor<B, 3> {
+        let [_, seq] = tokens.dims();
+        let device = tokens.device();
+        let x = self.wte.forward(tokens);
+        if let Some(wpe) = &self.wpe {
+            let positions = Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
+            return x + wpe.forward(positions);
+        }
+        match &self.sinusoids {
+            Some(table) => {
+                // Scaled by √d_model as in the Transformer paper, so that tokens embedded with
+                // std 0.02 are not drowned by the unit-amplitude table.
+                let d_model = table.dims()[1];
+                x * (d_model as f64).sqrt() + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
+            }
+            None => x,
+        }
     }
 
     /// Attention weights of every head of `layer` for one sequence of `tokens`:
@@ -176,13 +248,13 @@ impl<B: Backend> Gpt<B> {
     pub fn attention_weights(&self, tokens: &[u32], layer: usize, device: &B::Device) -> Vec<Vec<Vec<f32>>> {
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).unsqueeze::<2>();
-        let positions = Tensor::arange(0..ids.len() as i64, device).unsqueeze::<2>();
-        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions);
+        let mut x = self.embed(tokens, 0);
+        let rope = self.rope.as_ref();
         for block in &self.blocks[..layer] {
-            x = block.forward(x, None);
+            x = block.forward(x, rope, None);
         }
         let block = &self.blocks[layer];
-        let weights = block.attn.weights(block.ln_1.forward(x)); // [1, n_heads, seq, seq]
+        let weights = block.attn.weights(block.attention_input(x), rope); // [1, n_heads, seq, seq]
         let [_, heads, seq, _] = weights.dims();
         let values = super::f32_values(weights.into_data());
         (0..heads).map(|h| (0..seq).map(|q| values[(h * seq + q) * seq..(h * seq + q + 1) * seq].to_vec()).collect()).collect()

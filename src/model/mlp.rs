@@ -1,8 +1,9 @@
-//! Position-wise feed-forward network: Linear → GELU → Linear → dropout.
+//! Position-wise feed-forward network: Linear → GELU (or ReLU) → Linear → dropout, or its gated
+//! SwiGLU form (LLaMA, CS336): `c_proj(silu(c_gate(x)) · c_fc(x))`.
 
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use serde::{Deserialize, Serialize};
 
 use super::attention::linear;
@@ -16,11 +17,20 @@ pub enum Activation {
     Gelu,
     /// GELU's tanh approximation, which GPT-2 was trained with (`gelu_new` in transformers).
     GeluTanh,
+    /// `max(0, x)`, the original Transformer's.
+    Relu,
+    /// A SiLU-gated linear unit: a third projection, `c_gate`, whose SiLU scales `c_fc`'s
+    /// output element-wise. Usually run with `d_ff` ≈ 8/3 · d_model to keep the parameter
+    /// count of a 4 · d_model GELU network.
+    #[serde(rename = "swiglu")]
+    SwiGlu,
 }
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
     c_fc: Linear<B>,
+    /// SwiGLU's gate; `None` for the GELU forms.
+    c_gate: Option<Linear<B>>,
     c_proj: Linear<B>,
     dropout: Dropout,
     #[module(skip)]
@@ -41,6 +51,7 @@ impl<B: Backend> Mlp<B> {
     pub fn new(d_model: usize, d_ff: usize, shape: MlpOptions, device: &B::Device) -> Self {
         Self {
             c_fc: linear(d_model, d_ff, shape.bias, 0.02, device),
+            c_gate: (shape.activation == Activation::SwiGlu).then(|| linear(d_model, d_ff, shape.bias, 0.02, device)),
             c_proj: linear(d_ff, d_model, shape.bias, shape.proj_std, device),
             dropout: DropoutConfig::new(shape.dropout).init(),
             activation: shape.activation,
@@ -49,10 +60,12 @@ impl<B: Backend> Mlp<B> {
 
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let hidden = self.c_fc.forward(x);
-        let hidden = match self.activation {
-            Activation::Gelu => gelu(hidden),
-            Activation::GeluTanh => gelu_approximate(hidden),
+        let hidden = match (self.activation, &self.c_gate) {
+            (Activation::Gelu, _) => gelu(self.c_fc.forward(x)),
+            (Activation::GeluTanh, _) => gelu_approximate(self.c_fc.forward(x)),
+            (Activation::Relu, _) => relu(self.c_fc.forward(x)),
+            (Activation::SwiGlu, Some(gate)) => silu(gate.forward(x.clone())) * self.c_fc.forward(x),
+            (Activation::SwiGlu, None) => unreachable!("a SwiGLU network is built with its gate"),
         };
         self.dropout.forward(self.c_proj.forward(hidden))
     }

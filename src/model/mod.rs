@@ -3,12 +3,14 @@
 mod attention;
 mod gpt;
 mod mlp;
+mod norm;
 mod positions;
 
-pub use attention::{CausalSelfAttention, LayerCache};
+pub use attention::{AttentionOptions, CausalSelfAttention, LayerCache};
 pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
 pub use mlp::{Activation, Mlp};
-pub use positions::sinusoidal_positions;
+pub use norm::{Norm, NormKind};
+pub use positions::{sinusoidal_positions, PositionKind};
 
 use std::collections::HashMap;
 

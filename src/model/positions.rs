@@ -1,4 +1,19 @@
-//! Position encodings that are computed rather than learned.
+//! How a model knows where a token is: a learned table, the fixed sinusoidal table, or
+//! rotary embeddings of queries and keys.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionKind {
+    /// A trained `[block_size, d_model]` table added to the token embeddings (GPT-2).
+    #[default]
+    Learned,
+    /// [`sinusoidal_positions`], added to the token embeddings; nothing to train.
+    Sinusoidal,
+    /// RoPE (Su et al. 2021): queries and keys rotated by position inside attention.
+    Rope,
+}
 
 /// The sinusoidal encoding of "Attention Is All You Need", `[len][d_model]`:
 /// `PE[pos, 2i] = sin(pos / 10000^(2i / d_model))`, `PE[pos, 2i + 1] = cos(…)` (same angle).

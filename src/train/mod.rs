@@ -105,21 +105,33 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
     GptConfig::new(spec.vocab_size(), m.d_model, m.n_heads, m.n_layers, m.d_ff(), m.block_size)
         .with_dropout(m.dropout)
         .with_bias(m.bias)
+        .with_qkv_bias(m.qkv_bias())
         .with_tie_embeddings(m.tie_embeddings)
         .with_activation(m.activation)
+        .with_norm(m.norm)
+        .with_norm_first(m.norm_first)
         .with_norm_eps(m.norm_eps)
+        .with_positions(m.positions)
+        .with_rope_theta(m.rope_theta)
 }
 
 /// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
 /// order training would visit windows in; `model.vocab_size` is resolved in `spec`. For
 /// commands that look at or time a config without training it.
 pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corpus, WindowOrder)> {
-    let text = crate::data::read_text(&spec.data.path)?;
-    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
-    resolve_vocab(spec, tokenizer.as_ref())?;
+    let (text, tokenizer) = fit_tokenizer(spec)?;
     let corpus = Corpus::in_memory(&spec.data.path, &text, tokenizer.as_ref(), spec.data.val_fraction, spec.model.block_size)?;
     let order = train_order(spec, &corpus, document_separator(spec, tokenizer.as_ref())?)?;
     Ok((tokenizer, corpus, order))
+}
+
+/// A config's corpus and its tokenizer, fitted in memory, with `model.vocab_size` resolved
+/// in `spec`: all a model needs to be built from a config without a run.
+pub fn fit_tokenizer(spec: &mut RunSpec) -> Result<(String, Box<dyn Tokenizer>)> {
+    let text = crate::data::read_text(&spec.data.path)?;
+    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
+    resolve_vocab(spec, tokenizer.as_ref())?;
+    Ok((text, tokenizer))
 }
 
 /// The `<|endoftext|>` id that windows must not cross when `data.respect_documents` is set.

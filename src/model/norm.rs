@@ -1,0 +1,59 @@
+//! The normalisation in front of (or after) each sublayer: LayerNorm or RMSNorm.
+//!
+//! One module for both keeps the parameter names (`ln_1.gamma`, `ln_1.beta`) the same
+//! whichever is configured, so checkpoints, `inspect` and the GPT-2 name mapping see one
+//! layout; a Burn enum module would add the variant to every name.
+
+use burn::module::{Initializer, Param};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NormKind {
+    /// `(x - mean) / sqrt(var + eps) · gamma + beta` over the features (GPT-2).
+    #[default]
+    LayerNorm,
+    /// `x / sqrt(mean(x²) + eps) · gamma`: no centring, no bias (LLaMA, CS336).
+    RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    gamma: Param<Tensor<B, 1>>,
+    /// LayerNorm's shift; `None` for RMSNorm and for LayerNorm without bias.
+    beta: Option<Param<Tensor<B, 1>>>,
+    epsilon: f64,
+    #[module(skip)]
+    kind: NormKind,
+}
+
+impl<B: Backend> Norm<B> {
+    pub fn new(kind: NormKind, d_model: usize, bias: bool, epsilon: f64, device: &B::Device) -> Self {
+        let with_beta = bias && kind == NormKind::LayerNorm;
+        Self {
+            gamma: Initializer::Ones.init([d_model], device),
+            beta: with_beta.then(|| Initializer::Zeros.init([d_model], device)),
+            epsilon,
+            kind,
+        }
+    }
+
+    /// `[…, d_model]` → `[…, d_model]`, normalised over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        match self.kind {
+            // The backend's fused kernel, as Burn's own `LayerNorm` uses.
+            NormKind::LayerNorm => Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+                x.into_primitive().tensor(),
+                self.gamma.val().into_primitive().tensor(),
+                self.beta.as_ref().map(|b| b.val().into_primitive().tensor()),
+                self.epsilon,
+            ))),
+            NormKind::RmsNorm => {
+                let rms = (x.clone().square().mean_dim(D - 1) + self.epsilon).sqrt();
+                x / rms * self.gamma.val().unsqueeze()
+            }
+        }
+    }
+}
