@@ -32,12 +32,13 @@ pub enum InteropError {
 
 /// Why a kiln model is not a GPT-2, if it is not.
 fn gpt2_mismatch(model: &ModelSection) -> Option<String> {
+    use crate::config::spelled;
     use crate::model::{NormKind, PositionKind};
     if model.positions != PositionKind::Learned {
-        return Some(format!("model.positions = {:?}", model.positions));
+        return Some(format!("model.positions = {}", spelled(&model.positions)));
     }
     if model.norm != NormKind::LayerNorm {
-        return Some(format!("model.norm = {:?}", model.norm));
+        return Some(format!("model.norm = {}", spelled(&model.norm)));
     }
     if model.activation == Activation::SwiGlu {
         return Some("model.activation = swiglu".into());
@@ -295,6 +296,7 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
         norm_eps: c.layer_norm_epsilon,
         positions: crate::model::PositionKind::Learned,
         rope_theta: crate::config::ModelSection::DEFAULT_ROPE_THETA,
+        init: crate::model::InitScheme::Gpt2,
     })
 }
 

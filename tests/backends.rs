@@ -18,7 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use kiln::checkpoint::{load_record, CheckpointRecorder};
 use kiln::data::LmBatch;
 use kiln::generate::{generate, Sampling};
-use kiln::model::{Gpt, GptConfig};
+use kiln::model::{Activation, Gpt, GptConfig, NormKind, PositionKind};
 use kiln::tokenizer::{CharTokenizer, Tokenizer};
 use kiln::train::{lm_loss, AdamW, ClippedAdamW};
 
@@ -35,6 +35,18 @@ fn config() -> GptConfig {
     GptConfig::new(65, 64, 4, 2, 256, BLOCK).with_bias(true)
 }
 
+/// The course architectures in one model: CS336's RoPE, RMSNorm and SwiGLU in post-norm
+/// blocks (as HW4's) without biases.
+fn course_config() -> GptConfig {
+    GptConfig::new(65, 64, 4, 2, 192, BLOCK)
+        .with_positions(PositionKind::Rope)
+        .with_norm(NormKind::RmsNorm)
+        .with_activation(Activation::SwiGlu)
+        .with_norm_first(false)
+        .with_bias(false)
+        .with_qkv_bias(false)
+}
+
 /// Encoded tinyshakespeare (char level, 65 symbols).
 fn corpus() -> &'static (CharTokenizer, Vec<u32>) {
     static CORPUS: OnceLock<(CharTokenizer, Vec<u32>)> = OnceLock::new();
@@ -46,23 +58,42 @@ fn corpus() -> &'static (CharTokenizer, Vec<u32>) {
     })
 }
 
-/// Initial weights, drawn once on ndarray and saved as an f32 record.
+/// Initial weights of `config`, drawn on ndarray and saved as an f32 record.
+fn draw_weights(config: &GptConfig) -> PathBuf {
+    let path = tempfile::tempdir().unwrap().keep().join("init.mpk");
+    let device = Default::default();
+    Reference::seed(&device, 42);
+    let model: Gpt<Reference> = config.init(&device);
+    // Touch every parameter so the lazily initialised values are the ones saved.
+    let _ = model.forward(Tensor::zeros([1, 2], &device));
+    Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
+    path
+}
+
 fn initial_weights() -> &'static PathBuf {
     static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
-    WEIGHTS.get_or_init(|| {
-        let path = tempfile::tempdir().unwrap().keep().join("init.mpk");
-        let device = Default::default();
-        Reference::seed(&device, 42);
-        let model: Gpt<Reference> = config().init(&device);
-        // Touch every parameter so the lazily initialised values are the ones saved.
-        let _ = model.forward(Tensor::zeros([1, 2], &device));
-        Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
-        path
-    })
+    WEIGHTS.get_or_init(|| draw_weights(&config()))
 }
 
 fn load<B: Backend>(path: &Path, device: &B::Device) -> Gpt<B> {
-    config().init(device).load_record(load_record::<B, _>(path, device).unwrap())
+    load_as(&config(), path, device)
+}
+
+fn load_as<B: Backend>(config: &GptConfig, path: &Path, device: &B::Device) -> Gpt<B> {
+    config.init(device).load_record(load_record::<B, _>(path, device).unwrap())
+}
+
+/// Logits of the course model on `B` and on ndarray, from the same weights.
+fn course_logits<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<f32>) {
+    static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
+    let weights = WEIGHTS.get_or_init(|| draw_weights(&course_config()));
+    let run = |model: Gpt<B>| model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap();
+    let reference = load_as::<Reference>(&course_config(), weights, &Default::default())
+        .forward(batch::<Reference>(0, &Default::default()).inputs)
+        .into_data()
+        .to_vec()
+        .unwrap();
+    (run(load_as::<B>(&course_config(), weights, device)), reference)
 }
 
 fn batch<B: Backend>(step: usize, device: &B::Device) -> LmBatch<B> {
@@ -111,7 +142,11 @@ fn greedy<B: Backend>(weights: &Path, device: &B::Device) -> String {
 }
 
 fn assert_logits_agree(name: &str, got: &[f32]) {
-    let want = logits::<Reference>(&Default::default());
+    assert_close(name, got, &logits::<Reference>(&Default::default()));
+}
+
+fn assert_close(name: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{name}: logits count");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
     let worst = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     eprintln!("{name}: logits within {:.2e} of ndarray (relative to the largest, {scale:.3})", worst / scale);
@@ -146,6 +181,12 @@ mod wgpu {
     }
 
     #[test]
+    fn course_model_logits_match_ndarray() {
+        let (got, want) = course_logits::<B>(&WgpuDevice::DefaultDevice);
+        assert_close("wgpu (rope, rmsnorm, swiglu, post-norm)", &got, &want);
+    }
+
+    #[test]
     fn training_and_greedy_text_match_ndarray() {
         assert_training_agrees::<burn::backend::Autodiff<B>>("wgpu", &WgpuDevice::DefaultDevice);
     }
@@ -160,6 +201,12 @@ mod tch_cpu {
     #[test]
     fn logits_match_ndarray() {
         assert_logits_agree("tch-cpu", &logits::<B>(&LibTorchDevice::Cpu));
+    }
+
+    #[test]
+    fn course_model_logits_match_ndarray() {
+        let (got, want) = course_logits::<B>(&LibTorchDevice::Cpu);
+        assert_close("tch-cpu (rope, rmsnorm, swiglu, post-norm)", &got, &want);
     }
 
     #[test]

@@ -21,10 +21,47 @@ fn layers_file_then_environment_then_set() {
 
 #[test]
 fn every_shipped_config_loads() {
+    let mut checked = 0;
     for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
         let path = entry.unwrap().path();
-        kiln::config::load_with_env(&path, &[], Vec::new()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let spec = match kiln::config::load_with_env(&path, &[], Vec::new()) {
+            Ok(spec) => spec,
+            // A config for libtorch in a build without it: everything else must still hold.
+            Err(e) if e.to_string().contains("--features") => {
+                kiln::config::load_with_env(&path, &["backend.name=ndarray".into()], Vec::new())
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        };
+        assert_eq!(Some(spec.run.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "{}: run.name", path.display());
+        checked += 1;
     }
+    assert!(checked >= 10, "only {checked} configs found");
+}
+
+#[test]
+fn gpt2_124m_has_the_books_parameter_counts() {
+    // Raschka ch. 4: 163,009,536 with its own output head, 124,412,160 with it tied.
+    let (ok, out, err) = common::kiln(&["inspect", "configs/gpt2-124m.toml"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("total parameters:    163,009,536 (124,412,160 with the output head tied"), "{out}");
+    let (ok, out, err) = common::kiln(&["inspect", "configs/gpt2-124m.toml", "--set", "model.tie_embeddings=true"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("total parameters:    124,412,160 (163,009,536 with an untied output head)"), "{out}");
+}
+
+#[test]
+fn course_architecture_keys_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |extra: &str| config_error(dir.path(), &valid_config_text().replace("[model]\n", &format!("[model]\n{extra}\n")));
+    let err = with("positions = \"alibi\"");
+    assert!(err.contains("alibi") && err.contains("learned") && err.contains("rope"), "{err}");
+    let err = with("norm = \"batchnorm\"");
+    assert!(err.contains("batchnorm") && err.contains("rmsnorm"), "{err}");
+    let err = with("activation = \"tanh\"");
+    assert!(err.contains("tanh") && err.contains("swiglu"), "{err}");
+    let err = with("positions = \"rope\"\nrope_theta = 0.5");
+    assert!(err.contains("model.rope_theta = 0.5"), "{err}");
 }
 
 #[test]

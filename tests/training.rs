@@ -174,3 +174,37 @@ fn cli_reports_config_errors_in_one_line() {
     let (ok, _, err) = kiln(&["train", "--config", "configs/no-such.toml"]);
     assert!(!ok && err.contains("configs/no-such.toml") && err.contains("not found"), "{err}");
 }
+
+#[test]
+fn course_architecture_trains_generates_resumes_and_exports_under_its_own_names() {
+    // CS336's choices (RoPE, RMSNorm, SwiGLU, no biases) with post-norm blocks on top, through
+    // the whole product: training, the KV-cached sampler, eval, export.
+    let artifacts = tempfile::tempdir().unwrap();
+    let overrides = [
+        "model.positions=rope",
+        "model.norm=rmsnorm",
+        "model.activation=swiglu",
+        "model.bias=false",
+        "model.norm_first=false",
+        "model.tie_embeddings=false",
+    ];
+    let spec = common::tiny_spec(artifacts.path(), &overrides);
+    train(spec, TrainOptions::default()).unwrap();
+    let run = artifacts.path().join("tiny");
+    let metrics = read_metrics(&run.join("metrics.jsonl"));
+    let first = metrics.iter().find(|l| l.split == "train").unwrap().loss;
+    let last_val = metrics.iter().rev().find(|l| l.split == "val").unwrap().loss;
+    assert!(last_val <= 0.75 * first, "loss fell from {first} to only {last_val}");
+
+    let (ok, out, err) = kiln(&["generate", "--run", path(&run), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--temperature", "0"]);
+    assert!(ok && out.starts_with("ROMEO:") && out.chars().count() >= 40, "{err}");
+    let (ok, out, err) = kiln(&["inspect", path(&run)]);
+    assert!(ok && out.contains("post-norm rmsnorm, swiglu, rope positions, gpt2 init") && !out.contains("wpe"), "{out}{err}");
+
+    let out_dir = artifacts.path().join("export");
+    let (ok, _, err) = kiln(&["export", "--run", path(&run), "--out", path(&out_dir)]);
+    assert!(!ok && err.contains("model.positions = rope") && err.contains("--names kiln"), "{err}");
+    assert!(!out_dir.exists(), "a refused export writes nothing");
+    let (ok, _, err) = kiln(&["export", "--run", path(&run), "--out", path(&out_dir), "--names", "kiln"]);
+    assert!(ok && out_dir.join("model.safetensors").is_file(), "{err}");
+}

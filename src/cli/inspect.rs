@@ -201,7 +201,7 @@ impl BackendJob for Job {
         };
         Ok(Report {
             file: path.display().to_string(),
-            file_bytes: std::fs::metadata(&path).ok().map(|m| m.len()),
+            file_bytes: Some(std::fs::metadata(&path).map_or(0, |m| m.len())),
             step,
             epoch,
             last_train: upto("train"),

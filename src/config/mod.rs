@@ -139,6 +139,9 @@ pub struct ModelSection {
     /// RoPE's base θ.
     #[serde(default = "defaults::rope_theta")]
     pub rope_theta: f64,
+    /// How new weights are drawn: `gpt2` or `torch` (PyTorch's defaults).
+    #[serde(default)]
+    pub init: crate::model::InitScheme,
 }
 
 impl ModelSection {
@@ -155,7 +158,7 @@ impl ModelSection {
     /// One line for people: the architecture choices as the config spells them.
     pub fn describe(&self) -> String {
         format!(
-            "gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions",
+            "gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions, {} init",
             self.vocab_size.map_or("?".into(), |v| v.to_string()),
             self.d_model,
             self.n_heads,
@@ -170,6 +173,7 @@ impl ModelSection {
             spelled(&self.norm),
             spelled(&self.activation),
             spelled(&self.positions),
+            spelled(&self.init),
         )
     }
 }
@@ -239,7 +243,7 @@ impl Default for BackendSection {
 }
 
 /// A config value as a config file spells it (`rmsnorm`, `swiglu`).
-fn spelled<T: Serialize>(value: &T) -> String {
+pub(crate) fn spelled<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 

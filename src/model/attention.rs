@@ -9,12 +9,14 @@ use burn::tensor::ops::AttentionModuleOptions;
 
 use super::normal;
 
-/// A linear layer with N(0, std) weights and zero bias, as GPT-2 initialises them.
-pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: f64, device: &B::Device) -> Linear<B> {
-    let mut layer = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(normal(std))
-        .init(device);
+/// A linear layer with N(0, std) weights and zero bias, as GPT-2 initialises them, or with
+/// PyTorch's default U(±1/√d_in) weights and bias when `std` is `None`.
+pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: Option<f64>, device: &B::Device) -> Linear<B> {
+    let config = LinearConfig::new(d_in, d_out).with_bias(bias);
+    let Some(std) = std else {
+        return config.init(device);
+    };
+    let mut layer = config.with_initializer(normal(std)).init(device);
     if bias {
         layer.bias = Some(Initializer::Zeros.init([d_out], device));
     }
@@ -45,14 +47,16 @@ pub struct AttentionOptions {
     /// Bias on the output projection.
     pub proj_bias: bool,
     pub dropout: f64,
-    /// Init std of the output projection (scaled down for deep residual stacks).
-    pub proj_std: f64,
+    /// Init std of the projections, the output one scaled down for deep residual stacks;
+    /// `None` for PyTorch's defaults.
+    pub std: Option<f64>,
+    pub proj_std: Option<f64>,
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
     pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
         Self {
-            c_attn: linear(d_model, 3 * d_model, options.qkv_bias, 0.02, device),
+            c_attn: linear(d_model, 3 * d_model, options.qkv_bias, options.std, device),
             c_proj: linear(d_model, d_model, options.proj_bias, options.proj_std, device),
             resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,

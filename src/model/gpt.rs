@@ -16,7 +16,7 @@ use super::attention::{linear, AttentionOptions, CausalSelfAttention, LayerCache
 use super::mlp::{Activation, MlpOptions};
 use super::norm::{Norm, NormKind};
 use super::positions::PositionKind;
-use super::{normal, Mlp};
+use super::{normal, InitScheme, Mlp};
 
 #[derive(Config, Debug)]
 pub struct GptConfig {
@@ -53,6 +53,8 @@ pub struct GptConfig {
     /// RoPE's base: pair i of a head turns `theta^(-2i / head_dim)` radians per position.
     #[config(default = 10000.0)]
     pub rope_theta: f64,
+    #[config(default = "InitScheme::Gpt2")]
+    pub init: InitScheme,
 }
 
 #[derive(Module, Debug)]
@@ -91,6 +93,10 @@ pub struct Gpt<B: Backend> {
     wpe: Option<Embedding<B>>,
     /// The fixed sinusoidal table, `[block_size, d_model]`: a constant, not a parameter.
     sinusoids: Option<Tensor<B, 2>>,
+    /// What token embeddings are multiplied by before the sinusoidal table is added: √d_model
+    /// for N(0, 0.02) embeddings (as the Transformer paper scales its small ones), so the
+    /// tokens are not drowned by the unit-amplitude table; 1 for N(0, 1) embeddings.
+    token_scale: f64,
     /// RoPE's rotation angles (constants), shared by every attention layer.
     rope: Option<RotaryEncoding<B>>,
     dropout: Dropout,
@@ -128,9 +134,11 @@ impl GptConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
         let ln = || Norm::new(self.norm, self.d_model, self.bias, self.norm_eps, device);
         // GPT-2: residual projections get std 0.02 / sqrt(2 * n_layers), one per residual add.
-        let proj_std = 0.02 / ((2 * self.n_layers) as f64).sqrt();
-        let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, proj_std, activation: self.activation };
-        let attn = AttentionOptions { qkv_bias: self.qkv_bias, proj_bias: self.bias, dropout: self.dropout, proj_std };
+        let gpt2 = self.init == InitScheme::Gpt2;
+        let std = gpt2.then_some(0.02);
+        let proj_std = gpt2.then(|| 0.02 / ((2 * self.n_layers) as f64).sqrt());
+        let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, std, proj_std, activation: self.activation };
+        let attn = AttentionOptions { qkv_bias: self.qkv_bias, proj_bias: self.bias, dropout: self.dropout, std, proj_std };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
@@ -140,7 +148,10 @@ impl GptConfig {
                 norm_first: self.norm_first,
             })
             .collect();
-        let embedding = |n| EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device);
+        let embedding = |n| match gpt2 {
+            true => EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device),
+            false => EmbeddingConfig::new(n, self.d_model).init(device),
+        };
         let positions = self.positions;
         Gpt {
             wte: embedding(self.vocab_size),
@@ -149,6 +160,7 @@ impl GptConfig {
                 let table: Vec<f32> = super::sinusoidal_positions(self.block_size, self.d_model).concat();
                 Tensor::from_data(TensorData::new(table, [self.block_size, self.d_model]), device)
             }),
+            token_scale: if gpt2 { (self.d_model as f64).sqrt() } else { 1.0 },
             rope: (positions == PositionKind::Rope).then(|| {
                 RotaryEncodingConfig::new(self.block_size, self.d_model / self.n_heads)
                     .with_theta(self.rope_theta as f32)
@@ -157,7 +169,7 @@ impl GptConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             blocks,
             ln_f: ln(),
-            lm_head: (!self.tie_embeddings).then(|| linear(self.d_model, self.vocab_size, false, 0.02, device)),
+            lm_head: (!self.tie_embeddings).then(|| linear(self.d_model, self.vocab_size, false, std, device)),
             block_size: self.block_size,
         }
     }
@@ -234,10 +246,8 @@ impl<B: Backend> Gpt<B> {
         }
         match &self.sinusoids {
             Some(table) => {
-                // Scaled by √d_model as in the Transformer paper, so that tokens embedded with
-                // std 0.02 are not drowned by the unit-amplitude table.
                 let d_model = table.dims()[1];
-                x * (d_model as f64).sqrt() + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
+                x * self.token_scale + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
             }
             None => x,
         }

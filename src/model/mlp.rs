@@ -42,16 +42,18 @@ pub struct Mlp<B: Backend> {
 pub struct MlpOptions {
     pub bias: bool,
     pub dropout: f64,
-    /// Init std of the output projection (scaled down for deep residual stacks).
-    pub proj_std: f64,
+    /// Init std of the projections, the output one scaled down for deep residual stacks;
+    /// `None` for PyTorch's defaults.
+    pub std: Option<f64>,
+    pub proj_std: Option<f64>,
     pub activation: Activation,
 }
 
 impl<B: Backend> Mlp<B> {
     pub fn new(d_model: usize, d_ff: usize, shape: MlpOptions, device: &B::Device) -> Self {
         Self {
-            c_fc: linear(d_model, d_ff, shape.bias, 0.02, device),
-            c_gate: (shape.activation == Activation::SwiGlu).then(|| linear(d_model, d_ff, shape.bias, 0.02, device)),
+            c_fc: linear(d_model, d_ff, shape.bias, shape.std, device),
+            c_gate: (shape.activation == Activation::SwiGlu).then(|| linear(d_model, d_ff, shape.bias, shape.std, device)),
             c_proj: linear(d_ff, d_model, shape.bias, shape.proj_std, device),
             dropout: DropoutConfig::new(shape.dropout).init(),
             activation: shape.activation,

@@ -22,6 +22,19 @@ pub(crate) fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
 }
 
+/// How a new model's weights are drawn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitScheme {
+    /// GPT-2 / nanoGPT: weights N(0, 0.02), residual projections N(0, 0.02/√(2·n_layers)),
+    /// zero biases.
+    #[default]
+    Gpt2,
+    /// PyTorch's defaults, which a course model gets when it does not initialise its own:
+    /// linear weights and biases U(±1/√fan_in), embeddings N(0, 1). Burn's defaults are the same.
+    Torch,
+}
+
 /// One float parameter of a module: its dotted path (`blocks.0.attn.c_attn.weight`), shape
 /// and element type.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

@@ -113,6 +113,7 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
         .with_norm_eps(m.norm_eps)
         .with_positions(m.positions)
         .with_rope_theta(m.rope_theta)
+        .with_init(m.init)
 }
 
 /// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
