@@ -60,6 +60,8 @@ fn course_architecture_keys_are_validated() {
     assert!(err.contains("batchnorm") && err.contains("rmsnorm"), "{err}");
     let err = with("activation = \"tanh\"");
     assert!(err.contains("tanh") && err.contains("swiglu"), "{err}");
+    let err = with("init = \"xavier\"");
+    assert!(err.contains("xavier") && err.contains("gpt2, torch") && err.contains("model.init"), "{err}");
     let err = with("positions = \"rope\"\nrope_theta = 0.5");
     assert!(err.contains("model.rope_theta = 0.5"), "{err}");
 }

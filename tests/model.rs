@@ -206,3 +206,25 @@ fn parameters_round_trip_through_named_values() {
 fn values_of(model: &Gpt<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
     values(model.forward(ids.clone()))
 }
+
+#[test]
+fn torch_init_draws_pytorchs_default_weights() {
+    let model: Gpt<B> = GptConfig::new(200, 64, 4, 1, 256, 16)
+        .with_init(kiln::model::InitScheme::Torch)
+        .with_tie_embeddings(false)
+        .init(&Default::default());
+    let params = kiln::model::param_values(&model);
+    let get = |name: &str| params.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"));
+    let std = |v: &[f32]| {
+        let mean = v.iter().sum::<f32>() / v.len() as f32;
+        (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
+    };
+    let wte = std(&get("wte.weight").values);
+    assert!((wte - 1.0).abs() < 0.05, "embeddings N(0, 1): std {wte}");
+    for (name, fan_in) in [("blocks.0.mlp.c_fc.weight", 64.0f32), ("blocks.0.mlp.c_proj.weight", 256.0), ("blocks.0.mlp.c_fc.bias", 64.0)] {
+        let values = &get(name).values;
+        let bound = 1.0 / fan_in.sqrt();
+        assert!(values.iter().all(|v| v.abs() <= bound), "{name} within ±1/√{fan_in}");
+        assert!((std(values) - bound / 3f32.sqrt()).abs() < 0.15 * bound, "{name} uniform: std {}", std(values));
+    }
+}

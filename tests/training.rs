@@ -6,7 +6,16 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::kiln;
-use kiln::train::{read_metrics, train, TrainOptions};
+use kiln::train::{read_metrics, TrainOptions};
+
+/// Trains one run at a time: Burn's ndarray backend draws weights and dropout masks from one
+/// RNG per process, so runs trained side by side by parallel tests would interleave their
+/// draws and stop being reproducible.
+fn train(spec: kiln::config::RunSpec, options: TrainOptions) -> anyhow::Result<kiln::train::Outcome> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    kiln::train::train(spec, options)
+}
 
 /// One tiny run shared by the tests of this file: (artifacts dir kept alive, run dir).
 fn trained_run() -> &'static PathBuf {

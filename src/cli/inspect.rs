@@ -123,7 +123,10 @@ fn show(report: &Report, json: bool) -> Result<()> {
 
 /// The model a config describes, freshly initialised: its parameters and their counts.
 fn inspect_config(args: &InspectArgs) -> Result<()> {
-    let mut spec = crate::config::load(&args.path, &args.overrides)?;
+    // The model is built on the CPU whatever the config trains on, so a config for a backend
+    // this binary lacks can still be looked at.
+    let overrides = [vec![format!("backend.name={}", crate::backend::CPU)], args.overrides.clone()].concat();
+    let mut spec = crate::config::load(&args.path, &overrides)?;
     crate::train::fit_tokenizer(&mut spec)?;
     let job = ConfigJob { spec, file: args.path.clone(), weights: args.weights };
     let report = crate::backend::dispatch(&cpu(), job)??;

@@ -10,7 +10,7 @@ use super::attention::linear;
 
 /// The nonlinearity between the two projections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", try_from = "String")]
 pub enum Activation {
     /// `x · Φ(x)` with the exact Gaussian CDF (PyTorch's `nn.GELU()`).
     #[default]
@@ -25,6 +25,8 @@ pub enum Activation {
     #[serde(rename = "swiglu")]
     SwiGlu,
 }
+
+super::config_choice!(Activation { "gelu" => Gelu, "gelu_tanh" => GeluTanh, "relu" => Relu, "swiglu" => SwiGlu });
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {

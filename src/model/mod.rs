@@ -1,5 +1,22 @@
 //! Model definitions, generic over `B: Backend`.
 
+/// `TryFrom<String>` for a config choice, spelled as in config files, with an error that
+/// lists every spelling (serde's own names the Rust enum instead).
+macro_rules! config_choice {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(value: String) -> Result<Self, String> {
+                match value.as_str() {
+                    $($name => Ok($ty::$variant),)+
+                    _ => Err(format!("{value:?} is not one of: {}", [$($name),+].join(", "))),
+                }
+            }
+        }
+    };
+}
+pub(crate) use config_choice;
+
 mod attention;
 mod gpt;
 mod mlp;
@@ -24,7 +41,7 @@ pub(crate) fn normal(std: f64) -> Initializer {
 
 /// How a new model's weights are drawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum InitScheme {
     /// GPT-2 / nanoGPT: weights N(0, 0.02), residual projections N(0, 0.02/√(2·n_layers)),
     /// zero biases.
@@ -34,6 +51,8 @@ pub enum InitScheme {
     /// linear weights and biases U(±1/√fan_in), embeddings N(0, 1). Burn's defaults are the same.
     Torch,
 }
+
+config_choice!(InitScheme { "gpt2" => Gpt2, "torch" => Torch });
 
 /// One float parameter of a module: its dotted path (`blocks.0.attn.c_attn.weight`), shape
 /// and element type.

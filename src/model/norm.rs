@@ -10,7 +10,7 @@ use burn::tensor::TensorPrimitive;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum NormKind {
     /// `(x - mean) / sqrt(var + eps) · gamma + beta` over the features (GPT-2).
     #[default]
@@ -18,6 +18,8 @@ pub enum NormKind {
     /// `x / sqrt(mean(x²) + eps) · gamma`: no centring, no bias (LLaMA, CS336).
     RmsNorm,
 }
+
+super::config_choice!(NormKind { "layernorm" => LayerNorm, "rmsnorm" => RmsNorm });
 
 #[derive(Module, Debug)]
 pub struct Norm<B: Backend> {

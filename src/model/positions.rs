@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum PositionKind {
     /// A trained `[block_size, d_model]` table added to the token embeddings (GPT-2).
     #[default]
@@ -14,6 +14,8 @@ pub enum PositionKind {
     /// RoPE (Su et al. 2021): queries and keys rotated by position inside attention.
     Rope,
 }
+
+super::config_choice!(PositionKind { "learned" => Learned, "sinusoidal" => Sinusoidal, "rope" => Rope });
 
 /// The sinusoidal encoding of "Attention Is All You Need", `[len][d_model]`:
 /// `PE[pos, 2i] = sin(pos / 10000^(2i / d_model))`, `PE[pos, 2i + 1] = cos(…)` (same angle).
