@@ -41,7 +41,7 @@ fn gpt2_mismatch(model: &ModelSection) -> Option<String> {
         return Some(format!("model.norm = {}", spelled(&model.norm)));
     }
     if model.activation == Activation::SwiGlu {
-        return Some("model.activation = swiglu".into());
+        return Some(format!("model.activation = {}", spelled(&model.activation)));
     }
     if !model.norm_first {
         return Some("model.norm_first = false".into());

@@ -10,7 +10,7 @@ use super::attention::linear;
 
 /// The nonlinearity between the two projections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum Activation {
     /// `x · Φ(x)` with the exact Gaussian CDF (PyTorch's `nn.GELU()`).
     #[default]
@@ -22,7 +22,6 @@ pub enum Activation {
     /// A SiLU-gated linear unit: a third projection, `c_gate`, whose SiLU scales `c_fc`'s
     /// output element-wise. Usually run with `d_ff` ≈ 8/3 · d_model to keep the parameter
     /// count of a 4 · d_model GELU network.
-    #[serde(rename = "swiglu")]
     SwiGlu,
 }
 

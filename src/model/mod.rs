@@ -1,9 +1,18 @@
 //! Model definitions, generic over `B: Backend`.
 
-/// `TryFrom<String>` for a config choice, spelled as in config files, with an error that
-/// lists every spelling (serde's own names the Rust enum instead).
+/// A config choice's spellings, the one table serde reads and writes through
+/// (`#[serde(try_from = "String", into = "String")]`); a wrong one gets an error that lists
+/// them all (serde's own would name the Rust enum instead).
 macro_rules! config_choice {
     ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl From<$ty> for String {
+            fn from(value: $ty) -> String {
+                match value {
+                    $($ty::$variant => $name.to_string(),)+
+                }
+            }
+        }
+
         impl TryFrom<String> for $ty {
             type Error = String;
             fn try_from(value: String) -> Result<Self, String> {
@@ -41,7 +50,7 @@ pub(crate) fn normal(std: f64) -> Initializer {
 
 /// How a new model's weights are drawn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum InitScheme {
     /// GPT-2 / nanoGPT: weights N(0, 0.02), residual projections N(0, 0.02/√(2·n_layers)),
     /// zero biases.

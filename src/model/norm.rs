@@ -10,7 +10,7 @@ use burn::tensor::TensorPrimitive;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum NormKind {
     /// `(x - mean) / sqrt(var + eps) · gamma + beta` over the features (GPT-2).
     #[default]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", try_from = "String")]
+#[serde(try_from = "String", into = "String")]
 pub enum PositionKind {
     /// A trained `[block_size, d_model]` table added to the token embeddings (GPT-2).
     #[default]
