@@ -5,7 +5,8 @@
 #  - Hugging Face `tokenizers`, which the BPE interop test (tests/hf_tokenizers.py) checks
 #    kiln's tokenizer.json files against;
 #  - Hugging Face `transformers`, which the GPT-2 interop tests (tests/hf_gpt2.py) load
-#    `kiln export` folders with and save random GPT-2s with for `kiln import`.
+#    `kiln export` folders with and save random GPT-2s with for `kiln import`;
+#  - `sacrebleu`, which the BLEU test (tests/sacrebleu_check.py) checks kiln's scores against.
 #
 #   scripts/setup-venv.sh            # creates .venv next to Cargo.toml
 #   eval "$(scripts/setup-venv.sh --env)"   # … and exports what cargo needs
@@ -20,6 +21,7 @@ venv="${KILN_VENV:-$root/.venv}"
 torch_version="${KILN_TORCH_VERSION:-2.9.0}"
 tokenizers_version="0.23.3"
 transformers_version="5.23.0"
+sacrebleu_version="2.6.0"
 
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv" >&2
@@ -34,10 +36,14 @@ if ! "$venv/bin/python" -c "import transformers, sys; sys.exit(transformers.__ve
     "$venv/bin/pip" install --quiet "transformers==$transformers_version" >&2
 fi
 
+if ! "$venv/bin/python" -c "import sacrebleu, sys; sys.exit(sacrebleu.__version__ != '$sacrebleu_version')" 2>/dev/null; then
+    "$venv/bin/pip" install --quiet "sacrebleu==$sacrebleu_version" >&2
+fi
+
 exports="export VIRTUAL_ENV=\"$venv\" PATH=\"$venv/bin:\$PATH\" LIBTORCH_USE_PYTORCH=1"
 if [ "${1:-}" = "--env" ]; then
     echo "$exports"
 else
-    echo "libtorch $torch_version, tokenizers $tokenizers_version and transformers $transformers_version ready in $venv. Before building with --features tch or cuda, run:" >&2
+    echo "libtorch $torch_version, tokenizers $tokenizers_version, transformers $transformers_version, sacrebleu $sacrebleu_version ready in $venv. Before building with --features tch or cuda, run:" >&2
     echo "  $exports" >&2
 fi

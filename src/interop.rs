@@ -284,6 +284,7 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
         d_model: c.n_embd,
         n_heads: c.n_head,
         n_layers: c.n_layer,
+        n_decoder_layers: None,
         d_ff: Some(c.n_inner.unwrap_or(4 * c.n_embd)),
         block_size: c.n_positions,
         dropout: c.resid_pdrop,

@@ -16,3 +16,4 @@ pub mod plot;
 pub mod run_dir;
 pub mod tokenizer;
 pub mod train;
+pub mod translate;

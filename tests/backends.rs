@@ -18,7 +18,7 @@ use burn::tensor::backend::AutodiffBackend;
 use kiln::checkpoint::{load_record, CheckpointRecorder};
 use kiln::data::LmBatch;
 use kiln::generate::{generate, Sampling};
-use kiln::model::{Activation, Gpt, GptConfig, NormKind, PositionKind};
+use kiln::model::{Activation, Gpt, GptConfig, NormKind, PositionKind, Seq2Seq, Seq2SeqConfig};
 use kiln::tokenizer::{CharTokenizer, Tokenizer};
 use kiln::train::{lm_loss, AdamW, ClippedAdamW};
 
@@ -94,6 +94,37 @@ fn course_logits<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<f32>) {
         .to_vec()
         .unwrap();
     (run(load_as::<B>(&course_config(), weights, device)), reference)
+}
+
+/// The encoder-decoder, post-norm with sinusoidal positions as in the paper.
+fn seq2seq_config() -> Seq2SeqConfig {
+    Seq2SeqConfig::new(65, 64, 4, 2, 2, 128, BLOCK, 0).with_dropout(0.0)
+}
+
+/// Teacher-forced logits, then the logits of every step of incremental decoding (KV cache,
+/// cross-attention memory, padded sources), of the seq2seq model on `B`, from weights drawn
+/// on ndarray.
+fn seq2seq_logits<B: Backend>(device: &B::Device) -> Vec<f32> {
+    static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
+    let weights = WEIGHTS.get_or_init(|| {
+        let path = tempfile::tempdir().unwrap().keep().join("seq2seq.mpk");
+        let device = Default::default();
+        Reference::seed(&device, 42);
+        let model: Seq2Seq<Reference> = seq2seq_config().init(&device);
+        Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
+        path
+    });
+    let model: Seq2Seq<B> = seq2seq_config().init(device).load_record(load_record::<B, _>(weights, device).unwrap());
+    let ints = |rows: Vec<i64>, width: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(rows.clone(), [rows.len() / width, width]), device);
+    let source = ints(vec![5, 6, 7, 8, 2, 9, 10, 2, 0, 0], 5);
+    let target = ints(vec![1, 11, 12, 13, 1, 14, 15, 16], 4);
+    let mut logits: Vec<f32> = model.forward(source.clone(), target.clone()).into_data().convert::<f32>().to_vec().unwrap();
+    let mut state = model.start_decoding(model.encode(source));
+    for t in 0..4 {
+        let step = model.decode_step(target.clone().slice([0..2, t..t + 1]), &mut state);
+        logits.extend(step.into_data().convert::<f32>().to_vec::<f32>().unwrap());
+    }
+    logits
 }
 
 fn batch<B: Backend>(step: usize, device: &B::Device) -> LmBatch<B> {
@@ -190,6 +221,12 @@ mod wgpu {
     fn training_and_greedy_text_match_ndarray() {
         assert_training_agrees::<burn::backend::Autodiff<B>>("wgpu", &WgpuDevice::DefaultDevice);
     }
+
+    #[test]
+    fn seq2seq_logits_match_ndarray() {
+        let want = seq2seq_logits::<Reference>(&Default::default());
+        assert_close("wgpu (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&WgpuDevice::DefaultDevice), &want);
+    }
 }
 
 #[cfg(feature = "tch")]
@@ -212,6 +249,12 @@ mod tch_cpu {
     #[test]
     fn training_and_greedy_text_match_ndarray() {
         assert_training_agrees::<burn::backend::Autodiff<B>>("tch-cpu", &LibTorchDevice::Cpu);
+    }
+
+    #[test]
+    fn seq2seq_logits_match_ndarray() {
+        let want = seq2seq_logits::<Reference>(&Default::default());
+        assert_close("tch-cpu (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&LibTorchDevice::Cpu), &want);
     }
 }
 

@@ -72,6 +72,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         anyhow::bail!("--iters 0: expected at least one timed step");
     }
     let mut spec = crate::config::load(&args.config, &args.backend.add_to(&args.overrides))?;
+    super::require_gpt(&spec, "bench train")?;
     let (_, corpus, order) = prepare_in_memory(&mut spec)?;
     let backend = spec.backend.clone();
     let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };

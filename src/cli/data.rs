@@ -41,6 +41,7 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn show(args: ShowArgs) -> Result<()> {
     let mut spec = crate::config::load(&args.config, &args.overrides)?;
+    super::require_gpt(&spec, "data show")?;
     let (tokenizer, corpus, order) = prepare_in_memory(&mut spec)?;
     if args.stats {
         print_stats(&spec, &corpus, tokenizer.as_ref(), order.starts().len());

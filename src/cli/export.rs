@@ -43,6 +43,7 @@ const KILN_CONFIG: &str = "kiln_config.toml";
 
 pub fn run(args: ExportArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
+    super::require_gpt(&spec, "export")?;
     if args.out.join("config.toml").is_file() {
         bail!("--out {}: holds a kiln run (config.toml); export into a folder of its own", args.out.display());
     }

@@ -39,6 +39,7 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
+    super::require_gpt(&spec, "generate")?;
     let sampling = Sampling {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,

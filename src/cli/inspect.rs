@@ -9,7 +9,8 @@ use serde::Serialize;
 
 use crate::backend::{BackendChoice, BackendJob};
 use crate::checkpoint::CheckpointState;
-use crate::config::{ModelSection, RunSpec};
+use crate::config::{ModelKind, ModelSection, RunSpec};
+use crate::model::ParamCounts;
 use crate::run_dir::RunDir;
 use crate::train::{load_model, read_metrics, MetricsLine, Summary};
 
@@ -127,14 +128,19 @@ fn inspect_config(args: &InspectArgs) -> Result<()> {
     // this binary lacks can still be looked at.
     let overrides = [vec![format!("backend.name={}", crate::backend::CPU)], args.overrides.clone()].concat();
     let mut spec = crate::config::load(&args.path, &overrides)?;
-    crate::train::fit_tokenizer(&mut spec)?;
-    let job = ConfigJob { spec, file: args.path.clone(), weights: args.weights };
+    let pad = match spec.model.kind {
+        ModelKind::Gpt => crate::train::fit_tokenizer(&mut spec).map(|_| None)?,
+        ModelKind::Seq2Seq => Some(crate::train::fit_seq2seq_tokenizer(&mut spec)?.pad),
+    };
+    let job = ConfigJob { spec, pad, file: args.path.clone(), weights: args.weights };
     let report = crate::backend::dispatch(&cpu(), job)??;
     show(&report, args.json)
 }
 
 struct ConfigJob {
     spec: RunSpec,
+    /// A seq2seq vocabulary's `<pad>`.
+    pad: Option<u32>,
     file: PathBuf,
     weights: bool,
 }
@@ -142,13 +148,23 @@ struct ConfigJob {
 impl BackendJob for ConfigJob {
     type Output = Result<Report>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
-        let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
-        Ok(Report { file: self.file.display().to_string(), file_bytes: None, ..report(&model, &self.spec, self.weights) })
+        let (spec, weights) = (&self.spec, self.weights);
+        let table = match self.pad {
+            None => {
+                let model = crate::train::gpt_config(spec).init::<B::InnerBackend>(&device);
+                report(&model, model.param_counts(), spec, weights)
+            }
+            Some(pad) => {
+                let model = crate::train::seq2seq_config(spec, pad).init::<B::InnerBackend>(&device);
+                report(&model, model.param_counts(), spec, weights)
+            }
+        };
+        Ok(Report { file: self.file.display().to_string(), file_bytes: None, ..table })
     }
 }
 
 /// The parameter table of `model`, with nothing yet about where it came from.
-fn report<B: burn::prelude::Backend>(model: &crate::model::Gpt<B>, spec: &RunSpec, weights: bool) -> Report {
+fn report<B: burn::prelude::Backend, M: burn::module::Module<B>>(model: &M, counts: ParamCounts, spec: &RunSpec, weights: bool) -> Report {
     let values = weights.then(|| crate::model::param_values(model));
     let params: Vec<ParamInfo> = crate::model::named_params(model)
         .into_iter()
@@ -161,7 +177,6 @@ fn report<B: burn::prelude::Backend>(model: &crate::model::Gpt<B>, spec: &RunSpe
             dtype: p.dtype,
         })
         .collect();
-    let counts = model.param_counts();
     let bytes: usize = params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
     // The output head is d_model × vocab whether it is its own matrix or the embedding's.
     let head = spec.model.d_model * spec.vocab_size();
@@ -196,7 +211,18 @@ struct Job {
 impl BackendJob for Job {
     type Output = Result<Report>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
-        let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.file.as_deref(), &device)?;
+        let (spec, file) = (&self.spec, self.file.as_deref());
+        let (table, path) = match spec.model.kind {
+            ModelKind::Gpt => {
+                let (model, path) = load_model::<B::InnerBackend>(&self.run, spec, file, &device)?;
+                (report(&model, model.param_counts(), spec, self.weights), path)
+            }
+            ModelKind::Seq2Seq => {
+                let tokenizer = crate::train::run_tokenizer(&self.run, spec)?;
+                let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(&self.run, spec, tokenizer.as_ref(), file, &device)?;
+                (report(&model, model.param_counts(), spec, self.weights), path)
+            }
+        };
         let (step, epoch) = position(&self.run, &path);
         let metrics = read_metrics(&self.run.metrics());
         let upto = |split: &str| {
@@ -209,7 +235,7 @@ impl BackendJob for Job {
             epoch,
             last_train: upto("train"),
             last_val: upto("val"),
-            ..report(&model, &self.spec, self.weights)
+            ..table
         })
     }
 }

@@ -12,6 +12,7 @@ mod plot;
 mod table;
 mod tokenizer;
 mod train;
+mod translate;
 
 use std::path::{Path, PathBuf};
 
@@ -38,8 +39,10 @@ enum Command {
     Train(train::TrainArgs),
     /// Sample text from a trained run.
     Generate(generate::GenerateArgs),
-    /// Validation loss and perplexity of a run or one of its checkpoints.
+    /// Validation loss and perplexity of a run or one of its checkpoints; BLEU of a seq2seq run.
     Eval(eval::EvalArgs),
+    /// Translate sentences with a trained seq2seq run (greedy or beam search).
+    Translate(translate::TranslateArgs),
     /// Parameters, shapes, sizes, config, step and metrics of a run or checkpoint file.
     Inspect(inspect::InspectArgs),
     /// Write a run's model as safetensors that Hugging Face transformers loads.
@@ -66,6 +69,7 @@ pub fn run() -> Result<()> {
         Some(Command::Train(args)) => train::run(args),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
+        Some(Command::Translate(args)) => translate::run(args),
         Some(Command::Inspect(args)) => inspect::run(args),
         Some(Command::Export(args)) => export::run(args),
         Some(Command::Import(args)) => import::run(args),
@@ -103,6 +107,17 @@ impl BackendArg {
         crate::backend::BackendChoice::from_section(&section)?;
         Ok(section)
     }
+}
+
+/// Commands built for the GPT refuse a seq2seq config or run, pointing to those that take it.
+fn require_gpt(spec: &RunSpec, command: &str) -> Result<()> {
+    if spec.model.kind == crate::config::ModelKind::Seq2Seq {
+        anyhow::bail!(
+            "kiln {command} works on GPT models, and this one is model.kind = \"seq2seq\"; \
+             for an encoder-decoder use kiln train, translate, eval or inspect"
+        );
+    }
+    Ok(())
 }
 
 /// A run directory and its resolved config.

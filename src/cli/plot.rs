@@ -134,6 +134,7 @@ fn positions(args: PositionsArgs) -> Result<()> {
 
 fn attention(args: AttentionArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
+    super::require_gpt(&spec, "plot attention")?;
     let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
     let tokens = tokenizer.encode(&args.text).map_err(|e| anyhow::anyhow!("--text: {e}"))?;
     let block = spec.model.block_size;

@@ -195,6 +195,7 @@ impl TokenizerSource {
     pub fn open(&self, overrides: &[String]) -> Result<Box<dyn Tokenizer>> {
         if let Some(config) = &self.config {
             let spec = crate::config::load(config, overrides)?;
+            super::require_gpt(&spec, "tokenizer show --config")?;
             let text = crate::data::read_text(&spec.data.path)?;
             return Ok(TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?);
         }

@@ -43,8 +43,30 @@ impl Default for RunSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// UTF-8 text corpus, relative to the working directory.
+    /// `text`: one corpus for a language model; `parallel`: aligned source/target lines for
+    /// a seq2seq model.
+    #[serde(default)]
+    pub kind: DataKind,
+    /// `text`: the UTF-8 corpus, relative to the working directory.
+    #[serde(default)]
     pub path: PathBuf,
+    /// `parallel`: training sources and targets, one sentence per line, aligned by line
+    /// (plain or .gz).
+    #[serde(default)]
+    pub source: Option<PathBuf>,
+    #[serde(default)]
+    pub target: Option<PathBuf>,
+    /// `parallel`: the validation pair; without one, the last `val_fraction` of the
+    /// training pairs is held out.
+    #[serde(default)]
+    pub valid_source: Option<PathBuf>,
+    #[serde(default)]
+    pub valid_target: Option<PathBuf>,
+    /// `parallel`: the test pair, which `kiln eval --split test` scores.
+    #[serde(default)]
+    pub test_source: Option<PathBuf>,
+    #[serde(default)]
+    pub test_target: Option<PathBuf>,
     /// `char`, `tiktoken:gpt2`, `tiktoken:cl100k_base` or `tiktoken:o200k_base`.
     #[serde(default = "defaults::tokenizer")]
     pub tokenizer: String,
@@ -71,6 +93,32 @@ pub struct DataSection {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+pub enum DataKind {
+    #[default]
+    Text,
+    Parallel,
+}
+
+/// One split of a parallel corpus: its source and target files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    Train,
+    Valid,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Train => "train",
+            Self::Valid => "valid",
+            Self::Test => "test",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SamplingMode {
     /// Windows at uniformly random starts, as nanoGPT's `get_batch`.
     #[default]
@@ -85,6 +133,17 @@ impl DataSection {
         self.stride.unwrap_or(block_size)
     }
 
+    /// The (source, target) files of a split of a parallel corpus, with the keys they come
+    /// from; `None` where the config names none.
+    pub fn pair_files(&self, split: Split) -> Option<[(&'static str, &Path); 2]> {
+        let (source, target, keys) = match split {
+            Split::Train => (&self.source, &self.target, ["data.source", "data.target"]),
+            Split::Valid => (&self.valid_source, &self.valid_target, ["data.valid_source", "data.valid_target"]),
+            Split::Test => (&self.test_source, &self.test_target, ["data.test_source", "data.test_target"]),
+        };
+        Some([(keys[0], source.as_deref()?), (keys[1], target.as_deref()?)])
+    }
+
     pub fn fit_options(&self) -> crate::tokenizer::FitOptions {
         crate::tokenizer::FitOptions { allow_unknown: self.allow_unknown, min_count: self.min_count }
     }
@@ -93,7 +152,10 @@ impl DataSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
+    /// A decoder-only language model.
     Gpt,
+    /// An encoder-decoder translation model, trained on `data.kind = "parallel"`.
+    Seq2Seq,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,7 +168,11 @@ pub struct ModelSection {
     pub vocab_size: Option<usize>,
     pub d_model: usize,
     pub n_heads: usize,
+    /// GPT blocks; for seq2seq, encoder layers.
     pub n_layers: usize,
+    /// Seq2seq decoder layers; defaults to `n_layers`.
+    #[serde(default)]
+    pub n_decoder_layers: Option<usize>,
     /// Feed-forward width; defaults to 4 * d_model.
     #[serde(default)]
     pub d_ff: Option<usize>,
@@ -151,18 +217,25 @@ impl ModelSection {
         self.d_ff.unwrap_or(4 * self.d_model)
     }
 
+    pub fn n_decoder_layers(&self) -> usize {
+        self.n_decoder_layers.unwrap_or(self.n_layers)
+    }
+
     pub fn qkv_bias(&self) -> bool {
         self.qkv_bias.unwrap_or(self.bias)
     }
 
     /// One line for people: the architecture choices as the config spells them.
     pub fn describe(&self) -> String {
+        let layers = match self.kind {
+            ModelKind::Gpt => format!("gpt, {} layers", self.n_layers),
+            ModelKind::Seq2Seq => format!("seq2seq, {}+{} layers", self.n_layers, self.n_decoder_layers()),
+        };
         format!(
-            "gpt, vocab {}, d_model {}, {} heads, {} layers, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions, {} init",
+            "{layers}, vocab {}, d_model {}, {} heads, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions, {} init",
             self.vocab_size.map_or("?".into(), |v| v.to_string()),
             self.d_model,
             self.n_heads,
-            self.n_layers,
             self.d_ff(),
             self.block_size,
             self.dropout,
@@ -209,6 +282,14 @@ pub struct TrainingSection {
     /// How many checkpoints to keep on disk (the newest ones).
     #[serde(default = "defaults::keep_checkpoints")]
     pub keep_checkpoints: usize,
+    /// The learning-rate shape after warmup: `cosine` (down to `min_lr` at `max_iters`) or
+    /// `noam` (∝ 1/√step, "Attention Is All You Need").
+    #[serde(default)]
+    pub schedule: crate::train::ScheduleKind,
+    /// Seq2seq: the probability mass ε spread over the whole vocabulary in the training
+    /// targets (0.1 in the paper); validation losses are unsmoothed.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 impl TrainingSection {

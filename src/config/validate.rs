@@ -1,7 +1,7 @@
 //! Value checks that serde cannot express. Every failure names the key, the value and what
 //! was expected.
 
-use super::{ConfigError, RunSpec};
+use super::{ConfigError, DataKind, ModelKind, RunSpec, Split};
 
 fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), expected: expected.into() }
@@ -17,12 +17,65 @@ fn positive(key: &'static str, value: usize) -> Result<(), ConfigError> {
 /// Full validation of a config about to be trained: shape checks plus the data file.
 pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
-    if !spec.data.path.is_file() {
+    let files: Vec<(&'static str, &std::path::Path)> = match spec.data.kind {
+        DataKind::Text => vec![("data.path", spec.data.path.as_path())],
+        DataKind::Parallel => [Split::Train, Split::Valid, Split::Test].into_iter().filter_map(|s| spec.data.pair_files(s)).flatten().collect(),
+    };
+    for (key, path) in files {
+        if !path.is_file() {
+            return Err(invalid(
+                key,
+                format!("{:?}", path.display().to_string()),
+                "an existing text file, plain or .gz (paths are relative to the working directory)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A seq2seq model on parallel data, a GPT on text; both files of every pair given.
+fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
+    let data = &spec.data;
+    match (spec.model.kind, data.kind) {
+        (ModelKind::Gpt, DataKind::Text) => {
+            if data.path.as_os_str().is_empty() {
+                return Err(invalid("data.path", "\"\"", "the text corpus to train on"));
+            }
+            return Ok(());
+        }
+        (ModelKind::Seq2Seq, DataKind::Parallel) => {}
+        (ModelKind::Gpt, DataKind::Parallel) => {
+            return Err(invalid("model.kind", "\"gpt\"", "\"seq2seq\" for data.kind = \"parallel\" (a GPT trains on data.kind = \"text\")"))
+        }
+        (ModelKind::Seq2Seq, DataKind::Text) => {
+            return Err(invalid("data.kind", "\"text\"", "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\""))
+        }
+    }
+    if data.pair_files(Split::Train).is_none() {
+        return Err(invalid("data.source", format!("{:?}", data.source), "data.source and data.target, aligned files of sources and targets"));
+    }
+    for (given, keys) in [
+        ([&data.valid_source, &data.valid_target], ["data.valid_source", "data.valid_target"]),
+        ([&data.test_source, &data.test_target], ["data.test_source", "data.test_target"]),
+    ] {
+        if given[0].is_some() != given[1].is_some() {
+            let (missing, present) = if given[0].is_none() { (keys[0], keys[1]) } else { (keys[1], keys[0]) };
+            return Err(invalid(missing, "nothing", format!("a file to pair with {present}")));
+        }
+    }
+    if !matches!(crate::tokenizer::TokenizerSpec::parse(&data.tokenizer), Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. } | crate::tokenizer::TokenizerSpec::Bpe(_))) {
         return Err(invalid(
-            "data.path",
-            format!("{:?}", spec.data.path.display().to_string()),
-            "an existing text file (paths are relative to the working directory)",
+            "data.tokenizer",
+            format!("{:?}", data.tokenizer),
+            "\"bpe:train:<vocab size>\" (a joint BPE with <pad>, <bos> and <eos>) or \"bpe:<tokenizer.json>\" that has them, for parallel data",
         ));
+    }
+    let m = &spec.model;
+    if m.positions == crate::model::PositionKind::Rope {
+        return Err(invalid("model.positions", "\"rope\"", "\"sinusoidal\" or \"learned\" for a seq2seq model"));
+    }
+    if let Some(n) = m.n_decoder_layers {
+        positive("model.n_decoder_layers", n)?;
     }
     Ok(())
 }
@@ -127,6 +180,11 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
             ),
         ));
     }
+
+    if !(0.0..1.0).contains(&t.label_smoothing) {
+        return Err(invalid("training.label_smoothing", t.label_smoothing, "a probability in [0, 1), such as 0.1"));
+    }
+    validate_task(spec)?;
 
     crate::backend::BackendChoice::from_section(&spec.backend)?;
     Ok(())

@@ -37,24 +37,65 @@ impl<B: Backend> LmBatch<B> {
 /// Asked before each optimizer step: true ends the epoch there (SIGINT, divergence).
 pub type StopCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Training windows in `order`, served in Learner epochs.
+/// The micro-batches of a run, each a function of its run-wide index alone.
+pub trait MicroBatches<B: Backend>: Clone + Send + Sync + 'static {
+    type Batch: Send + 'static;
+    /// Micro-batches `first..first + count`, in order.
+    fn range(&self, first: usize, count: usize, device: &B::Device) -> Box<dyn DataLoaderIterator<Self::Batch>>;
+    /// Items (windows, sentence pairs) in a micro-batch.
+    fn batch_size(&self) -> usize;
+    /// The seed the data order is drawn from; the backend's dropout seeds derive from it.
+    fn seed(&self) -> u64;
+}
+
+/// Micro-batches of `S`, served in Learner epochs.
 ///
 /// Epoch `first_epoch + i` serves `epochs[i] = (first, count)`: micro-batches
-/// `first..first + count` of the run. A micro-batch's windows, and the dropout masks of its
+/// `first..first + count` of the run. A micro-batch's contents, and the dropout masks of its
 /// step (the backend is reseeded from `(seed, index)` before each one), depend only on its
 /// index, so a run resumed at any step sees exactly what an uninterrupted run would have.
 #[derive(Clone)]
-pub struct TrainWindows<B: Backend> {
-    tokens: Arc<[u32]>,
-    order: WindowOrder,
-    batch_size: usize,
-    block_size: usize,
+pub struct TrainBatches<B: Backend, S> {
+    source: S,
     first_epoch: usize,
     epochs: Arc<[(usize, usize)]>,
     /// The epoch the next `iter()` call serves; shared by clones.
     next_epoch: Arc<AtomicUsize>,
     stop: Option<(StopCheck, usize)>,
     device: B::Device,
+}
+
+/// Training windows of a token stream in `order`.
+pub type TrainWindows<B> = TrainBatches<B, WindowBatches>;
+
+/// The windows of micro-batch `i`: entries `i * batch_size..` of a [`WindowOrder`].
+#[derive(Clone)]
+pub struct WindowBatches {
+    tokens: Arc<[u32]>,
+    order: WindowOrder,
+    batch_size: usize,
+    block_size: usize,
+}
+
+impl WindowBatches {
+    /// The window starts of micro-batches `first..first + count`.
+    fn starts(&self, first: usize, count: usize) -> Vec<Vec<usize>> {
+        let starts = self.order.range(first * self.batch_size, count * self.batch_size);
+        starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
+    }
+}
+
+impl<B: Backend> MicroBatches<B> for WindowBatches {
+    type Batch = LmBatch<B>;
+    fn range(&self, first: usize, count: usize, device: &B::Device) -> Box<dyn DataLoaderIterator<LmBatch<B>>> {
+        Box::new(WindowIter::new(self.tokens.clone(), self.starts(first, count), self.block_size, device.clone()))
+    }
+    fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+    fn seed(&self) -> u64 {
+        self.order.seed()
+    }
 }
 
 impl<B: Backend> TrainWindows<B> {
@@ -67,11 +108,20 @@ impl<B: Backend> TrainWindows<B> {
         epochs: &[(usize, usize)],
         device: B::Device,
     ) -> Self {
+        TrainBatches::of(WindowBatches { tokens, order, batch_size, block_size }, first_epoch, epochs, device)
+    }
+
+    /// The window starts of every batch in `epoch`.
+    pub fn epoch_starts(&self, epoch: usize) -> Vec<Vec<usize>> {
+        let (first, batches) = self.epoch(epoch);
+        self.source.starts(first, batches)
+    }
+}
+
+impl<B: Backend, S: MicroBatches<B>> TrainBatches<B, S> {
+    pub fn of(source: S, first_epoch: usize, epochs: &[(usize, usize)], device: B::Device) -> Self {
         Self {
-            tokens,
-            order,
-            batch_size,
-            block_size,
+            source,
             first_epoch,
             epochs: epochs.into(),
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
@@ -89,32 +139,26 @@ impl<B: Backend> TrainWindows<B> {
     fn epoch(&self, epoch: usize) -> (usize, usize) {
         epoch.checked_sub(self.first_epoch).and_then(|i| self.epochs.get(i)).copied().unwrap_or((0, 0))
     }
-
-    /// The window starts of every batch in `epoch`.
-    pub fn epoch_starts(&self, epoch: usize) -> Vec<Vec<usize>> {
-        let (first, batches) = self.epoch(epoch);
-        let starts = self.order.range(first * self.batch_size, batches * self.batch_size);
-        starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
-    }
 }
 
-impl<B: Backend> DataLoader<B, LmBatch<B>> for TrainWindows<B> {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
+impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B, S> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<S::Batch> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
-        let first = self.epoch(epoch).0;
-        let windows = WindowIter::new(self.tokens.clone(), self.epoch_starts(epoch), self.block_size, self.device.clone());
-        Box::new(TrainIter { windows, first, served: 0, seed: self.order.seed(), stop: self.stop.clone() })
+        let (first, count) = self.epoch(epoch);
+        let batches = self.source.range(first, count, &self.device);
+        let seed = self.source.seed();
+        Box::new(TrainIter::<B, S::Batch> { batches, device: self.device.clone(), first, served: 0, seed, stop: self.stop.clone() })
     }
 
     fn num_items(&self) -> usize {
-        self.epochs.first().map_or(0, |&(_, len)| len) * self.batch_size
+        self.epochs.first().map_or(0, |&(_, len)| len) * self.source.batch_size()
     }
 
-    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, S::Batch>> {
         Arc::new(Self { device: device.clone(), ..self.clone() })
     }
 
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, S::Batch>> {
         let epochs: Vec<(usize, usize)> =
             self.epochs.iter().map(|&(first, len)| (first + start, len.min(end).saturating_sub(start))).collect();
         Arc::new(Self { epochs: epochs.into(), ..self.clone() })
@@ -122,8 +166,9 @@ impl<B: Backend> DataLoader<B, LmBatch<B>> for TrainWindows<B> {
 }
 
 /// One training epoch: reseeds the backend before each micro-batch and stops early on request.
-struct TrainIter<B: Backend> {
-    windows: WindowIter<B>,
+struct TrainIter<B: Backend, T> {
+    batches: Box<dyn DataLoaderIterator<T>>,
+    device: B::Device,
     /// Run-wide index of the epoch's first micro-batch.
     first: usize,
     served: usize,
@@ -131,24 +176,24 @@ struct TrainIter<B: Backend> {
     stop: Option<(StopCheck, usize)>,
 }
 
-impl<B: Backend> Iterator for TrainIter<B> {
-    type Item = LmBatch<B>;
-    fn next(&mut self) -> Option<LmBatch<B>> {
+impl<B: Backend, T> Iterator for TrainIter<B, T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
         if let Some((stop, accumulation)) = &self.stop {
             if self.served % accumulation == 0 && stop() {
                 return None;
             }
         }
-        let batch = self.windows.next()?;
-        B::seed(&batch.inputs.device(), micro_batch_seed(self.seed, self.first + self.served));
+        let batch = self.batches.next()?;
+        B::seed(&self.device, micro_batch_seed(self.seed, self.first + self.served));
         self.served += 1;
         Some(batch)
     }
 }
 
-impl<B: Backend> DataLoaderIterator<LmBatch<B>> for TrainIter<B> {
+impl<B: Backend, T> DataLoaderIterator<T> for TrainIter<B, T> {
     fn progress(&self) -> Progress {
-        self.windows.progress()
+        self.batches.progress()
     }
 }
 

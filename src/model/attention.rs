@@ -1,5 +1,7 @@
-//! Causal multi-head self-attention with a fused QKV projection, optional rotary position
-//! embedding of queries and keys, and an optional KV cache.
+//! Multi-head attention: self-attention with a fused QKV projection (causal for the GPT and
+//! the decoder, bidirectional over non-padding keys for the encoder), optional rotary position
+//! embedding of queries and keys, an optional KV cache; and cross-attention of decoder
+//! positions over the encoder's output.
 
 use burn::module::Initializer;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, RotaryEncoding};
@@ -24,7 +26,7 @@ pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: Opt
 }
 
 #[derive(Module, Debug)]
-pub struct CausalSelfAttention<B: Backend> {
+pub struct SelfAttention<B: Backend> {
     /// Query, key and value projections in one matmul: `d_model → 3 * d_model`.
     c_attn: Linear<B>,
     c_proj: Linear<B>,
@@ -39,7 +41,7 @@ pub struct LayerCache<B: Backend> {
     pub values: Tensor<B, 4>,
 }
 
-/// How a [`CausalSelfAttention`] is built besides its widths.
+/// How a [`SelfAttention`] or [`CrossAttention`] is built besides its widths.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionOptions {
     /// Bias on the fused query/key/value projection.
@@ -53,7 +55,7 @@ pub struct AttentionOptions {
     pub proj_std: Option<f64>,
 }
 
-impl<B: Backend> CausalSelfAttention<B> {
+impl<B: Backend> SelfAttention<B> {
     pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
         Self {
             c_attn: linear(d_model, 3 * d_model, options.qkv_bias, options.std, device),
@@ -69,10 +71,7 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
     /// angle proportional to its position, so `q·k` depends only on how far apart they are.
     fn qkv(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let [batch, seq, d_model] = x.dims();
-        let head_dim = d_model / self.n_heads;
-        let split_heads = |t: Tensor<B, 3>| t.reshape([batch, seq, self.n_heads, head_dim]).swap_dims(1, 2);
-        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(split_heads);
+        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
@@ -101,7 +100,7 @@ impl<B: Backend> CausalSelfAttention<B> {
     /// the queries attend to everything cached. The causal mask is aligned to the last query,
     /// so one code path serves training, prefill and one-token decoding.
     pub fn forward(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
-        let [batch, seq, d_model] = x.dims();
+        let [batch, seq, _] = x.dims();
         let x_device = x.device();
         let start = cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
         let (q, mut k, mut v) = self.qkv(x, rotary, start);
@@ -116,10 +115,99 @@ impl<B: Backend> CausalSelfAttention<B> {
 
         let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &x_device);
         let options = AttentionModuleOptions { is_causal, ..Default::default() };
-        let y = attention(q, k, v, mask, None, options); // [batch, n_heads, seq, head_dim]
-        let y = y.swap_dims(1, 2).reshape([batch, seq, d_model]);
-        self.resid_dropout.forward(self.c_proj.forward(y))
+        let y = attention(q, k, v, None, mask.map(as_bias), options); // [batch, n_heads, seq, head_dim]
+        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
     }
+
+    /// The encoder's attention: `x: [batch, seq, d_model]` → `[batch, seq, d_model]`, every
+    /// position attending to every position that is not padding (`padding: [batch, seq]`,
+    /// true at padding).
+    pub fn forward_bidirectional(&self, x: Tensor<B, 3>, padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let (q, k, v) = self.qkv(x, None, 0);
+        let bias = key_padding_bias(padding, q.dims());
+        let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
+        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
+    }
+}
+
+/// Decoder positions attending over the encoder's output (the "memory"): queries from `x`,
+/// keys and values from the memory, padding of the source masked out.
+#[derive(Module, Debug)]
+pub struct CrossAttention<B: Backend> {
+    c_q: Linear<B>,
+    /// Key and value projections of the memory in one matmul: `d_model → 2 * d_model`.
+    c_kv: Linear<B>,
+    c_proj: Linear<B>,
+    resid_dropout: Dropout,
+    n_heads: usize,
+}
+
+impl<B: Backend> CrossAttention<B> {
+    pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
+        Self {
+            c_q: linear(d_model, d_model, options.qkv_bias, options.std, device),
+            c_kv: linear(d_model, 2 * d_model, options.qkv_bias, options.std, device),
+            c_proj: linear(d_model, d_model, options.proj_bias, options.proj_std, device),
+            resid_dropout: DropoutConfig::new(options.dropout).init(),
+            n_heads,
+        }
+    }
+
+    /// Keys and values of `memory: [batch, src, d_model]`, computed once per source and
+    /// reused for every decoding step.
+    pub fn memory(&self, memory: Tensor<B, 3>) -> LayerCache<B> {
+        let mut kv = self.c_kv.forward(memory).chunk(2, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+        match (kv.next(), kv.next()) {
+            (Some(keys), Some(values)) => LayerCache { keys, values },
+            _ => unreachable!("chunk(2) yields two tensors"),
+        }
+    }
+
+    /// `x: [batch, seq, d_model]` over `memory` (from [`Self::memory`]) with
+    /// `source_padding: [batch, src]` → `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<B, 3>, memory: &LayerCache<B>, source_padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        let q = split_heads(self.c_q.forward(x), self.n_heads);
+        let bias = key_padding_bias(source_padding, q.dims());
+        let (k, v) = (memory.keys.clone(), memory.values.clone());
+        let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
+        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
+    }
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// The cache of the batch rows `rows` (beam search keeps the surviving hypotheses).
+    pub fn select(self, rows: Tensor<B, 1, Int>) -> Self {
+        Self { keys: self.keys.select(0, rows.clone()), values: self.values.select(0, rows) }
+    }
+}
+
+/// `[batch, seq, n_heads * head_dim]` → `[batch, n_heads, seq, head_dim]`.
+fn split_heads<B: Backend>(t: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, d_model] = t.dims();
+    t.reshape([batch, seq, n_heads, d_model / n_heads]).swap_dims(1, 2)
+}
+
+/// `[batch, n_heads, seq, head_dim]` → `[batch, seq, n_heads * head_dim]`.
+fn merge_heads<B: Backend>(y: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq, head_dim] = y.dims();
+    y.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// `padding: [batch, keys]` (true at padding) → the attention bias of `queries` queries,
+/// `[batch, n_heads, queries, keys]`: -inf where a key is padding, else 0.
+fn key_padding_bias<B: Backend>(padding: &Tensor<B, 2, Bool>, [batch, heads, queries, _]: [usize; 4]) -> Tensor<B, 4> {
+    let keys = padding.dims()[1];
+    let bias = Tensor::<B, 2>::zeros([batch, keys], &padding.device()).mask_fill(padding.clone(), f32::NEG_INFINITY);
+    bias.reshape([batch, 1, 1, keys]).expand([batch, heads, queries, keys])
+}
+
+/// A mask (true where attention is not allowed) as an additive bias: -inf there, else 0.
+///
+/// Masks go to `attention` as a bias because backends disagree on what a boolean mask means:
+/// burn-tch 0.21 hands it to PyTorch's `scaled_dot_product_attention`, for which true means
+/// "may attend", the opposite of Burn's contract, while a bias means the same everywhere.
+fn as_bias<B: Backend>(mask: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
+    Tensor::zeros(mask.dims(), &mask.device()).mask_fill(mask, f32::NEG_INFINITY)
 }
 
 /// How `seq` queries, the last ones of `keys` positions, are kept from attending ahead.

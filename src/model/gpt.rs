@@ -12,7 +12,7 @@
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, RotaryEncoding, RotaryEncodingConfig};
 use burn::prelude::*;
 
-use super::attention::{linear, AttentionOptions, CausalSelfAttention, LayerCache};
+use super::attention::{linear, AttentionOptions, SelfAttention, LayerCache};
 use super::mlp::{Activation, MlpOptions};
 use super::norm::{Norm, NormKind};
 use super::positions::PositionKind;
@@ -60,7 +60,7 @@ pub struct GptConfig {
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
     ln_1: Norm<B>,
-    attn: CausalSelfAttention<B>,
+    attn: SelfAttention<B>,
     ln_2: Norm<B>,
     mlp: Mlp<B>,
     norm_first: bool,
@@ -68,13 +68,8 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     fn forward(&self, x: Tensor<B, 3>, rope: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
-        if self.norm_first {
-            let x = x.clone() + self.attn.forward(self.ln_1.forward(x), rope, cache);
-            x.clone() + self.mlp.forward(self.ln_2.forward(x))
-        } else {
-            let x = self.ln_1.forward(x.clone() + self.attn.forward(x, rope, cache));
-            self.ln_2.forward(x.clone() + self.mlp.forward(x))
-        }
+        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
+        self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 
     /// What the attention of this block sees: its input, normalised first in pre-norm blocks.
@@ -142,7 +137,7 @@ impl GptConfig {
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
-                attn: CausalSelfAttention::new(self.d_model, self.n_heads, attn, device),
+                attn: SelfAttention::new(self.d_model, self.n_heads, attn, device),
                 ln_2: ln(),
                 mlp: Mlp::new(self.d_model, self.d_ff, mlp, device),
                 norm_first: self.norm_first,
@@ -156,10 +151,8 @@ impl GptConfig {
         Gpt {
             wte: embedding(self.vocab_size),
             wpe: (positions == PositionKind::Learned).then(|| embedding(self.block_size)),
-            sinusoids: (positions == PositionKind::Sinusoidal).then(|| {
-                let table: Vec<f32> = super::sinusoidal_positions(self.block_size, self.d_model).concat();
-                Tensor::from_data(TensorData::new(table, [self.block_size, self.d_model]), device)
-            }),
+            sinusoids: (positions == PositionKind::Sinusoidal)
+                .then(|| super::positions::sinusoid_table(self.block_size, self.d_model, device)),
             token_scale: if gpt2 { (self.d_model as f64).sqrt() } else { 1.0 },
             rope: (positions == PositionKind::Rope).then(|| {
                 RotaryEncodingConfig::new(self.block_size, self.d_model / self.n_heads)

@@ -31,12 +31,14 @@ mod gpt;
 mod mlp;
 mod norm;
 mod positions;
+mod seq2seq;
 
-pub use attention::{AttentionOptions, CausalSelfAttention, LayerCache};
+pub use attention::{AttentionOptions, CrossAttention, LayerCache, SelfAttention};
 pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
 pub use mlp::{Activation, Mlp};
 pub use norm::{Norm, NormKind};
 pub use positions::{sinusoidal_positions, PositionKind};
+pub use seq2seq::{DecoderState, Memory, Seq2Seq, Seq2SeqConfig, Seq2SeqRecord};
 
 use std::collections::HashMap;
 

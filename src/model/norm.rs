@@ -42,6 +42,15 @@ impl<B: Backend> Norm<B> {
         }
     }
 
+    /// A residual sublayer `f` around this norm: `x + f(norm(x))` pre-norm (GPT-2), or
+    /// `norm(x + f(x))` post-norm ("Attention Is All You Need").
+    pub fn residual(&self, x: Tensor<B, 3>, norm_first: bool, f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
+        match norm_first {
+            true => x.clone() + f(self.forward(x)),
+            false => self.forward(x.clone() + f(x)),
+        }
+    }
+
     /// `[…, d_model]` → `[…, d_model]`, normalised over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self.kind {

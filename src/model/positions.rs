@@ -35,6 +35,12 @@ pub fn sinusoidal_positions(len: usize, d_model: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// [`sinusoidal_positions`] as a `[len, d_model]` tensor.
+pub(crate) fn sinusoid_table<B: burn::prelude::Backend>(len: usize, d_model: usize, device: &B::Device) -> burn::prelude::Tensor<B, 2> {
+    let table: Vec<f32> = sinusoidal_positions(len, d_model).concat();
+    burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(table, [len, d_model]), device)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

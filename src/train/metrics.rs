@@ -22,7 +22,7 @@ pub const LOSS: &str = "Loss";
 pub const LEARNING_RATE: &str = "Learning Rate";
 pub const TOKENS_PER_SEC: &str = "Tokens/s";
 
-/// Mean cross-entropy of the batches seen in the epoch.
+/// Mean cross-entropy per token of the batches seen in the epoch.
 #[derive(Clone)]
 pub struct LossMetric {
     name: MetricName,
@@ -44,7 +44,8 @@ impl Metric for LossMetric {
         NumericAttributes { unit: None, higher_is_better: false }.into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
-        self.state.update(item.loss, 1, FormatOptions::new(self.name()).precision(4))
+        // Weighted by tokens: seq2seq batches differ in size, and an epoch's loss is per token.
+        self.state.update(item.loss, item.tokens.max(1), FormatOptions::new(self.name()).precision(4))
     }
     fn clear(&mut self) {
         self.state.reset()
@@ -162,6 +163,7 @@ pub struct JsonlLogger {
     /// Micro-batches logged in the current accumulation window and their summed loss.
     micro_batches: usize,
     window_loss: f64,
+    /// Token-weighted sum of the validation losses so far, and their tokens.
     val_sum: f64,
     val_count: usize,
     latest: Arc<Mutex<LatestMetrics>>,
@@ -204,6 +206,17 @@ impl JsonlLogger {
     }
 }
 
+impl JsonlLogger {
+    /// The tokens behind the loss of an update (its weight in the epoch's mean).
+    fn loss_tokens(&self, update: &MetricsUpdate) -> usize {
+        let entry = update.entries_numeric.iter().find(|u| self.names.get(&u.entry.metric_id).is_some_and(|n| n == LOSS));
+        match entry.map(|u| &u.numeric_entry) {
+            Some(NumericEntry::Aggregated { count, .. }) => (*count).max(1),
+            _ => 1,
+        }
+    }
+}
+
 impl MetricLogger for JsonlLogger {
     fn log(&mut self, update: MetricsUpdate, _epoch: usize, split: &Split) {
         let values = self.values(&update);
@@ -232,8 +245,9 @@ impl MetricLogger for JsonlLogger {
                 latest.tokens_per_sec = line.tokens_per_sec.or(latest.tokens_per_sec);
             }
             Split::Valid => {
-                self.val_sum += loss;
-                self.val_count += 1;
+                let tokens = self.loss_tokens(&update);
+                self.val_sum += loss * tokens as f64;
+                self.val_count += tokens;
             }
             Split::Test(_) => {}
         }

@@ -6,27 +6,31 @@ mod metrics;
 mod optim;
 mod renderer;
 mod schedule;
+mod seq2seq;
 mod step;
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use burn::data::dataloader::DataLoader;
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{InferenceStep, Learner, SupervisedTraining, TrainStep};
 use serde::{Deserialize, Serialize};
 
 pub use control::{Divergence, RunControl};
 pub use metrics::{read_metrics, MetricsLine};
 pub use optim::{global_norm, AdamW, ClippedAdamW};
-pub use schedule::WarmupCosine;
-pub use step::{lm_loss, LmOutput, LmStats};
+pub use schedule::{ScheduleKind, WarmupSchedule};
+pub use seq2seq::{fit_seq2seq_tokenizer, load_seq2seq, pair_split, seq2seq_config, seq2seq_mean_loss, PairSplit};
+pub use step::{lm_loss, seq2seq_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendChoice, BackendJob};
 use crate::checkpoint::{load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, RunIdentity};
-use crate::config::{RunSpec, SamplingMode};
+use crate::config::{ModelKind, RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
@@ -194,170 +198,262 @@ pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBat
     sum / n.max(1) as f64
 }
 
-fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
-    let run = RunDir::of(&spec);
-    let text = crate::data::read_text(&spec.data.path)?;
-    let resume_from = prepare_run_dir(&run, &spec, &options)?;
-    B::seed(&device, spec.run.seed);
+fn run<B: AutodiffBackend>(spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
+    match spec.model.kind {
+        ModelKind::Gpt => run_gpt::<B>(spec, options, device, backend),
+        ModelKind::Seq2Seq => seq2seq::run::<B>(spec, options, device, backend),
+    }
+}
 
-    let tokenizer: Box<dyn Tokenizer> = match resume_from {
-        // The run's own file, left as it is: its hash is what checkpoints refer to.
-        Some(_) => tokenizer::load(&run.tokenizer())?,
-        None => {
-            let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
-            tokenizer::save(tokenizer.as_ref(), &run.tokenizer())
-                .with_context(|| format!("writing {}", run.tokenizer().display()))?;
-            tokenizer
-        }
-    };
-    resolve_vocab(&mut spec, tokenizer.as_ref())?;
-    spec.write_resolved(&run.config())?;
-    let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer.as_ref(), &run, spec.data.val_fraction, spec.model.block_size)?;
+fn run_gpt<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
+    let text = crate::data::read_text(&spec.data.path)?;
+    let data = spec.data.clone();
+    let started = start_run::<B>(&mut spec, &options, &device, || Ok(TokenizerSpec::parse(&data.tokenizer)?.build(&text, data.fit_options())?))?;
+    let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
+    let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer, run, spec.data.val_fraction, spec.model.block_size)?;
     drop(text);
 
     let t = spec.training.clone();
     let model: Gpt<B> = gpt_config(&spec).init(&device);
     let counts = model.param_counts();
-    // Model, two Adam moments, f32; room for two checkpoints and the final model.
+    announce(run, &backend, counts, &format!("{} train / {} val tokens", corpus.train.len(), corpus.val.len()))?;
+
+    let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
+    let separator = document_separator(&spec, tokenizer)?;
+    let order = train_order(&spec, &corpus, separator)?;
+    let train_loader = TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, plan.first_epoch, &plan.epochs, device.clone())
+        .with_stop(plan.stop(), t.grad_accumulation);
+    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.skip_when(plan.stop());
+    let Some((model, wall_seconds)) = plan.launch(model, Arc::new(train_loader), Arc::new(valid_loader))? else {
+        return Ok(Outcome::Interrupted { step: plan.control.steps() });
+    };
+
+    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.batches());
+    let tokens_seen = t.max_iters * t.tokens_per_step(spec.model.block_size);
+    let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
+    if options.sample_tokens > 0 {
+        print_sample(&model, tokenizer, options.sample_tokens, spec.run.seed)?;
+    }
+    Ok(Outcome::Finished(summary))
+}
+
+/// A run directory ready to train in, and its tokenizer.
+struct Started {
+    run: RunDir,
+    resume_from: Option<CheckpointState>,
+    tokenizer: Box<dyn Tokenizer>,
+}
+
+/// What every model kind starts with: the run directory (new, or checked for `--resume`),
+/// the backend seeded, the tokenizer (the run's own when resuming, else `fit` and saved),
+/// `model.vocab_size` resolved and the resolved config written.
+fn start_run<B: Backend>(
+    spec: &mut RunSpec,
+    options: &TrainOptions,
+    device: &B::Device,
+    fit: impl FnOnce() -> Result<Box<dyn Tokenizer>>,
+) -> Result<Started> {
+    let run = RunDir::of(spec);
+    let resume_from = prepare_run_dir(&run, spec, options)?;
+    B::seed(device, spec.run.seed);
+    let tokenizer: Box<dyn Tokenizer> = match resume_from {
+        // The run's own file, left as it is: its hash is what checkpoints refer to.
+        Some(_) => tokenizer::load(&run.tokenizer())?,
+        None => {
+            let tokenizer = fit()?;
+            tokenizer::save(tokenizer.as_ref(), &run.tokenizer())
+                .with_context(|| format!("writing {}", run.tokenizer().display()))?;
+            tokenizer
+        }
+    };
+    resolve_vocab(spec, tokenizer.as_ref())?;
+    spec.write_resolved(&run.config())?;
+    Ok(Started { run, resume_from, tokenizer })
+}
+
+/// Refuses to start when the disk cannot hold the model, two checkpoints (model and two Adam
+/// moments, f32) and the final model; then prints the run's first line: where, on what, how
+/// big, and on what `data`.
+fn announce(run: &RunDir, backend: &BackendChoice, counts: crate::model::ParamCounts, data: &str) -> Result<()> {
     let checkpoint_bytes = counts.total as u64 * 4 * 3;
     run.check_room(2 * checkpoint_bytes + counts.total as u64 * 4, "training (two checkpoints and the final model)")
         .map_err(anyhow::Error::msg)?;
     eprintln!(
-        "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {} train / {} val tokens",
+        "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {data}",
         run.root().display(),
         backend.describe(),
         counts.total,
         counts.total - counts.embedding,
         counts.total as f64 * 4.0 / 1e6,
-        corpus.train.len(),
-        corpus.val.len(),
     );
+    Ok(())
+}
 
-    let start_step = resume_from.as_ref().map_or(0, |s| s.step);
-    if start_step >= t.max_iters {
-        bail!(
-            "--resume: {} already reached training.max_iters = {} (checkpoint at step {start_step}); \
-             raise it, e.g. --set training.max_iters={}, to train further",
-            run.root().display(),
-            t.max_iters,
-            2 * t.max_iters.max(1)
-        );
+/// The part of training every model kind shares: the steps left, the Learner wired with
+/// kiln's optimizer, schedule, metrics, progress bar and checkpoints, and the summary.
+struct Fit<'a> {
+    spec: &'a RunSpec,
+    run: &'a RunDir,
+    resume_from: Option<&'a CheckpointState>,
+    start_step: usize,
+    first_epoch: usize,
+    /// The Learner epochs left, in micro-batches: `(first, count)`.
+    epochs: Vec<(usize, usize)>,
+    control: Arc<RunControl>,
+    latest: Arc<Mutex<metrics::LatestMetrics>>,
+}
+
+impl<'a> Fit<'a> {
+    fn plan(spec: &'a RunSpec, run: &'a RunDir, resume_from: Option<&'a CheckpointState>) -> Result<Self> {
+        let t = &spec.training;
+        let start_step = resume_from.map_or(0, |s| s.step);
+        if start_step >= t.max_iters {
+            bail!(
+                "--resume: {} already reached training.max_iters = {} (checkpoint at step {start_step}); \
+                 raise it, e.g. --set training.max_iters={}, to train further",
+                run.root().display(),
+                t.max_iters,
+                2 * t.max_iters.max(1)
+            );
+        }
+        let acc = t.grad_accumulation;
+        let epochs =
+            epoch_plan(start_step, t.eval_interval, t.max_iters).into_iter().map(|(first, steps)| (first * acc, steps * acc)).collect();
+        Ok(Self {
+            spec,
+            run,
+            resume_from,
+            start_step,
+            first_epoch: resume_from.map_or(1, |s| s.epoch + 1),
+            epochs,
+            control: Arc::new(RunControl::new(start_step)),
+            latest: Arc::new(Mutex::new(metrics::LatestMetrics::default())),
+        })
     }
-    let first_epoch = resume_from.as_ref().map_or(1, |s| s.epoch + 1);
-    let acc = t.grad_accumulation;
-    let epochs: Vec<(usize, usize)> =
-        epoch_plan(start_step, t.eval_interval, t.max_iters).into_iter().map(|(first, steps)| (first * acc, steps * acc)).collect();
-    let num_epochs = first_epoch - 1 + epochs.len();
 
-    let control = Arc::new(RunControl::new(start_step));
-    let stop: StopCheck = {
-        let control = control.clone();
+    /// True once the run must end (SIGINT/SIGTERM, divergence): loaders stop serving.
+    fn stop(&self) -> StopCheck {
+        let control = self.control.clone();
         Arc::new(move || control.should_stop())
-    };
-    let separator = document_separator(&spec, tokenizer.as_ref())?;
-    let order = train_order(&spec, &corpus, separator)?;
-    let train_loader =
-        TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, first_epoch, &epochs, device.clone())
-            .with_stop(stop.clone(), acc);
-    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.skip_when(stop);
-
-    let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
-    let optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, acc).with_control(control.clone());
-    let schedule = WarmupCosine::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc);
-    let latest = Arc::new(Mutex::new(metrics::LatestMetrics::default()));
-    let logger = metrics::JsonlLogger::new(&run.metrics(), acc, start_step, latest.clone())
-        .with_context(|| format!("opening {}", run.metrics().display()))?;
-    let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
-    let identity = RunIdentity {
-        seed: spec.run.seed,
-        tokens_per_step: t.tokens_per_step(spec.model.block_size),
-        config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
-        tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
-    };
-    let policy = CheckpointPolicy {
-        journal: journal.clone(),
-        control: control.clone(),
-        identity,
-        interval: t.checkpoint_interval(),
-        max_iters: t.max_iters,
-        last_saved: resume_from.as_ref().map(|s| s.step),
-    };
-
-    let mut training = SupervisedTraining::new(run.root(), Arc::new(train_loader), Arc::new(valid_loader))
-        .metric_train_numeric(metrics::LossMetric::new())
-        .metric_valid_numeric(metrics::LossMetric::new())
-        .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
-        .metric_train_numeric(metrics::TokensPerSecond::new())
-        .with_metric_logger(logger)
-        .with_file_checkpointer(CheckpointRecorder::for_journal(journal))
-        .with_checkpointing_strategy(policy)
-        .with_interrupter(control.interrupter())
-        .renderer(renderer::ProgressRenderer::new(t.max_iters, start_step, acc))
-        .num_epochs(num_epochs);
-    if acc > 1 {
-        training = training.grads_accumulation(acc);
     }
-    if let Some(state) = &resume_from {
-        training = training.checkpoint(state.epoch);
-    }
-    // Burn creates its own checkpoint folder; kiln's recorder writes to `checkpoints/`.
-    let _ = std::fs::remove_dir(run.root().join("checkpoint"));
 
-    let started = Instant::now();
-    let result = training.launch(Learner::new(model, optimizer, schedule));
-    let wall_seconds = started.elapsed().as_secs_f64();
-    let model = result.model;
+    /// Trains `model` through the Learner. Returns the trained model and the seconds it
+    /// took, or `None` when a signal stopped the run (a checkpoint was written).
+    fn launch<B, M>(
+        &self,
+        model: M,
+        train_loader: Arc<dyn DataLoader<B, M::Input>>,
+        valid_loader: Arc<dyn DataLoader<B::InnerBackend, <M::InnerModule as InferenceStep>::Input>>,
+    ) -> Result<Option<(M::InnerModule, f64)>>
+    where
+        B: AutodiffBackend,
+        M: TrainStep<Output = LmOutput<B>> + AutodiffModule<B> + std::fmt::Display + 'static,
+        M::InnerModule: InferenceStep<Output = LmOutput<B::InnerBackend>>,
+    {
+        let (spec, run, t) = (self.spec, self.run, &self.spec.training);
+        let acc = t.grad_accumulation;
+        let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
+        let optimizer = ClippedAdamW::<M, B>::new(adamw, t.grad_clip, acc).with_control(self.control.clone());
+        let schedule = WarmupSchedule::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc).with_kind(t.schedule);
+        let logger = metrics::JsonlLogger::new(&run.metrics(), acc, self.start_step, self.latest.clone())
+            .with_context(|| format!("opening {}", run.metrics().display()))?;
+        let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
+        let identity = RunIdentity {
+            seed: spec.run.seed,
+            tokens_per_step: t.tokens_per_step(spec.model.block_size),
+            config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
+            tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
+        };
+        let policy = CheckpointPolicy {
+            journal: journal.clone(),
+            control: self.control.clone(),
+            identity,
+            interval: t.checkpoint_interval(),
+            max_iters: t.max_iters,
+            last_saved: self.resume_from.map(|s| s.step),
+        };
 
-    if let Some(divergence) = control.divergence() {
-        bail!(divergence_message(&run, &spec, divergence));
+        let mut training = SupervisedTraining::new(run.root(), train_loader, valid_loader)
+            .metric_train_numeric(metrics::LossMetric::new())
+            .metric_valid_numeric(metrics::LossMetric::new())
+            .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
+            .metric_train_numeric(metrics::TokensPerSecond::new())
+            .with_metric_logger(logger)
+            .with_file_checkpointer(CheckpointRecorder::for_journal(journal))
+            .with_checkpointing_strategy(policy)
+            .with_interrupter(self.control.interrupter())
+            .renderer(renderer::ProgressRenderer::new(t.max_iters, self.start_step, acc))
+            .num_epochs(self.first_epoch - 1 + self.epochs.len());
+        if acc > 1 {
+            training = training.grads_accumulation(acc);
+        }
+        if let Some(state) = self.resume_from {
+            training = training.checkpoint(state.epoch);
+        }
+        // Burn creates its own checkpoint folder; kiln's recorder writes to `checkpoints/`.
+        let _ = std::fs::remove_dir(run.root().join("checkpoint"));
+
+        let started = Instant::now();
+        let result = training.launch(Learner::new(model, optimizer, schedule));
+        let wall_seconds = started.elapsed().as_secs_f64();
+
+        if let Some(divergence) = self.control.divergence() {
+            bail!(divergence_message(run, spec, divergence));
+        }
+        if let Some(failure) = self.control.failure() {
+            bail!("training stopped at step {}: {failure}", self.control.steps());
+        }
+        if self.control.steps() < t.max_iters {
+            eprintln!(
+                "kiln: stopped at step {} of {}; checkpoint written to {}. Continue with the same command plus --resume \
+                 (kiln train --config <config> --resume)",
+                self.control.steps(),
+                t.max_iters,
+                run.checkpoints().display()
+            );
+            return Ok(None);
+        }
+        Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), result.model.clone().into_record(), run.final_model())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+        Ok(Some((result.model, wall_seconds)))
     }
-    if let Some(failure) = control.failure() {
-        bail!("training stopped at step {}: {failure}", control.steps());
-    }
-    if control.steps() < t.max_iters {
-        let step = control.steps();
+
+    /// Writes `summary.json` and prints the closing line.
+    fn finish(
+        &self,
+        final_val_loss: f64,
+        counts: crate::model::ParamCounts,
+        wall_seconds: f64,
+        tokens_seen: usize,
+        backend: &BackendChoice,
+    ) -> Result<Summary> {
+        let (run, t) = (self.run, &self.spec.training);
+        let latest = self.latest.lock().expect("metrics lock").clone();
+        let steps = t.max_iters - self.start_step;
+        let summary = Summary {
+            final_train_loss: latest.train_loss.unwrap_or(f64::NAN),
+            final_val_loss,
+            val_perplexity: final_val_loss.exp(),
+            params: counts.total,
+            params_non_embedding: counts.total - counts.embedding,
+            steps: t.max_iters,
+            tokens_seen,
+            wall_seconds,
+            tokens_per_second: (tokens_seen as f64 * steps as f64 / t.max_iters as f64) / wall_seconds.max(1e-9),
+            backend: backend.describe(),
+        };
+        let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
+        crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
         eprintln!(
-            "kiln: stopped at step {step} of {}; checkpoint written to {}. Continue with the same command plus --resume \
-             (kiln train --config <config> --resume)",
-            t.max_iters,
-            run.checkpoints().display()
+            "kiln: done in {:.1}s | val loss {:.4} (perplexity {:.2}) | {:.0} tokens/s | {}",
+            wall_seconds,
+            final_val_loss,
+            summary.val_perplexity,
+            summary.tokens_per_second,
+            run.root().display()
         );
-        return Ok(Outcome::Interrupted { step });
+        Ok(summary)
     }
-
-    Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), model.clone().into_record(), run.final_model())
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
-
-    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.batches());
-    let latest = latest.lock().expect("metrics lock").clone();
-    let steps = t.max_iters - start_step;
-    let summary = Summary {
-        final_train_loss: latest.train_loss.unwrap_or(f64::NAN),
-        final_val_loss,
-        val_perplexity: final_val_loss.exp(),
-        params: counts.total,
-        params_non_embedding: counts.total - counts.embedding,
-        steps: t.max_iters,
-        tokens_seen: t.max_iters * t.tokens_per_step(spec.model.block_size),
-        wall_seconds,
-        tokens_per_second: (steps * t.tokens_per_step(spec.model.block_size)) as f64 / wall_seconds.max(1e-9),
-        backend: backend.describe(),
-    };
-    let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
-    crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
-    eprintln!(
-        "kiln: done in {:.1}s | val loss {:.4} (perplexity {:.2}) | {:.0} tokens/s | {}",
-        wall_seconds,
-        final_val_loss,
-        summary.val_perplexity,
-        summary.tokens_per_second,
-        run.root().display()
-    );
-
-    if options.sample_tokens > 0 {
-        print_sample(&model, tokenizer.as_ref(), options.sample_tokens, spec.run.seed)?;
-    }
-    Ok(Outcome::Finished(summary))
 }
 
 /// The Learner epochs left from `start_step`: `(first step, steps)`, cut at every multiple
@@ -518,14 +614,25 @@ pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>>
     Ok(tokenizer)
 }
 
-/// Loads the weights of a run into `model`: a given checkpoint file, else the final model,
-/// else the newest checkpoint. Returns the model and the file it came from.
+/// Loads the weights of a GPT run: a given checkpoint file, else the final model, else the
+/// newest checkpoint. Returns the model and the file it came from.
 pub fn load_model<B: Backend>(
     run: &RunDir,
     spec: &RunSpec,
     file: Option<&std::path::Path>,
     device: &B::Device,
 ) -> Result<(Gpt<B>, std::path::PathBuf)> {
+    load_weights(run, gpt_config(spec).init(device), file, device)
+}
+
+/// Loads the weights of a run into `model`, built from the run's config: a given checkpoint
+/// file, else the final model, else the newest checkpoint.
+fn load_weights<B: Backend, M: Module<B>>(
+    run: &RunDir,
+    model: M,
+    file: Option<&std::path::Path>,
+    device: &B::Device,
+) -> Result<(M, std::path::PathBuf)> {
     let path = match file {
         Some(f) => f.to_path_buf(),
         None if run.final_model().is_file() => run.final_model(),
@@ -534,7 +641,6 @@ pub fn load_model<B: Backend>(
             None => bail!("{} holds no model yet (no model.mpk, no checkpoints)", run.root().display()),
         },
     };
-    let model: Gpt<B> = gpt_config(spec).init(device);
     let expected = crate::model::named_params(&model);
     let record = load_record::<B, _>(&path, device)?;
     let model = model.load_record(record);

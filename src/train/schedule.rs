@@ -1,13 +1,30 @@
-//! Linear warmup then cosine decay to `min_lr`, as nanoGPT's `get_lr`, counted in optimizer
-//! steps. The Learner asks for a rate before every micro-batch, so the scheduler divides its
-//! call count by the accumulation factor.
+//! Linear warmup, then cosine decay to `min_lr` (nanoGPT's `get_lr`) or inverse-square-root
+//! decay (the Noam schedule of "Attention Is All You Need"), counted in optimizer steps. The
+//! Learner asks for a rate before every micro-batch, so the scheduler divides its call count
+//! by the accumulation factor.
 
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::LearningRate;
 use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+/// What follows the warmup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum ScheduleKind {
+    /// Half a cosine from `max_lr` down to `min_lr` at `decay_iters`, then `min_lr`.
+    #[default]
+    Cosine,
+    /// `max_lr · √(warmup / step)`: the paper's `d_model^-0.5 · min(step^-0.5,
+    /// step · warmup^-1.5)` with its peak, reached at the end of warmup, named `max_lr`.
+    Noam,
+}
+
+crate::model::config_choice!(ScheduleKind { "cosine" => Cosine, "noam" => Noam });
 
 #[derive(Debug, Clone)]
-pub struct WarmupCosine {
+pub struct WarmupSchedule {
+    pub kind: ScheduleKind,
     pub max_lr: f64,
     pub min_lr: f64,
     pub warmup_iters: usize,
@@ -17,15 +34,22 @@ pub struct WarmupCosine {
     calls: usize,
 }
 
-impl WarmupCosine {
+impl WarmupSchedule {
     pub fn new(max_lr: f64, min_lr: f64, warmup_iters: usize, decay_iters: usize, grad_accumulation: usize) -> Self {
-        Self { max_lr, min_lr, warmup_iters, decay_iters, grad_accumulation, calls: 0 }
+        Self { kind: ScheduleKind::Cosine, max_lr, min_lr, warmup_iters, decay_iters, grad_accumulation, calls: 0 }
+    }
+
+    pub fn with_kind(self, kind: ScheduleKind) -> Self {
+        Self { kind, ..self }
     }
 
     /// Learning rate at optimizer step `it` (0-based).
     pub fn lr_at(&self, it: usize) -> f64 {
         if it < self.warmup_iters {
             return self.max_lr * (it + 1) as f64 / (self.warmup_iters + 1) as f64;
+        }
+        if self.kind == ScheduleKind::Noam {
+            return self.max_lr * ((self.warmup_iters + 1) as f64 / (it + 1) as f64).sqrt();
         }
         if it > self.decay_iters {
             return self.min_lr;
@@ -37,7 +61,7 @@ impl WarmupCosine {
     }
 }
 
-impl LrScheduler for WarmupCosine {
+impl LrScheduler for WarmupSchedule {
     type Record<B: Backend> = usize;
 
     fn step(&mut self) -> LearningRate {
@@ -62,7 +86,7 @@ mod tests {
 
     #[test]
     fn warmup_then_cosine_to_min() {
-        let s = WarmupCosine::new(1e-3, 1e-4, 100, 2000, 1);
+        let s = WarmupSchedule::new(1e-3, 1e-4, 100, 2000, 1);
         assert!((s.lr_at(0) - 1e-3 / 101.0).abs() < 1e-12);
         assert!((s.lr_at(100) - 1e-3).abs() < 1e-12);
         assert!((s.lr_at(1050) - 5.5e-4).abs() < 1e-9);
@@ -71,8 +95,17 @@ mod tests {
     }
 
     #[test]
+    fn noam_warms_up_then_decays_as_inverse_square_root() {
+        let s = WarmupSchedule::new(1e-3, 0.0, 99, 1000, 1).with_kind(ScheduleKind::Noam);
+        assert!((s.lr_at(98) - 0.99e-3).abs() < 1e-12);
+        assert!((s.lr_at(99) - 1e-3).abs() < 1e-12);
+        assert!((s.lr_at(399) - 0.5e-3).abs() < 1e-12);
+        assert!(s.lr_at(5000) < s.lr_at(4000));
+    }
+
+    #[test]
     fn counts_optimizer_steps_under_accumulation() {
-        let mut s = WarmupCosine::new(1.0, 0.0, 10, 100, 4);
+        let mut s = WarmupSchedule::new(1.0, 0.0, 10, 100, 4);
         let rates: Vec<f64> = (0..8).map(|_| s.step()).collect();
         assert!(rates[..4].iter().all(|&r| r == rates[0]));
         assert!(rates[4] > rates[3]);

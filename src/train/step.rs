@@ -1,4 +1,4 @@
-//! How the Learner runs the GPT: one forward + loss per batch, gradients when training.
+//! How the Learner runs the models: one forward + loss per batch, gradients when training.
 
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::prelude::*;
@@ -6,8 +6,8 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
-use crate::data::LmBatch;
-use crate::model::Gpt;
+use crate::data::{LmBatch, Seq2SeqBatch};
+use crate::model::{Gpt, Seq2Seq};
 
 /// Mean next-token cross-entropy of a batch: logits `[batch, seq, vocab]` vs targets `[batch, seq]`.
 pub fn lm_loss<B: Backend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
@@ -16,6 +16,26 @@ pub fn lm_loss<B: Backend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
     CrossEntropyLossConfig::new()
         .init(&logits.device())
         .forward(logits.reshape([b * t, v]), batch.targets.clone().reshape([b * t]))
+}
+
+/// Mean cross-entropy of a batch's target tokens under teacher forcing, padding left out.
+///
+/// With label smoothing ε (the batch's own: training batches carry the configured one,
+/// validation batches none) each target is `1 - ε` on the right token plus `ε` spread evenly
+/// over the vocabulary, as PyTorch's `CrossEntropyLoss(label_smoothing=ε)`.
+pub fn seq2seq_loss<B: Backend>(model: &Seq2Seq<B>, batch: &Seq2SeqBatch<B>) -> Tensor<B, 1> {
+    let logits = model.forward(batch.source.clone(), batch.target_in.clone());
+    let [b, t, v] = logits.dims();
+    let log_probs = burn::tensor::activation::log_softmax(logits.reshape([b * t, v]), 1);
+    let targets = batch.target_out.clone().reshape([b * t, 1]);
+    let nll = -log_probs.clone().gather(1, targets.clone()); // [b * t, 1]
+    let eps = batch.label_smoothing;
+    let per_token = match eps > 0.0 {
+        true => nll * (1.0 - eps) - log_probs.mean_dim(1) * eps,
+        false => nll,
+    };
+    let real = targets.not_equal_elem(model.pad_id() as i64).float();
+    (per_token * real).sum() / batch.target_tokens.max(1) as f64
 }
 
 /// What a step hands to the metrics: the loss (still on the device) and the tokens it saw.
@@ -65,5 +85,25 @@ impl<B: Backend> InferenceStep for Gpt<B> {
 
     fn step(&self, batch: LmBatch<B>) -> LmOutput<B> {
         output(lm_loss(self, &batch), &batch)
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for Seq2Seq<B> {
+    type Input = Seq2SeqBatch<B>;
+    type Output = LmOutput<B>;
+
+    fn step(&self, batch: Seq2SeqBatch<B>) -> TrainOutput<LmOutput<B>> {
+        let loss = seq2seq_loss(self, &batch);
+        let grads = loss.backward();
+        TrainOutput::new(self, grads, LmOutput { loss: loss.detach(), tokens: batch.target_tokens })
+    }
+}
+
+impl<B: Backend> InferenceStep for Seq2Seq<B> {
+    type Input = Seq2SeqBatch<B>;
+    type Output = LmOutput<B>;
+
+    fn step(&self, batch: Seq2SeqBatch<B>) -> LmOutput<B> {
+        LmOutput { loss: seq2seq_loss(self, &batch), tokens: batch.target_tokens }
     }
 }

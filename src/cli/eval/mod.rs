@@ -1,13 +1,17 @@
-//! `kiln eval`
+//! `kiln eval`: loss and perplexity of a GPT on its validation windows; loss, perplexity and
+//! BLEU (greedy and beam) of a seq2seq model on its validation or test pairs.
+
+mod seq2seq;
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
 use crate::backend::{BackendChoice, BackendJob};
+use crate::config::ModelKind;
 use crate::data::{Corpus, FixedWindows};
 use crate::train::{load_model, mean_loss, val_windows};
 
@@ -28,6 +32,14 @@ pub struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+    /// Seq2seq runs: the split to score, `valid` or `test` (the config's data.test_* files).
+    #[arg(long, default_value = "valid")]
+    split: String,
+    /// Seq2seq runs: write the beam-search translations here, one per line.
+    #[arg(long)]
+    hypotheses: Option<PathBuf>,
+    #[command(flatten)]
+    decoding: super::translate::DecodingArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -41,6 +53,15 @@ struct EvalResult {
 
 pub fn run(args: EvalArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
+    if spec.model.kind == ModelKind::Seq2Seq {
+        return seq2seq::run(args, run, spec);
+    }
+    if args.split != "valid" {
+        bail!("--split {:?}: a GPT run has only its validation split (the tail of data.path)", args.split);
+    }
+    if args.hypotheses.is_some() {
+        bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
+    }
     let corpus = Corpus::from_run(&run, spec.data.val_fraction, spec.model.block_size)?;
     let backend = args.backend.section(&spec)?;
     let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint, full: args.full })??;
