@@ -204,6 +204,14 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
     let (ok, stdout, _) = kiln(&["translate", "--run", &run, "--input", input.to_str().unwrap(), "--beam", "1"]);
     assert!(ok && stdout == "seven five\n", "{stdout}");
 
+    // The run continues from its last checkpoint with a longer schedule.
+    let mut resume = args.clone();
+    resume.extend(["--resume", "--set", "training.max_iters=330"]);
+    let (ok, _, stderr) = kiln(&resume);
+    assert!(ok && stderr.contains("resuming") && stderr.contains("from step 300"), "resume failed:\n{stderr}");
+    let metrics = std::fs::read_to_string(d.join("artifacts/numbers/metrics.jsonl")).unwrap();
+    assert!(metrics.lines().last().unwrap().contains("\"step\":330"), "{metrics}");
+
     let (ok, _, stderr) = kiln(&["translate", "--run", &run, "--beam", "0", "eins"]);
     assert!(!ok && stderr.contains("--beam 0"), "{stderr}");
     let (ok, _, stderr) = kiln(&["inspect", &run]);
