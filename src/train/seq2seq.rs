@@ -133,8 +133,8 @@ pub fn fit_seq2seq_tokenizer(spec: &mut RunSpec) -> Result<Specials> {
 }
 
 pub(super) fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
-    let train_text = text_pairs(&spec.data, Split::Train)?.expect("validated: a parallel config names its training files");
-    let valid_text = text_pairs(&spec.data, Split::Valid)?.expect("validation pairs come from files or the training pairs");
+    let train_text = text_pairs(&spec.data, Split::Train)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
+    let valid_text = text_pairs(&spec.data, Split::Valid)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
     let data = spec.data.clone();
     let started = start_run::<B>(&mut spec, &options, &device, || fit_joint_bpe(&data, &train_text))?;
     let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
