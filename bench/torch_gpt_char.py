@@ -19,15 +19,15 @@ import torch.nn.functional as F
 
 
 class Block(nn.Module):
-    def __init__(self, d, heads):
+    def __init__(self, d, heads, bias=False):
         super().__init__()
         self.heads = heads
-        self.ln_1 = nn.LayerNorm(d, bias=False)
-        self.c_attn = nn.Linear(d, 3 * d, bias=False)
-        self.attn_proj = nn.Linear(d, d, bias=False)
-        self.ln_2 = nn.LayerNorm(d, bias=False)
-        self.c_fc = nn.Linear(d, 4 * d, bias=False)
-        self.mlp_proj = nn.Linear(4 * d, d, bias=False)
+        self.ln_1 = nn.LayerNorm(d, bias=bias)
+        self.c_attn = nn.Linear(d, 3 * d, bias=bias)
+        self.attn_proj = nn.Linear(d, d, bias=bias)
+        self.ln_2 = nn.LayerNorm(d, bias=bias)
+        self.c_fc = nn.Linear(d, 4 * d, bias=bias)
+        self.mlp_proj = nn.Linear(4 * d, d, bias=bias)
 
     def forward(self, x):
         b, t, d = x.shape
@@ -39,24 +39,29 @@ class Block(nn.Module):
 
 
 class Gpt(nn.Module):
-    def __init__(self, vocab, block, d, heads, layers):
+    def __init__(self, vocab, block, d, heads, layers, bias=False):
         super().__init__()
         self.wte = nn.Embedding(vocab, d)
         self.wpe = nn.Embedding(block, d)
-        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(d, bias=False)
+        self.blocks = nn.ModuleList(Block(d, heads, bias) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d, bias=bias)
         for name, p in self.named_parameters():
             if p.dim() >= 2:
                 std = 0.02 / math.sqrt(2 * layers) if name.endswith("proj.weight") else 0.02
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, idx, targets):
+    def logits(self, idx, last_only=False):
         pos = torch.arange(idx.shape[1])
         x = self.wte(idx) + self.wpe(pos)
         for block in self.blocks:
             x = block(x)
-        logits = self.ln_f(x) @ self.wte.weight.t()  # tied LM head
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        if last_only:  # what nanoGPT's sampling computes
+            x = x[:, -1:, :]
+        return self.ln_f(x) @ self.wte.weight.t()  # tied LM head
+
+    def forward(self, idx, targets):
+        logits = self.logits(idx)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def lr_at(it, a):

@@ -8,8 +8,8 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::{BackendSection, ConfigError};
 
-#[cfg(not(any(feature = "ndarray", feature = "wgpu", feature = "tch")))]
-compile_error!("kiln needs at least one backend feature: ndarray, wgpu, tch or cuda");
+#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "tch")))]
+compile_error!("kiln needs at least one backend feature: ndarray, flex, wgpu, tch or cuda");
 
 /// The backend used when a config does not name one: the GPU when libtorch-CUDA was
 /// compiled in, otherwise the first CPU backend compiled in.
@@ -17,6 +17,8 @@ pub const DEFAULT: &str = if cfg!(feature = "cuda") {
     "cuda"
 } else if cfg!(feature = "ndarray") {
     "ndarray"
+} else if cfg!(feature = "flex") {
+    "flex"
 } else if cfg!(feature = "tch") {
     "tch-cpu"
 } else {
@@ -26,6 +28,8 @@ pub const DEFAULT: &str = if cfg!(feature = "cuda") {
 /// A backend that needs no GPU, for work such as reading records.
 pub const CPU: &str = if cfg!(feature = "ndarray") {
     "ndarray"
+} else if cfg!(feature = "flex") {
+    "flex"
 } else if cfg!(feature = "tch") {
     "tch-cpu"
 } else {
@@ -36,6 +40,8 @@ pub const CPU: &str = if cfg!(feature = "ndarray") {
 pub enum BackendName {
     /// Pure-Rust CPU backend (burn-ndarray).
     Ndarray,
+    /// Burn's newer pure-Rust CPU backend (burn-flex).
+    Flex,
     /// wgpu: Vulkan, Metal or DX12 GPUs (or Mesa's lavapipe on a CPU).
     Wgpu,
     /// libtorch on its CPU device.
@@ -55,6 +61,7 @@ pub enum Precision {
 /// compiled into this binary, and the precisions it runs.
 const BACKENDS: &[(BackendName, &str, &str, bool, &[Precision])] = &[
     (BackendName::Ndarray, "ndarray", "ndarray", cfg!(feature = "ndarray"), &[Precision::F32]),
+    (BackendName::Flex, "flex", "flex", cfg!(feature = "flex"), &[Precision::F32]),
     (BackendName::Wgpu, "wgpu", "wgpu", cfg!(feature = "wgpu"), &[Precision::F32]),
     (BackendName::TchCpu, "tch-cpu", "tch", cfg!(feature = "tch"), &[Precision::F32, Precision::F16, Precision::Bf16]),
     (BackendName::Cuda, "cuda", "cuda", cfg!(feature = "cuda"), &[Precision::F32, Precision::F16, Precision::Bf16]),
@@ -154,6 +161,8 @@ pub fn dispatch<J: BackendJob>(section: &BackendSection, job: J) -> anyhow::Resu
     match (choice.name, choice.precision) {
         #[cfg(feature = "ndarray")]
         (BackendName::Ndarray, _) => Ok(job.run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(Default::default(), choice)),
+        #[cfg(feature = "flex")]
+        (BackendName::Flex, _) => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex<f32>>>(Default::default(), choice)),
         #[cfg(feature = "wgpu")]
         (BackendName::Wgpu, _) => {
             use burn::backend::wgpu::WgpuDevice;

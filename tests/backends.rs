@@ -1,9 +1,9 @@
-//! One model, three backends: the same weights give the same logits, the same training losses
-//! and the same greedy text on ndarray, wgpu and libtorch's CPU device.
+//! One model, every backend: the same weights give the same logits, the same training losses
+//! and the same greedy text on ndarray, flex, wgpu and libtorch's CPU device.
 //!
-//! Compiled with `--features wgpu,tch` (as `.ci/run` does); each test compares every backend
-//! compiled in with ndarray.
-#![cfg(any(feature = "wgpu", feature = "tch"))]
+//! Compiled with `--features wgpu,tch,flex` (as `.ci/run` does); each test compares every
+//! backend compiled in with ndarray.
+#![cfg(any(feature = "wgpu", feature = "tch", feature = "flex"))]
 
 mod common;
 
@@ -258,11 +258,39 @@ mod tch_cpu {
     }
 }
 
+#[cfg(feature = "flex")]
+mod flex {
+    use super::*;
+    type B = burn::backend::Flex<f32>;
+
+    #[test]
+    fn logits_match_ndarray() {
+        assert_logits_agree("flex", &logits::<B>(&Default::default()));
+    }
+
+    #[test]
+    fn course_model_logits_match_ndarray() {
+        let (got, want) = course_logits::<B>(&Default::default());
+        assert_close("flex (rope, rmsnorm, swiglu, post-norm)", &got, &want);
+    }
+
+    #[test]
+    fn training_and_greedy_text_match_ndarray() {
+        assert_training_agrees::<burn::backend::Autodiff<B>>("flex", &Default::default());
+    }
+
+    #[test]
+    fn seq2seq_logits_match_ndarray() {
+        let want = seq2seq_logits::<Reference>(&Default::default());
+        assert_close("flex (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&Default::default()), &want);
+    }
+}
+
 #[test]
 fn backends_are_picked_by_name_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().to_str().unwrap();
-    for backend in ["wgpu", "tch-cpu"] {
+    for backend in ["flex", "wgpu", "tch-cpu"] {
         if kiln::backend::BackendName::parse(backend).is_err() {
             continue;
         }

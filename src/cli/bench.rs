@@ -1,5 +1,5 @@
-//! `kiln bench train`: time training steps of a config on a backend. (`kiln bench tokenizer`
-//! is in `bench_tokenizer.rs`.)
+//! `kiln bench train`: time training steps of a config on a backend. (`kiln bench generate`
+//! and `kiln bench tokenizer` are in `bench_generate.rs` and `bench_tokenizer.rs`.)
 //!
 //! Steps run outside the Learner (forward, backward, clipped AdamW step) so the figure is the
 //! cost of the model and optimizer alone. FLOPs follow nanoGPT's `estimate_mfu`:
@@ -26,12 +26,15 @@ use crate::train::{gpt_config, lm_loss, prepare_in_memory, AdamW, ClippedAdamW};
 pub enum BenchCommand {
     /// ms per training step, tokens/s, model FLOP/s and peak memory for a config.
     Train(TrainBenchArgs),
+    /// Generation speed with the KV cache: first-token latency, ms/token, tokens/s, peak memory.
+    Generate(super::bench_generate::GenerateBenchArgs),
     /// BPE training time, peak memory and encode MB/s, against Hugging Face tokenizers and tiktoken-rs.
     Tokenizer(super::bench_tokenizer::TokenizerBenchArgs),
 }
 
+/// The config a benchmark builds its model from, with its overrides.
 #[derive(Debug, Args)]
-pub struct TrainBenchArgs {
+pub(super) struct BenchConfig {
     /// A run config, e.g. configs/small.toml.
     #[arg(long)]
     config: PathBuf,
@@ -40,6 +43,21 @@ pub struct TrainBenchArgs {
     /// Override a config value (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
+}
+
+impl BenchConfig {
+    /// The config with `--set` and `--backend` applied; only GPT configs are benchmarked.
+    pub(super) fn load(&self, command: &str) -> Result<RunSpec> {
+        let spec = crate::config::load(&self.config, &self.backend.add_to(&self.overrides))?;
+        super::require_gpt(&spec, command)?;
+        Ok(spec)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    #[command(flatten)]
+    config: BenchConfig,
     /// Timed optimizer steps.
     #[arg(long, default_value_t = 50)]
     iters: usize,
@@ -66,13 +84,13 @@ struct TrainBench {
 pub fn run(command: BenchCommand) -> Result<()> {
     let args = match command {
         BenchCommand::Train(args) => args,
+        BenchCommand::Generate(args) => return super::bench_generate::run(args),
         BenchCommand::Tokenizer(args) => return super::bench_tokenizer::run(args),
     };
     if args.iters == 0 {
         anyhow::bail!("--iters 0: expected at least one timed step");
     }
-    let mut spec = crate::config::load(&args.config, &args.backend.add_to(&args.overrides))?;
-    super::require_gpt(&spec, "bench train")?;
+    let mut spec = args.config.load("bench train")?;
     let (_, corpus, order) = prepare_in_memory(&mut spec)?;
     let backend = spec.backend.clone();
     let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
@@ -167,7 +185,6 @@ fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
     6.0 * n + 12.0 * l * h * q * t
 }
 
-/// The process's peak resident set (VmHWM), Linux only.
 /// The process's peak resident memory (Linux; `None` elsewhere).
 pub(super) fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
 mod bench;
+mod bench_generate;
 mod bench_tokenizer;
 mod data;
 mod eval;
@@ -85,7 +86,7 @@ pub fn run() -> Result<()> {
 /// generate on the CPU from a run trained on a GPU).
 #[derive(Debug, clap::Args)]
 struct BackendArg {
-    /// Backend to run on (ndarray, wgpu, tch-cpu, cuda); overrides `[backend] name`.
+    /// Backend to run on (ndarray, flex, wgpu, tch-cpu, cuda); overrides `[backend] name`.
     #[arg(long, value_name = "NAME")]
     backend: Option<String>,
 }

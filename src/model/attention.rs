@@ -25,6 +25,21 @@ pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: Opt
     layer
 }
 
+/// `x: [batch, seq, d_in]` through `layer` (`d_in → d_out`) as one `[batch·seq, d_in]` matmul.
+///
+/// A 3-D matmul runs on ndarray as one small GEMM per batch row, each repacking the whole
+/// weight matrix; flattened, it is one GEMM. libtorch flattens by itself.
+pub(crate) fn project<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    flat_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `x: [batch, seq, d_in]` · `weight: [d_in, d_out]` (+ `bias`) as one 2-D matmul.
+pub(crate) fn flat_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let d_out = weight.dims()[1];
+    burn::tensor::module::linear(x.reshape([batch * seq, d_in]), weight, bias).reshape([batch, seq, d_out])
+}
+
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
     /// Query, key and value projections in one matmul: `d_model → 3 * d_model`.
@@ -71,7 +86,7 @@ impl<B: Backend> SelfAttention<B> {
     /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
     /// angle proportional to its position, so `q·k` depends only on how far apart they are.
     fn qkv(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let mut qkv = self.c_attn.forward(x).chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+        let mut qkv = project(&self.c_attn, x).chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
@@ -116,7 +131,7 @@ impl<B: Backend> SelfAttention<B> {
         let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &x_device);
         let options = AttentionModuleOptions { is_causal, ..Default::default() };
         let y = attention(q, k, v, None, mask.map(as_bias), options); // [batch, n_heads, seq, head_dim]
-        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
+        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
     }
 
     /// The encoder's attention: `x: [batch, seq, d_model]` → `[batch, seq, d_model]`, every
@@ -126,7 +141,7 @@ impl<B: Backend> SelfAttention<B> {
         let (q, k, v) = self.qkv(x, None, 0);
         let bias = key_padding_bias(padding, q.dims());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
+        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 
@@ -156,7 +171,7 @@ impl<B: Backend> CrossAttention<B> {
     /// Keys and values of `memory: [batch, src, d_model]`, computed once per source and
     /// reused for every decoding step.
     pub fn memory(&self, memory: Tensor<B, 3>) -> LayerCache<B> {
-        let mut kv = self.c_kv.forward(memory).chunk(2, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+        let mut kv = project(&self.c_kv, memory).chunk(2, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         match (kv.next(), kv.next()) {
             (Some(keys), Some(values)) => LayerCache { keys, values },
             _ => unreachable!("chunk(2) yields two tensors"),
@@ -166,11 +181,11 @@ impl<B: Backend> CrossAttention<B> {
     /// `x: [batch, seq, d_model]` over `memory` (from [`Self::memory`]) with
     /// `source_padding: [batch, src]` → `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<B, 3>, memory: &LayerCache<B>, source_padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let q = split_heads(self.c_q.forward(x), self.n_heads);
+        let q = split_heads(project(&self.c_q, x), self.n_heads);
         let bias = key_padding_bias(source_padding, q.dims());
         let (k, v) = (memory.keys.clone(), memory.values.clone());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout.forward(self.c_proj.forward(merge_heads(y)))
+        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 

@@ -266,8 +266,18 @@ impl<B: Backend> Gpt<B> {
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => burn::tensor::module::linear(x, self.wte.weight.val().transpose(), None),
+            Some(head) => super::attention::project(head, x),
+            None => {
+                let table = self.wte.weight.val(); // [vocab, d_model]
+                let [batch, seq, d_model] = x.dims();
+                if batch * seq == 1 {
+                    // One decoding step: `table · x` reads the table as stored, where
+                    // `x · tableᵀ` makes ndarray copy the transposed table for every token.
+                    let vocab = table.dims()[0];
+                    return table.matmul(x.reshape([d_model, 1])).reshape([1, 1, vocab]);
+                }
+                super::attention::flat_linear(x, table.transpose(), None)
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use serde::{Deserialize, Serialize};
 
-use super::attention::linear;
+use super::attention::{linear, project};
 
 /// The nonlinearity between the two projections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,12 +64,12 @@ impl<B: Backend> Mlp<B> {
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = match (self.activation, &self.c_gate) {
-            (Activation::Gelu, _) => gelu(self.c_fc.forward(x)),
-            (Activation::GeluTanh, _) => gelu_approximate(self.c_fc.forward(x)),
-            (Activation::Relu, _) => relu(self.c_fc.forward(x)),
-            (Activation::SwiGlu, Some(gate)) => silu(gate.forward(x.clone())) * self.c_fc.forward(x),
+            (Activation::Gelu, _) => gelu(project(&self.c_fc, x)),
+            (Activation::GeluTanh, _) => gelu_approximate(project(&self.c_fc, x)),
+            (Activation::Relu, _) => relu(project(&self.c_fc, x)),
+            (Activation::SwiGlu, Some(gate)) => silu(project(gate, x.clone())) * project(&self.c_fc, x),
             (Activation::SwiGlu, None) => unreachable!("a SwiGLU network is built with its gate"),
         };
-        self.dropout.forward(self.c_proj.forward(hidden))
+        self.dropout.forward(project(&self.c_proj, hidden))
     }
 }

@@ -272,8 +272,8 @@ impl<B: Backend> Seq2Seq<B> {
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         match &self.lm_head {
-            Some(head) => head.forward(x),
-            None => burn::tensor::module::linear(x, self.wte.weight.val().transpose(), None),
+            Some(head) => super::attention::project(head, x),
+            None => super::attention::flat_linear(x, self.wte.weight.val().transpose(), None),
         }
     }
 

@@ -1,0 +1,142 @@
+"""kiln against its Python peers on this machine, side by side, as a table of ratios.
+
+    .venv/bin/python bench/peers.py --kiln target/release/kiln [--backends tch-cpu,ndarray,flex]
+
+Cases (each peer runs in a process of its own, so its peak RSS is its own):
+  train-small  configs/small.toml: ms/iter of kiln against a nanoGPT-shaped PyTorch model
+  train-gpt2   configs/gpt2-small-cpu.toml: the same at GPT-2 small's shape, and peak RSS
+  generate     500 greedy tokens from a GPT-2-124M-shaped model (random weights): kiln's KV
+               cache against nanoGPT's sampling loop (recomputes the context) and against
+               Hugging Face transformers' generate (with its cache)
+
+The PyTorch model is bench/torch_gpt_char.py's (nanoGPT's published architecture, eager, no
+torch.compile). Ratios as the targets are stated: training is kiln's ms/iter over PyTorch's
+(under 1: kiln is faster); generation is kiln's tokens/s over the peer's (over 1: kiln is
+faster). The last column is both peak resident sizes.
+"""
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+TRAIN_CASES = {
+    # name: (config, batch, block, d_model, heads, layers, vocab, timed steps)
+    "train-small": ("configs/small.toml", 12, 64, 128, 4, 4, 65, 50),
+    "train-gpt2": ("configs/gpt2-small-cpu.toml", 4, 256, 768, 12, 12, 50257, 10),
+}
+GPT2 = dict(vocab=50257, block=1024, d=768, heads=12, layers=12)
+PROMPT, NEW_TOKENS = 16, 500
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def torch_train(case):
+    import torch
+    from torch_gpt_char import Gpt
+
+    _, batch, block, d, heads, layers, vocab, steps = TRAIN_CASES[case]
+    torch.manual_seed(1337)
+    model = Gpt(vocab, block, d, heads, layers)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-4)
+    data = torch.randint(vocab, (steps + 5, batch, block + 1))
+    for i in range(steps + 5):
+        if i == 5:
+            started = time.perf_counter()
+        loss = model(data[i, :, :-1], data[i, :, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+    return {"ms_per_iter": 1000 * (time.perf_counter() - started) / steps, "peak_rss_mb": peak_rss_mb()}
+
+
+def nanogpt_generate():
+    import torch
+    from torch_gpt_char import Gpt
+
+    torch.manual_seed(1337)
+    model = Gpt(GPT2["vocab"], GPT2["block"], GPT2["d"], GPT2["heads"], GPT2["layers"], bias=True).eval()
+    idx = torch.randint(GPT2["vocab"], (1, PROMPT))
+    with torch.no_grad():
+        started = time.perf_counter()
+        for _ in range(NEW_TOKENS):  # sample.py: the whole (cropped) context every step
+            logits = model.logits(idx[:, -GPT2["block"]:], last_only=True)
+            idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        seconds = time.perf_counter() - started
+    return {"tokens_per_sec": NEW_TOKENS / seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+def hf_generate():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1337)
+    model = GPT2LMHeadModel(GPT2Config()).eval()
+    idx = torch.randint(GPT2["vocab"], (1, PROMPT))
+    args = dict(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, use_cache=True,
+                pad_token_id=0, attention_mask=torch.ones_like(idx))
+    model.generate(idx, **{**args, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    started = time.perf_counter()
+    model.generate(idx, **args)
+    return {"tokens_per_sec": NEW_TOKENS / (time.perf_counter() - started), "peak_rss_mb": peak_rss_mb()}
+
+
+PEERS = {"train-small": lambda: torch_train("train-small"), "train-gpt2": lambda: torch_train("train-gpt2"),
+         "nanogpt-generate": nanogpt_generate, "hf-generate": hf_generate}
+
+
+def in_process(peer):
+    """Runs one peer in a fresh interpreter and returns its JSON."""
+    out = subprocess.run([sys.executable, __file__, "--peer", peer], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def kiln(binary, *args):
+    out = subprocess.run([binary, *args, "--json"], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kiln", default="target/release/kiln")
+    p.add_argument("--backends", default="tch-cpu,ndarray")
+    p.add_argument("--cases", default="train-small,train-gpt2,generate")
+    p.add_argument("--peer", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.peer:
+        print(json.dumps(PEERS[a.peer]()))
+        return
+    import torch
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; kiln: {a.kiln}")
+    print(f"{'case':<12} {'backend':<9} {'kiln':>12} {'peer':>24} {'ratio':>7} {'RSS kiln/peer (MB)':>20}")
+    backends = a.backends.split(",")
+    for case in a.cases.split(","):
+        if case in TRAIN_CASES:
+            peer = in_process(case)
+            config, steps = TRAIN_CASES[case][0], TRAIN_CASES[case][-1]
+            for backend in backends:
+                k = kiln(a.kiln, "bench", "train", "--config", config, "--backend", backend, "--iters", str(steps))
+                print(f"{case:<12} {backend:<9} {k['ms_per_iter']:>9.1f} ms {'PyTorch ' + format(peer['ms_per_iter'], '.1f') + ' ms':>24} "
+                      f"{k['ms_per_iter'] / peer['ms_per_iter']:>7.2f} {k['peak_rss_mb']:>9.0f}/{peer['peak_rss_mb']:.0f}")
+        elif case == "generate":
+            peers = {"nanoGPT sample": in_process("nanogpt-generate"), "HF generate": in_process("hf-generate")}
+            for backend in backends:
+                k = kiln(a.kiln, "bench", "generate", "--config", "configs/gpt2-124m.toml", "--backend", backend,
+                         "--set", "model.tie_embeddings=true", "--set", "model.qkv_bias=true",
+                         "--prompt-tokens", str(PROMPT), "--max-new-tokens", str(NEW_TOKENS))
+                for name, peer in peers.items():
+                    # tokens/s: the ratio is peer time over kiln time, so > 1 means kiln is faster here.
+                    print(f"{case:<12} {backend:<9} {k['tokens_per_sec']:>8.1f} tok/s {name + ' ' + format(peer['tokens_per_sec'], '.1f') + ' tok/s':>24} "
+                          f"{k['tokens_per_sec'] / peer['tokens_per_sec']:>6.2f}x {k['peak_rss_mb']:>9.0f}/{peer['peak_rss_mb']:.0f}")
+        else:
+            sys.exit(f"--cases: unknown case {case!r}; expected train-small, train-gpt2 or generate")
+
+
+if __name__ == "__main__":
+    main()

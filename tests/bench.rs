@@ -1,0 +1,45 @@
+//! `kiln bench train` and `kiln bench generate` print figures that add up, and refuse bad flags
+//! with messages that name them.
+
+mod common;
+
+use serde_json::Value;
+
+fn bench_json(args: &[&str]) -> Value {
+    let (ok, out, err) = common::kiln(args);
+    assert!(ok, "{args:?}: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
+}
+
+#[test]
+fn bench_train_reports_consistent_figures() {
+    let r = bench_json(&["bench", "train", "--config", "configs/tiny.toml", "--iters", "3", "--warmup", "1", "--json"]);
+    let ms = r["ms_per_iter"].as_f64().unwrap();
+    // tiny.toml: batch 16 × block 32 tokens a step.
+    let tokens = r["tokens_per_sec"].as_f64().unwrap() * ms / 1000.0;
+    assert!((tokens - 16.0 * 32.0).abs() < 1.0, "tokens per step {tokens}: {r}");
+    assert!(r["flops_per_sec"].as_f64().unwrap() > 0.0 && r["final_loss"].as_f64().unwrap().is_finite(), "{r}");
+    assert_eq!(r["backend"], "ndarray");
+}
+
+#[test]
+fn bench_generate_times_every_requested_token() {
+    let r = bench_json(&[
+        "bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "5", "--max-new-tokens", "20", "--json",
+    ]);
+    assert_eq!((r["prompt_tokens"].as_u64(), r["new_tokens"].as_u64()), (Some(5), Some(20)), "{r}");
+    let (first, per_token, rate) =
+        (r["first_token_ms"].as_f64().unwrap(), r["ms_per_token"].as_f64().unwrap(), r["tokens_per_sec"].as_f64().unwrap());
+    // 20 tokens take the first token's time plus 19 cached steps.
+    let expected = 20.0 / ((first + 19.0 * per_token) / 1000.0);
+    assert!((rate - expected).abs() / expected < 1e-6, "tokens/s {rate} vs {expected}: {r}");
+    assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
+}
+
+#[test]
+fn bench_generate_rejects_a_run_longer_than_the_context() {
+    let (ok, _, err) = common::kiln(&["bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "16", "--max-new-tokens", "17"]);
+    assert!(!ok && err.contains("--max-new-tokens 17") && err.contains("model.block_size = 32"), "{err}");
+    let (ok, _, err) = common::kiln(&["bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "0"]);
+    assert!(!ok && err.contains("--prompt-tokens 0"), "{err}");
+}
