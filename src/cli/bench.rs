@@ -103,10 +103,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         println!("ms/iter:        {:.1}", result.ms_per_iter);
         println!("tokens/s:       {:.0}", result.tokens_per_sec);
         println!("model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)", result.flops_per_sec / 1e9, result.flops_per_iter / 1e9);
-        match result.peak_rss_mb {
-            Some(mb) => println!("peak RSS:       {mb:.0} MB"),
-            None => println!("peak RSS:       unknown on this OS"),
-        }
+        println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
         println!("final loss:     {:.4}", result.final_loss);
     }
     Ok(())
@@ -183,6 +180,11 @@ fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
     let n = (counts.total - m.block_size * m.d_model) as f64;
     let (l, h, q, t) = (m.n_layers as f64, m.n_heads as f64, (m.d_model / m.n_heads) as f64, m.block_size as f64);
     6.0 * n + 12.0 * l * h * q * t
+}
+
+/// `123 MB`, or why there is no figure.
+pub(super) fn describe_rss(peak_rss_mb: Option<f64>) -> String {
+    peak_rss_mb.map_or_else(|| "unknown on this OS".to_string(), |mb| format!("{mb:.0} MB"))
 }
 
 /// The process's peak resident memory (Linux; `None` elsewhere).

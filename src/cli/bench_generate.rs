@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use super::bench::peak_rss_mb;
+use super::bench::{describe_rss, peak_rss_mb};
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::RunSpec;
 use crate::generate::{generate, Sampling};
@@ -78,10 +78,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         println!("ms/token:       {:.2}", result.ms_per_token);
         println!("tokens/s:       {:.1}", result.tokens_per_sec);
         println!("model FLOP/s:   {:.3} GFLOP/s", result.flops_per_sec / 1e9);
-        match result.peak_rss_mb {
-            Some(mb) => println!("peak RSS:       {mb:.0} MB"),
-            None => println!("peak RSS:       unknown on this OS"),
-        }
+        println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
     }
     Ok(())
 }
