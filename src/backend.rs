@@ -75,9 +75,7 @@ impl BackendName {
             return Err(format!("one of {}", names.join(", ")));
         };
         if !compiled {
-            return Err(format!(
-                "a backend compiled into this binary; rebuild with `cargo run --release --features {feature} -- …`"
-            ));
+            return Err(format!("a backend compiled into this binary; rebuild with `cargo run --release --features {feature} -- …`"));
         }
         Ok(backend)
     }
@@ -124,8 +122,7 @@ impl BackendChoice {
     pub fn from_section(section: &BackendSection) -> Result<Self, ConfigError> {
         let invalid = |key, value: &str, expected| ConfigError::Invalid { key, value: format!("{value:?}"), expected };
         let name = BackendName::parse(&section.name).map_err(|e| invalid("backend.name", &section.name, e))?;
-        let precision =
-            Precision::parse(&section.precision).map_err(|e| invalid("backend.precision", &section.precision, e))?;
+        let precision = Precision::parse(&section.precision).map_err(|e| invalid("backend.precision", &section.precision, e))?;
         if !name.precisions().contains(&precision) {
             let can: Vec<&str> = name.precisions().iter().map(|p| p.as_str()).collect();
             let expected = format!("a precision the {} backend runs: {}", name.as_str(), can.join(", "));
@@ -186,6 +183,32 @@ pub fn dispatch<J: BackendJob>(section: &BackendSection, job: J) -> anyhow::Resu
         #[allow(unreachable_patterns)]
         _ => unreachable!("BackendChoice::from_section only accepts compiled-in backends"),
     }
+}
+
+/// The devices of a data-parallel run's replicas on this node: `indices` of the backend
+/// `base` belongs to (all of them the one CPU device on the CPU backends), or `base` alone.
+pub fn replica_devices<B: burn::prelude::Backend>(
+    choice: &BackendChoice,
+    base: &B::Device,
+    indices: &[usize],
+) -> anyhow::Result<Vec<B::Device>> {
+    use burn::tensor::backend::Device;
+    if indices.is_empty() {
+        return Ok(vec![base.clone()]);
+    }
+    indices
+        .iter()
+        .map(|&index| {
+            #[cfg(feature = "tch")]
+            if choice.name == BackendName::Cuda {
+                cuda_device(index).map_err(|e| anyhow::anyhow!("distributed.devices: {e}"))?;
+            }
+            let _ = choice;
+            let mut id = base.to_id();
+            id.index_id = u16::try_from(index).map_err(|_| anyhow::anyhow!("distributed.devices: {index} is not a device index"))?;
+            Ok(B::Device::from_id(id))
+        })
+        .collect()
 }
 
 /// The CUDA device `index`, or an error when libtorch sees no such device (instead of the

@@ -176,8 +176,7 @@ impl CheckpointState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
         let err = |reason: String| CheckpointError::State { path: path.to_path_buf(), reason };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == STATE_VERSION as u64 => {}
             Some(v) => return Err(err(format!("checkpoint format version {v}; this kiln reads version {STATE_VERSION}"))),
@@ -262,12 +261,16 @@ impl CheckpointJournal {
         };
         // Held while completing, so only one of the three writer threads does it.
         let mut pending = self.pending.lock().expect("journal lock");
-        let Some((_, written)) = pending.get_mut(&epoch) else { return Ok(()) };
+        let Some((_, written)) = pending.get_mut(&epoch) else {
+            return Ok(());
+        };
         written.push(kind.to_string());
         if !RECORDS.iter().all(|k| written.iter().any(|w| w == k)) {
             return Ok(());
         }
-        let Some((mut state, _)) = pending.remove(&epoch) else { return Ok(()) };
+        let Some((mut state, _)) = pending.remove(&epoch) else {
+            return Ok(());
+        };
         for kind in RECORDS {
             let path = self.run.checkpoint_file(kind, epoch);
             state.files.insert(file_name(&path), sha256_file(&path)?);
@@ -310,6 +313,21 @@ pub struct CheckpointPolicy {
     pub last_saved: Option<usize>,
 }
 
+/// What replicas other than the first of a data-parallel run do at an epoch's end: no
+/// checkpoint, but leave the Learner when the replicas agreed to stop.
+pub struct NoCheckpoints {
+    pub control: Arc<RunControl>,
+}
+
+impl CheckpointingStrategy for NoCheckpoints {
+    fn checkpointing(&mut self, _: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
+        if self.control.should_stop() {
+            self.control.stop_learner();
+        }
+        Vec::new()
+    }
+}
+
 impl CheckpointingStrategy for CheckpointPolicy {
     fn checkpointing(&mut self, epoch: usize, _: &EventStoreClient) -> Vec<CheckpointingAction> {
         let control = &self.control;
@@ -321,7 +339,7 @@ impl CheckpointingStrategy for CheckpointPolicy {
             return Vec::new();
         } else if step >= self.max_iters {
             "end"
-        } else if control.interrupted() {
+        } else if control.interrupted() || control.stop_agreed() {
             "interrupt"
         } else if step.is_multiple_of(self.interval) {
             "interval"

@@ -20,6 +20,8 @@ pub struct RunSpec {
     pub training: TrainingSection,
     #[serde(default)]
     pub backend: BackendSection,
+    #[serde(default)]
+    pub distributed: DistributedSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -323,6 +325,57 @@ impl Default for BackendSection {
     }
 }
 
+/// Data-parallel training: one replica of the model per local device and node; see
+/// [`crate::distributed`]. The defaults are one device on one machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributedSection {
+    /// Local device indices of the chosen backend, one replica each (empty: `backend.device`).
+    #[serde(default)]
+    pub devices: Vec<usize>,
+    /// Machines taking part.
+    #[serde(default = "defaults::one")]
+    pub nodes: usize,
+    /// This machine, `0..nodes`; node 0 hosts the coordinator and writes the run.
+    #[serde(default)]
+    pub node_rank: usize,
+    /// `host:port` of the global coordinator, which node 0 starts (needed when `nodes > 1`).
+    #[serde(default)]
+    pub coordinator: String,
+    /// `host:port` at which the other nodes reach this one (needed when `nodes > 1`).
+    #[serde(default)]
+    pub node_address: String,
+    /// Seconds a replica waits for the others (at start and at each gradient exchange)
+    /// before it gives up with an error.
+    #[serde(default = "defaults::distributed_timeout")]
+    pub timeout_secs: u64,
+}
+
+impl Default for DistributedSection {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            nodes: 1,
+            node_rank: 0,
+            coordinator: String::new(),
+            node_address: String::new(),
+            timeout_secs: defaults::distributed_timeout(),
+        }
+    }
+}
+
+impl DistributedSection {
+    /// Replicas on this machine.
+    pub fn local_replicas(&self) -> usize {
+        self.devices.len().max(1)
+    }
+
+    /// Replicas in the whole run: each takes `batch_size × grad_accumulation` windows a step.
+    pub fn replicas(&self) -> usize {
+        self.local_replicas() * self.nodes
+    }
+}
+
 /// A config value as a config file spells it (`rmsnorm`, `swiglu`).
 pub(crate) fn spelled<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
@@ -379,6 +432,9 @@ mod defaults {
     pub fn precision() -> String {
         "f32".into()
     }
+    pub fn distributed_timeout() -> u64 {
+        300
+    }
 }
 
 /// Errors a user can cause through a config file, the environment or `--set`.
@@ -401,32 +457,20 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
 }
 
 /// As [`load`], with the environment given explicitly (tests use this).
-pub fn load_with_env(
-    file: &Path,
-    overrides: &[String],
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<RunSpec, ConfigError> {
+pub fn load_with_env(file: &Path, overrides: &[String], env: impl IntoIterator<Item = (String, String)>) -> Result<RunSpec, ConfigError> {
     let load_err = |reason| ConfigError::Load { file: file.to_path_buf(), reason };
     if !file.is_file() {
         return Err(load_err(::config::ConfigError::Message("file not found".into())));
     }
-    let env_map: ::config::Map<String, String> =
-        env.into_iter().filter(|(k, _)| k.starts_with("KILN_")).collect();
-    let mut builder = ::config::Config::builder()
-        .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
-        .add_source(
-            ::config::Environment::with_prefix("KILN")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env_map)),
-        );
+    let env_map: ::config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("KILN_")).collect();
+    let mut builder = ::config::Config::builder().add_source(::config::File::from(file).format(::config::FileFormat::Toml)).add_source(
+        ::config::Environment::with_prefix("KILN").prefix_separator("_").separator("__").try_parsing(true).source(Some(env_map)),
+    );
     for given in overrides {
         let (key, value) = parse_override(given)?;
         builder = builder.set_override(key, value).map_err(load_err)?;
     }
-    let mut spec: RunSpec =
-        builder.build().and_then(|c| c.try_deserialize()).map_err(load_err)?;
+    let mut spec: RunSpec = builder.build().and_then(|c| c.try_deserialize()).map_err(load_err)?;
     if spec.run.name.is_empty() {
         spec.run.name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     }
@@ -444,7 +488,16 @@ fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError>
         return Err(bad());
     }
     let raw = raw.trim();
-    let value: ::config::Value = if let Ok(i) = raw.parse::<i64>() {
+    let value = match raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        Some(items) => items.split(',').map(str::trim).filter(|i| !i.is_empty()).map(scalar).collect::<Vec<_>>().into(),
+        None => scalar(raw),
+    };
+    Ok((key.to_string(), value))
+}
+
+/// A `--set` value that is not a list: an integer, float, boolean or string.
+fn scalar(raw: &str) -> ::config::Value {
+    if let Ok(i) = raw.parse::<i64>() {
         i.into()
     } else if let Ok(f) = raw.parse::<f64>() {
         f.into()
@@ -452,18 +505,14 @@ fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError>
         b.into()
     } else {
         raw.trim_matches('"').to_string().into()
-    };
-    Ok((key.to_string(), value))
+    }
 }
 
 impl RunSpec {
     /// Reads a resolved config written by a previous run (no layering, still validated
     /// apart from the data file, which a finished run no longer needs).
     pub fn read_resolved(path: &Path) -> Result<Self, ConfigError> {
-        let load_err = |msg: String| ConfigError::Load {
-            file: path.to_path_buf(),
-            reason: ::config::ConfigError::Message(msg),
-        };
+        let load_err = |msg: String| ConfigError::Load { file: path.to_path_buf(), reason: ::config::ConfigError::Message(msg) };
         let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
         let spec: RunSpec = toml::from_str(&text).map_err(|e| load_err(e.to_string()))?;
         validate::validate_shape(&spec)?;
@@ -472,8 +521,7 @@ impl RunSpec {
 
     pub fn write_resolved(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self).expect("RunSpec always serializes to TOML");
-        crate::run_dir::write_atomic(path, text.as_bytes())
-            .map_err(|reason| ConfigError::Write { path: path.to_path_buf(), reason })
+        crate::run_dir::write_atomic(path, text.as_bytes()).map_err(|reason| ConfigError::Write { path: path.to_path_buf(), reason })
     }
 
     /// Whether `other` describes the same model (an unset vocab_size matches any).
@@ -503,5 +551,8 @@ mod tests {
         assert!(!v.into_bool().unwrap());
         assert!(parse_override("learning_rate=1").is_err());
         assert!(parse_override("training.learning_rate").is_err());
+        let (_, v) = parse_override("distributed.devices=[0, 1]").unwrap();
+        let items: Vec<i64> = v.into_array().unwrap().into_iter().map(|i| i.into_int().unwrap()).collect();
+        assert_eq!(items, [0, 1]);
     }
 }

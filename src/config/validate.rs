@@ -19,7 +19,9 @@ pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
     let files: Vec<(&'static str, &std::path::Path)> = match spec.data.kind {
         DataKind::Text => vec![("data.path", spec.data.path.as_path())],
-        DataKind::Parallel => [Split::Train, Split::Valid, Split::Test].into_iter().filter_map(|s| spec.data.pair_files(s)).flatten().collect(),
+        DataKind::Parallel => {
+            [Split::Train, Split::Valid, Split::Test].into_iter().filter_map(|s| spec.data.pair_files(s)).flatten().collect()
+        }
     };
     for (key, path) in files {
         if !path.is_file() {
@@ -52,7 +54,11 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
         }
     }
     if data.pair_files(Split::Train).is_none() {
-        return Err(invalid("data.source", format!("{:?}", data.source), "data.source and data.target, aligned files of sources and targets"));
+        return Err(invalid(
+            "data.source",
+            format!("{:?}", data.source),
+            "data.source and data.target, aligned files of sources and targets",
+        ));
     }
     for (given, keys) in [
         ([&data.valid_source, &data.valid_target], ["data.valid_source", "data.valid_target"]),
@@ -63,7 +69,10 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
             return Err(invalid(missing, "nothing", format!("a file to pair with {present}")));
         }
     }
-    if !matches!(crate::tokenizer::TokenizerSpec::parse(&data.tokenizer), Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. } | crate::tokenizer::TokenizerSpec::Bpe(_))) {
+    if !matches!(
+        crate::tokenizer::TokenizerSpec::parse(&data.tokenizer),
+        Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. } | crate::tokenizer::TokenizerSpec::Bpe(_))
+    ) {
         return Err(invalid(
             "data.tokenizer",
             format!("{:?}", data.tokenizer),
@@ -105,11 +114,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("model.block_size", m.block_size)?;
     positive("model.d_ff", m.d_ff())?;
     if !m.d_model.is_multiple_of(m.n_heads) {
-        return Err(invalid(
-            "model.n_heads",
-            m.n_heads,
-            format!("a divisor of model.d_model ({})", m.d_model),
-        ));
+        return Err(invalid("model.n_heads", m.n_heads, format!("a divisor of model.d_model ({})", m.d_model)));
     }
     if !(0.0..1.0).contains(&m.dropout) {
         return Err(invalid("model.dropout", m.dropout, "a probability in [0, 1)"));
@@ -145,18 +150,10 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         return Err(invalid("training.learning_rate", t.learning_rate, "a positive number"));
     }
     if !(t.min_lr >= 0.0 && t.min_lr <= t.learning_rate) {
-        return Err(invalid(
-            "training.min_lr",
-            t.min_lr,
-            format!("a number in [0, training.learning_rate = {}]", t.learning_rate),
-        ));
+        return Err(invalid("training.min_lr", t.min_lr, format!("a number in [0, training.learning_rate = {}]", t.learning_rate)));
     }
     if t.warmup_iters > t.max_iters {
-        return Err(invalid(
-            "training.warmup_iters",
-            t.warmup_iters,
-            format!("at most training.max_iters ({})", t.max_iters),
-        ));
+        return Err(invalid("training.warmup_iters", t.warmup_iters, format!("at most training.max_iters ({})", t.max_iters)));
     }
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
         return Err(invalid("training.weight_decay", t.weight_decay, "a number >= 0"));
@@ -174,10 +171,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         return Err(invalid(
             "training.checkpoint_interval",
             every,
-            format!(
-                "a positive multiple of training.eval_interval ({}): checkpoints are taken after validation",
-                t.eval_interval
-            ),
+            format!("a positive multiple of training.eval_interval ({}): checkpoints are taken after validation", t.eval_interval),
         ));
     }
 
@@ -187,5 +181,48 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_task(spec)?;
 
     crate::backend::BackendChoice::from_section(&spec.backend)?;
+    validate_distributed(spec)
+}
+
+/// A consistent `[distributed]` section, on a build and a model that can use it.
+fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
+    let d = &spec.distributed;
+    positive("distributed.nodes", d.nodes)?;
+    positive("distributed.timeout_secs", d.timeout_secs as usize)?;
+    if d.node_rank >= d.nodes {
+        return Err(invalid("distributed.node_rank", d.node_rank, format!("a rank below distributed.nodes = {}", d.nodes)));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(twice) = d.devices.iter().find(|&&i| !seen.insert(i)) {
+        return Err(invalid(
+            "distributed.devices",
+            format!("{:?}", d.devices),
+            format!("distinct device indices ({twice} is listed twice)"),
+        ));
+    }
+    if d.replicas() == 1 {
+        return Ok(());
+    }
+    if !cfg!(feature = "distributed") {
+        return Err(invalid(
+            "distributed.devices",
+            format!("{:?} on {} node(s)", d.devices, d.nodes),
+            "one device on one node: this kiln was built without the `distributed` feature (cargo build --release --features distributed)",
+        ));
+    }
+    if spec.model.kind != ModelKind::Gpt {
+        return Err(invalid(
+            "distributed.devices",
+            format!("{:?}", d.devices),
+            "one device and one node: data-parallel training covers model.kind = \"gpt\"",
+        ));
+    }
+    if d.nodes > 1 {
+        for (key, value) in [("distributed.coordinator", &d.coordinator), ("distributed.node_address", &d.node_address)] {
+            if crate::distributed::port_of(value).is_none() {
+                return Err(invalid(key, format!("{value:?}"), "host:port, e.g. \"10.0.0.1:3000\" (needed when distributed.nodes > 1)"));
+            }
+        }
+    }
     Ok(())
 }

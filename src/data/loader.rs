@@ -62,6 +62,8 @@ pub struct TrainBatches<B: Backend, S> {
     /// The epoch the next `iter()` call serves; shared by clones.
     next_epoch: Arc<AtomicUsize>,
     stop: Option<(StopCheck, usize)>,
+    /// `(rank, replicas)`: this replica serves run micro-batches `i · replicas + rank`.
+    replica: (usize, usize),
     device: B::Device,
 }
 
@@ -126,8 +128,16 @@ impl<B: Backend, S: MicroBatches<B>> TrainBatches<B, S> {
             epochs: epochs.into(),
             next_epoch: Arc::new(AtomicUsize::new(first_epoch)),
             stop: None,
+            replica: (0, 1),
             device,
         }
+    }
+
+    /// Serves replica `rank`'s share of a data-parallel run of `replicas`: its micro-batch
+    /// `i` is the run's micro-batch `i · replicas + rank`, so replicas never see the same data
+    /// and together see what a single device with a `replicas` times larger batch would.
+    pub fn for_replica(self, rank: usize, replicas: usize) -> Self {
+        Self { replica: (rank, replicas), ..self }
     }
 
     /// Ends an epoch early, at a boundary of `grad_accumulation` micro-batches, once `stop`
@@ -145,9 +155,28 @@ impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B,
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<S::Batch> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let (first, count) = self.epoch(epoch);
-        let batches = self.source.range(first, count, &self.device);
+        let (rank, replicas) = self.replica;
+        let batches: Box<dyn DataLoaderIterator<S::Batch>> = match replicas {
+            1 => self.source.range(first, count, &self.device),
+            _ => Box::new(Strided {
+                source: self.source.clone(),
+                next: first,
+                end: first + count,
+                rank,
+                replicas,
+                device: self.device.clone(),
+            }),
+        };
         let seed = self.source.seed();
-        Box::new(TrainIter::<B, S::Batch> { batches, device: self.device.clone(), first, served: 0, seed, stop: self.stop.clone() })
+        Box::new(TrainIter::<B, S::Batch> {
+            batches,
+            device: self.device.clone(),
+            first,
+            served: 0,
+            seed,
+            replica: self.replica,
+            stop: self.stop.clone(),
+        })
     }
 
     fn num_items(&self) -> usize {
@@ -173,6 +202,7 @@ struct TrainIter<B: Backend, T> {
     first: usize,
     served: usize,
     seed: u64,
+    replica: (usize, usize),
     stop: Option<(StopCheck, usize)>,
 }
 
@@ -185,7 +215,8 @@ impl<B: Backend, T> Iterator for TrainIter<B, T> {
             }
         }
         let batch = self.batches.next()?;
-        B::seed(&self.device, micro_batch_seed(self.seed, self.first + self.served));
+        let (rank, replicas) = self.replica;
+        B::seed(&self.device, micro_batch_seed(self.seed, (self.first + self.served) * replicas + rank));
         self.served += 1;
         Some(batch)
     }
@@ -194,6 +225,34 @@ impl<B: Backend, T> Iterator for TrainIter<B, T> {
 impl<B: Backend, T> DataLoaderIterator<T> for TrainIter<B, T> {
     fn progress(&self) -> Progress {
         self.batches.progress()
+    }
+}
+
+/// A replica's micro-batches `next..end`: the run's `i · replicas + rank`, one at a time.
+struct Strided<B: Backend, S> {
+    source: S,
+    next: usize,
+    end: usize,
+    rank: usize,
+    replicas: usize,
+    device: B::Device,
+}
+
+impl<B: Backend, S: MicroBatches<B>> Iterator for Strided<B, S> {
+    type Item = S::Batch;
+    fn next(&mut self) -> Option<S::Batch> {
+        if self.next >= self.end {
+            return None;
+        }
+        let index = self.next * self.replicas + self.rank;
+        self.next += 1;
+        self.source.range(index, 1, &self.device).next()
+    }
+}
+
+impl<B: Backend, S: MicroBatches<B>> DataLoaderIterator<S::Batch> for Strided<B, S> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.next, self.end)
     }
 }
 
@@ -337,5 +396,21 @@ mod tests {
         let first: Vec<_> = DataLoader::iter(&loader).collect();
         assert_eq!(first.len(), 2);
         assert!(loader.epoch_starts(1).iter().flatten().all(|&s| s + 8 < 100));
+    }
+
+    #[test]
+    fn replicas_split_a_larger_batch_between_them() {
+        let order = WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
+        let single = TrainWindows::<B>::new(tokens(), order.clone(), 4, 8, 1, &[(0, 3)], Default::default());
+        let replica = |rank| {
+            let loader = TrainWindows::<B>::new(tokens(), order.clone(), 2, 8, 1, &[(0, 3)], Default::default()).for_replica(rank, 2);
+            DataLoader::iter(&loader).map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap()).collect::<Vec<_>>()
+        };
+        let (zero, one) = (replica(0), replica(1));
+        let doubled: Vec<Vec<i64>> = DataLoader::iter(&single).map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap()).collect();
+        assert_eq!(doubled.len(), 3);
+        for step in 0..3 {
+            assert_eq!(doubled[step], [zero[step].clone(), one[step].clone()].concat(), "step {step}");
+        }
     }
 }

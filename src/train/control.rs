@@ -5,7 +5,7 @@
 //! for, the optimizer counts steps and watches the gradient norm, and the checkpoint policy
 //! saves (or, after a divergence, refuses to) and stops Burn's Learner.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::train::Interrupter;
@@ -45,6 +45,10 @@ pub struct RunControl {
     steps: AtomicUsize,
     divergence: Mutex<Option<Divergence>>,
     interrupter: Interrupter,
+    /// A replica of a data-parallel run stops only where all replicas agreed to, or they
+    /// would wait on one another forever.
+    replicated: bool,
+    agreed_stop: AtomicBool,
 }
 
 impl RunControl {
@@ -56,7 +60,29 @@ impl RunControl {
             steps: AtomicUsize::new(start_step),
             divergence: Mutex::new(None),
             interrupter: Interrupter::new(),
+            replicated: false,
+            agreed_stop: AtomicBool::new(false),
         }
+    }
+
+    /// A replica of a data-parallel run: stops follow [`RunControl::agree_stop`].
+    pub fn replicated(self) -> Self {
+        Self { replicated: true, ..self }
+    }
+
+    /// What this replica alone would stop for: a signal, or a failed checkpoint write.
+    pub fn wants_stop(&self) -> bool {
+        self.interrupted() || self.interrupter.should_stop()
+    }
+
+    /// All replicas agreed, at the same step, to stop.
+    pub fn agree_stop(&self) {
+        self.agreed_stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Stopping because the replicas agreed to (after a signal to any of them).
+    pub fn stop_agreed(&self) -> bool {
+        self.agreed_stop.load(Ordering::SeqCst)
     }
 
     /// The handle Burn's Learner polls; a failed checkpoint write also stops it, with a message.
@@ -92,12 +118,17 @@ impl RunControl {
         if self.interrupted() || self.divergence().is_some() {
             return None;
         }
-        self.interrupter.should_stop().then(|| self.interrupter.get_message().unwrap_or_else(|| "unknown reason".into()))
+        match self.interrupter.get_message() {
+            Some(message) => Some(message),
+            None if self.stop_agreed() => None,
+            None => self.interrupter.should_stop().then(|| "unknown reason".into()),
+        }
     }
 
     /// Training should end at the next step boundary.
     pub fn should_stop(&self) -> bool {
-        self.interrupted() || self.divergence().is_some() || self.interrupter.should_stop()
+        let signalled = !self.replicated && self.interrupted();
+        signalled || self.stop_agreed() || self.divergence().is_some() || self.interrupter.should_stop()
     }
 
     /// Tells the Learner to leave its epoch loop.

@@ -11,8 +11,8 @@ use burn::train::logger::MetricLogger;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric, NumericAttributes,
-    NumericEntry, SerializedEntry,
+    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
+    SerializedEntry,
 };
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +125,9 @@ pub struct MetricsLine {
 
 /// Reads `metrics.jsonl`, skipping lines it cannot parse (a line cut by a crash).
 pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
-    let Ok(file) = File::open(path) else { return Vec::new() };
+    let Ok(file) = File::open(path) else {
+        return Vec::new();
+    };
     BufReader::new(file).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
 }
 
@@ -133,10 +135,7 @@ pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
 pub fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<()> {
     // Kept lines are copied byte for byte: re-serializing could change float digits.
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
-        .collect();
+    let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step)).collect();
     let mut text = kept.join("\n");
     if !text.is_empty() {
         text.push('\n');
@@ -150,6 +149,19 @@ pub struct LatestMetrics {
     pub train_loss: Option<f64>,
     pub val_loss: Option<f64>,
     pub tokens_per_sec: Option<f64>,
+}
+
+/// Logs nothing: what replicas other than the first of a data-parallel run hand Burn, whose
+/// default would write files into the run directory.
+pub struct SilentLogger;
+
+impl MetricLogger for SilentLogger {
+    fn log(&mut self, _: MetricsUpdate, _: usize, _: &Split) {}
+    fn read_numeric(&mut self, name: &str, epoch: usize, _: &Split) -> Result<Vec<NumericEntry>, String> {
+        Err(format!("this replica keeps no metrics; {name} of epoch {epoch} is not queryable"))
+    }
+    fn log_metric_definition(&mut self, _: MetricDefinition) {}
+    fn log_epoch_summary(&mut self, _: EpochSummary) {}
 }
 
 /// A Burn `MetricLogger` that appends one JSON line per optimizer step (split `train`) and
@@ -170,12 +182,7 @@ pub struct JsonlLogger {
 }
 
 impl JsonlLogger {
-    pub fn new(
-        path: &Path,
-        grad_accumulation: usize,
-        start_step: usize,
-        latest: Arc<Mutex<LatestMetrics>>,
-    ) -> std::io::Result<Self> {
+    pub fn new(path: &Path, grad_accumulation: usize, start_step: usize, latest: Arc<Mutex<LatestMetrics>>) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             file,
@@ -220,7 +227,9 @@ impl JsonlLogger {
 impl MetricLogger for JsonlLogger {
     fn log(&mut self, update: MetricsUpdate, _epoch: usize, split: &Split) {
         let values = self.values(&update);
-        let Some(&loss) = values.get(LOSS) else { return };
+        let Some(&loss) = values.get(LOSS) else {
+            return;
+        };
         match split {
             Split::Train => {
                 self.micro_batches += 1;

@@ -29,9 +29,12 @@ pub use seq2seq::{fit_seq2seq_tokenizer, load_seq2seq, pair_split, seq2seq_confi
 pub use step::{lm_loss, seq2seq_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendChoice, BackendJob};
-use crate::checkpoint::{load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, RunIdentity};
+use crate::checkpoint::{
+    load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, NoCheckpoints, RunIdentity,
+};
 use crate::config::{ModelKind, RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts};
+use crate::distributed::{Exchange, Replica};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
 use crate::run_dir::{sha256_file, RunDir};
@@ -58,7 +61,9 @@ pub enum Resume {
 pub enum Outcome {
     Finished(Summary),
     /// Stopped by SIGINT/SIGTERM after writing a checkpoint at `step`.
-    Interrupted { step: usize },
+    Interrupted {
+        step: usize,
+    },
 }
 
 impl Outcome {
@@ -208,7 +213,8 @@ fn run<B: AutodiffBackend>(spec: RunSpec, options: TrainOptions, device: B::Devi
 fn run_gpt<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
     let text = crate::data::read_text(&spec.data.path)?;
     let data = spec.data.clone();
-    let started = start_run::<B>(&mut spec, &options, &device, || Ok(TokenizerSpec::parse(&data.tokenizer)?.build(&text, data.fit_options())?))?;
+    let started =
+        start_run::<B>(&mut spec, &options, &device, || Ok(TokenizerSpec::parse(&data.tokenizer)?.build(&text, data.fit_options())?))?;
     let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
     let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer, run, spec.data.val_fraction, spec.model.block_size)?;
     drop(text);
@@ -221,15 +227,29 @@ fn run_gpt<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device:
     let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
     let separator = document_separator(&spec, tokenizer)?;
     let order = train_order(&spec, &corpus, separator)?;
-    let train_loader = TrainWindows::<B>::new(corpus.train.clone(), order, t.batch_size, spec.model.block_size, plan.first_epoch, &plan.epochs, device.clone())
-        .with_stop(plan.stop(), t.grad_accumulation);
-    let valid_loader = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.skip_when(plan.stop());
-    let Some((model, wall_seconds)) = plan.launch(model, Arc::new(train_loader), Arc::new(valid_loader))? else {
+    let val = val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?;
+    let loaders = |replica: Replica, device: &B::Device| -> Loaders<B, Gpt<B>> {
+        let train = TrainWindows::<B>::new(
+            corpus.train.clone(),
+            order.clone(),
+            t.batch_size,
+            spec.model.block_size,
+            plan.first_epoch,
+            &plan.epochs,
+            device.clone(),
+        )
+        .with_stop(plan.stop(), t.grad_accumulation)
+        .for_replica(replica.rank, replica.world);
+        // Only the replica that logs validates; the others' passes are empty.
+        let valid = val.clone().skip_when(if replica.writes_run() { plan.stop() } else { Arc::new(|| true) });
+        (Arc::new(train), Arc::new(valid))
+    };
+    let Some((model, wall_seconds)) = plan.launch_replicas(model, &device, backend, loaders)? else {
         return Ok(Outcome::Interrupted { step: plan.control.steps() });
     };
 
-    let final_val_loss = mean_loss(&model, val_windows::<B::InnerBackend>(&spec, &corpus, separator, &device)?.batches());
-    let tokens_seen = t.max_iters * t.tokens_per_step(spec.model.block_size);
+    let final_val_loss = mean_loss(&model, val.batches());
+    let tokens_seen = t.max_iters * t.tokens_per_step(spec.model.block_size) * spec.distributed.replicas();
     let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
     if options.sample_tokens > 0 {
         print_sample(&model, tokenizer, options.sample_tokens, spec.run.seed)?;
@@ -261,8 +281,7 @@ fn start_run<B: Backend>(
         Some(_) => tokenizer::load(&run.tokenizer())?,
         None => {
             let tokenizer = fit()?;
-            tokenizer::save(tokenizer.as_ref(), &run.tokenizer())
-                .with_context(|| format!("writing {}", run.tokenizer().display()))?;
+            tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
             tokenizer
         }
     };
@@ -288,6 +307,12 @@ fn announce(run: &RunDir, backend: &BackendChoice, counts: crate::model::ParamCo
     );
     Ok(())
 }
+
+/// A replica's training and validation loaders.
+type Loaders<B, M> = (
+    Arc<dyn DataLoader<B, <M as TrainStep>::Input>>,
+    Arc<dyn DataLoader<<B as AutodiffBackend>::InnerBackend, <<M as AutodiffModule<B>>::InnerModule as InferenceStep>::Input>>,
+);
 
 /// The part of training every model kind shares: the steps left, the Learner wired with
 /// kiln's optimizer, schedule, metrics, progress bar and checkpoints, and the summary.
@@ -326,9 +351,16 @@ impl<'a> Fit<'a> {
             start_step,
             first_epoch: resume_from.map_or(1, |s| s.epoch + 1),
             epochs,
-            control: Arc::new(RunControl::new(start_step)),
+            control: Arc::new(Self::control(spec, start_step)),
             latest: Arc::new(Mutex::new(metrics::LatestMetrics::default())),
         })
+    }
+
+    fn control(spec: &RunSpec, start_step: usize) -> RunControl {
+        match spec.distributed.replicas() {
+            1 => RunControl::new(start_step),
+            _ => RunControl::new(start_step).replicated(),
+        }
     }
 
     /// True once the run must end (SIGINT/SIGTERM, divergence): loaders stop serving.
@@ -337,10 +369,100 @@ impl<'a> Fit<'a> {
         Arc::new(move || control.should_stop())
     }
 
-    /// Trains `model` through the Learner. Returns the trained model and the seconds it
-    /// took, or `None` when a signal stopped the run (a checkpoint was written).
+    /// Trains `model` on this node's replicas, one per device of `[distributed] devices`
+    /// (a thread each), and returns what replica 0 of the node returns.
+    fn launch_replicas<B, M>(
+        &self,
+        model: M,
+        device: &B::Device,
+        backend: BackendChoice,
+        loaders: impl Fn(Replica, &B::Device) -> Loaders<B, M> + Sync,
+    ) -> Result<Option<(M::InnerModule, f64)>>
+    where
+        B: AutodiffBackend,
+        M: TrainStep<Output = LmOutput<B>> + AutodiffModule<B> + std::fmt::Display + 'static,
+        M::InnerModule: InferenceStep<Output = LmOutput<B::InnerBackend>>,
+    {
+        let section = &self.spec.distributed;
+        if section.replicas() == 1 {
+            let (train, valid) = loaders(Replica::SOLE, device);
+            return self.launch(Replica::SOLE, None, model, train, valid);
+        }
+        #[cfg(feature = "distributed")]
+        return self.launch_distributed(model, device, backend, loaders);
+        #[cfg(not(feature = "distributed"))]
+        {
+            let _ = backend;
+            unreachable!("the config check refuses more than one replica without the `distributed` feature")
+        }
+    }
+
+    #[cfg(feature = "distributed")]
+    fn launch_distributed<B, M>(
+        &self,
+        model: M,
+        device: &B::Device,
+        backend: BackendChoice,
+        loaders: impl Fn(Replica, &B::Device) -> Loaders<B, M> + Sync,
+    ) -> Result<Option<(M::InnerModule, f64)>>
+    where
+        B: AutodiffBackend,
+        M: TrainStep<Output = LmOutput<B>> + AutodiffModule<B> + std::fmt::Display + 'static,
+        M::InnerModule: InferenceStep<Output = LmOutput<B::InnerBackend>>,
+    {
+        let section = &self.spec.distributed;
+        if section.node_rank == 0 && section.nodes > 1 {
+            crate::distributed::host_coordinator(section)?;
+        }
+        let devices = crate::backend::replica_devices::<B>(&backend, device, &section.devices)?;
+        let model = crate::distributed::renumber_params(model);
+        eprintln!(
+            "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} windows",
+            section.node_rank,
+            section.nodes,
+            Replica::on(section, 0).rank,
+            Replica::on(section, devices.len() - 1).rank,
+            section.replicas(),
+            devices.len(),
+            self.spec.training.batch_size * self.spec.training.grad_accumulation * section.replicas()
+        );
+        let replica_run = |local: usize, model: M, device: &B::Device| {
+            let replica = Replica::on(section, local);
+            let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section)?);
+            let (train, valid) = loaders(replica, device);
+            let trained = self.launch(replica, Some(exchange.clone()), model, train, valid)?;
+            exchange.leave::<B::InnerBackend>()?;
+            Ok(trained)
+        };
+        std::thread::scope(|scope| {
+            let others: Vec<_> = devices[1..]
+                .iter()
+                .enumerate()
+                .map(|(i, device)| {
+                    let model = model.clone().fork(device);
+                    let replica_run = &replica_run;
+                    scope.spawn(move || replica_run(i + 1, model, device))
+                })
+                .collect();
+            let first = replica_run(0, model, &devices[0]);
+            for (i, other) in others.into_iter().enumerate() {
+                match other.join() {
+                    Ok(result) => {
+                        result.with_context(|| format!("replica on distributed.devices[{}]", i + 1))?;
+                    }
+                    Err(_) => bail!("the replica on distributed.devices[{}] panicked", i + 1),
+                }
+            }
+            first
+        })
+    }
+
+    /// Trains `model` through the Learner as `replica`. Returns the trained model and the
+    /// seconds it took, or `None` when a signal stopped the run (a checkpoint was written).
     fn launch<B, M>(
         &self,
+        replica: Replica,
+        exchange: Option<Arc<Exchange>>,
         model: M,
         train_loader: Arc<dyn DataLoader<B, M::Input>>,
         valid_loader: Arc<dyn DataLoader<B::InnerBackend, <M::InnerModule as InferenceStep>::Input>>,
@@ -352,38 +474,42 @@ impl<'a> Fit<'a> {
     {
         let (spec, run, t) = (self.spec, self.run, &self.spec.training);
         let acc = t.grad_accumulation;
+        let control = match replica.writes_run() {
+            true => self.control.clone(),
+            false => Arc::new(Self::control(spec, self.start_step)),
+        };
         let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
-        let optimizer = ClippedAdamW::<M, B>::new(adamw, t.grad_clip, acc).with_control(self.control.clone());
+        let mut optimizer = ClippedAdamW::<M, B>::new(adamw, t.grad_clip, acc).with_control(control.clone());
+        if let Some(exchange) = exchange {
+            optimizer = optimizer.with_exchange(exchange);
+        }
         let schedule = WarmupSchedule::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc).with_kind(t.schedule);
-        let logger = metrics::JsonlLogger::new(&run.metrics(), acc, self.start_step, self.latest.clone())
-            .with_context(|| format!("opening {}", run.metrics().display()))?;
         let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
-        let identity = RunIdentity {
-            seed: spec.run.seed,
-            tokens_per_step: t.tokens_per_step(spec.model.block_size),
-            config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
-            tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
-        };
-        let policy = CheckpointPolicy {
-            journal: journal.clone(),
-            control: self.control.clone(),
-            identity,
-            interval: t.checkpoint_interval(),
-            max_iters: t.max_iters,
-            last_saved: self.resume_from.map(|s| s.step),
-        };
+        let renderer = renderer::ProgressRenderer::new(t.max_iters, self.start_step, acc);
 
         let mut training = SupervisedTraining::new(run.root(), train_loader, valid_loader)
             .metric_train_numeric(metrics::LossMetric::new())
             .metric_valid_numeric(metrics::LossMetric::new())
             .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
             .metric_train_numeric(metrics::TokensPerSecond::new())
-            .with_metric_logger(logger)
-            .with_file_checkpointer(CheckpointRecorder::for_journal(journal))
-            .with_checkpointing_strategy(policy)
-            .with_interrupter(self.control.interrupter())
-            .renderer(renderer::ProgressRenderer::new(t.max_iters, self.start_step, acc))
+            // Every replica reads a resumed run's checkpoint; only replica 0 writes them.
+            .with_file_checkpointer(CheckpointRecorder::for_journal(journal.clone()))
+            .with_interrupter(control.interrupter())
             .num_epochs(self.first_epoch - 1 + self.epochs.len());
+        training = match replica.writes_run() {
+            true => training
+                .with_metric_logger(
+                    metrics::JsonlLogger::new(&run.metrics(), acc, self.start_step, self.latest.clone())
+                        .with_context(|| format!("opening {}", run.metrics().display()))?,
+                )
+                .with_checkpointing_strategy(self.checkpoint_policy(journal)?)
+                .renderer(renderer),
+            false => training
+                .with_metric_logger(metrics::SilentLogger)
+                .with_application_logger(None)
+                .with_checkpointing_strategy(NoCheckpoints { control: control.clone() })
+                .renderer(renderer.hidden()),
+        };
         if acc > 1 {
             training = training.grads_accumulation(acc);
         }
@@ -397,28 +523,52 @@ impl<'a> Fit<'a> {
         let result = training.launch(Learner::new(model, optimizer, schedule));
         let wall_seconds = started.elapsed().as_secs_f64();
 
-        if let Some(divergence) = self.control.divergence() {
+        if let Some(divergence) = control.divergence() {
             bail!(divergence_message(run, spec, divergence));
         }
-        if let Some(failure) = self.control.failure() {
-            bail!("training stopped at step {}: {failure}", self.control.steps());
+        if let Some(failure) = control.failure() {
+            bail!("training stopped at step {}: {failure}", control.steps());
         }
-        if self.control.steps() < t.max_iters {
-            eprintln!(
-                "kiln: stopped at step {} of {}; checkpoint written to {}. Continue with the same command plus --resume \
-                 (kiln train --config <config> --resume)",
-                self.control.steps(),
-                t.max_iters,
-                run.checkpoints().display()
-            );
+        if control.steps() < t.max_iters {
+            if replica.writes_run() {
+                eprintln!(
+                    "kiln: stopped at step {} of {}; checkpoint written to {}. Continue with the same command plus --resume \
+                     (kiln train --config <config> --resume)",
+                    control.steps(),
+                    t.max_iters,
+                    run.checkpoints().display()
+                );
+            }
             return Ok(None);
         }
-        Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), result.model.clone().into_record(), run.final_model())
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+        if replica.writes_final_model() {
+            Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), result.model.clone().into_record(), run.final_model())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+        }
         Ok(Some((result.model, wall_seconds)))
     }
 
-    /// Writes `summary.json` and prints the closing line.
+    /// When replica 0 checkpoints: every `checkpoint_interval` steps, at the end, and when
+    /// the run is stopped.
+    fn checkpoint_policy(&self, journal: CheckpointJournal) -> Result<CheckpointPolicy> {
+        let (spec, run, t) = (self.spec, self.run, &self.spec.training);
+        let identity = RunIdentity {
+            seed: spec.run.seed,
+            tokens_per_step: t.tokens_per_step(spec.model.block_size) * spec.distributed.replicas(),
+            config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
+            tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
+        };
+        Ok(CheckpointPolicy {
+            journal,
+            control: self.control.clone(),
+            identity,
+            interval: t.checkpoint_interval(),
+            max_iters: t.max_iters,
+            last_saved: self.resume_from.map(|s| s.step),
+        })
+    }
+
+    /// Writes `summary.json` (node 0 of a data-parallel run) and prints the closing line.
     fn finish(
         &self,
         final_val_loss: f64,
@@ -442,6 +592,10 @@ impl<'a> Fit<'a> {
             tokens_per_second: (tokens_seen as f64 * steps as f64 / t.max_iters as f64) / wall_seconds.max(1e-9),
             backend: backend.describe(),
         };
+        if self.spec.distributed.node_rank > 0 {
+            eprintln!("kiln: node {} done | final model {}", self.spec.distributed.node_rank, run.final_model().display());
+            return Ok(summary);
+        }
         let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
         crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
         eprintln!(
@@ -475,7 +629,11 @@ fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> S
         Some(latest) => format!("the last good checkpoint (step {}) is kept; `--resume` continues from it", latest.step),
         None => "no checkpoint had been taken yet".to_string(),
     };
-    let clip = if t.grad_clip > 0.0 { format!("lower training.grad_clip (now {})", t.grad_clip) } else { "set training.grad_clip = 1.0 (now off)".into() };
+    let clip = if t.grad_clip > 0.0 {
+        format!("lower training.grad_clip (now {})", t.grad_clip)
+    } else {
+        "set training.grad_clip = 1.0 (now off)".into()
+    };
     format!(
         "the loss stopped being a number at step {} (gradient norm {}): training stopped and that step was not applied; \
          {last_good}. Try a lower training.learning_rate (now {:e}), a longer training.warmup_iters (now {}), or {clip}",
@@ -568,10 +726,9 @@ fn checkpoint_at(run: &RunDir, path: &std::path::Path) -> Result<CheckpointState
 fn resolve_vocab(spec: &mut RunSpec, tokenizer: &dyn Tokenizer) -> Result<()> {
     let needed = tokenizer.vocab_size();
     match spec.model.vocab_size {
-        Some(v) if v < needed => bail!(
-            "model.vocab_size = {v}: expected at least the tokenizer's vocabulary size ({needed}, {})",
-            spec.data.tokenizer
-        ),
+        Some(v) if v < needed => {
+            bail!("model.vocab_size = {v}: expected at least the tokenizer's vocabulary size ({needed}, {})", spec.data.tokenizer)
+        }
         Some(_) => {}
         None => spec.model.vocab_size = Some(needed),
     }

@@ -14,6 +14,7 @@ use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
 
 use super::control::RunControl;
+use crate::distributed::Exchange;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {
@@ -75,22 +76,56 @@ pub struct ClippedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
     max_norm: f64,
     grad_scale: f64,
     control: Option<Arc<RunControl>>,
+    exchange: Option<Arc<Exchange>>,
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> ClippedAdamW<M, B> {
     pub fn new(adamw: AdamW, max_norm: f64, grad_accumulation: usize) -> Self {
-        Self { inner: OptimizerAdaptor::from(adamw), max_norm, grad_scale: 1.0 / grad_accumulation as f64, control: None }
+        Self { inner: OptimizerAdaptor::from(adamw), max_norm, grad_scale: 1.0 / grad_accumulation as f64, control: None, exchange: None }
     }
 
     pub fn with_control(self, control: Arc<RunControl>) -> Self {
         Self { control: Some(control), ..self }
+    }
+
+    /// A replica of a data-parallel run: each step first averages the gradients over all
+    /// replicas (so clipping and the update see the whole step's batch) and settles whether
+    /// any replica asked to stop.
+    pub fn with_exchange(self, exchange: Arc<Exchange>) -> Self {
+        Self { exchange: Some(exchange), ..self }
+    }
+
+    /// The replicas' mean gradients, or `None` (the run told why) when the exchange failed.
+    fn exchanged(&self, module: &M, grads: GradientsParams) -> Option<GradientsParams> {
+        let (Some(exchange), Some(control)) = (&self.exchange, &self.control) else {
+            return Some(grads);
+        };
+        let device = module.devices().into_iter().next()?;
+        let exchanged = exchange
+            .mean_grads::<B::InnerBackend>(grads)
+            .and_then(|grads| Ok((grads, exchange.any::<B::InnerBackend>(control.wants_stop(), &device)?)));
+        match exchanged {
+            Ok((grads, stop)) => {
+                if stop {
+                    control.agree_stop();
+                }
+                Some(grads)
+            }
+            Err(e) => {
+                control.interrupter().stop(Some(&format!("{e:#}")));
+                None
+            }
+        }
     }
 }
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizer<M, B> for ClippedAdamW<M, B> {
     type Record = <OptimizerAdaptor<AdamW, M, B> as Optimizer<M, B>>::Record;
 
-    fn step(&mut self, lr: LearningRate, module: M, mut grads: GradientsParams) -> M {
+    fn step(&mut self, lr: LearningRate, module: M, grads: GradientsParams) -> M {
+        let Some(mut grads) = self.exchanged(&module, grads) else {
+            return module;
+        };
         let mut factor = self.grad_scale;
         if self.max_norm > 0.0 || self.control.is_some() {
             let norm = global_norm(&module, &grads) * self.grad_scale;

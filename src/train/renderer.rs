@@ -8,10 +8,10 @@ use std::collections::HashMap;
 
 use burn::train::metric::{MetricDefinition, MetricId};
 use burn::train::renderer::{
-    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
-    MetricsRendererTraining, ProgressType, TrainingProgress,
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining, ProgressType,
+    TrainingProgress,
 };
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::metrics::{LEARNING_RATE, LOSS, TOKENS_PER_SEC};
 
@@ -50,6 +50,12 @@ impl ProgressRenderer {
             val_loss: (0.0, 0),
             last_val: None,
         }
+    }
+
+    /// Draws nothing: replicas other than the first of a data-parallel run train silently.
+    pub fn hidden(self) -> Self {
+        self.bar.set_draw_target(ProgressDrawTarget::hidden());
+        self
     }
 
     fn numeric(&self, state: &MetricState) -> Option<(String, f64)> {
@@ -107,7 +113,9 @@ impl MetricsRendererTraining for ProgressRenderer {
     }
 
     fn render_valid(&mut self, item: TrainingProgress, _: Vec<ProgressType>) {
-        let Some(progress) = item.progress else { return };
+        let Some(progress) = item.progress else {
+            return;
+        };
         if progress.items_processed < progress.items_total || self.val_loss.1 == 0 {
             self.bar.set_message(format!("{} | validating", self.message()));
             return;

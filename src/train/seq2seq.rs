@@ -14,6 +14,7 @@ use crate::backend::BackendChoice;
 use crate::config::{DataSection, RunSpec, Split};
 use crate::data::parallel::{self, encode_pairs, read_pairs, BOS, EOS, PAD};
 use crate::data::{FixedPairs, PairBatches, PairTokens, Seq2SeqBatch, Specials, TrainBatches};
+use crate::distributed::Replica;
 use crate::model::{Seq2Seq, Seq2SeqConfig};
 use crate::run_dir::RunDir;
 use crate::tokenizer::{bpe, Tokenizer, TokenizerSpec};
@@ -56,7 +57,9 @@ fn text_pairs(data: &DataSection, split: Split) -> Result<Option<Vec<(String, St
     if split != Split::Valid {
         return Ok(None);
     }
-    let Some(files) = data.pair_files(Split::Train) else { return Ok(None) };
+    let Some(files) = data.pair_files(Split::Train) else {
+        return Ok(None);
+    };
     let mut pairs = read_pairs(files)?;
     let held = held_out(data, pairs.len());
     Ok(Some(pairs.split_off(pairs.len() - held)))
@@ -70,7 +73,9 @@ fn held_out(data: &DataSection, pairs: usize) -> usize {
 /// Encodes `split` of a run's corpus with its tokenizer; `None` when the config has no such
 /// split.
 pub fn pair_split(spec: &RunSpec, tokenizer: &dyn Tokenizer, split: Split) -> Result<Option<PairSplit>> {
-    let Some(text) = text_pairs(&spec.data, split)? else { return Ok(None) };
+    let Some(text) = text_pairs(&spec.data, split)? else {
+        return Ok(None);
+    };
     encode_split(spec, tokenizer, split, text).map(Some)
 }
 
@@ -109,15 +114,14 @@ fn fit_joint_bpe(data: &DataSection, train: &[(String, String)]) -> Result<Box<d
                     text.push('\n');
                 }
             }
-            let options = bpe::train::BpeTrainOptions {
-                vocab_size,
-                specials: [PAD, BOS, EOS].map(String::from).to_vec(),
-                progress: true,
-            };
+            let options = bpe::train::BpeTrainOptions { vocab_size, specials: [PAD, BOS, EOS].map(String::from).to_vec(), progress: true };
             Box::new(bpe::train::train_on_text(&text, &options)?)
         }
         TokenizerSpec::Bpe(path) => crate::tokenizer::load(&path)?,
-        _ => bail!("data.tokenizer = {:?}: expected \"bpe:train:<vocab size>\" or \"bpe:<tokenizer.json>\" for parallel data", data.tokenizer),
+        _ => bail!(
+            "data.tokenizer = {:?}: expected \"bpe:train:<vocab size>\" or \"bpe:<tokenizer.json>\" for parallel data",
+            data.tokenizer
+        ),
     };
     Specials::of(tokenizer.as_ref())?;
     Ok(tokenizer)
@@ -132,9 +136,16 @@ pub fn fit_seq2seq_tokenizer(spec: &mut RunSpec) -> Result<Specials> {
     Ok(Specials::of(tokenizer.as_ref())?)
 }
 
-pub(super) fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
-    let train_text = text_pairs(&spec.data, Split::Train)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
-    let valid_text = text_pairs(&spec.data, Split::Valid)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
+pub(super) fn run<B: AutodiffBackend>(
+    mut spec: RunSpec,
+    options: TrainOptions,
+    device: B::Device,
+    backend: BackendChoice,
+) -> Result<Outcome> {
+    let train_text =
+        text_pairs(&spec.data, Split::Train)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
+    let valid_text =
+        text_pairs(&spec.data, Split::Valid)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
     let data = spec.data.clone();
     let started = start_run::<B>(&mut spec, &options, &device, || fit_joint_bpe(&data, &train_text))?;
     let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
@@ -156,13 +167,16 @@ pub(super) fn run<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, 
     let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
     let batches = PairBatches::new(train.pairs.clone(), t.batch_size, specials.pad, spec.run.seed).with_label_smoothing(t.label_smoothing);
     let passes = (t.max_iters * t.grad_accumulation) as f64 / batches.per_pass().max(1) as f64;
-    let train_loader = TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone()).with_stop(plan.stop(), t.grad_accumulation);
-    let valid_loader = FixedPairs::<B::InnerBackend>::new(valid.pairs.clone(), t.batch_size, t.eval_iters, specials.pad, device.clone()).skip_when(plan.stop());
-    let Some((model, wall_seconds)) = plan.launch(model, Arc::new(train_loader), Arc::new(valid_loader))? else {
+    let train_loader =
+        TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone()).with_stop(plan.stop(), t.grad_accumulation);
+    let valid_loader = FixedPairs::<B::InnerBackend>::new(valid.pairs.clone(), t.batch_size, t.eval_iters, specials.pad, device.clone())
+        .skip_when(plan.stop());
+    let Some((model, wall_seconds)) = plan.launch(Replica::SOLE, None, model, Arc::new(train_loader), Arc::new(valid_loader))? else {
         return Ok(Outcome::Interrupted { step: plan.control.steps() });
     };
 
-    let final_val_loss = seq2seq_mean_loss(&model, FixedPairs::new(valid.pairs.clone(), t.batch_size, 0, specials.pad, device.clone()).batches());
+    let final_val_loss =
+        seq2seq_mean_loss(&model, FixedPairs::new(valid.pairs.clone(), t.batch_size, 0, specials.pad, device.clone()).batches());
     let tokens_seen = (target_tokens as f64 * passes) as usize;
     let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
     if options.sample_tokens > 0 {
