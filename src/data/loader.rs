@@ -156,17 +156,7 @@ impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B,
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let (first, count) = self.epoch(epoch);
         let (rank, replicas) = self.replica;
-        let batches: Box<dyn DataLoaderIterator<S::Batch>> = match replicas {
-            1 => self.source.range(first, count, &self.device),
-            _ => Box::new(Strided {
-                source: self.source.clone(),
-                next: first,
-                end: first + count,
-                rank,
-                replicas,
-                device: self.device.clone(),
-            }),
-        };
+        let batches = Box::new(Strided { batches: self.source.range(first * replicas, count * replicas, &self.device), rank, replicas });
         let seed = self.source.seed();
         Box::new(TrainIter::<B, S::Batch> {
             batches,
@@ -228,31 +218,32 @@ impl<B: Backend, T> DataLoaderIterator<T> for TrainIter<B, T> {
     }
 }
 
-/// A replica's micro-batches `next..end`: the run's `i · replicas + rank`, one at a time.
-struct Strided<B: Backend, S> {
-    source: S,
-    next: usize,
-    end: usize,
+/// A replica's share of the run's micro-batches: of every `replicas` in a row, the `rank`-th
+/// (all of them for a run on one device). One `range` call serves the whole epoch, so the data
+/// order is drawn once per epoch, not once per micro-batch.
+struct Strided<T> {
+    batches: Box<dyn DataLoaderIterator<T>>,
     rank: usize,
     replicas: usize,
-    device: B::Device,
 }
 
-impl<B: Backend, S: MicroBatches<B>> Iterator for Strided<B, S> {
-    type Item = S::Batch;
-    fn next(&mut self) -> Option<S::Batch> {
-        if self.next >= self.end {
-            return None;
+impl<T> Iterator for Strided<T> {
+    type Item = T;
+    fn next(&mut self) -> Option<T> {
+        let mut kept = None;
+        for i in 0..self.replicas {
+            let batch = self.batches.next()?;
+            if i == self.rank {
+                kept = Some(batch);
+            }
         }
-        let index = self.next * self.replicas + self.rank;
-        self.next += 1;
-        self.source.range(index, 1, &self.device).next()
+        kept
     }
 }
 
-impl<B: Backend, S: MicroBatches<B>> DataLoaderIterator<S::Batch> for Strided<B, S> {
+impl<T> DataLoaderIterator<T> for Strided<T> {
     fn progress(&self) -> Progress {
-        Progress::new(self.next, self.end)
+        self.batches.progress()
     }
 }
 

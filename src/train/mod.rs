@@ -388,73 +388,55 @@ impl<'a> Fit<'a> {
             let (train, valid) = loaders(Replica::SOLE, device);
             return self.launch(Replica::SOLE, None, model, train, valid);
         }
-        #[cfg(feature = "distributed")]
-        return self.launch_distributed(model, device, backend, loaders);
-        #[cfg(not(feature = "distributed"))]
-        {
-            let _ = backend;
-            unreachable!("the config check refuses more than one replica without the `distributed` feature")
-        }
-    }
-
-    #[cfg(feature = "distributed")]
-    fn launch_distributed<B, M>(
-        &self,
-        model: M,
-        device: &B::Device,
-        backend: BackendChoice,
-        loaders: impl Fn(Replica, &B::Device) -> Loaders<B, M> + Sync,
-    ) -> Result<Option<(M::InnerModule, f64)>>
-    where
-        B: AutodiffBackend,
-        M: TrainStep<Output = LmOutput<B>> + AutodiffModule<B> + std::fmt::Display + 'static,
-        M::InnerModule: InferenceStep<Output = LmOutput<B::InnerBackend>>,
-    {
-        let section = &self.spec.distributed;
-        if section.node_rank == 0 && section.nodes > 1 {
-            crate::distributed::host_coordinator(section)?;
-        }
         let devices = crate::backend::replica_devices::<B>(&backend, device, &section.devices)?;
-        let model = crate::distributed::renumber_params(model);
-        eprintln!(
-            "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} windows",
-            section.node_rank,
-            section.nodes,
-            Replica::on(section, 0).rank,
-            Replica::on(section, devices.len() - 1).rank,
-            section.replicas(),
-            devices.len(),
-            self.spec.training.batch_size * self.spec.training.grad_accumulation * section.replicas()
-        );
-        let replica_run = |local: usize, model: M, device: &B::Device| {
-            let replica = Replica::on(section, local);
-            let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section)?);
-            let (train, valid) = loaders(replica, device);
-            let trained = self.launch(replica, Some(exchange.clone()), model, train, valid)?;
-            exchange.leave::<B::InnerBackend>()?;
-            Ok(trained)
-        };
-        std::thread::scope(|scope| {
-            let others: Vec<_> = devices[1..]
-                .iter()
-                .enumerate()
-                .map(|(i, device)| {
-                    let model = model.clone().fork(device);
-                    let replica_run = &replica_run;
-                    scope.spawn(move || replica_run(i + 1, model, device))
-                })
-                .collect();
-            let first = replica_run(0, model, &devices[0]);
-            for (i, other) in others.into_iter().enumerate() {
-                match other.join() {
-                    Ok(result) => {
-                        result.with_context(|| format!("replica on distributed.devices[{}]", i + 1))?;
-                    }
-                    Err(_) => bail!("the replica on distributed.devices[{}] panicked", i + 1),
-                }
+        #[cfg(not(feature = "distributed"))]
+        unreachable!("the config check refuses {} replicas without the `distributed` feature", devices.len());
+        #[cfg(feature = "distributed")]
+        {
+            if section.node_rank == 0 && section.nodes > 1 {
+                crate::distributed::host_coordinator(section)?;
             }
-            first
-        })
+            let model = crate::distributed::renumber_params(model);
+            eprintln!(
+                "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} windows",
+                section.node_rank,
+                section.nodes,
+                Replica::on(section, 0).rank,
+                Replica::on(section, devices.len() - 1).rank,
+                section.replicas(),
+                devices.len(),
+                self.spec.training.batch_size * self.spec.training.grad_accumulation * section.replicas()
+            );
+            let replica_run = |local: usize, model: M, device: &B::Device| {
+                let replica = Replica::on(section, local);
+                let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section)?);
+                let (train, valid) = loaders(replica, device);
+                let trained = self.launch(replica, Some(exchange.clone()), model, train, valid)?;
+                exchange.leave::<B::InnerBackend>()?;
+                Ok(trained)
+            };
+            std::thread::scope(|scope| {
+                let others: Vec<_> = devices[1..]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, device)| {
+                        let model = model.clone().fork(device);
+                        let replica_run = &replica_run;
+                        scope.spawn(move || replica_run(i + 1, model, device))
+                    })
+                    .collect();
+                let first = replica_run(0, model, &devices[0]);
+                for (i, other) in others.into_iter().enumerate() {
+                    match other.join() {
+                        Ok(result) => {
+                            result.with_context(|| format!("replica on distributed.devices[{}]", i + 1))?;
+                        }
+                        Err(_) => bail!("the replica on distributed.devices[{}] panicked", i + 1),
+                    }
+                }
+                first
+            })
+        }
     }
 
     /// Trains `model` through the Learner as `replica`. Returns the trained model and the
