@@ -1,4 +1,4 @@
-//! `kiln bench train` and `kiln bench generate` print figures that add up, and refuse bad flags
+//! `kiln bench train` (on one device and on two) and `kiln bench generate` print figures that add up, and refuse bad flags
 //! with messages that name them.
 
 mod common;
@@ -20,6 +20,23 @@ fn bench_train_reports_consistent_figures() {
     assert!((tokens - 16.0 * 32.0).abs() < 1.0, "tokens per step {tokens}: {r}");
     assert!(r["flops_per_sec"].as_f64().unwrap() > 0.0 && r["final_loss"].as_f64().unwrap().is_finite(), "{r}");
     assert_eq!(r["backend"], "ndarray");
+}
+
+/// With two devices the bench also times both at once, each with the config's batch: twice
+/// the tokens of a step, and an efficiency that is the speed-up per device.
+#[cfg(feature = "distributed")]
+#[test]
+fn bench_train_on_two_devices_reports_scaling() {
+    let r = bench_json(&[
+        "bench", "train", "--config", "configs/tiny.toml", "--set", "distributed.devices=[0, 1]", "--iters", "3", "--warmup", "1", "--json",
+    ]);
+    let s = &r["scaling"];
+    assert_eq!(s["devices"], 2, "{r}");
+    let tokens = s["tokens_per_sec"].as_f64().unwrap() * s["ms_per_iter"].as_f64().unwrap() / 1000.0;
+    assert!((tokens - 2.0 * 16.0 * 32.0).abs() < 1.0, "tokens per step on two devices {tokens}: {r}");
+    let speedup = s["tokens_per_sec"].as_f64().unwrap() / r["tokens_per_sec"].as_f64().unwrap();
+    assert!((s["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9, "{r}");
+    assert!((s["efficiency"].as_f64().unwrap() - speedup / 2.0).abs() < 1e-9, "{r}");
 }
 
 #[test]

@@ -150,3 +150,18 @@ fn backend_not_compiled_in_names_the_feature_to_build_with() {
     let err = config_error(dir.path(), &format!("{}\n[backend]\nname = \"{name}\"\n", valid_config_text()));
     assert!(err.contains(&format!("--features {feature}")), "{err}");
 }
+
+#[test]
+fn bad_distributed_values_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |section: &str| config_error(dir.path(), &format!("{}\n[distributed]\n{section}\n", valid_config_text()));
+    let err = with("devices = [0, 1, 0]");
+    assert!(err.contains("distributed.devices") && err.contains("0 is listed twice"), "{err}");
+    let err = with("nodes = 2\nnode_rank = 2\ncoordinator = \"127.0.0.1:3000\"");
+    assert!(err.contains("distributed.node_rank") && err.contains("below distributed.nodes = 2"), "{err}");
+    let err = with("nodes = 2\ncoordinator = \"10.0.0.1\"");
+    let expected = if cfg!(feature = "distributed") { "distributed.coordinator" } else { "built without the `distributed` feature" };
+    assert!(err.contains(expected), "{err}");
+    let err = with("node_address = \"10.0.0.1:3001\"");
+    assert!(err.contains("node_address"), "{err}");
+}

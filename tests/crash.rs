@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
 use kiln::checkpoint::CheckpointState;
 use kiln::run_dir::RunDir;
 use rand::{Rng, SeedableRng};
@@ -59,18 +57,7 @@ fn partial_files(run: &Path) -> usize {
 
 /// Every float parameter of a run's final model, as raw bits.
 fn final_weights(run: &Path) -> Vec<u32> {
-    struct Bits(Vec<u32>);
-    impl ModuleVisitor<B> for Bits {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()));
-        }
-    }
-    let dir = RunDir::new(run);
-    let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
-    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default()).unwrap();
-    let mut bits = Bits(Vec::new());
-    model.visit(&mut bits);
-    bits.0
+    common::final_weights(run).iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]

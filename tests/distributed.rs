@@ -1,13 +1,15 @@
-//! Data-parallel training (`--features distributed`): two replicas in one process against one
-//! device with the doubled batch.
+//! Data-parallel training (`--features distributed`): two replicas in one process, and two
+//! `kiln` processes on loopback as two nodes, against one device with the doubled batch.
 #![cfg(feature = "distributed")]
 
 mod common;
 
+use std::net::TcpListener;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use kiln::checkpoint::CheckpointState;
 use kiln::run_dir::RunDir;
 
 type B = burn::backend::NdArray<f32>;
@@ -15,22 +17,6 @@ type B = burn::backend::NdArray<f32>;
 /// Dropout off (ndarray's RNG is one per process, shared by the replicas' threads) and a
 /// short run.
 const SETTINGS: [&str; 4] = ["training.max_iters=40", "training.eval_interval=20", "training.eval_iters=2", "model.dropout=0.0"];
-
-/// Every float parameter of a run's final model, in model order.
-fn final_weights(run: &Path) -> Vec<f32> {
-    struct Values(Vec<f32>);
-    impl ModuleVisitor<B> for Values {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let dir = RunDir::new(run);
-    let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
-    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default()).unwrap();
-    let mut values = Values(Vec::new());
-    model.visit(&mut values);
-    values.0
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -54,11 +40,117 @@ fn two_local_replicas_match_one_device_with_the_doubled_batch() {
     let dir = tempfile::tempdir().unwrap();
     train(dir.path(), &["run.name=single", "training.batch_size=32"]);
     train(dir.path(), &["run.name=replicated", "training.batch_size=16", "distributed.devices=[0, 1]"]);
-    let single = final_weights(&dir.path().join("single"));
-    let replicated = final_weights(&dir.path().join("replicated"));
+    let single = common::final_weights(&dir.path().join("single"));
+    let replicated = common::final_weights(&dir.path().join("replicated"));
     let diff = max_abs_diff(&single, &replicated);
     eprintln!("max |single - replicated| over {} weights after 40 steps: {diff:e}", single.len());
     assert!(diff < 1e-3, "weights differ by {diff}");
     let summary = std::fs::read_to_string(dir.path().join("replicated/summary.json")).unwrap();
     assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
+}
+
+/// `kiln train` as node `rank` of two, with node 0 listening on loopback `port` and each
+/// node writing under its own artifacts directory (as two machines would).
+fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
+    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
+    let sets = SETTINGS.iter().map(|s| s.to_string()).chain(extra.iter().map(|s| s.to_string())).chain([
+        "run.name=nodes".to_string(),
+        format!("run.artifacts_dir={}", artifacts.join(format!("node{rank}")).display()),
+        "training.batch_size=16".to_string(),
+        "distributed.nodes=2".to_string(),
+        format!("distributed.node_rank={rank}"),
+        format!("distributed.coordinator=127.0.0.1:{port}"),
+    ]);
+    for set in sets {
+        args.extend(["--set".to_string(), set]);
+    }
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .current_dir(common::repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts")
+}
+
+/// Waits at most `limit` for `child` to exit (killing it after that): success and stderr.
+fn wait_for(mut child: Child, limit: Duration) -> (bool, String) {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("kiln did not exit within {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Two processes on loopback train as two nodes of batch 16: both end with the same final
+/// weights, bit for bit (every node applies the mean node 0 computed), which match one
+/// device with batch 32 as closely as two local replicas do. Only node 0 writes the run.
+#[test]
+fn two_nodes_on_loopback_write_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first = node(dir.path(), 0, port, &["distributed.timeout_secs=60"]);
+    let second = node(dir.path(), 1, port, &["distributed.timeout_secs=60"]);
+    let (ok0, err0) = wait_for(first, Duration::from_secs(300));
+    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
+    assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
+
+    let (run0, run1) = (dir.path().join("node0/nodes"), dir.path().join("node1/nodes"));
+    let weights = common::final_weights(&run0);
+    assert!(weights == common::final_weights(&run1), "the nodes' final weights differ");
+    train(dir.path(), &["run.name=single", "training.batch_size=32"]);
+    let diff = max_abs_diff(&weights, &common::final_weights(&dir.path().join("single")));
+    eprintln!("two nodes: final weights bit-identical; max |single - nodes| over {} weights: {diff:e}", weights.len());
+    assert!(diff < 1e-3, "weights differ from one device with the doubled batch by {diff}");
+
+    for file in ["metrics.jsonl", "summary.json"] {
+        assert!(run0.join(file).exists(), "node 0 writes {file}");
+        assert!(!run1.join(file).exists(), "node 1 writes no {file}");
+    }
+    assert!(!RunDir::new(&run0).checkpoint_epochs().is_empty(), "node 0 writes checkpoints");
+    assert!(RunDir::new(&run1).checkpoint_epochs().is_empty(), "node 1 writes no checkpoints");
+    let summary = std::fs::read_to_string(run0.join("summary.json")).unwrap();
+    assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
+}
+
+/// SIGKILL node 1 once node 0 has written a checkpoint: node 0 fails within seconds with an
+/// error naming node 1, instead of waiting for it, and its checkpoints still load.
+#[test]
+fn killing_a_node_ends_the_other_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let long = ["training.max_iters=100000", "training.eval_interval=10", "distributed.timeout_secs=5"];
+    let first = node(dir.path(), 0, port, &long);
+    let mut second = node(dir.path(), 1, port, &long);
+    let run0 = RunDir::new(&dir.path().join("node0/nodes"));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run0.checkpoint_epochs().is_empty() {
+        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let killed = Instant::now();
+    let (ok, stderr) = wait_for(first, Duration::from_secs(60));
+    let took = killed.elapsed();
+    eprintln!("node 0 exited {took:?} after node 1 was killed:\n{}", stderr.lines().last().unwrap_or_default());
+    assert!(!ok, "node 0 cannot finish without node 1");
+    assert!(took < Duration::from_secs(30), "node 0 took {took:?} to give up");
+    assert!(stderr.contains("node 1 closed its connection") || stderr.contains("node 1 sent nothing"), "{stderr}");
+
+    let spec = kiln::config::RunSpec::read_resolved(&run0.config()).unwrap();
+    let newest = *run0.checkpoint_epochs().last().unwrap();
+    CheckpointState::verify(&run0, newest).unwrap();
+    kiln::train::load_model::<B>(&run0, &spec, Some(&run0.checkpoint_file("model", newest)), &Default::default())
+        .expect("node 0's newest checkpoint loads");
 }

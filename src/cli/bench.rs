@@ -19,6 +19,7 @@ use serde::Serialize;
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::RunSpec;
 use crate::data::{Corpus, LmBatch, WindowOrder};
+use crate::distributed::Exchange;
 use crate::model::Gpt;
 use crate::train::{gpt_config, lm_loss, prepare_in_memory, AdamW, ClippedAdamW};
 
@@ -79,6 +80,22 @@ struct TrainBench {
     flops_per_sec: f64,
     peak_rss_mb: Option<f64>,
     final_loss: f64,
+    /// With several `[distributed] devices`: the same steps on all of them at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaling: Option<Scaling>,
+}
+
+/// Data-parallel steps on several devices against one device, each replica with the
+/// config's batch.
+#[derive(Debug, Serialize)]
+struct Scaling {
+    devices: usize,
+    ms_per_iter: f64,
+    tokens_per_sec: f64,
+    /// tokens/s on all devices over tokens/s on one.
+    speedup: f64,
+    /// speedup / devices: 1.0 is perfect scaling.
+    efficiency: f64,
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -105,6 +122,10 @@ pub fn run(command: BenchCommand) -> Result<()> {
         println!("model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)", result.flops_per_sec / 1e9, result.flops_per_iter / 1e9);
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
         println!("final loss:     {:.4}", result.final_loss);
+        if let Some(s) = &result.scaling {
+            println!("on {} devices:   {:.1} ms/iter, {:.0} tokens/s (each device with the config's batch)", s.devices, s.ms_per_iter, s.tokens_per_sec);
+            println!("scaling:        {:.2}× the tokens/s of one device: {:.0} % efficiency", s.speedup, 100.0 * s.efficiency);
+        }
     }
     Ok(())
 }
@@ -122,55 +143,143 @@ impl BackendJob for Job {
     fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<TrainBench> {
         let (spec, t) = (&self.spec, &self.spec.training);
         B::seed(&device, spec.run.seed);
-        let mut model: Gpt<B> = gpt_config(spec).init(&device);
+        let model: Gpt<B> = gpt_config(spec).init(&device);
+        let flops_per_iter = flops_per_token(spec, model.param_counts()) * t.tokens_per_step(spec.model.block_size) as f64;
+        let one = self.time_steps(model.clone(), &device, Share::ALL, None)?;
+        let scaling = match spec.distributed.local_replicas() {
+            1 => None,
+            _ => Some(self.time_replicas::<B>(model, &device, &backend, &one)?),
+        };
+        Ok(TrainBench {
+            backend: backend.describe(),
+            iters: self.iters,
+            ms_per_iter: 1000.0 * one.seconds / self.iters as f64,
+            tokens_per_sec: one.tokens_per_sec(self.iters),
+            flops_per_iter,
+            flops_per_sec: flops_per_iter * self.iters as f64 / one.seconds,
+            peak_rss_mb: peak_rss_mb(),
+            final_loss: one.final_loss,
+            scaling,
+        })
+    }
+}
+
+/// Which of every `of` micro-batches a replica trains on: `index`.
+#[derive(Clone, Copy)]
+struct Share {
+    index: usize,
+    of: usize,
+}
+
+impl Share {
+    const ALL: Share = Share { index: 0, of: 1 };
+}
+
+/// One replica's timed steps.
+struct Timing {
+    seconds: f64,
+    final_loss: f64,
+    tokens_per_iter: usize,
+}
+
+impl Timing {
+    fn tokens_per_sec(&self, iters: usize) -> f64 {
+        (self.tokens_per_iter * iters) as f64 / self.seconds
+    }
+}
+
+impl Job {
+    /// Times `warmup + iters` optimizer steps of `model` on `device`, training on `share` of
+    /// the windows and, with an `exchange`, averaging gradients with the other replicas.
+    fn time_steps<B: AutodiffBackend>(&self, mut model: Gpt<B>, device: &B::Device, share: Share, exchange: Option<&Exchange>) -> Result<Timing> {
+        let (spec, t) = (&self.spec, &self.spec.training);
         let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
         let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
-        let micro = t.batch_size;
-        let block = spec.model.block_size;
+        let (micro, block) = (t.batch_size, spec.model.block_size);
         let total = self.warmup + self.iters;
         // Every window up front: drawing them is not part of a training step.
-        let starts = self.order.range(0, total * t.grad_accumulation * micro);
+        let starts = self.order.range(0, total * t.grad_accumulation * micro * share.of);
 
-        let bar = ProgressBar::new(total as u64)
-            .with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps").expect("valid template"))
-            .with_message("warm-up");
+        let devices = format!("{} device{}", share.of, if share.of == 1 { "" } else { "s" });
+        let bar = match share.index {
+            0 => ProgressBar::new(total as u64),
+            _ => ProgressBar::hidden(),
+        }
+        .with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps").expect("valid template"))
+        .with_message(format!("warm-up ({devices})"));
         let mut started = Instant::now();
-        let mut loss_sum = None;
+        let mut last_loss = None;
         for step in 0..total {
             if step == self.warmup {
-                B::sync(&device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"))?;
-                bar.set_message("timing");
+                B::sync(device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"))?;
+                bar.set_message(format!("timing ({devices})"));
                 started = Instant::now();
             }
             let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
             for m in 0..t.grad_accumulation {
-                let first = (step * t.grad_accumulation + m) * micro;
-                let batch = LmBatch::<B>::from_starts(&self.corpus.train, &starts[first..first + micro], block, &device);
+                let first = ((step * t.grad_accumulation + m) * share.of + share.index) * micro;
+                let batch = LmBatch::<B>::from_starts(&self.corpus.train, &starts[first..first + micro], block, device);
                 let loss = lm_loss(&model, &batch);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 accumulator.accumulate(&model, grads);
-                loss_sum = Some(loss.detach());
+                last_loss = Some(loss.detach());
             }
-            model = optimizer.step(t.learning_rate, model, accumulator.grads());
+            let mut grads = accumulator.grads();
+            if let Some(exchange) = exchange {
+                grads = exchange.average(&model, grads, false)?.0;
+            }
+            model = optimizer.step(t.learning_rate, model, grads);
             bar.inc(1);
         }
-        let final_loss = loss_sum.map_or(f64::NAN, |l| l.into_scalar().elem::<f64>());
-        B::sync(&device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"))?;
+        let final_loss = last_loss.map_or(f64::NAN, |l| l.into_scalar().elem::<f64>());
+        B::sync(device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"))?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
+        Ok(Timing { seconds, final_loss, tokens_per_iter: t.tokens_per_step(block) })
+    }
 
-        let tokens_per_iter = (t.tokens_per_step(block)) as f64;
-        let flops_per_iter = flops_per_token(spec, model.param_counts()) * tokens_per_iter;
-        Ok(TrainBench {
-            backend: backend.describe(),
-            iters: self.iters,
+    /// Times one replica per device of `[distributed] devices`, each with the config's
+    /// batch (so the run's batch grows with the devices, as in training), against `one`.
+    #[cfg(feature = "distributed")]
+    fn time_replicas<B: AutodiffBackend>(&self, model: Gpt<B>, device: &B::Device, backend: &BackendChoice, one: &Timing) -> Result<Scaling> {
+        use crate::distributed::Replica;
+        let section = crate::config::DistributedSection { nodes: 1, node_rank: 0, ..self.spec.distributed.clone() };
+        let devices = crate::backend::replica_devices::<B>(backend, device, &section.devices)?;
+        let agreement = crate::distributed::agreement(&self.spec, 0, model.num_params());
+        let replicas = devices.len();
+        let timings: Vec<Result<Timing>> = std::thread::scope(|scope| {
+            let replicas: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(local, device)| {
+                    let (model, section, agreement) = (model.clone().fork(device), &section, &agreement);
+                    scope.spawn(move || {
+                        let exchange = Exchange::join::<B::InnerBackend>(Replica::on(section, local), device, section, agreement)?;
+                        let timing = self.time_steps(model, device, Share { index: local, of: replicas }, Some(&exchange))?;
+                        exchange.leave::<B::InnerBackend>()?;
+                        Ok(timing)
+                    })
+                })
+                .collect();
+            replicas.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica panicked")))).collect()
+        });
+        let timings = timings.into_iter().collect::<Result<Vec<_>>>()?;
+        // Replicas wait for one another every step: the slowest one's time is the run's.
+        let seconds = timings.iter().map(|t| t.seconds).fold(0.0, f64::max);
+        let tokens_per_sec = (one.tokens_per_iter * replicas * self.iters) as f64 / seconds;
+        let speedup = tokens_per_sec / one.tokens_per_sec(self.iters);
+        Ok(Scaling {
+            devices: replicas,
             ms_per_iter: 1000.0 * seconds / self.iters as f64,
-            tokens_per_sec: tokens_per_iter * self.iters as f64 / seconds,
-            flops_per_iter,
-            flops_per_sec: flops_per_iter * self.iters as f64 / seconds,
-            peak_rss_mb: peak_rss_mb(),
-            final_loss,
+            tokens_per_sec,
+            speedup,
+            efficiency: speedup / replicas as f64,
         })
+    }
+
+    #[cfg(not(feature = "distributed"))]
+    fn time_replicas<B: AutodiffBackend>(&self, _: Gpt<B>, _: &B::Device, _: &BackendChoice, _: &Timing) -> Result<Scaling> {
+        unreachable!("the config check refuses several devices without the `distributed` feature")
     }
 }
 

@@ -336,15 +336,13 @@ pub struct DistributedSection {
     /// Machines taking part.
     #[serde(default = "defaults::one")]
     pub nodes: usize,
-    /// This machine, `0..nodes`; node 0 hosts the coordinator and writes the run.
+    /// This machine, `0..nodes`; node 0 listens at `coordinator` and writes the run.
     #[serde(default)]
     pub node_rank: usize,
-    /// `host:port` of the global coordinator, which node 0 starts (needed when `nodes > 1`).
+    /// `host:port` of node 0, where the other nodes send their gradients (needed when
+    /// `nodes > 1`; node 0 listens on exactly this address).
     #[serde(default)]
     pub coordinator: String,
-    /// `host:port` at which the other nodes reach this one (needed when `nodes > 1`).
-    #[serde(default)]
-    pub node_address: String,
     /// Seconds a replica waits for the others (at start and at each gradient exchange)
     /// before it gives up with an error.
     #[serde(default = "defaults::distributed_timeout")]
@@ -358,7 +356,6 @@ impl Default for DistributedSection {
             nodes: 1,
             node_rank: 0,
             coordinator: String::new(),
-            node_address: String::new(),
             timeout_secs: defaults::distributed_timeout(),
         }
     }

@@ -217,12 +217,12 @@ fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
             "one device and one node: data-parallel training covers model.kind = \"gpt\"",
         ));
     }
-    if d.nodes > 1 {
-        for (key, value) in [("distributed.coordinator", &d.coordinator), ("distributed.node_address", &d.node_address)] {
-            if crate::distributed::port_of(value).is_none() {
-                return Err(invalid(key, format!("{value:?}"), "host:port, e.g. \"10.0.0.1:3000\" (needed when distributed.nodes > 1)"));
-            }
-        }
+    if d.nodes > 1 && crate::distributed::port_of(&d.coordinator).is_none() {
+        return Err(invalid(
+            "distributed.coordinator",
+            format!("{:?}", d.coordinator),
+            "node 0's host:port, e.g. \"10.0.0.1:3000\" (needed when distributed.nodes > 1)",
+        ));
     }
     Ok(())
 }

@@ -393,10 +393,7 @@ impl<'a> Fit<'a> {
         unreachable!("the config check refuses {} replicas without the `distributed` feature", devices.len());
         #[cfg(feature = "distributed")]
         {
-            if section.node_rank == 0 && section.nodes > 1 {
-                crate::distributed::host_coordinator(section)?;
-            }
-            let model = crate::distributed::renumber_params(model);
+            let agreement = crate::distributed::agreement(self.spec, self.start_step, model.num_params());
             eprintln!(
                 "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} windows",
                 section.node_rank,
@@ -409,7 +406,7 @@ impl<'a> Fit<'a> {
             );
             let replica_run = |local: usize, model: M, device: &B::Device| {
                 let replica = Replica::on(section, local);
-                let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section)?);
+                let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section, &agreement)?);
                 let (train, valid) = loaders(replica, device);
                 let trained = self.launch(replica, Some(exchange.clone()), model, train, valid)?;
                 exchange.leave::<B::InnerBackend>()?;

@@ -100,11 +100,7 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> ClippedAdamW<M, B> {
         let (Some(exchange), Some(control)) = (&self.exchange, &self.control) else {
             return Some(grads);
         };
-        let device = module.devices().into_iter().next()?;
-        let exchanged = exchange
-            .mean_grads::<B::InnerBackend>(grads)
-            .and_then(|grads| Ok((grads, exchange.any::<B::InnerBackend>(control.wants_stop(), &device)?)));
-        match exchanged {
+        match exchange.average(module, grads, control.wants_stop()) {
             Ok((grads, stop)) => {
                 if stop {
                     control.agree_stop();

@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
 use kiln::config::RunSpec;
+use kiln::run_dir::RunDir;
 
 /// The repository root (tests run with it as the working directory).
 pub fn repo() -> PathBuf {
@@ -16,6 +19,23 @@ pub fn tiny_spec(artifacts: &Path, overrides: &[&str]) -> RunSpec {
     let mut sets: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     sets.push(format!("run.artifacts_dir={}", artifacts.display()));
     kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &sets, Vec::new()).expect("tiny config loads")
+}
+
+/// Every float parameter of a run's final model, in model order (ndarray).
+pub fn final_weights(run: &Path) -> Vec<f32> {
+    type B = burn::backend::NdArray<f32>;
+    struct Values(Vec<f32>);
+    impl ModuleVisitor<B> for Values {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+        }
+    }
+    let dir = RunDir::new(run);
+    let spec = RunSpec::read_resolved(&dir.config()).unwrap();
+    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default()).unwrap();
+    let mut values = Values(Vec::new());
+    model.visit(&mut values);
+    values.0
 }
 
 /// Writes `text` as a config file in `dir` and loads it, returning the error message.
