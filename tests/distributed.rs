@@ -54,8 +54,9 @@ fn free_port() -> u16 {
 }
 
 /// `kiln train` as node `rank` of two, with node 0 listening on loopback `port` and each
-/// node writing under its own artifacts directory (as two machines would).
-fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
+/// node writing under its own artifacts directory (as two machines would); `extra` are more
+/// settings, `flags` more command-line flags.
+fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]) -> Child {
     let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
     let sets = SETTINGS.iter().map(|s| s.to_string()).chain(extra.iter().map(|s| s.to_string())).chain([
         "run.name=nodes".to_string(),
@@ -68,6 +69,7 @@ fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
     for set in sets {
         args.extend(["--set".to_string(), set]);
     }
+    args.extend(flags.iter().map(|s| s.to_string()));
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(&args)
         .current_dir(common::repo())
@@ -99,8 +101,8 @@ fn wait_for(mut child: Child, limit: Duration) -> (bool, String) {
 fn two_nodes_on_loopback_write_identical_weights() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let first = node(dir.path(), 0, port, &["distributed.timeout_secs=60"]);
-    let second = node(dir.path(), 1, port, &["distributed.timeout_secs=60"]);
+    let first = node(dir.path(), 0, port, &["distributed.timeout_secs=60"], &[]);
+    let second = node(dir.path(), 1, port, &["distributed.timeout_secs=60"], &[]);
     let (ok0, err0) = wait_for(first, Duration::from_secs(300));
     let (ok1, err1) = wait_for(second, Duration::from_secs(60));
     assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
@@ -130,8 +132,8 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let long = ["training.max_iters=100000", "training.eval_interval=10", "distributed.timeout_secs=5"];
-    let first = node(dir.path(), 0, port, &long);
-    let mut second = node(dir.path(), 1, port, &long);
+    let first = node(dir.path(), 0, port, &long, &[]);
+    let mut second = node(dir.path(), 1, port, &long, &[]);
     let run0 = RunDir::new(&dir.path().join("node0/nodes"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while run0.checkpoint_epochs().is_empty() {
@@ -153,4 +155,52 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
     CheckpointState::verify(&run0, newest).unwrap();
     kiln::train::load_model::<B>(&run0, &spec, Some(&run0.checkpoint_file("model", newest)), &Default::default())
         .expect("node 0's newest checkpoint loads");
+}
+
+/// Ctrl-C on node 1 stops both nodes at the same step, and node 0 writes a checkpoint. With
+/// node 0's checkpoints copied to node 1, both resume and end where two nodes that were never
+/// stopped do, bit for bit.
+#[test]
+fn interrupted_nodes_resume_from_node_0s_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = ["training.max_iters=200", "training.eval_interval=10", "distributed.timeout_secs=60"];
+    let port = free_port();
+    let first = node(dir.path(), 0, port, &long, &[]);
+    let second = node(dir.path(), 1, port, &long, &[]);
+    let (run0, run1) = (RunDir::new(&dir.path().join("node0/nodes")), RunDir::new(&dir.path().join("node1/nodes")));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run0.checkpoint_epochs().is_empty() {
+        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
+    assert_eq!(unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGINT) }, 0);
+    let (ok0, err0) = wait_for(first, Duration::from_secs(60));
+    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
+    assert!(ok0 && ok1 && err0.contains("stopped at step"), "node 0:\n{err0}\nnode 1:\n{err1}");
+    let newest = *run0.checkpoint_epochs().last().unwrap();
+    let step = CheckpointState::verify(&run0, newest).unwrap().step;
+    assert!(step < 200, "the run was stopped at step {step}");
+
+    std::fs::create_dir_all(run1.checkpoints()).unwrap();
+    for entry in std::fs::read_dir(run0.checkpoints()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), run1.checkpoints().join(entry.file_name())).unwrap();
+    }
+    let port = free_port();
+    let first = node(dir.path(), 0, port, &long, &["--resume"]);
+    let second = node(dir.path(), 1, port, &long, &["--resume"]);
+    let (ok0, err0) = wait_for(first, Duration::from_secs(300));
+    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
+    assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
+
+    let reference = dir.path().join("reference");
+    let port = free_port();
+    let first = node(&reference, 0, port, &long, &[]);
+    let second = node(&reference, 1, port, &long, &[]);
+    assert!(wait_for(first, Duration::from_secs(300)).0 && wait_for(second, Duration::from_secs(60)).0);
+    let resumed = common::final_weights(run0.root());
+    assert!(resumed == common::final_weights(run1.root()), "the resumed nodes' weights differ");
+    assert!(resumed == common::final_weights(&reference.join("node0/nodes")), "resuming at step {step} changed the weights");
+    eprintln!("two nodes stopped at step {step} by SIGINT on node 1, resumed on both: final weights bit-identical to an unstopped pair");
 }

@@ -38,7 +38,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let resume = args.resume.map(|path| path.map_or(Resume::Newest, Resume::From));
     let options = TrainOptions { resume, force: args.force, sample_tokens: args.sample_tokens };
     let run = crate::run_dir::RunDir::of(&spec);
-    if let Outcome::Finished(_) = train(spec.clone(), options)? {
+    // Only node 0 writes metrics, so only node 0 has curves to plot.
+    if let (Outcome::Finished(_), 0) = (train(spec.clone(), options)?, spec.distributed.node_rank) {
         super::plot::after_training(&run, &spec);
     }
     Ok(())

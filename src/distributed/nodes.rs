@@ -33,6 +33,8 @@ pub struct NodeLink {
     nodes: usize,
     peers: Vec<TcpStream>,
     timeout: Duration,
+    /// Node 0's buffer for the vector being read, kept between steps.
+    incoming: Vec<f32>,
 }
 
 /// What a node says when it connects to node 0.
@@ -57,7 +59,7 @@ impl NodeLink {
             0 => host(section, agreement, timeout)?,
             rank => vec![join(section, rank, agreement, timeout)?],
         };
-        Ok(Self { node_rank: section.node_rank, nodes: section.nodes, peers, timeout })
+        Ok(Self { node_rank: section.node_rank, nodes: section.nodes, peers, timeout, incoming: Vec::new() })
     }
 
     /// Replaces `values` by their mean over all nodes.
@@ -66,11 +68,13 @@ impl NodeLink {
             write_floats(&mut self.peers[0], values).map_err(|e| self.peer_error(0, e))?;
             return read_floats(&mut self.peers[0], values).map_err(|e| self.peer_error(0, e));
         }
-        let mut incoming = vec![0.0f32; values.len()];
+        let mut incoming = std::mem::take(&mut self.incoming);
+        incoming.resize(values.len(), 0.0);
         for i in 0..self.peers.len() {
             read_floats(&mut self.peers[i], &mut incoming).map_err(|e| self.peer_error(i, e))?;
             values.iter_mut().zip(&incoming).for_each(|(value, other)| *value += other);
         }
+        self.incoming = incoming;
         let nodes = self.nodes as f32;
         values.iter_mut().for_each(|value| *value /= nodes);
         for i in 0..self.peers.len() {
