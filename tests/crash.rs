@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kiln::checkpoint::CheckpointState;
@@ -24,19 +24,8 @@ const SETTINGS: [&str; 5] =
     ["training.max_iters=400", "training.eval_interval=10", "training.eval_iters=2", "model.dropout=0.1", "training.keep_checkpoints=2"];
 
 fn start(artifacts: &Path, name: &str, extra: &[&str]) -> Child {
-    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
     let sets = SETTINGS.iter().map(|s| s.to_string()).chain([format!("run.artifacts_dir={}", artifacts.display()), format!("run.name={name}")]);
-    for set in sets {
-        args.extend(["--set".to_string(), set]);
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(&args)
-        .current_dir(common::repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln starts")
+    common::spawn_tiny_training(sets, extra)
 }
 
 fn finish(child: Child) {

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use kiln::checkpoint::CheckpointState;
@@ -57,8 +57,7 @@ fn free_port() -> u16 {
 /// node writing under its own artifacts directory (as two machines would); `extra` are more
 /// settings, `flags` more command-line flags.
 fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]) -> Child {
-    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
-    let sets = SETTINGS.iter().map(|s| s.to_string()).chain(extra.iter().map(|s| s.to_string())).chain([
+    let sets = SETTINGS.iter().chain(extra).map(|s| s.to_string()).chain([
         "run.name=nodes".to_string(),
         format!("run.artifacts_dir={}", artifacts.join(format!("node{rank}")).display()),
         "training.batch_size=16".to_string(),
@@ -66,17 +65,7 @@ fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]
         format!("distributed.node_rank={rank}"),
         format!("distributed.coordinator=127.0.0.1:{port}"),
     ]);
-    for set in sets {
-        args.extend(["--set".to_string(), set]);
-    }
-    args.extend(flags.iter().map(|s| s.to_string()));
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(&args)
-        .current_dir(common::repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kiln starts")
+    common::spawn_tiny_training(sets, flags)
 }
 
 /// Waits at most `limit` for `child` to exit (killing it after that): success and stderr.

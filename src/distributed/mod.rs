@@ -92,7 +92,7 @@ pub use disabled::Exchange;
 
 #[cfg(feature = "distributed")]
 mod exchange {
-    use std::collections::{HashMap, HashSet};
+    use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
     use std::time::{Duration, Instant};
 
@@ -153,7 +153,7 @@ mod exchange {
             grads: GradientsParams,
             stop: bool,
         ) -> Result<(GradientsParams, bool)> {
-            let (mut flat, layout) = Flat::<B>::gather(module, grads, stop);
+            let (mut flat, layout) = gather(module, grads, stop);
             if self.local_replicas > 1 {
                 flat = self.local_mean(flat)?;
             }
@@ -219,30 +219,26 @@ mod exchange {
     }
 
     /// A step's gradients as one vector `[g_1 … g_n, stop]`, so that each trade between
-    /// replicas is one message; `Layout` puts it back into the gradients of the same module.
-    struct Flat<B>(std::marker::PhantomData<B>);
+    /// replicas is one message; the [`Layout`] puts it back into the gradients of `module`.
+    fn gather<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, mut grads: GradientsParams, stop: bool) -> (Tensor<B::InnerBackend, 1>, Layout) {
+        let mut gather = Gather::<B> { grads: &mut grads, pieces: Vec::new(), offsets: HashMap::new(), len: 0 };
+        module.visit(&mut gather);
+        let (mut pieces, offsets) = (gather.pieces, gather.offsets);
+        let device = module.devices().into_iter().next().expect("a model has a device");
+        pieces.push(Tensor::from_floats([if stop { 1.0 } else { 0.0 }], &device));
+        (Tensor::cat(pieces, 0), Layout(offsets))
+    }
 
     /// Offset of each parameter's gradient in the vector.
     struct Layout(HashMap<ParamId, usize>);
 
-    impl<B: AutodiffBackend> Flat<B> {
-        fn gather<M: AutodiffModule<B>>(module: &M, mut grads: GradientsParams, stop: bool) -> (Tensor<B::InnerBackend, 1>, Layout) {
-            let mut gather = Gather::<B> { grads: &mut grads, pieces: Vec::new(), offsets: Default::default(), len: 0, seen: HashSet::new() };
-            module.visit(&mut gather);
-            let (mut pieces, offsets) = (gather.pieces, gather.offsets);
-            let device = module.devices().into_iter().next().expect("a model has a device");
-            pieces.push(Tensor::from_floats([if stop { 1.0 } else { 0.0 }], &device));
-            (Tensor::cat(pieces, 0), Layout(offsets))
-        }
-    }
-
     impl Layout {
         /// `module`'s gradients, and whether any replica asked to stop (the averaged flag is
         /// above 0).
-        fn scatter<B: AutodiffBackend, M: AutodiffModule<B>>(&self, module: &M, flat: Tensor<B::InnerBackend, 1>) -> (GradientsParams, bool) {
+        fn scatter<B: AutodiffBackend, M: AutodiffModule<B>>(mut self, module: &M, flat: Tensor<B::InnerBackend, 1>) -> (GradientsParams, bool) {
             let len = flat.dims()[0];
             let stop = flat.clone().slice([len - 1..len]).into_scalar().elem::<f32>() > 0.0;
-            let mut scatter = Scatter::<B> { flat, offsets: &self.0, grads: GradientsParams::new() };
+            let mut scatter = Scatter::<B> { flat, offsets: &mut self.0, grads: GradientsParams::new() };
             module.visit(&mut scatter);
             (scatter.grads, stop)
         }
@@ -253,15 +249,11 @@ mod exchange {
         pieces: Vec<Tensor<B::InnerBackend, 1>>,
         offsets: HashMap<ParamId, usize>,
         len: usize,
-        /// A tied weight is visited once per use; its gradient is taken once.
-        seen: HashSet<ParamId>,
     }
 
     impl<B: AutodiffBackend> ModuleVisitor<B> for Gather<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if !self.seen.insert(param.id) {
-                return;
-            }
+            // A tied weight is visited once per use: its gradient is taken (removed) on the first.
             if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
                 let elements = grad.shape().num_elements();
                 self.offsets.insert(param.id, self.len);
@@ -273,13 +265,13 @@ mod exchange {
 
     struct Scatter<'a, B: AutodiffBackend> {
         flat: Tensor<B::InnerBackend, 1>,
-        offsets: &'a HashMap<ParamId, usize>,
+        offsets: &'a mut HashMap<ParamId, usize>,
         grads: GradientsParams,
     }
 
     impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            if let Some(&offset) = self.offsets.get(&param.id) {
+            if let Some(offset) = self.offsets.remove(&param.id) {
                 let shape = param.shape();
                 let grad = self.flat.clone().slice([offset..offset + shape.num_elements()]).reshape(shape);
                 self.grads.register::<B::InnerBackend, D>(param.id, grad);

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
@@ -59,6 +59,23 @@ pub fn valid_config_text() -> String {
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(repo()).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `kiln train` on `configs/tiny.toml` in the background, with each of `sets` as a `--set`
+/// and `flags` after them; stderr is piped for the test to read.
+pub fn spawn_tiny_training(sets: impl IntoIterator<Item = String>, flags: &[&str]) -> Child {
+    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
+    for set in sets {
+        args.extend(["--set".to_string(), set]);
+    }
+    args.extend(flags.iter().map(|s| s.to_string()));
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(&args)
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kiln starts")
 }
 
 /// The Python that has `module`: the repo's `.venv` (scripts/setup-venv.sh), else `python3`
