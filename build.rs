@@ -2,6 +2,10 @@
 //! binaries, so that `kiln` runs without `LD_LIBRARY_PATH`. The directory is found the way
 //! torch-sys finds it: `$LIBTORCH/lib`, or the `torch` package of the active Python when
 //! `LIBTORCH_USE_PYTORCH` is set (see scripts/setup-venv.sh).
+//!
+//! With the `tcmalloc` feature, links the system's tcmalloc ahead of libc, so that its
+//! malloc serves the whole process, the C++ of libtorch included (a Rust global allocator
+//! would serve only Rust's allocations).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,6 +14,9 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     for var in ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
+    }
+    if std::env::var_os("CARGO_FEATURE_TCMALLOC").is_some() {
+        link_tcmalloc();
     }
     if std::env::var_os("CARGO_FEATURE_TCH").is_none() {
         return;
@@ -21,6 +28,27 @@ fn main() {
              kiln will need LD_LIBRARY_PATH to run"
         ),
     }
+}
+
+const TCMALLOC: &str = "libtcmalloc_minimal.so.4";
+
+/// A native library of the kiln crate is linked before std's libc, so the loader finds
+/// tcmalloc's `malloc` first (a plain link-arg would come after libc). kiln calls its
+/// `tc_version` (`kiln bench` prints the allocator), so `--as-needed` keeps it.
+fn link_tcmalloc() {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        panic!("the `tcmalloc` feature is for Linux only; build without it on this target");
+    }
+    let dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
+    if !dirs.iter().any(|dir| std::path::Path::new(dir).join(TCMALLOC).is_file()) {
+        panic!(
+            "the `tcmalloc` feature links {TCMALLOC}, which is not in {}: install it \
+             (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs) \
+             or build without the feature",
+            dirs.join(", ")
+        );
+    }
+    println!("cargo:rustc-link-lib=dylib:+verbatim={TCMALLOC}");
 }
 
 fn libtorch_lib_dir() -> Option<PathBuf> {

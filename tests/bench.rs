@@ -60,3 +60,17 @@ fn bench_generate_rejects_a_run_longer_than_the_context() {
     let (ok, _, err) = common::kiln(&["bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "0"]);
     assert!(!ok && err.contains("--prompt-tokens 0"), "{err}");
 }
+
+/// With the `tcmalloc` feature every `malloc` of the process binds to tcmalloc, libc's and
+/// libtorch's included (the dynamic loader's own log says so), and `bench` names it.
+#[cfg(feature = "tcmalloc")]
+#[test]
+fn tcmalloc_serves_every_malloc_of_the_process() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).arg("--version").env("LD_DEBUG", "bindings").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let bindings: Vec<&str> = log.lines().filter(|l| l.contains("symbol `malloc'")).collect();
+    assert!(!bindings.is_empty(), "the loader logged no binding of malloc:\n{log}");
+    assert!(bindings.iter().all(|l| l.contains("libtcmalloc_minimal")), "{bindings:#?}");
+    let r = bench_json(&["bench", "train", "--config", "configs/tiny.toml", "--iters", "1", "--warmup", "0", "--json"]);
+    assert!(r["allocator"].as_str().unwrap().starts_with("gperftools"), "{r}");
+}

@@ -125,6 +125,35 @@ fn imported_gpt2_generates_like_transformers() {
     assert_eq!(stdout.trim_end_matches('\n'), String::from_utf8_lossy(&bytes));
 }
 
+/// Export → import gives back the same model: `kiln eval --data` on the imported run (which
+/// has no corpus of its own) equals the original run's loss over the whole val split.
+#[test]
+fn a_run_exported_and_imported_back_evaluates_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = trained_run(dir.path(), "tiny", &[]);
+    let (hf, imported) = (dir.path().join("tiny-hf"), dir.path().join("imported"));
+    let (run_arg, hf_arg, imported_arg) = (run.to_str().unwrap(), hf.to_str().unwrap(), imported.to_str().unwrap());
+    let (ok, _, err) = kiln(&["export", "--run", run_arg, "--out", hf_arg]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = kiln(&["import", "--from", hf_arg, "--out", imported_arg]);
+    assert!(ok, "{err}");
+
+    let val_loss = |args: &[&str]| {
+        let (ok, out, err) = kiln(args);
+        assert!(ok, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["val_loss"].as_f64().unwrap()
+    };
+    let original = val_loss(&["eval", "--run", run_arg, "--full", "--json"]);
+    let back = val_loss(&["eval", "--run", imported_arg, "--full", "--json", "--data", "data/tinyshakespeare.txt"]);
+    println!("whole-split val loss: trained run {original:.6}, exported and imported back {back:.6}");
+    assert!((original - back).abs() < 1e-5, "{original} vs {back}");
+
+    let (ok, _, err) = kiln(&["eval", "--run", imported_arg]);
+    assert!(!ok && err.contains("no encoded corpus") && err.contains("--data FILE"), "{err}");
+    let (ok, _, err) = kiln(&["eval", "--run", imported_arg, "--data", "data/missing.txt"]);
+    assert!(!ok && err.contains("--data data/missing.txt"), "{err}");
+}
+
 #[test]
 fn bad_interop_input_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,7 @@ struct TrainBench {
     flops_per_iter: f64,
     flops_per_sec: f64,
     peak_rss_mb: Option<f64>,
+    allocator: String,
     final_loss: f64,
     /// With several `[distributed] devices`: the same steps on all of them at once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,6 +122,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         println!("tokens/s:       {:.0}", result.tokens_per_sec);
         println!("model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)", result.flops_per_sec / 1e9, result.flops_per_iter / 1e9);
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
+        println!("allocator:      {}", result.allocator);
         println!("final loss:     {:.4}", result.final_loss);
         if let Some(s) = &result.scaling {
             println!("on {} devices:   {:.1} ms/iter, {:.0} tokens/s (each device with the config's batch)", s.devices, s.ms_per_iter, s.tokens_per_sec);
@@ -158,6 +160,7 @@ impl BackendJob for Job {
             flops_per_iter,
             flops_per_sec: flops_per_iter * self.iters as f64 / one.seconds,
             peak_rss_mb: peak_rss_mb(),
+            allocator: allocator(),
             final_loss: one.final_loss,
             scaling,
         })
@@ -289,6 +292,22 @@ fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
     let n = (counts.total - m.block_size * m.d_model) as f64;
     let (l, h, q, t) = (m.n_layers as f64, m.n_heads as f64, (m.d_model / m.n_heads) as f64, m.block_size as f64);
     6.0 * n + 12.0 * l * h * q * t
+}
+
+/// The malloc that serves the process, which decides how fast big tensors are reused.
+pub(super) fn allocator() -> String {
+    #[cfg(feature = "tcmalloc")]
+    {
+        use std::ffi::{c_char, c_int, CStr};
+        extern "C" {
+            fn tc_version(major: *mut c_int, minor: *mut c_int, patch: *mut *const c_char) -> *const c_char;
+        }
+        // SAFETY: gperftools' tc_version accepts null out-pointers and returns a static C string.
+        let version = unsafe { CStr::from_ptr(tc_version(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())) };
+        format!("{} (the `tcmalloc` feature)", version.to_string_lossy())
+    }
+    #[cfg(not(feature = "tcmalloc"))]
+    "the system's malloc (build with --features tcmalloc on Linux to use tcmalloc)".to_string()
 }
 
 /// `123 MB`, or why there is no figure.

@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use super::bench::{describe_rss, peak_rss_mb};
+use super::bench::{allocator, describe_rss, peak_rss_mb};
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::RunSpec;
 use crate::generate::{generate, Sampling};
@@ -47,6 +47,7 @@ struct GenerateBench {
     tokens_per_sec: f64,
     flops_per_sec: f64,
     peak_rss_mb: Option<f64>,
+    allocator: String,
 }
 
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
@@ -79,6 +80,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         println!("tokens/s:       {:.1}", result.tokens_per_sec);
         println!("model FLOP/s:   {:.3} GFLOP/s", result.flops_per_sec / 1e9);
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
+        println!("allocator:      {}", result.allocator);
     }
     Ok(())
 }
@@ -122,6 +124,7 @@ impl BackendJob for Job {
             tokens_per_sec: generated.len() as f64 / total,
             flops_per_sec: flops / total,
             peak_rss_mb: peak_rss_mb(),
+            allocator: allocator(),
         })
     }
 }

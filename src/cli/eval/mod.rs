@@ -3,16 +3,17 @@
 
 mod seq2seq;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
 use crate::backend::{BackendChoice, BackendJob};
-use crate::config::ModelKind;
+use crate::config::{ModelKind, RunSpec};
 use crate::data::{Corpus, FixedWindows};
+use crate::run_dir::RunDir;
 use crate::train::{load_model, mean_loss, val_windows};
 
 #[derive(Debug, Args)]
@@ -27,6 +28,11 @@ pub struct EvalArgs {
     /// `training.eval_iters` fixed batches that training reports.
     #[arg(long)]
     full: bool,
+    /// GPT runs: evaluate on the validation split (the last `data.val_fraction`) of this text
+    /// file, encoded with the run's tokenizer, instead of the run's own corpus. A run made by
+    /// `kiln import` has no corpus of its own and needs it.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
     #[command(flatten)]
     backend: super::BackendArg,
     /// Print the result as JSON.
@@ -54,6 +60,9 @@ struct EvalResult {
 pub fn run(args: EvalArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
     if spec.model.kind == ModelKind::Seq2Seq {
+        if let Some(data) = &args.data {
+            bail!("--data {}: a seq2seq run is scored on its data.valid_*/test_* files; --data is for GPT runs", data.display());
+        }
         return seq2seq::run(args, run, spec);
     }
     if args.split != "valid" {
@@ -62,7 +71,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.hypotheses.is_some() {
         bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
     }
-    let corpus = Corpus::from_run(&run, spec.data.val_fraction, spec.model.block_size)?;
+    let corpus = gpt_corpus(&run, &spec, args.data.as_deref())?;
     let backend = args.backend.section(&spec)?;
     let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint, full: args.full })??;
     if args.json {
@@ -76,9 +85,28 @@ pub fn run(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// The token stream whose validation split is scored: `--data`, else the run's token file.
+fn gpt_corpus(run: &RunDir, spec: &RunSpec, data: Option<&Path>) -> Result<Corpus> {
+    let (val_fraction, block_size) = (spec.data.val_fraction, spec.model.block_size);
+    let Some(path) = data else {
+        if !run.tokens_meta().is_file() {
+            bail!(
+                "{}: the run has no encoded corpus ({} is missing; a run made by `kiln import` has none); pass --data FILE to score the validation split of a text file",
+                run.root().display(),
+                run.tokens_meta().display()
+            );
+        }
+        return Ok(Corpus::from_run(run, val_fraction, block_size)?);
+    };
+    let flag = || format!("--data {}", path.display());
+    let text = crate::data::read_text(path).with_context(flag)?;
+    let tokenizer = crate::train::run_tokenizer(run, spec)?;
+    Corpus::in_memory(path, &text, tokenizer.as_ref(), val_fraction, block_size).with_context(flag)
+}
+
 struct Job {
-    run: crate::run_dir::RunDir,
-    spec: crate::config::RunSpec,
+    run: RunDir,
+    spec: RunSpec,
     corpus: Corpus,
     checkpoint: Option<PathBuf>,
     full: bool,
