@@ -12,7 +12,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for var in ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV", "PATH"] {
+    for var in ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV", "PATH", "LIBRARY_PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if std::env::var_os("CARGO_FEATURE_TCMALLOC").is_some() {
@@ -39,14 +39,23 @@ fn link_tcmalloc() {
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
         panic!("the `tcmalloc` feature is for Linux only; build without it on this target");
     }
-    let dirs = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
-    if !dirs.iter().any(|dir| std::path::Path::new(dir).join(TCMALLOC).is_file()) {
+    // `LIBRARY_PATH` first, for a tcmalloc outside the system's directories.
+    let library_path = std::env::var_os("LIBRARY_PATH").unwrap_or_default();
+    let system = ["/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
+    let dirs: Vec<PathBuf> = std::env::split_paths(&library_path).chain(system.iter().map(PathBuf::from)).collect();
+    let Some(dir) = dirs.iter().find(|dir| dir.join(TCMALLOC).is_file()) else {
+        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         panic!(
             "the `tcmalloc` feature links {TCMALLOC}, which is not in {}: install it \
-             (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs) \
-             or build without the feature",
-            dirs.join(", ")
+             (Debian/Ubuntu: apt-get install libtcmalloc-minimal4; Fedora: dnf install gperftools-libs), \
+             name its directory in LIBRARY_PATH, or build without the feature",
+            searched.join(", ")
         );
+    };
+    println!("cargo:rustc-link-search=native={}", dir.display());
+    if !system.iter().any(|s| dir == std::path::Path::new(s)) {
+        // The loader searches only the system's directories on its own.
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     }
     println!("cargo:rustc-link-lib=dylib:+verbatim={TCMALLOC}");
 }

@@ -5,15 +5,16 @@ mod seq2seq;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::{ModelKind, RunSpec};
-use crate::data::{Corpus, FixedWindows};
+use crate::data::{Corpus, DataError, FixedWindows};
 use crate::run_dir::RunDir;
+use crate::tokenizer::Tokenizer;
 use crate::train::{load_model, mean_loss, val_windows};
 
 #[derive(Debug, Args)]
@@ -71,9 +72,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.hypotheses.is_some() {
         bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
     }
-    let corpus = gpt_corpus(&run, &spec, args.data.as_deref())?;
+    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
+    let corpus = gpt_corpus(&run, &spec, tokenizer.as_ref(), args.data.as_deref())?;
     let backend = args.backend.section(&spec)?;
-    let result = crate::backend::dispatch(&backend, Job { run, spec, corpus, checkpoint: args.checkpoint, full: args.full })??;
+    let job = Job { run, spec, tokenizer, corpus, checkpoint: args.checkpoint, full: args.full };
+    let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -86,7 +89,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 /// The token stream whose validation split is scored: `--data`, else the run's token file.
-fn gpt_corpus(run: &RunDir, spec: &RunSpec, data: Option<&Path>) -> Result<Corpus> {
+fn gpt_corpus(run: &RunDir, spec: &RunSpec, tokenizer: &dyn Tokenizer, data: Option<&Path>) -> Result<Corpus> {
     let (val_fraction, block_size) = (spec.data.val_fraction, spec.model.block_size);
     let Some(path) = data else {
         if !run.tokens_meta().is_file() {
@@ -98,15 +101,19 @@ fn gpt_corpus(run: &RunDir, spec: &RunSpec, data: Option<&Path>) -> Result<Corpu
         }
         return Ok(Corpus::from_run(run, val_fraction, block_size)?);
     };
-    let flag = || format!("--data {}", path.display());
-    let text = crate::data::read_text(path).with_context(flag)?;
-    let tokenizer = crate::train::run_tokenizer(run, spec)?;
-    Corpus::in_memory(path, &text, tokenizer.as_ref(), val_fraction, block_size).with_context(flag)
+    // The data errors name `data.path`, which is not what the user gave here.
+    let named = |e: DataError| match e {
+        DataError::Source { reason, .. } => anyhow::anyhow!("--data {}: {reason}", path.display()),
+        other => anyhow::anyhow!("--data {}: {other}", path.display()),
+    };
+    let text = crate::data::read_text(path).map_err(named)?;
+    Corpus::in_memory(path, &text, tokenizer, val_fraction, block_size).map_err(named)
 }
 
 struct Job {
     run: RunDir,
     spec: RunSpec,
+    tokenizer: Box<dyn Tokenizer>,
     corpus: Corpus,
     checkpoint: Option<PathBuf>,
     full: bool,
@@ -116,8 +123,7 @@ impl BackendJob for Job {
     type Output = Result<EvalResult>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<EvalResult> {
         let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
-        let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
-        let separator = crate::train::document_separator(&self.spec, tokenizer.as_ref())?;
+        let separator = crate::train::document_separator(&self.spec, self.tokenizer.as_ref())?;
         let windows = if self.full {
             let (t, m) = (&self.spec.training, &self.spec.model);
             FixedWindows::tiling(self.corpus.val.clone(), t.batch_size, m.block_size, device.clone())
