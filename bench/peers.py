@@ -17,6 +17,7 @@ faster). The last column is both peak resident sizes.
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -107,6 +108,9 @@ def main():
     p.add_argument("--kiln", default="target/release/kiln")
     p.add_argument("--backends", default="tch-cpu,ndarray")
     p.add_argument("--cases", default="train-small,train-gpt2,generate")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="training cases: run kiln and its peer alternately N times; print the medians "
+                        "(ms/iter, and the ratio of each pair) and the largest peak RSS")
     p.add_argument("--peer", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peer:
@@ -118,12 +122,16 @@ def main():
     backends = a.backends.split(",")
     for case in a.cases.split(","):
         if case in TRAIN_CASES:
-            peer = in_process(case)
             config, steps = TRAIN_CASES[case][0], TRAIN_CASES[case][-1]
             for backend in backends:
-                k = kiln(a.kiln, "bench", "train", "--config", config, "--backend", backend, "--iters", str(steps))
-                print(f"{case:<12} {backend:<9} {k['ms_per_iter']:>9.1f} ms {'PyTorch ' + format(peer['ms_per_iter'], '.1f') + ' ms':>24} "
-                      f"{k['ms_per_iter'] / peer['ms_per_iter']:>7.2f} {k['peak_rss_mb']:>9.0f}/{peer['peak_rss_mb']:.0f}")
+                # Alternately, so that both sides see the same load; medians of each.
+                runs = [(in_process(case), kiln(a.kiln, "bench", "train", "--config", config, "--backend", backend, "--iters", str(steps)))
+                        for _ in range(a.repeat)]
+                peer_ms, kiln_ms = (statistics.median(r[i]["ms_per_iter"] for r in runs) for i in (0, 1))
+                ratio = statistics.median(k["ms_per_iter"] / peer["ms_per_iter"] for peer, k in runs)
+                peer_rss, kiln_rss = (max(r[i]["peak_rss_mb"] for r in runs) for i in (0, 1))
+                print(f"{case:<12} {backend:<9} {kiln_ms:>9.1f} ms {'PyTorch ' + format(peer_ms, '.1f') + ' ms':>24} "
+                      f"{ratio:>7.2f} {kiln_rss:>9.0f}/{peer_rss:.0f}")
         elif case == "generate":
             peers = {"nanoGPT sample": in_process("nanogpt-generate"), "HF generate": in_process("hf-generate")}
             for backend in backends:

@@ -80,13 +80,13 @@ impl<B: Backend> SelfAttention<B> {
         }
     }
 
-    /// `x: [batch, seq, d_model]` at positions `start..start + seq` → queries, keys and
-    /// values, `[batch, n_heads, seq, head_dim]` each.
+    /// The fused projection `qkv: [batch, seq, 3 * d_model]` of positions `start..start + seq`
+    /// → queries, keys and values, `[batch, n_heads, seq, head_dim]` each.
     ///
     /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
     /// angle proportional to its position, so `q·k` depends only on how far apart they are.
-    fn qkv(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let mut qkv = project(&self.c_attn, x).chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+    fn split(&self, qkv: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let mut qkv = qkv.chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
@@ -101,7 +101,7 @@ impl<B: Backend> SelfAttention<B> {
     /// `softmax(q·kᵀ / √head_dim)` with the causal mask, `[batch, n_heads, seq, seq]`.
     pub fn weights(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>) -> Tensor<B, 4> {
         let device = x.device();
-        let (q, k, _) = self.qkv(x, rotary, 0);
+        let (q, k, _) = self.split(project(&self.c_attn, x), rotary, 0);
         let [batch, heads, seq, head_dim] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let ahead = ahead_mask::<B>(seq, seq, &device).reshape([1, 1, seq, seq]).expand([batch, heads, seq, seq]);
@@ -117,8 +117,14 @@ impl<B: Backend> SelfAttention<B> {
     pub fn forward(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let x_device = x.device();
+        let qkv = project(&self.c_attn, x);
+        if rotary.is_none() && cache.is_none() {
+            if let Some(y) = super::fused::causal_self_attention(&qkv, self.n_heads) {
+                return self.resid_dropout.forward(project(&self.c_proj, y));
+            }
+        }
         let start = cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
-        let (q, mut k, mut v) = self.qkv(x, rotary, start);
+        let (q, mut k, mut v) = self.split(qkv, rotary, start);
 
         if let Some(slot) = cache {
             if let Some(past) = slot.take() {
@@ -138,7 +144,7 @@ impl<B: Backend> SelfAttention<B> {
     /// position attending to every position that is not padding (`padding: [batch, seq]`,
     /// true at padding).
     pub fn forward_bidirectional(&self, x: Tensor<B, 3>, padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let (q, k, v) = self.qkv(x, None, 0);
+        let (q, k, v) = self.split(project(&self.c_attn, x), None, 0);
         let bias = key_padding_bias(padding, q.dims());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
         self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))

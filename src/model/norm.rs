@@ -54,13 +54,19 @@ impl<B: Backend> Norm<B> {
     /// `[…, d_model]` → `[…, d_model]`, normalised over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         match self.kind {
-            // The backend's fused kernel, as Burn's own `LayerNorm` uses.
-            NormKind::LayerNorm => Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-                x.into_primitive().tensor(),
-                self.gamma.val().into_primitive().tensor(),
-                self.beta.as_ref().map(|b| b.val().into_primitive().tensor()),
-                self.epsilon,
-            ))),
+            NormKind::LayerNorm => {
+                let (gamma, beta) = (self.gamma.val(), self.beta.as_ref().map(|b| b.val()));
+                if let Some(y) = super::fused::layer_norm(&x, &gamma, beta.as_ref(), self.epsilon) {
+                    return y;
+                }
+                // The backend's fused kernel, as Burn's own `LayerNorm` uses.
+                Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+                    x.into_primitive().tensor(),
+                    gamma.into_primitive().tensor(),
+                    beta.map(|b| b.into_primitive().tensor()),
+                    self.epsilon,
+                )))
+            }
             NormKind::RmsNorm => {
                 let rms = (x.clone().square().mean_dim(D - 1) + self.epsilon).sqrt();
                 x / rms * self.gamma.val().unsqueeze()

@@ -1,0 +1,246 @@
+//! libtorch's fused attention and LayerNorm kernels for training on a CPU.
+//!
+//! Under `Autodiff`, Burn 0.21 runs `attention` and `layer_norm` as chains of single
+//! operations (matmul, scale, mask, max, exp, sum, divide, matmul; mean, subtract, square,
+//! …), each recorded with a backward step of its own. libtorch has one kernel for the
+//! attention forward and one for its backward, the ones PyTorch's autograd runs, and one for
+//! the LayerNorm forward. Here each is recorded as a single autodiff operation; the README's
+//! Performance section has what that saves per training step.
+//!
+//! The model is generic over `B: Backend` and Rust has no specialisation, so the fast path
+//! is picked at run time: a backend that is `Autodiff<LibTorch<E>>` with its tensors on the
+//! CPU is recognised by its type and goes through these ops. Every other backend, libtorch
+//! without autodiff (which calls the fused kernels by itself) and libtorch on CUDA included,
+//! runs Burn's own.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::libtorch::{LibTorch, LibTorchDevice, TchElement, TchTensor};
+use burn::backend::Autodiff;
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::TensorPrimitive;
+use half::{bf16, f16};
+
+type Ad<E> = Autodiff<LibTorch<E>>;
+
+/// Causal self-attention of the fused projection `qkv: [batch, seq, 3 * d_model]` (queries,
+/// keys, values side by side) → `[batch, seq, d_model]`, the heads merged again, through
+/// libtorch's CPU flash-attention kernels when `B` is libtorch with autodiff on the CPU;
+/// `None` for any other backend.
+///
+/// Taking `qkv` whole also spares the split's backward: Burn writes each third's gradient
+/// into a zeroed tensor of the whole width and adds the three.
+pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
+    self_attention_as::<B, f32>(qkv, n_heads)
+        .or_else(|| self_attention_as::<B, f16>(qkv, n_heads))
+        .or_else(|| self_attention_as::<B, bf16>(qkv, n_heads))
+}
+
+/// LayerNorm of `x: [..., d]` over its last dimension, `(x - mean) / √(var + eps) · gamma +
+/// beta`, through libtorch's kernel when `B` is libtorch with autodiff on the CPU; `None` for
+/// any other backend.
+pub fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
+    layer_norm_as::<B, f32, D>(x, gamma, beta, epsilon)
+        .or_else(|| layer_norm_as::<B, f16, D>(x, gamma, beta, epsilon))
+        .or_else(|| layer_norm_as::<B, bf16, D>(x, gamma, beta, epsilon))
+}
+
+fn self_attention_as<B: Backend, E: TchElement>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
+    let qkv = on_cpu::<B, E, 3>(qkv)?;
+    let (batch, seq, width) = qkv.primitive.tensor.size3().ok()?;
+    let d_model = width / 3;
+    // Views of `qkv` (no copies): its thirds as `[batch, n_heads, seq, head_dim]`.
+    let heads = |i: i64| qkv.primitive.tensor.narrow(2, i * d_model, d_model).reshape([batch, seq, n_heads as i64, d_model / n_heads as i64]).transpose(1, 2);
+    let (q, k, v) = (heads(0), heads(1), heads(2));
+    let (out, logsumexp) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(&q, &k, &v, 0.0, true, None::<tch::Tensor>, None);
+    let merged = out.transpose(1, 2).reshape([batch, seq, d_model]);
+    let state = || Saved::Attention { q: TchTensor::new(q), k: TchTensor::new(k), v: TchTensor::new(v), out: TchTensor::new(out), logsumexp: TchTensor::new(logsumexp) };
+    back::<B, E, 3>(record([&qkv], state, merged))
+}
+
+fn layer_norm_as<B: Backend, E: TchElement, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
+    let x = on_cpu::<B, E, D>(x)?;
+    let gamma = on_cpu::<B, E, 1>(gamma)?;
+    let beta = match beta {
+        Some(beta) => Some(on_cpu::<B, E, 1>(beta)?),
+        None => None,
+    };
+    let d = x.primitive.tensor.size().last().copied().unwrap_or(1);
+    let (y, mean, rstd) = x.primitive.tensor.native_layer_norm([d], Some(&gamma.primitive.tensor), beta.as_ref().map(|b| &b.primitive.tensor), epsilon);
+    let state = || Saved::LayerNorm { x: x.primitive.clone(), gamma: gamma.primitive.clone(), mean: TchTensor::new(mean), rstd: TchTensor::new(rstd) };
+    let y = match &beta {
+        Some(beta) => record([&x, &gamma, beta], state, y),
+        None => record([&x, &gamma], state, y),
+    };
+    back::<B, E, D>(y)
+}
+
+/// An autodiff tensor of libtorch: its `primitive` and its graph `node`.
+type AdTensor<E> = FloatTensor<Ad<E>>;
+
+/// `t`'s autodiff primitive when `B` is `Autodiff<LibTorch<E>>` and `t` lies on the CPU.
+fn on_cpu<B: Backend, E: TchElement, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor<E>> {
+    if TypeId::of::<B>() != TypeId::of::<Ad<E>>() {
+        return None;
+    }
+    let t = (Box::new(t.clone()) as Box<dyn Any>).downcast::<Tensor<Ad<E>, D>>().ok()?;
+    (t.device() == LibTorchDevice::Cpu).then(|| t.into_primitive().tensor())
+}
+
+/// An autodiff tensor of `Ad<E>` back as a `Tensor<B, D>` (the caller checked that `B` is `Ad<E>`).
+fn back<B: Backend, E: TchElement, const D: usize>(t: AdTensor<E>) -> Option<Tensor<B, D>> {
+    let t = Tensor::<Ad<E>, D>::from_primitive(TensorPrimitive::Float(t));
+    (Box::new(t) as Box<dyn Any>).downcast::<Tensor<B, D>>().ok().map(|t| *t)
+}
+
+/// `output` of a fused op over `parents` as an autodiff node whose backward is
+/// [`Saved::gradients`] of the state `saved` builds (built only when a gradient is needed).
+fn record<E: TchElement, const N: usize>(parents: [&AdTensor<E>; N], saved: impl FnOnce() -> Saved, output: tch::Tensor) -> AdTensor<E> {
+    match Fused.prepare::<NoCheckpointing>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(saved(), TchTensor::new(output)),
+        OpsKind::UnTracked(prep) => prep.finish(TchTensor::new(output)),
+    }
+}
+
+/// What a fused op keeps from its forward pass for its backward.
+#[derive(Debug, Clone)]
+enum Saved {
+    /// Queries, keys, values and output `[batch, n_heads, seq, head_dim]`, and the log-sum-exp
+    /// of each query's scores.
+    Attention { q: TchTensor, k: TchTensor, v: TchTensor, out: TchTensor, logsumexp: TchTensor },
+    /// Input `[..., d]`, weight, and the per-row mean and 1/√(var + eps) of the input.
+    LayerNorm { x: TchTensor, gamma: TchTensor, mean: TchTensor, rstd: TchTensor },
+}
+
+impl Saved {
+    /// The gradients of the op's parents, in their order, from that of its output.
+    fn gradients(self, grad: &tch::Tensor) -> Vec<tch::Tensor> {
+        match self {
+            Saved::Attention { q, k, v, out, logsumexp } => {
+                let [batch, heads, seq, head_dim] = [0, 1, 2, 3].map(|i| q.tensor.size()[i]);
+                let grad = grad.reshape([batch, seq, heads, head_dim]).transpose(1, 2);
+                let (dq, dk, dv) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu_backward(&grad, &q.tensor, &k.tensor, &v.tensor, &out.tensor, &logsumexp.tensor, 0.0, true, None::<tch::Tensor>, None);
+                // `[batch, seq, 3, heads, head_dim]`, laid out as the projection was.
+                let dqkv = tch::Tensor::stack(&[dq, dk, dv].map(|g| g.transpose(1, 2)), 2);
+                vec![dqkv.reshape([batch, seq, 3 * heads * head_dim])]
+            }
+            // With x̂ = (x - mean)·rstd and g = grad·gamma:
+            // dx = rstd · (g - mean(g) - x̂ · mean(g·x̂)), dgamma = Σ grad·x̂, dbeta = Σ grad,
+            // the means over the normalised dimension and the sums over all others.
+            Saved::LayerNorm { x, gamma, mean, rstd } => {
+                let x_hat = (&x.tensor - &mean.tensor) * &rstd.tensor;
+                let g = grad * &gamma.tensor;
+                let last = [-1i64];
+                let g_mean = g.mean_dim(&last[..], true, None);
+                let gx_mean = (&g * &x_hat).mean_dim(&last[..], true, None);
+                let dx = (g - g_mean - &x_hat * gx_mean) * &rstd.tensor;
+                let rows: Vec<i64> = (0..x.tensor.dim() as i64 - 1).collect();
+                let dgamma = (grad * &x_hat).sum_dim_intlist(&rows[..], false, None);
+                let dbeta = grad.sum_dim_intlist(&rows[..], false, None);
+                vec![dx, dgamma, dbeta]
+            }
+        }
+    }
+}
+
+/// The backward step of every fused op: its state says which.
+#[derive(Debug)]
+struct Fused;
+
+impl<E: TchElement, const N: usize> Backward<LibTorch<E>, N> for Fused {
+    type State = Saved;
+
+    fn backward(self, ops: Ops<Saved, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let grad = grads.consume::<LibTorch<E>>(&ops.node);
+        let parent_grads = ops.state.gradients(&grad.tensor);
+        for (parent, parent_grad) in ops.parents.into_iter().zip(parent_grads) {
+            if let Some(parent) = parent {
+                // In half precision, LayerNorm's statistics are f32 and so would be the gradients.
+                let parent_grad = parent_grad.to_kind(grad.tensor.kind());
+                grads.register::<LibTorch<E>>(parent.id, TchTensor::new(parent_grad));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::libtorch::LibTorchDevice;
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::{AttentionModuleOptions, ModuleOps};
+    use burn::tensor::{Distribution, TensorPrimitive};
+
+    use super::*;
+
+    type B = Ad<f32>;
+    type Inner = <B as AutodiffBackend>::InnerBackend;
+
+    fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {
+        Tensor::random(shape, Distribution::Normal(0.0, 1.0), &LibTorchDevice::Cpu)
+    }
+
+    fn max_diff<const D: usize>(a: Tensor<Inner, D>, b: Tensor<Inner, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// `y` and the gradients of `Σ y · weights` with respect to `leaves`.
+    fn with_grads<const D: usize>(y: Tensor<B, 3>, weights: &Tensor<B, 3>, leaves: &[&Tensor<B, D>]) -> (Tensor<Inner, 3>, Vec<Tensor<Inner, D>>) {
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        (y.inner(), leaves.iter().map(|t| t.grad(&grads).expect("a leaf that was used")).collect())
+    }
+
+    #[test]
+    fn self_attention_matches_burns_ops_forward_and_backward() {
+        let [batch, seq, heads, head_dim] = [3, 17, 4, 8];
+        let d_model = heads * head_dim;
+        let qkv = random([batch, seq, 3 * d_model]).require_grad();
+        let weights = random([batch, seq, d_model]);
+        let fused = causal_self_attention(&qkv, heads).expect("Autodiff<LibTorch> on the CPU is fused");
+        let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * d_model, d_model).reshape([batch, seq, heads, head_dim]).swap_dims(1, 2));
+        let burn = attention(q, k, v, None, None, AttentionModuleOptions { is_causal: true, ..Default::default() });
+        let burn = burn.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        let (fused, fused_grad) = with_grads(fused, &weights, &[&qkv]);
+        let (burn, burn_grad) = with_grads(burn, &weights, &[&qkv]);
+        let (out, grad) = (max_diff(fused, burn), max_diff(fused_grad[0].clone(), burn_grad[0].clone()));
+        assert!(out < 1e-5 && grad < 1e-5, "fused vs Burn: output differs by {out}, d(qkv) by {grad}");
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_ops_forward_and_backward() {
+        let (x, weights) = (random([4, 9, 24]).require_grad(), random([4, 9, 24]));
+        for with_beta in [true, false] {
+            let gamma = random([24]).require_grad();
+            let beta = with_beta.then(|| random([24]).require_grad());
+            let y = |fused: bool| match fused {
+                true => layer_norm(&x, &gamma, beta.as_ref(), 1e-5).expect("Autodiff<LibTorch> on the CPU is fused"),
+                false => Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(x.clone().into_primitive().tensor(), gamma.clone().into_primitive().tensor(), beta.clone().map(|b| b.into_primitive().tensor()), 1e-5))),
+            };
+            let (fused, fused_dx) = with_grads(y(true), &weights, &[&x]);
+            let (burn, burn_dx) = with_grads(y(false), &weights, &[&x]);
+            assert!(max_diff(fused, burn) < 1e-5, "beta {with_beta}: outputs differ");
+            assert!(max_diff(fused_dx[0].clone(), burn_dx[0].clone()) < 1e-5, "beta {with_beta}: d(x) differs");
+            let params: Vec<&Tensor<B, 1>> = [Some(&gamma), beta.as_ref()].into_iter().flatten().collect();
+            let (_, fused_dp) = with_grads(y(true), &weights, &params);
+            let (_, burn_dp) = with_grads(y(false), &weights, &params);
+            for (name, (a, b)) in ["gamma", "beta"].iter().zip(fused_dp.into_iter().zip(burn_dp)) {
+                let diff = max_diff(a, b);
+                assert!(diff < 1e-4, "beta {with_beta}: d({name}) differs by {diff}");
+            }
+        }
+    }
+
+    #[test]
+    fn other_backends_and_inference_take_burns_path() {
+        type Nd = burn::backend::Autodiff<burn::backend::NdArray<f32>>;
+        let qkv = Tensor::<Nd, 3>::zeros([1, 4, 12], &Default::default());
+        assert!(causal_self_attention(&qkv, 2).is_none());
+        let inference = Tensor::<LibTorch<f32>, 3>::zeros([1, 4, 12], &LibTorchDevice::Cpu);
+        assert!(causal_self_attention(&inference, 2).is_none(), "without autodiff burn-tch fuses by itself");
+    }
+}
