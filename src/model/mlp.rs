@@ -64,7 +64,10 @@ impl<B: Backend> Mlp<B> {
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = match (self.activation, &self.c_gate) {
-            (Activation::Gelu, _) => gelu(project(&self.c_fc, x)),
+            (Activation::Gelu, _) => {
+                let h = project(&self.c_fc, x);
+                super::fused::gelu(&h).unwrap_or_else(|| gelu(h))
+            }
             (Activation::GeluTanh, _) => gelu_approximate(project(&self.c_fc, x)),
             (Activation::Relu, _) => relu(project(&self.c_fc, x)),
             (Activation::SwiGlu, Some(gate)) => silu(project(gate, x.clone())) * project(&self.c_fc, x),

@@ -27,21 +27,7 @@ macro_rules! config_choice {
 pub(crate) use config_choice;
 
 mod attention;
-#[cfg(feature = "tch")]
 mod fused;
-/// Without libtorch there are no fused kernels to take: every backend runs Burn's ops.
-#[cfg(not(feature = "tch"))]
-mod fused {
-    use burn::prelude::*;
-
-    pub fn causal_self_attention<B: Backend>(_: &Tensor<B, 3>, _: usize) -> Option<Tensor<B, 3>> {
-        None
-    }
-
-    pub fn layer_norm<B: Backend, const D: usize>(_: &Tensor<B, D>, _: &Tensor<B, 1>, _: Option<&Tensor<B, 1>>, _: f64) -> Option<Tensor<B, D>> {
-        None
-    }
-}
 mod gpt;
 mod mlp;
 mod norm;

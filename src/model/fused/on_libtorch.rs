@@ -1,19 +1,7 @@
-//! libtorch's fused attention and LayerNorm kernels for training on a CPU.
+//! libtorch's attention and LayerNorm kernels, recorded as single autodiff operations.
 //!
-//! Under `Autodiff`, Burn 0.21 runs `attention` and `layer_norm` as chains of single
-//! operations (matmul, scale, mask, max, exp, sum, divide, matmul; mean, subtract, square,
-//! …), each recorded with a backward step of its own. libtorch has one kernel for the
-//! attention forward and one for its backward, the ones PyTorch's autograd runs, and one for
-//! the LayerNorm forward. Here each is recorded as a single autodiff operation; the README's
-//! Performance section has what that saves per training step.
-//!
-//! The model is generic over `B: Backend` and Rust has no specialisation, so the fast path
-//! is picked at run time: a backend that is `Autodiff<LibTorch<E>>` with its tensors on the
-//! CPU is recognised by its type and goes through these ops. Every other backend, libtorch
-//! without autodiff (which calls the fused kernels by itself) and libtorch on CUDA included,
-//! runs Burn's own.
-
-use std::any::{Any, TypeId};
+//! Only for `Autodiff<LibTorch<E>>` with tensors on the CPU: libtorch without autodiff calls
+//! these kernels by itself, and on CUDA the CPU flash-attention kernel does not apply.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -28,23 +16,18 @@ use half::{bf16, f16};
 
 type Ad<E> = Autodiff<LibTorch<E>>;
 
-/// Causal self-attention of the fused projection `qkv: [batch, seq, 3 * d_model]` (queries,
-/// keys, values side by side) → `[batch, seq, d_model]`, the heads merged again, through
-/// libtorch's CPU flash-attention kernels when `B` is libtorch with autodiff on the CPU;
-/// `None` for any other backend.
+/// [`super::causal_self_attention`] through libtorch's CPU flash-attention kernels.
 ///
 /// Taking `qkv` whole also spares the split's backward: Burn writes each third's gradient
 /// into a zeroed tensor of the whole width and adds the three.
-pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
+pub(super) fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
     self_attention_as::<B, f32>(qkv, n_heads)
         .or_else(|| self_attention_as::<B, f16>(qkv, n_heads))
         .or_else(|| self_attention_as::<B, bf16>(qkv, n_heads))
 }
 
-/// LayerNorm of `x: [..., d]` over its last dimension, `(x - mean) / √(var + eps) · gamma +
-/// beta`, through libtorch's kernel when `B` is libtorch with autodiff on the CPU; `None` for
-/// any other backend.
-pub fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
+/// [`super::layer_norm`] through libtorch's `native_layer_norm`.
+pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
     layer_norm_as::<B, f32, D>(x, gamma, beta, epsilon)
         .or_else(|| layer_norm_as::<B, f16, D>(x, gamma, beta, epsilon))
         .or_else(|| layer_norm_as::<B, bf16, D>(x, gamma, beta, epsilon))
@@ -85,17 +68,13 @@ type AdTensor<E> = FloatTensor<Ad<E>>;
 
 /// `t`'s autodiff primitive when `B` is `Autodiff<LibTorch<E>>` and `t` lies on the CPU.
 fn on_cpu<B: Backend, E: TchElement, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor<E>> {
-    if TypeId::of::<B>() != TypeId::of::<Ad<E>>() {
-        return None;
-    }
-    let t = (Box::new(t.clone()) as Box<dyn Any>).downcast::<Tensor<Ad<E>, D>>().ok()?;
+    let t = super::cast::<B, Ad<E>, D>(t)?;
     (t.device() == LibTorchDevice::Cpu).then(|| t.into_primitive().tensor())
 }
 
-/// An autodiff tensor of `Ad<E>` back as a `Tensor<B, D>` (the caller checked that `B` is `Ad<E>`).
+/// An autodiff tensor of `Ad<E>` back as a `Tensor<B, D>`.
 fn back<B: Backend, E: TchElement, const D: usize>(t: AdTensor<E>) -> Option<Tensor<B, D>> {
-    let t = Tensor::<Ad<E>, D>::from_primitive(TensorPrimitive::Float(t));
-    (Box::new(t) as Box<dyn Any>).downcast::<Tensor<B, D>>().ok().map(|t| *t)
+    super::back(Tensor::<Ad<E>, D>::from_primitive(TensorPrimitive::Float(t)))
 }
 
 /// `output` of a fused op over `parents` as an autodiff node whose backward is
