@@ -7,7 +7,8 @@
 //! - on libtorch on the CPU ([`on_libtorch`]), attention and LayerNorm run libtorch's own kernels,
 //!   the ones PyTorch's autograd runs, each recorded as one autodiff operation;
 //! - on ndarray ([`on_ndarray`]), GELU's backward is the exact derivative of the GELU the
-//!   forward computes, `Φ(x) + x·φ(x)`, in one pass.
+//!   forward computes, `Φ(x) + x·φ(x)`, in one pass, and LayerNorm's backward is one pass
+//!   over the rows.
 //!
 //! The README's Performance section has what each saves per training step.
 //!
@@ -38,10 +39,15 @@ pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> 
 }
 
 /// LayerNorm of `x: [..., d]` over its last dimension, `(x - mean) / √(var + eps) · gamma +
-/// beta`; `None` where there is no fused kernel (anything but libtorch with autodiff on the CPU).
+/// beta`; `None` where there is no fused kernel (anything but libtorch on the CPU and ndarray,
+/// with autodiff).
 pub fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
     #[cfg(feature = "tch")]
     if let Some(y) = on_libtorch::layer_norm(x, gamma, beta, epsilon) {
+        return Some(y);
+    }
+    #[cfg(feature = "ndarray")]
+    if let Some(y) = on_ndarray::layer_norm(x, gamma, beta, epsilon) {
         return Some(y);
     }
     let _ = (x, gamma, beta, epsilon);
