@@ -19,7 +19,15 @@
 #[cfg(any(feature = "ndarray", feature = "tch"))]
 use std::any::{Any, TypeId};
 
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+use burn::backend::autodiff::ops::{Backward, OpsKind};
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+use burn::backend::Autodiff;
 use burn::prelude::*;
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+use burn::tensor::{ops::FloatTensor, TensorPrimitive};
 
 #[cfg(feature = "ndarray")]
 mod on_ndarray;
@@ -65,17 +73,29 @@ pub fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>
     None
 }
 
-/// `t` as a tensor of backend `T`, when `B` is `T`.
+/// `t`'s autodiff primitive (`primitive` and graph `node`) when `B` is `Autodiff<IB>`.
 #[cfg(any(feature = "ndarray", feature = "tch"))]
-fn cast<B: Backend, T: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Tensor<T, D>> {
-    if TypeId::of::<B>() != TypeId::of::<T>() {
+fn cast<B: Backend, IB: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FloatTensor<Autodiff<IB>>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<IB>>() {
         return None;
     }
-    (Box::new(t.clone()) as Box<dyn Any>).downcast().ok().map(|t| *t)
+    let t: Box<Tensor<Autodiff<IB>, D>> = (Box::new(t.clone()) as Box<dyn Any>).downcast().ok()?;
+    Some(t.into_primitive().tensor())
 }
 
-/// A tensor of backend `T` back as one of `B`, when they are the same.
+/// An autodiff primitive of `Autodiff<IB>` as a tensor of `B`, when they are the same.
 #[cfg(any(feature = "ndarray", feature = "tch"))]
-fn back<T: Backend, B: Backend, const D: usize>(t: Tensor<T, D>) -> Option<Tensor<B, D>> {
+fn back<IB: Backend, B: Backend, const D: usize>(t: FloatTensor<Autodiff<IB>>) -> Option<Tensor<B, D>> {
+    let t = Tensor::<Autodiff<IB>, D>::from_primitive(TensorPrimitive::Float(t));
     (Box::new(t) as Box<dyn Any>).downcast().ok().map(|t| *t)
+}
+
+/// `output`, computed by a fused kernel from `parents`, as one autodiff node whose backward
+/// is `op` with the state `saved` builds (built only when a gradient is needed).
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+fn record<IB: Backend, Op: Backward<IB, N>, const N: usize>(op: Op, parents: [&FloatTensor<Autodiff<IB>>; N], saved: impl FnOnce() -> Op::State, output: FloatTensor<IB>) -> FloatTensor<Autodiff<IB>> {
+    match op.prepare::<NoCheckpointing>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => prep.finish(saved(), output),
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    }
 }

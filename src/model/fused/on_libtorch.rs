@@ -4,17 +4,13 @@
 //! these kernels by itself, and on CUDA the CPU flash-attention kernel does not apply.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::libtorch::{LibTorch, LibTorchDevice, TchElement, TchTensor};
+use burn::backend::autodiff::ops::{Backward, Ops};
+use burn::backend::libtorch::{LibTorch, TchElement, TchTensor};
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::TensorPrimitive;
 use half::{bf16, f16};
-
-type Ad<E> = Autodiff<LibTorch<E>>;
 
 /// [`super::causal_self_attention`] through libtorch's CPU flash-attention kernels.
 ///
@@ -43,7 +39,7 @@ fn self_attention_as<B: Backend, E: TchElement>(qkv: &Tensor<B, 3>, n_heads: usi
     let (out, logsumexp) = tch::Tensor::internal_scaled_dot_product_flash_attention_for_cpu(&q, &k, &v, 0.0, true, None::<tch::Tensor>, None);
     let merged = out.transpose(1, 2).reshape([batch, seq, d_model]);
     let state = || Saved::Attention { q: TchTensor::new(q), k: TchTensor::new(k), v: TchTensor::new(v), out: TchTensor::new(out), logsumexp: TchTensor::new(logsumexp) };
-    back::<B, E, 3>(record([&qkv], state, merged))
+    super::back::<LibTorch<E>, B, 3>(record([&qkv], state, merged))
 }
 
 fn layer_norm_as<B: Backend, E: TchElement, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
@@ -60,30 +56,21 @@ fn layer_norm_as<B: Backend, E: TchElement, const D: usize>(x: &Tensor<B, D>, ga
         Some(beta) => record([&x, &gamma, beta], state, y),
         None => record([&x, &gamma], state, y),
     };
-    back::<B, E, D>(y)
+    super::back::<LibTorch<E>, B, D>(y)
 }
 
 /// An autodiff tensor of libtorch: its `primitive` and its graph `node`.
-type AdTensor<E> = FloatTensor<Ad<E>>;
+type AdTensor<E> = FloatTensor<Autodiff<LibTorch<E>>>;
 
 /// `t`'s autodiff primitive when `B` is `Autodiff<LibTorch<E>>` and `t` lies on the CPU.
 fn on_cpu<B: Backend, E: TchElement, const D: usize>(t: &Tensor<B, D>) -> Option<AdTensor<E>> {
-    let t = super::cast::<B, Ad<E>, D>(t)?;
-    (t.device() == LibTorchDevice::Cpu).then(|| t.into_primitive().tensor())
+    let t = super::cast::<B, LibTorch<E>, D>(t)?;
+    (t.primitive.tensor.device() == tch::Device::Cpu).then_some(t)
 }
 
-/// An autodiff tensor of `Ad<E>` back as a `Tensor<B, D>`.
-fn back<B: Backend, E: TchElement, const D: usize>(t: AdTensor<E>) -> Option<Tensor<B, D>> {
-    super::back(Tensor::<Ad<E>, D>::from_primitive(TensorPrimitive::Float(t)))
-}
-
-/// `output` of a fused op over `parents` as an autodiff node whose backward is
-/// [`Saved::gradients`] of the state `saved` builds (built only when a gradient is needed).
+/// `output` of a fused op over `parents` as an autodiff node whose backward is [`Fused`].
 fn record<E: TchElement, const N: usize>(parents: [&AdTensor<E>; N], saved: impl FnOnce() -> Saved, output: tch::Tensor) -> AdTensor<E> {
-    match Fused.prepare::<NoCheckpointing>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(saved(), TchTensor::new(output)),
-        OpsKind::UnTracked(prep) => prep.finish(TchTensor::new(output)),
-    }
+    super::record(Fused, parents, saved, TchTensor::new(output))
 }
 
 /// What a fused op keeps from its forward pass for its backward.
@@ -157,7 +144,7 @@ mod tests {
 
     use super::*;
 
-    type B = Ad<f32>;
+    type B = Autodiff<LibTorch<f32>>;
     type Inner = <B as AutodiffBackend>::InnerBackend;
 
     fn random<const D: usize>(shape: [usize; D]) -> Tensor<B, D> {

@@ -10,41 +10,31 @@
 //!   forward is ndarray's own LayerNorm and the backward one pass over the rows.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
-use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::ops::{ActivationOps, FloatTensor, ModuleOps};
-use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::{ActivationOps, ModuleOps};
 use ndarray::{ArcArray, Array1, ArrayD, ArrayViewD, Axis, IxDyn, Zip};
-
-type Ad = Autodiff<NdArray<f32>>;
 
 /// [`super::gelu`] for `Autodiff<NdArray<f32>>`: the forward is ndarray's own; the backward
 /// is `grad · (Φ(x) + x·φ(x))`.
 pub(super) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
-    let x = super::cast::<B, Ad, D>(x)?.into_primitive().tensor();
-    let NdArrayTensor::F32(storage) = &x.primitive else {
+    let x = super::cast::<B, NdArray<f32>, D>(x)?;
+    let NdArrayTensor::F32(input) = &x.primitive else {
         return None;
     };
-    let saved = storage.clone().into_shared();
     let y = NdArray::<f32>::gelu(x.primitive.clone());
-    let y = match ExactGelu.prepare::<NoCheckpointing>([x.node.clone()]).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(saved, y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    };
-    super::back(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(y)))
+    super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || input.clone().into_shared(), y))
 }
 
 /// [`super::layer_norm`] for `Autodiff<NdArray<f32>>`: the forward is ndarray's own; the
 /// backward is one pass over the rows.
 pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
-    let x = super::cast::<B, Ad, D>(x)?.into_primitive().tensor();
-    let gamma = super::cast::<B, Ad, 1>(gamma)?.into_primitive().tensor();
+    let x = super::cast::<B, NdArray<f32>, D>(x)?;
+    let gamma = super::cast::<B, NdArray<f32>, 1>(gamma)?;
     let beta = match beta {
-        Some(beta) => Some(super::cast::<B, Ad, 1>(beta)?.into_primitive().tensor()),
+        Some(beta) => Some(super::cast::<B, NdArray<f32>, 1>(beta)?),
         None => None,
     };
     let (NdArrayTensor::F32(x_saved), NdArrayTensor::F32(gamma_saved)) = (&x.primitive, &gamma.primitive) else {
@@ -53,17 +43,10 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
     let saved = || LayerNormInput { x: x_saved.clone().into_shared(), gamma: gamma_saved.clone().into_shared(), epsilon: epsilon as f32 };
     let y = NdArray::<f32>::layer_norm(x.primitive.clone(), gamma.primitive.clone(), beta.as_ref().map(|b| b.primitive.clone()), epsilon);
     let y = match &beta {
-        Some(beta) => record_layer_norm([&x, &gamma, beta], saved, y),
-        None => record_layer_norm([&x, &gamma], saved, y),
+        Some(beta) => super::record(LayerNormBackward, [&x, &gamma, beta], saved, y),
+        None => super::record(LayerNormBackward, [&x, &gamma], saved, y),
     };
-    super::back(Tensor::<Ad, D>::from_primitive(TensorPrimitive::Float(y)))
-}
-
-fn record_layer_norm<const N: usize>(parents: [&FloatTensor<Ad>; N], saved: impl FnOnce() -> LayerNormInput, y: NdArrayTensor) -> FloatTensor<Ad> {
-    match LayerNormBackward.prepare::<NoCheckpointing>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
-        OpsKind::Tracked(prep) => prep.finish(saved(), y),
-        OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    super::back::<NdArray<f32>, B, D>(y)
 }
 
 /// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`, with `Φ` and `φ` the standard normal's CDF and density.
@@ -156,7 +139,12 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LayerNormBackward {
 
 #[cfg(test)]
 mod tests {
+    use burn::backend::Autodiff;
+    use burn::tensor::TensorPrimitive;
+
     use super::*;
+
+    type Ad = Autodiff<NdArray<f32>>;
 
     #[test]
     fn gelu_gradient_is_the_exact_derivative() {
