@@ -27,7 +27,7 @@ macro_rules! config_choice {
 pub(crate) use config_choice;
 
 mod attention;
-mod fused;
+pub(crate) mod fused;
 mod gpt;
 mod mlp;
 mod norm;

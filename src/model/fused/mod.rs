@@ -36,10 +36,14 @@ mod on_libtorch;
 
 /// Causal self-attention of the fused projection `qkv: [batch, seq, 3 * d_model]` (queries,
 /// keys, values side by side) → `[batch, seq, d_model]`, the heads merged again; `None` where
-/// there is no fused kernel (anything but libtorch with autodiff on the CPU).
+/// there is no fused kernel (anything but libtorch on the CPU and ndarray, with autodiff).
 pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
     #[cfg(feature = "tch")]
     if let Some(y) = on_libtorch::causal_self_attention(qkv, n_heads) {
+        return Some(y);
+    }
+    #[cfg(feature = "ndarray")]
+    if let Some(y) = on_ndarray::causal_self_attention(qkv, n_heads) {
         return Some(y);
     }
     let _ = (qkv, n_heads);
@@ -86,8 +90,20 @@ fn cast<B: Backend, IB: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Flo
 /// An autodiff primitive of `Autodiff<IB>` as a tensor of `B`, when they are the same.
 #[cfg(any(feature = "ndarray", feature = "tch"))]
 fn back<IB: Backend, B: Backend, const D: usize>(t: FloatTensor<Autodiff<IB>>) -> Option<Tensor<B, D>> {
-    let t = Tensor::<Autodiff<IB>, D>::from_primitive(TensorPrimitive::Float(t));
-    (Box::new(t) as Box<dyn Any>).downcast().ok().map(|t| *t)
+    moved_as(Tensor::<Autodiff<IB>, D>::from_primitive(TensorPrimitive::Float(t))).ok()
+}
+
+/// `value` as a `U` when `T` and `U` are the same type (a generic one that is a concrete one),
+/// else `value` back: how a kernel takes tensors by value, to write them in place.
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+pub(crate) fn moved_as<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    if TypeId::of::<T>() != TypeId::of::<U>() {
+        return Err(value);
+    }
+    match (Box::new(value) as Box<dyn Any>).downcast::<U>() {
+        Ok(value) => Ok(*value),
+        Err(_) => unreachable!("T and U have the same TypeId"),
+    }
 }
 
 /// `output`, computed by a fused kernel from `parents`, as one autodiff node whose backward

@@ -1,31 +1,47 @@
-//! GELU and LayerNorm on ndarray with autodiff, each differentiated in one pass.
+//! GELU, LayerNorm and causal attention on ndarray with autodiff, each one operation with a
+//! backward of its own.
 //!
-//! - Burn 0.21's GELU computes `x·Φ(x)` with `erf`, but its default backward (the one ndarray
-//!   inherits) is the derivative of the tanh approximation: about fifteen passes over the
-//!   tensor, among them a cube through `powf` and a `tanh`, which `perf` puts at a fifth of a
-//!   `small.toml` training step on ndarray. libtorch and flex have an exact backward of their
-//!   own.
+//! - Burn 0.21's GELU computes `x·Φ(x)` with `erf` in f64, but its default backward (the one
+//!   ndarray inherits) is the derivative of the tanh approximation: about fifteen passes over
+//!   the tensor, among them a cube through `powf` and a `tanh`, which `perf` put at a fifth of
+//!   a `small.toml` training step on ndarray. Here one pass computes the output and the exact
+//!   derivative (`erf` and `exp` in f32), split over the cores, and the backward is one product. libtorch and flex
+//!   have an exact backward of their own.
 //! - LayerNorm is, under autodiff, a mean, a subtraction, a square, another mean, a square
 //!   root, a division, a scale and a shift, each recorded with its own backward. Here the
 //!   forward is ndarray's own LayerNorm and the backward one pass over the rows.
+//! - Causal attention is, under autodiff, a split of the fused projection into heads, a
+//!   matmul, a scale, a mask, a softmax in five operations and another matmul, each recorded
+//!   with its own backward (the split's writes each third of the gradient into a zeroed tensor
+//!   of the whole width). Here it is one operation per batch row and head: two matrix
+//!   products and a softmax over the causal half of the scores, and a backward of four products
+//!   that writes straight into the gradient of the fused projection.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
-use burn::tensor::ops::{ActivationOps, ModuleOps};
-use ndarray::{ArcArray, Array1, ArrayD, ArrayViewD, Axis, IxDyn, Zip};
+use burn::tensor::ops::ModuleOps;
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, ArcArray, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix3, IxDyn, Zip};
 
-/// [`super::gelu`] for `Autodiff<NdArray<f32>>`: the forward is ndarray's own; the backward
-/// is `grad · (Φ(x) + x·φ(x))`.
+/// [`super::gelu`] for `Autodiff<NdArray<f32>>`: one pass computes `x·Φ(x)` and keeps its
+/// derivative `Φ(x) + x·φ(x)`, so that the backward is one product.
 pub(super) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>> {
     let x = super::cast::<B, NdArray<f32>, D>(x)?;
     let NdArrayTensor::F32(input) = &x.primitive else {
         return None;
     };
-    let y = NdArray::<f32>::gelu(x.primitive.clone());
-    super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || input.clone().into_shared(), y))
+    let input = input.view();
+    let input = input.as_standard_layout();
+    let (mut y, mut derivative) = (ArrayD::zeros(input.raw_dim()), ArrayD::zeros(input.raw_dim()));
+    let (Some(input), Some(y_out), Some(derivative_out)) = (input.as_slice(), y.as_slice_mut(), derivative.as_slice_mut()) else {
+        unreachable!("arrays in standard layout are contiguous");
+    };
+    on_every_core(input, y_out, derivative_out, gelu_and_derivative);
+    let y = NdArrayTensor::from(y.into_shared());
+    super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || derivative.into_shared(), y))
 }
 
 /// [`super::layer_norm`] for `Autodiff<NdArray<f32>>`: the forward is ndarray's own; the
@@ -49,30 +65,179 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
     super::back::<NdArray<f32>, B, D>(y)
 }
 
-/// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`, with `Φ` and `φ` the standard normal's CDF and density.
-fn gelu_derivative(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-    let pdf = (-0.5 * x * x).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
-    cdf + x * pdf
+/// [`super::causal_self_attention`] for `Autodiff<NdArray<f32>>`.
+pub(super) fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
+    let qkv = super::cast::<B, NdArray<f32>, 3>(qkv)?;
+    let NdArrayTensor::F32(input) = &qkv.primitive else {
+        return None;
+    };
+    let input = input.clone().into_shared().into_dimensionality::<Ix3>().ok()?;
+    let heads = Heads::of(input.view(), n_heads)?;
+    let (y, probs) = heads.forward(input.view());
+    let saved = || CausalAttention { qkv: input.clone(), probs: probs.into_shared(), n_heads };
+    let y = NdArrayTensor::from(y.into_dyn().into_shared());
+    super::back::<NdArray<f32>, B, 3>(super::record(CausalAttentionBackward, [&qkv], saved, y))
+}
+
+/// How the fused projection `[batch, seq, 3 * d_model]` splits into heads.
+#[derive(Debug, Clone, Copy)]
+struct Heads {
+    n_heads: usize,
+    d_model: usize,
+    head_dim: usize,
+}
+
+impl Heads {
+    fn of(qkv: ArrayView3<f32>, n_heads: usize) -> Option<Self> {
+        let d_model = qkv.dim().2 / 3;
+        (n_heads > 0 && d_model * 3 == qkv.dim().2 && d_model % n_heads == 0).then_some(Self { n_heads, d_model, head_dim: d_model / n_heads })
+    }
+
+    /// Columns of head `h` in part `part` (0 queries, 1 keys, 2 values) of the projection.
+    fn columns(&self, part: usize, h: usize) -> std::ops::Range<usize> {
+        let start = part * self.d_model + h * self.head_dim;
+        start..start + self.head_dim
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.head_dim as f32).sqrt()
+    }
+
+    /// `softmax(q·kᵀ/√head_dim + causal mask)·v` per batch row and head → the output
+    /// `[batch, seq, d_model]` (heads side by side) and the probabilities `[batch, heads, seq, seq]`.
+    fn forward(&self, qkv: ArrayView3<f32>) -> (Array3<f32>, Array4<f32>) {
+        let (batch, seq, _) = qkv.dim();
+        let mut y = Array3::zeros((batch, seq, self.d_model));
+        let mut probs = Array4::zeros((batch, self.n_heads, seq, seq));
+        for b in 0..batch {
+            for h in 0..self.n_heads {
+                let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![b, .., self.columns(part, h)]));
+                let mut p = probs.slice_mut(s![b, h, .., ..]);
+                general_mat_mul(self.scale(), &q, &k.t(), 0.0, &mut p);
+                causal_softmax(&mut p);
+                general_mat_mul(1.0, &p, &v, 0.0, &mut y.slice_mut(s![b, .., self.columns(0, h)]));
+            }
+        }
+        (y, probs)
+    }
+}
+
+/// Row `i` of `scores` → the softmax of its first `i + 1` entries, zeros after them.
+fn causal_softmax(scores: &mut ArrayViewMut2<f32>) {
+    for (i, mut row) in scores.rows_mut().into_iter().enumerate() {
+        let seen = (i + 1).min(row.len());
+        let (mut seen, mut future) = row.view_mut().split_at(Axis(0), seen);
+        let max = seen.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        seen.mapv_inplace(|x| (x - max).exp());
+        let sum = seen.sum();
+        seen.mapv_inplace(|x| x / sum);
+        future.fill(0.0);
+    }
+}
+
+/// What causal attention's backward needs: the fused projection and the probabilities.
+#[derive(Debug, Clone)]
+struct CausalAttention {
+    qkv: ArcArray<f32, Ix3>,
+    probs: ArcArray<f32, ndarray::Ix4>,
+    n_heads: usize,
+}
+
+impl CausalAttention {
+    /// The gradient of the fused projection from `dy`, the output's. Per batch row and head,
+    /// with `P` the probabilities and `dS` the scores' gradient:
+    /// dV = Pᵀ·dY, dP = dY·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = dS·K/√d, dK = dSᵀ·Q/√d.
+    fn gradient(&self, dy: ArrayView3<f32>) -> Array3<f32> {
+        let heads = Heads::of(self.qkv.view(), self.n_heads).expect("checked in the forward");
+        let (batch, seq, width) = self.qkv.dim();
+        let mut dqkv = Array3::zeros((batch, seq, width));
+        let mut ds = Array2::zeros((seq, seq));
+        for b in 0..batch {
+            for h in 0..self.n_heads {
+                let [q, k, v] = [0, 1, 2].map(|part| self.qkv.slice(s![b, .., heads.columns(part, h)]));
+                let (p, dy) = (self.probs.slice(s![b, h, .., ..]), dy.slice(s![b, .., heads.columns(0, h)]));
+                general_mat_mul(1.0, &p.t(), &dy, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(2, h)]));
+                general_mat_mul(1.0, &dy, &v.t(), 0.0, &mut ds);
+                Zip::from(ds.rows_mut()).and(p.rows()).for_each(|mut ds, p| {
+                    let dot = ds.dot(&p);
+                    Zip::from(&mut ds).and(&p).for_each(|ds, &p| *ds = p * (*ds - dot));
+                });
+                general_mat_mul(heads.scale(), &ds, &k, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(0, h)]));
+                general_mat_mul(heads.scale(), &ds.t(), &q, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(1, h)]));
+            }
+        }
+        dqkv
+    }
+}
+
+#[derive(Debug)]
+struct CausalAttentionBackward;
+
+impl Backward<NdArray<f32>, 1> for CausalAttentionBackward {
+    type State = CausalAttention;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let NdArrayTensor::F32(dy) = grads.consume::<NdArray<f32>>(&ops.node) else {
+            unreachable!("the gradient of an f32 attention is f32");
+        };
+        let [Some(parent)] = ops.parents else {
+            return;
+        };
+        let dy = dy.view().into_dimensionality::<Ix3>().expect("the output is [batch, seq, d_model]");
+        let dqkv = ops.state.gradient(dy);
+        grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dqkv.into_dyn().into_shared()));
+    }
+}
+
+/// `x·Φ(x)` and its derivative `Φ(x) + x·φ(x)` for each of `x`, with `Φ` and `φ` the
+/// standard normal's CDF and density.
+fn gelu_and_derivative(x: &[f32], y: &mut [f32], derivative: &mut [f32]) {
+    for ((&x, y), derivative) in x.iter().zip(y).zip(derivative) {
+        let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+        let pdf = (-0.5 * x * x).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+        *y = x * cdf;
+        *derivative = cdf + x * pdf;
+    }
+}
+
+/// `kernel` over `input` and the two outputs of its length, in one chunk per core for large
+/// inputs (burn-ndarray's element-wise operations use one). Every element's result is the
+/// same whichever thread computes it, so runs stay bit-identical.
+fn on_every_core(input: &[f32], out_1: &mut [f32], out_2: &mut [f32], kernel: fn(&[f32], &mut [f32], &mut [f32])) {
+    const SMALLEST_CHUNK: usize = 1 << 15;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = input.len().div_ceil(cores).max(SMALLEST_CHUNK);
+    std::thread::scope(|scope| {
+        let mut chunks = input.chunks(chunk).zip(out_1.chunks_mut(chunk)).zip(out_2.chunks_mut(chunk));
+        let first = chunks.next();
+        for ((input, out_1), out_2) in chunks {
+            scope.spawn(move || kernel(input, out_1, out_2));
+        }
+        if let Some(((input, out_1), out_2)) = first {
+            kernel(input, out_1, out_2);
+        }
+    });
 }
 
 #[derive(Debug)]
 struct ExactGelu;
 
 impl Backward<NdArray<f32>, 1> for ExactGelu {
-    /// The input.
+    /// The derivative at the input, `Φ(x) + x·φ(x)` with `Φ` and `φ` the standard normal's CDF
+    /// and density.
     type State = ArcArray<f32, IxDyn>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let grad = grads.consume::<NdArray<f32>>(&ops.node);
+        let NdArrayTensor::F32(grad) = grads.consume::<NdArray<f32>>(&ops.node) else {
+            unreachable!("the gradient of an f32 GELU is f32");
+        };
         let [Some(parent)] = ops.parents else {
             return;
         };
-        let NdArrayTensor::F32(grad) = grad else {
-            unreachable!("the gradient of an f32 GELU is f32");
-        };
-        let dx = Zip::from(&ops.state).and(&grad.view()).map_collect(|&x, &g| g * gelu_derivative(x));
-        grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dx.into_shared()));
+        // In place unless the gradient is shared (`view_mut` copies it then).
+        let mut grad = grad.into_owned();
+        Zip::from(grad.view_mut()).and(&ops.state).for_each(|g, &derivative| *g *= derivative);
+        grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(grad));
     }
 }
 
@@ -153,7 +318,7 @@ mod tests {
         let y = gelu(&x).expect("Autodiff<NdArray<f32>> has the exact GELU");
         let burns = burn::tensor::activation::gelu(x.clone());
         let forward: f32 = (y.clone().inner() - burns.inner()).abs().max().into_scalar();
-        assert_eq!(forward, 0.0, "the forward is ndarray's own");
+        assert!(forward < 1e-6, "the forward differs from Burn's (erf in f64) by {forward}");
 
         let grad = x.grad(&y.sum().backward()).expect("x is a leaf").into_data();
         let grad = grad.as_slice::<f32>().expect("f32");
@@ -195,8 +360,32 @@ mod tests {
     }
 
     #[test]
+    fn causal_attention_matches_burns_ops_forward_and_backward() {
+        let device = Default::default();
+        let [batch, seq, heads, head_dim] = [3, 17, 4, 8];
+        let d_model = heads * head_dim;
+        let random = |shape: [usize; 3]| Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (qkv, weights) = (random([batch, seq, 3 * d_model]).require_grad(), random([batch, seq, d_model]));
+        let y = |fused: bool| match fused {
+            true => causal_self_attention(&qkv, heads).expect("Autodiff<NdArray<f32>> has the fused attention"),
+            false => {
+                let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * d_model, d_model).reshape([batch, seq, heads, head_dim]).swap_dims(1, 2));
+                let causal = burn::tensor::ops::AttentionModuleOptions { is_causal: true, ..Default::default() };
+                burn::tensor::module::attention(q, k, v, None, None, causal).swap_dims(1, 2).reshape([batch, seq, d_model])
+            }
+        };
+        // Each graph's backward runs before the next graph is built (see the LayerNorm test).
+        let with_grad = |y: Tensor<Ad, 3>| (y.clone().inner(), qkv.grad(&(y * weights.clone()).sum().backward()).expect("qkv"));
+        let ((fused_y, fused), (burn_y, burn)) = (with_grad(y(true)), with_grad(y(false)));
+        let out: f32 = (fused_y - burn_y).abs().max().into_scalar();
+        let grad: f32 = (fused - burn).abs().max().into_scalar();
+        assert!(out < 1e-5 && grad < 1e-5, "fused vs Burn: output differs by {out}, d(qkv) by {grad}");
+    }
+
+    #[test]
     fn other_backends_take_burns_path() {
         let x = Tensor::<NdArray<f32>, 1>::zeros([3], &Default::default());
         assert!(gelu(&x).is_none(), "without autodiff there is no backward to replace");
+        assert!(causal_self_attention(&Tensor::<NdArray<f32>, 3>::zeros([1, 4, 12], &Default::default()), 2).is_none());
     }
 }

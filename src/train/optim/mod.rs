@@ -16,6 +16,11 @@ use burn::tensor::backend::AutodiffBackend;
 use super::control::RunControl;
 use crate::distributed::Exchange;
 
+#[cfg(feature = "ndarray")]
+mod on_ndarray;
+#[cfg(feature = "tch")]
+mod on_libtorch;
+
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {
     pub beta1: f64,
@@ -42,27 +47,89 @@ impl<B: Backend> SimpleOptimizer<B> for AdamW {
         grad: Tensor<B, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
-        let (b1, b2) = (self.beta1, self.beta2);
-        let state = match state {
-            Some(s) => AdamWState {
-                moment_1: s.moment_1 * b1 + grad.clone() * (1.0 - b1),
-                moment_2: s.moment_2 * b2 + grad.square() * (1.0 - b2),
-                time: s.time + 1,
-            },
-            None => AdamWState { moment_1: grad.clone() * (1.0 - b1), moment_2: grad.square() * (1.0 - b2), time: 1 },
+        // Zero moments are what the first step starts from; the update reads them as such.
+        let (moment_1, moment_2, time) = match state {
+            Some(s) => (s.moment_1, s.moment_2, s.time + 1),
+            None => (grad.zeros_like(), grad.zeros_like(), 1),
         };
-        let t = state.time as i32;
-        let m_hat = state.moment_1.clone() / (1.0 - b1.powi(t));
-        let v_hat = state.moment_2.clone() / (1.0 - b2.powi(t));
         // Matrices (linear weights, embeddings) decay; biases and norm gains (1-D) do not.
-        let param = if D >= 2 && self.weight_decay > 0.0 { param * (1.0 - lr * self.weight_decay) } else { param };
-        let param = param - m_hat / (v_hat.sqrt() + self.epsilon) * lr;
-        (param, Some(state))
+        let decays = D >= 2 && self.weight_decay > 0.0;
+        let update = Update::new(self, lr, time, decays);
+        let slot = Slot { param, grad, moment_1, moment_2 };
+        let (param, moment_1, moment_2) = fused_update(slot, update).unwrap_or_else(|slot| update.with_ops(slot));
+        (param, Some(AdamWState { moment_1, moment_2, time }))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
         AdamWState { moment_1: state.moment_1.to_device(device), moment_2: state.moment_2.to_device(device), time: state.time }
     }
+}
+
+/// The scalars of one AdamW update in PyTorch's formulation, which folds both bias corrections
+/// into the step size and epsilon so that the update is
+///
+/// ```text
+/// m ← β₁·m + (1-β₁)·g      v ← β₂·v + (1-β₂)·g²
+/// θ ← θ·decay − step_size · m / (√v + epsilon)
+/// ```
+///
+/// with `step_size = lr·√(1-β₂ᵗ)/(1-β₁ᵗ)`, `epsilon = ε·√(1-β₂ᵗ)` and `decay = 1 - lr·λ`:
+/// the same as `lr · m̂ / (√v̂ + ε)` with `m̂, v̂` the bias-corrected moments, in fewer passes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Update {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub decay: f64,
+    pub step_size: f64,
+    pub epsilon: f64,
+}
+
+impl Update {
+    fn new(adamw: &AdamW, lr: f64, time: usize, decays: bool) -> Self {
+        let t = time as i32;
+        let correction_2 = (1.0 - adamw.beta2.powi(t)).sqrt();
+        Self {
+            beta1: adamw.beta1,
+            beta2: adamw.beta2,
+            decay: if decays { 1.0 - lr * adamw.weight_decay } else { 1.0 },
+            step_size: lr * correction_2 / (1.0 - adamw.beta1.powi(t)),
+            epsilon: adamw.epsilon * correction_2,
+        }
+    }
+
+    /// The update in Burn's tensor operations, for backends without a kernel of their own.
+    fn with_ops<B: Backend, const D: usize>(self, slot: Slot<B, D>) -> Updated<B, D> {
+        let Slot { param, grad, moment_1, moment_2 } = slot;
+        let moment_1 = moment_1 * self.beta1 + grad.clone() * (1.0 - self.beta1);
+        let moment_2 = moment_2 * self.beta2 + grad.square() * (1.0 - self.beta2);
+        let param = if self.decay != 1.0 { param * self.decay } else { param };
+        let param = param - moment_1.clone() / (moment_2.clone().sqrt() + self.epsilon) * self.step_size;
+        (param, moment_1, moment_2)
+    }
+}
+
+/// One parameter's tensors going into an [`Update`], moved so that a kernel may write them in place.
+pub(crate) struct Slot<B: Backend, const D: usize> {
+    pub param: Tensor<B, D>,
+    pub grad: Tensor<B, D>,
+    pub moment_1: Tensor<B, D>,
+    pub moment_2: Tensor<B, D>,
+}
+
+/// The parameter and moments after an [`Update`].
+pub(crate) type Updated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
+
+/// The update through a kernel of the backend's own, or the slot back untouched where there is
+/// none. Burn runs the update as a dozen passes over the parameter, each a fresh tensor; the
+/// kernels run it in a few (libtorch) or one (ndarray), writing the parameter and moments in place.
+fn fused_update<B: Backend, const D: usize>(slot: Slot<B, D>, update: Update) -> Result<Updated<B, D>, Slot<B, D>> {
+    let result = Err(slot);
+    #[cfg(feature = "tch")]
+    let result = result.or_else(|slot| on_libtorch::update(slot, update));
+    #[cfg(feature = "ndarray")]
+    let result = result.or_else(|slot| on_ndarray::update(slot, update));
+    let _ = update;
+    result
 }
 
 /// Scales the summed gradients of an accumulation window back to a mean, clips their global
@@ -192,5 +259,53 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for ScaleGrads<'_, B> {
         if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
             self.grads.register(param.id, grad * self.factor);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step of the backend's own kernel against the same step in Burn's operations, from
+    /// moments that are not zero; and a tensor sharing the parameter's storage (a checkpoint
+    /// being written, say) keeps its values.
+    fn kernel_matches_ops<B: Backend>(device: &B::Device) {
+        let random = |scale: f64| Tensor::<B, 2>::random([37, 19], burn::tensor::Distribution::Normal(0.0, scale), device);
+        let (param, grad, moment_1) = (random(1.0), random(0.1), random(0.01));
+        let moment_2 = random(0.01).abs();
+        let update = Update::new(&AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 }, 1e-3, 7, true);
+        let slot = || Slot { param: param.clone(), grad: grad.clone(), moment_1: moment_1.clone(), moment_2: moment_2.clone() };
+        let before = param.clone().into_data();
+        let Ok(fused) = fused_update(slot(), update) else {
+            panic!("{} has an AdamW kernel", std::any::type_name::<B>());
+        };
+        param.clone().into_data().assert_eq(&before, true);
+        let by_ops = update.with_ops(slot());
+        for (name, (a, b)) in ["param", "moment_1", "moment_2"].iter().zip([(fused.0, by_ops.0), (fused.1, by_ops.1), (fused.2, by_ops.2)]) {
+            let diff: f32 = (a - b).abs().max().into_scalar().elem();
+            assert!(diff < 1e-6, "{name} differs by {diff}");
+        }
+    }
+
+    #[cfg(feature = "ndarray")]
+    #[test]
+    fn ndarray_kernel_matches_burns_ops() {
+        kernel_matches_ops::<burn::backend::NdArray<f32>>(&Default::default());
+    }
+
+    #[cfg(feature = "tch")]
+    #[test]
+    fn libtorch_kernel_matches_burns_ops() {
+        kernel_matches_ops::<burn::backend::LibTorch<f32>>(&burn::backend::libtorch::LibTorchDevice::Cpu);
+    }
+
+    #[test]
+    fn update_is_pytorchs_bias_corrected_step() {
+        let adamw = AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 };
+        let u = Update::new(&adamw, 1e-3, 3, false);
+        let (m, v) = (0.2_f64, 0.04_f64);
+        let textbook = 1e-3 * (m / (1.0 - 0.9_f64.powi(3))) / ((v / (1.0 - 0.99_f64.powi(3))).sqrt() + 1e-8);
+        assert!((u.step_size * m / (v.sqrt() + u.epsilon) - textbook).abs() < 1e-15);
+        assert_eq!(u.decay, 1.0, "1-D parameters do not decay");
     }
 }
