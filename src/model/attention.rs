@@ -37,7 +37,9 @@ pub(crate) fn project<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<
 pub(crate) fn flat_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
     let d_out = weight.dims()[1];
-    burn::tensor::module::linear(x.reshape([batch * seq, d_in]), weight, bias).reshape([batch, seq, d_out])
+    let x = x.reshape([batch * seq, d_in]);
+    let y = super::fused::linear(&x, &weight, bias.as_ref()).unwrap_or_else(|| burn::tensor::module::linear(x, weight, bias));
+    y.reshape([batch, seq, d_out])
 }
 
 #[derive(Module, Debug)]

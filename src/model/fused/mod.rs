@@ -6,9 +6,9 @@
 //! approximation's derivative (a cube, a tanh and a dozen passes on ndarray). Here:
 //! - on libtorch on the CPU ([`on_libtorch`]), attention and LayerNorm run libtorch's own kernels,
 //!   the ones PyTorch's autograd runs, each recorded as one autodiff operation;
-//! - on ndarray ([`on_ndarray`]), GELU's backward is the exact derivative of the GELU the
-//!   forward computes, `Φ(x) + x·φ(x)`, in one pass, and LayerNorm's backward is one pass
-//!   over the rows.
+//! - on ndarray ([`on_ndarray`]), attention and linear layers have backwards of their own,
+//!   GELU's backward is the exact derivative of the GELU the forward computes,
+//!   `Φ(x) + x·φ(x)`, and LayerNorm's backward is one pass over the rows.
 //!
 //! The README's Performance section has what each saves per training step.
 //!
@@ -47,6 +47,17 @@ pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> 
         return Some(y);
     }
     let _ = (qkv, n_heads);
+    None
+}
+
+/// `x: [rows, d_in]` · `weight: [d_in, d_out]` (+ `bias`); `None` where Burn's own is used
+/// (anything but ndarray with autodiff).
+pub fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "ndarray")]
+    if let Some(y) = on_ndarray::linear(x, weight, bias) {
+        return Some(y);
+    }
+    let _ = (x, weight, bias);
     None
 }
 

@@ -10,6 +10,8 @@
 //! - LayerNorm is, under autodiff, a mean, a subtraction, a square, another mean, a square
 //!   root, a division, a scale and a shift, each recorded with its own backward. Here the
 //!   forward is ndarray's own LayerNorm and the backward one pass over the rows.
+//! - A linear layer's backward in Burn copies `xᵀ` (and `Wᵀ`) into fresh arrays before each
+//!   matrix product. Here both products read the transposes in place.
 //! - Causal attention is, under autodiff, a split of the fused projection into heads, a
 //!   matmul, a scale, a mask, a softmax in five operations and another matmul, each recorded
 //!   with its own backward (the split's writes each third of the gradient into a zeroed tensor
@@ -24,7 +26,7 @@ use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
 use burn::tensor::ops::ModuleOps;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, ArcArray, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix3, IxDyn, Zip};
+use ndarray::{s, ArcArray, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix1, Ix2, Ix3, IxDyn, Zip};
 
 /// [`super::gelu`] for `Autodiff<NdArray<f32>>`: one pass computes `x·Φ(x)` and keeps its
 /// derivative `Φ(x) + x·φ(x)`, so that the backward is one product.
@@ -63,6 +65,70 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
         None => super::record(LayerNormBackward, [&x, &gamma], saved, y),
     };
     super::back::<NdArray<f32>, B, D>(y)
+}
+
+/// [`super::linear`] for `Autodiff<NdArray<f32>>`.
+pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+    let x = super::cast::<B, NdArray<f32>, 2>(x)?;
+    let weight = super::cast::<B, NdArray<f32>, 2>(weight)?;
+    let bias = match bias {
+        Some(bias) => Some(super::cast::<B, NdArray<f32>, 1>(bias)?),
+        None => None,
+    };
+    let matrix = |t: &NdArrayTensor| match t {
+        NdArrayTensor::F32(t) => t.clone().into_shared().into_dimensionality::<Ix2>().ok(),
+        _ => None,
+    };
+    let (input, weights) = (matrix(&x.primitive)?, matrix(&weight.primitive)?);
+    let mut y = Array2::zeros((input.nrows(), weights.ncols()));
+    if let Some(bias) = &bias {
+        let NdArrayTensor::F32(bias) = &bias.primitive else {
+            return None;
+        };
+        y += &bias.view().into_dimensionality::<Ix1>().ok()?;
+    }
+    general_mat_mul(1.0, &input, &weights, 1.0, &mut y);
+    let saved = || LinearInput { x: input, weight: weights };
+    let y = NdArrayTensor::from(y.into_dyn().into_shared());
+    let y = match &bias {
+        Some(bias) => super::record(LinearBackward, [&x, &weight, bias], saved, y),
+        None => super::record(LinearBackward, [&x, &weight], saved, y),
+    };
+    super::back::<NdArray<f32>, B, 2>(y)
+}
+
+/// What a linear layer's backward needs: its input `[rows, d_in]` and weight `[d_in, d_out]`.
+#[derive(Debug, Clone)]
+struct LinearInput {
+    x: ArcArray<f32, Ix2>,
+    weight: ArcArray<f32, Ix2>,
+}
+
+#[derive(Debug)]
+struct LinearBackward;
+
+impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
+    type State = LinearInput;
+
+    /// dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ dy over the rows; each only where its parent needs it.
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let NdArrayTensor::F32(dy) = grads.consume::<NdArray<f32>>(&ops.node) else {
+            unreachable!("the gradient of an f32 linear layer is f32");
+        };
+        let dy = dy.view().into_dimensionality::<Ix2>().expect("the output is [rows, d_out]");
+        let LinearInput { x, weight } = &ops.state;
+        for (i, parent) in ops.parents.into_iter().enumerate() {
+            let Some(parent) = parent else {
+                continue;
+            };
+            let grad = match i {
+                0 => dy.dot(&weight.t()).into_dyn(),
+                1 => x.t().dot(&dy).into_dyn(),
+                _ => dy.sum_axis(Axis(0)).into_dyn(),
+            };
+            grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(grad.into_shared()));
+        }
+    }
 }
 
 /// [`super::causal_self_attention`] for `Autodiff<NdArray<f32>>`.
@@ -380,6 +446,37 @@ mod tests {
         let out: f32 = (fused_y - burn_y).abs().max().into_scalar();
         let grad: f32 = (fused - burn).abs().max().into_scalar();
         assert!(out < 1e-5 && grad < 1e-5, "fused vs Burn: output differs by {out}, d(qkv) by {grad}");
+    }
+
+    #[test]
+    fn linear_matches_burns_ops_forward_and_backward() {
+        let device = Default::default();
+        let random = |shape: [usize; 2]| Tensor::<Ad, 2>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let (x, weights) = (random([13, 24]).require_grad(), random([13, 10]));
+        let max_diff = |a: Tensor<NdArray<f32>, 2>, b: Tensor<NdArray<f32>, 2>| -> f32 { (a - b).abs().max().into_scalar() };
+        // The tied output head passes the embedding table transposed, a strided view.
+        for (with_bias, transposed) in [(true, false), (false, true)] {
+            let weight = match transposed {
+                true => random([10, 24]).require_grad(),
+                false => random([24, 10]).require_grad(),
+            };
+            let bias = with_bias.then(|| random([1, 10]).reshape([10]).require_grad());
+            let w = || if transposed { weight.clone().transpose() } else { weight.clone() };
+            let y = |fused: bool| match fused {
+                true => linear(&x, &w(), bias.as_ref()).expect("Autodiff<NdArray<f32>> has the fused linear"),
+                false => burn::tensor::module::linear(x.clone(), w(), bias.clone()),
+            };
+            let with_grads = |y: Tensor<Ad, 2>| (y.clone().inner(), (y * weights.clone()).sum().backward());
+            let ((fused_y, fused), (burn_y, burn)) = (with_grads(y(true)), with_grads(y(false)));
+            assert!(max_diff(fused_y, burn_y) < 1e-5, "bias {with_bias}: outputs differ");
+            let dx = max_diff(x.grad(&fused).expect("x"), x.grad(&burn).expect("x"));
+            let dw = max_diff(weight.grad(&fused).expect("weight"), weight.grad(&burn).expect("weight"));
+            assert!(dx < 1e-5 && dw < 1e-5, "bias {with_bias}, transposed {transposed}: d(x) differs by {dx}, d(W) by {dw}");
+            if let Some(bias) = &bias {
+                let db: f32 = (bias.grad(&fused).expect("bias") - bias.grad(&burn).expect("bias")).abs().max().into_scalar();
+                assert!(db < 1e-5, "d(bias) differs by {db}");
+            }
+        }
     }
 
     #[test]
