@@ -3,6 +3,9 @@
 //! Burn's own AdamW decays every parameter and its clipping works per tensor; nanoGPT (and
 //! PyTorch's `clip_grad_norm_`) decay only ≥2-D weights and clip the norm of all gradients
 //! taken together. Both are reproduced here on top of Burn's `SimpleOptimizer` machinery.
+//!
+//! The update of one parameter ([`Update`]) runs as the backend's own kernels where kiln has
+//! them (libtorch: [`on_libtorch`], ndarray: [`on_ndarray`]) and in Burn's operations elsewhere.
 
 use std::sync::Arc;
 
@@ -120,8 +123,8 @@ pub(crate) struct Slot<B: Backend, const D: usize> {
 pub(crate) type Updated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
 
 /// The update through a kernel of the backend's own, or the slot back untouched where there is
-/// none. Burn runs the update as a dozen passes over the parameter, each a fresh tensor; the
-/// kernels run it in a few (libtorch) or one (ndarray), writing the parameter and moments in place.
+/// none. In Burn's operations the update is a dozen passes over the parameter, each into a
+/// fresh tensor; the kernels make six (libtorch) or one (ndarray), writing in place.
 fn fused_update<B: Backend, const D: usize>(slot: Slot<B, D>, update: Update) -> Result<Updated<B, D>, Slot<B, D>> {
     let result = Err(slot);
     #[cfg(feature = "tch")]
