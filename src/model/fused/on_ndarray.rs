@@ -97,6 +97,14 @@ pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: 
     super::back::<NdArray<f32>, B, 2>(y)
 }
 
+/// The gradient of a fused operation's f32 output, taken from `grads`.
+fn output_gradient<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> ArcArray<f32, IxDyn> {
+    match grads.consume::<NdArray<f32>>(&ops.node) {
+        NdArrayTensor::F32(grad) => grad.into_shared(),
+        _ => unreachable!("the gradient of an f32 output is f32"),
+    }
+}
+
 /// What a linear layer's backward needs: its input `[rows, d_in]` and weight `[d_in, d_out]`.
 #[derive(Debug, Clone)]
 struct LinearInput {
@@ -112,10 +120,7 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
 
     /// dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ dy over the rows; each only where its parent needs it.
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let NdArrayTensor::F32(dy) = grads.consume::<NdArray<f32>>(&ops.node) else {
-            unreachable!("the gradient of an f32 linear layer is f32");
-        };
-        let dy = dy.view().into_dimensionality::<Ix2>().expect("the output is [rows, d_out]");
+        let dy = output_gradient(&ops, grads).into_dimensionality::<Ix2>().expect("the output is [rows, d_out]");
         let LinearInput { x, weight } = &ops.state;
         for (i, parent) in ops.parents.into_iter().enumerate() {
             let Some(parent) = parent else {
@@ -140,7 +145,7 @@ pub(super) fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usi
     let input = input.clone().into_shared().into_dimensionality::<Ix3>().ok()?;
     let heads = Heads::of(input.view(), n_heads)?;
     let (y, probs) = heads.forward(input.view());
-    let saved = || CausalAttention { qkv: input.clone(), probs: probs.into_shared(), n_heads };
+    let saved = || CausalAttention { qkv: input.clone(), probs: probs.into_shared(), heads };
     let y = NdArrayTensor::from(y.into_dyn().into_shared());
     super::back::<NdArray<f32>, B, 3>(super::record(CausalAttentionBackward, [&qkv], saved, y))
 }
@@ -206,7 +211,7 @@ fn causal_softmax(scores: &mut ArrayViewMut2<f32>) {
 struct CausalAttention {
     qkv: ArcArray<f32, Ix3>,
     probs: ArcArray<f32, ndarray::Ix4>,
-    n_heads: usize,
+    heads: Heads,
 }
 
 impl CausalAttention {
@@ -214,12 +219,12 @@ impl CausalAttention {
     /// with `P` the probabilities and `dS` the scores' gradient:
     /// dV = Pᵀ·dY, dP = dY·Vᵀ, dS = P ⊙ (dP − rowsum(P ⊙ dP)), dQ = dS·K/√d, dK = dSᵀ·Q/√d.
     fn gradient(&self, dy: ArrayView3<f32>) -> Array3<f32> {
-        let heads = Heads::of(self.qkv.view(), self.n_heads).expect("checked in the forward");
+        let heads = self.heads;
         let (batch, seq, width) = self.qkv.dim();
         let mut dqkv = Array3::zeros((batch, seq, width));
         let mut ds = Array2::zeros((seq, seq));
         for b in 0..batch {
-            for h in 0..self.n_heads {
+            for h in 0..heads.n_heads {
                 let [q, k, v] = [0, 1, 2].map(|part| self.qkv.slice(s![b, .., heads.columns(part, h)]));
                 let (p, dy) = (self.probs.slice(s![b, h, .., ..]), dy.slice(s![b, .., heads.columns(0, h)]));
                 general_mat_mul(1.0, &p.t(), &dy, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(2, h)]));
@@ -243,14 +248,11 @@ impl Backward<NdArray<f32>, 1> for CausalAttentionBackward {
     type State = CausalAttention;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let NdArrayTensor::F32(dy) = grads.consume::<NdArray<f32>>(&ops.node) else {
-            unreachable!("the gradient of an f32 attention is f32");
-        };
+        let dy = output_gradient(&ops, grads).into_dimensionality::<Ix3>().expect("the output is [batch, seq, d_model]");
         let [Some(parent)] = ops.parents else {
             return;
         };
-        let dy = dy.view().into_dimensionality::<Ix3>().expect("the output is [batch, seq, d_model]");
-        let dqkv = ops.state.gradient(dy);
+        let dqkv = ops.state.gradient(dy.view());
         grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dqkv.into_dyn().into_shared()));
     }
 }
@@ -271,7 +273,9 @@ fn gelu_and_derivative(x: &[f32], y: &mut [f32], derivative: &mut [f32]) {
 /// same whichever thread computes it, so runs stay bit-identical.
 fn on_every_core(input: &[f32], out_1: &mut [f32], out_2: &mut [f32], kernel: fn(&[f32], &mut [f32], &mut [f32])) {
     const SMALLEST_CHUNK: usize = 1 << 15;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Asked once: the standard library reads the cgroup's CPU quota to answer.
+    static CORES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = *CORES;
     let chunk = input.len().div_ceil(cores).max(SMALLEST_CHUNK);
     std::thread::scope(|scope| {
         let mut chunks = input.chunks(chunk).zip(out_1.chunks_mut(chunk)).zip(out_2.chunks_mut(chunk));
@@ -294,14 +298,11 @@ impl Backward<NdArray<f32>, 1> for ExactGelu {
     type State = ArcArray<f32, IxDyn>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let NdArrayTensor::F32(grad) = grads.consume::<NdArray<f32>>(&ops.node) else {
-            unreachable!("the gradient of an f32 GELU is f32");
-        };
+        let mut grad = output_gradient(&ops, grads);
         let [Some(parent)] = ops.parents else {
             return;
         };
         // In place unless the gradient is shared (`view_mut` copies it then).
-        let mut grad = grad.into_owned();
         Zip::from(grad.view_mut()).and(&ops.state).for_each(|g, &derivative| *g *= derivative);
         grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(grad));
     }
@@ -355,10 +356,7 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LayerNormBackward {
     type State = LayerNormInput;
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let NdArrayTensor::F32(grad) = grads.consume::<NdArray<f32>>(&ops.node) else {
-            unreachable!("the gradient of an f32 LayerNorm is f32");
-        };
-        let (dx, dgamma, dbeta) = ops.state.gradients(grad.view());
+        let (dx, dgamma, dbeta) = ops.state.gradients(output_gradient(&ops, grads).view());
         let parent_grads = [dx.into_shared(), dgamma.into_dyn().into_shared(), dbeta.into_dyn().into_shared()];
         for (parent, parent_grad) in ops.parents.into_iter().zip(parent_grads) {
             if let Some(parent) = parent {

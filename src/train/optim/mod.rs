@@ -122,6 +122,15 @@ pub(crate) struct Slot<B: Backend, const D: usize> {
 /// The parameter and moments after an [`Update`].
 pub(crate) type Updated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>);
 
+/// A kernel's results, computed on `IB`, as the `B` they were moved from.
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+fn updated_as<IB: Backend, B: Backend, const D: usize>(updated: [Tensor<IB, D>; 3]) -> Updated<B, D> {
+    match crate::model::fused::moved_as::<_, [Tensor<B, D>; 3]>(updated) {
+        Ok([param, moment_1, moment_2]) => (param, moment_1, moment_2),
+        Err(_) => unreachable!("a kernel runs only on the backend its slot was moved to"),
+    }
+}
+
 /// The update through a kernel of the backend's own, or the slot back untouched where there is
 /// none. In Burn's operations the update is a dozen passes over the parameter, each into a
 /// fresh tensor; the kernels make six (libtorch) or one (ndarray), writing in place.

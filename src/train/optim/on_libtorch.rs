@@ -29,10 +29,7 @@ fn update_as<B: Backend, E: TchElement, const D: usize>(slot: Slot<B, D>, u: Upd
     let _ = denominator.g_add_scalar_(u.epsilon);
     let _ = param.addcdiv_(&(&moment_1 * -u.step_size), &denominator);
     let updated = [param, moment_1, moment_2].map(|t| Tensor::<LibTorch<E>, D>::from_primitive(TensorPrimitive::Float(TchTensor::new(t))));
-    match moved_as::<_, [Tensor<B, D>; 3]>(updated) {
-        Ok([param, moment_1, moment_2]) => Ok((param, moment_1, moment_2)),
-        Err(_) => unreachable!("B is LibTorch<E>: the slot was one of its"),
-    }
+    Ok(super::updated_as(updated))
 }
 
 /// `t`'s libtorch tensor, copied first where another Burn tensor shares its storage (a

@@ -31,8 +31,5 @@ pub(super) fn update<B: Backend, const D: usize>(slot: Slot<B, D>, u: Update) ->
         *p = *p * decay - step_size * *m / (v.sqrt() + epsilon);
     });
     let updated = [param, moment_1, moment_2].map(|t| Tensor::<NdArray<f32>, D>::from_primitive(TensorPrimitive::Float(NdArrayTensor::from(t))));
-    match moved_as::<_, [Tensor<B, D>; 3]>(updated) {
-        Ok([param, moment_1, moment_2]) => Ok((param, moment_1, moment_2)),
-        Err(_) => unreachable!("B is NdArray<f32>: the slot was one of its"),
-    }
+    Ok(super::updated_as(updated))
 }
