@@ -10,6 +10,9 @@ fn layers_file_then_environment_then_set() {
     let env = vec![
         ("KILN_TRAINING__LEARNING_RATE".to_string(), "0.002".to_string()),
         ("KILN_TRAINING__BATCH_SIZE".to_string(), "4".to_string()),
+        // Not settings: the set-up script's own variables must not make the config fail.
+        ("KILN_VENV".to_string(), "/opt/venv".to_string()),
+        ("KILN_TORCH_VERSION".to_string(), "2.9.0".to_string()),
     ];
     let sets = vec!["training.learning_rate=3e-4".to_string(), "run.name=lr3e4".to_string()];
     let spec = kiln::config::load_with_env(&file, &sets, env).unwrap();

@@ -459,7 +459,10 @@ pub fn load_with_env(file: &Path, overrides: &[String], env: impl IntoIterator<I
     if !file.is_file() {
         return Err(load_err(::config::ConfigError::Message("file not found".into())));
     }
-    let env_map: ::config::Map<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("KILN_")).collect();
+    // Only `KILN_<SECTION>__<KEY>` names a setting: other `KILN_` variables (the set-up
+    // script's `KILN_VENV`, a test harness's seed) belong to other tools.
+    let env_map: ::config::Map<String, String> =
+        env.into_iter().filter(|(k, _)| k.strip_prefix("KILN_").is_some_and(|key| key.contains("__"))).collect();
     let mut builder = ::config::Config::builder().add_source(::config::File::from(file).format(::config::FileFormat::Toml)).add_source(
         ::config::Environment::with_prefix("KILN").prefix_separator("_").separator("__").try_parsing(true).source(Some(env_map)),
     );
