@@ -13,9 +13,11 @@ use crate::model::{Gpt, Seq2Seq};
 pub fn lm_loss<B: Backend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
     let logits = model.forward(batch.inputs.clone());
     let [b, t, v] = logits.dims();
-    CrossEntropyLossConfig::new()
-        .init(&logits.device())
-        .forward(logits.reshape([b * t, v]), batch.targets.clone().reshape([b * t]))
+    let (logits, targets) = (logits.reshape([b * t, v]), batch.targets.clone().reshape([b * t]));
+    match crate::model::fused::cross_entropy(&logits, &targets) {
+        Some(loss) => loss,
+        None => CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, targets),
+    }
 }
 
 /// Mean cross-entropy of a batch's target tokens under teacher forcing, padding left out.

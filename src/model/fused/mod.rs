@@ -4,11 +4,13 @@
 //! (matmul, scale, mask, max, exp, sum, divide, matmul; mean, subtract, square, …), each
 //! recorded with a backward step of its own, and it differentiates GELU through the tanh
 //! approximation's derivative (a cube, a tanh and a dozen passes on ndarray). Here:
-//! - on libtorch on the CPU ([`on_libtorch`]), attention and LayerNorm run libtorch's own kernels,
-//!   the ones PyTorch's autograd runs, each recorded as one autodiff operation;
+//! - on libtorch on the CPU ([`on_libtorch`]), attention and LayerNorm's forward run
+//!   libtorch's own kernels, the ones PyTorch's autograd runs, each recorded as one autodiff
+//!   operation; LayerNorm's backward is [`cpu`]'s one pass over the rows;
 //! - on ndarray ([`on_ndarray`]), attention and linear layers have backwards of their own,
 //!   GELU's backward is the exact derivative of the GELU the forward computes,
-//!   `Φ(x) + x·φ(x)`, and LayerNorm's backward is one pass over the rows.
+//!   `Φ(x) + x·φ(x)`, and LayerNorm is one pass over the rows each way;
+//! - on both, cross-entropy is one operation whose backward is `softmax − onehot`.
 //!
 //! The README's Performance section has what each saves per training step.
 //!
@@ -29,6 +31,8 @@ use burn::prelude::*;
 #[cfg(any(feature = "ndarray", feature = "tch"))]
 use burn::tensor::{ops::FloatTensor, TensorPrimitive};
 
+#[cfg(any(feature = "ndarray", feature = "tch"))]
+mod cpu;
 #[cfg(feature = "ndarray")]
 mod on_ndarray;
 #[cfg(feature = "tch")]
@@ -88,6 +92,22 @@ pub fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tensor<B, D>
     None
 }
 
+/// Mean cross-entropy of `logits: [rows, vocab]` against `targets: [rows]` → `[1]`; `None`
+/// where Burn's own is used (anything but ndarray, and libtorch on the CPU, with autodiff), or where a
+/// target is not a token of the vocabulary (Burn's then reports it).
+pub fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+    #[cfg(feature = "tch")]
+    if let Some(loss) = on_libtorch::cross_entropy(logits, targets) {
+        return Some(loss);
+    }
+    #[cfg(feature = "ndarray")]
+    if let Some(loss) = on_ndarray::cross_entropy(logits, targets) {
+        return Some(loss);
+    }
+    let _ = (logits, targets);
+    None
+}
+
 /// `t`'s autodiff primitive (`primitive` and graph `node`) when `B` is `Autodiff<IB>`.
 #[cfg(any(feature = "ndarray", feature = "tch"))]
 fn cast<B: Backend, IB: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FloatTensor<Autodiff<IB>>> {
@@ -124,5 +144,43 @@ fn record<IB: Backend, Op: Backward<IB, N>, const N: usize>(op: Op, parents: [&F
     match op.prepare::<NoCheckpointing>(parents.map(|p| p.node.clone())).compute_bound().stateful() {
         OpsKind::Tracked(prep) => prep.finish(saved(), output),
         OpsKind::UnTracked(prep) => prep.finish(output),
+    }
+}
+
+#[cfg(all(test, any(feature = "ndarray", feature = "tch")))]
+mod tests {
+    use burn::tensor::backend::AutodiffBackend;
+
+    use super::*;
+
+    #[test]
+    fn cross_entropy_matches_burns_forward_and_backward() {
+        #[cfg(feature = "ndarray")]
+        matches_burns_cross_entropy::<Autodiff<burn::backend::NdArray<f32>>>(&Default::default());
+        #[cfg(feature = "tch")]
+        matches_burns_cross_entropy::<Autodiff<burn::backend::LibTorch<f32>>>(&burn::backend::libtorch::LibTorchDevice::Cpu);
+    }
+
+    /// Against Burn's `CrossEntropyLoss`, over 150 rows (three blocks of the ndarray kernel)
+    /// of 11 logits.
+    fn matches_burns_cross_entropy<B: AutodiffBackend>(device: &B::Device) {
+        let logits = Tensor::<B, 2>::random([150, 11], burn::tensor::Distribution::Normal(0.0, 2.0), device).require_grad();
+        let target_ids: Vec<i32> = (0..150).map(|i| i * 7 % 11).collect();
+        let targets = Tensor::<B, 1, Int>::from_ints(target_ids.as_slice(), device);
+        let loss_and_grad = |loss: Tensor<B, 1>| {
+            let grads = (loss.clone() * 3.0).backward();
+            (loss.into_scalar().elem::<f32>(), logits.grad(&grads).expect("logits are a leaf"))
+        };
+        let (fused, fused_grad) = loss_and_grad(cross_entropy(&logits, &targets).expect("this backend has the fused cross-entropy"));
+        let burns = burn::nn::loss::CrossEntropyLossConfig::new().init(device).forward(logits.clone(), targets.clone());
+        let (burn, burn_grad) = loss_and_grad(burns);
+        assert!((fused - burn).abs() < 1e-5, "loss {fused} against Burn's {burn}");
+        let diff: f32 = (fused_grad - burn_grad).abs().max().into_scalar().elem();
+        assert!(diff < 1e-6, "the gradients differ by {diff}");
+        for bad in [11, -1] {
+            let targets = Tensor::<B, 1, Int>::from_ints([0, bad], device);
+            let logits = Tensor::<B, 2>::zeros([2, 11], device);
+            assert!(cross_entropy(&logits, &targets).is_none(), "target {bad} is left to Burn's path, which reports it");
+        }
     }
 }

@@ -1,7 +1,12 @@
-//! libtorch's attention and LayerNorm kernels, recorded as single autodiff operations.
+//! libtorch's attention and LayerNorm kernels, and cross-entropy, recorded as single autodiff
+//! operations.
 //!
 //! Only for `Autodiff<LibTorch<E>>` with tensors on the CPU: libtorch without autodiff calls
 //! these kernels by itself, and on CUDA the CPU flash-attention kernel does not apply.
+//!
+//! tch exposes no LayerNorm backward kernel, and composed from libtorch's operations it is a
+//! dozen passes. It runs [`super::cpu`]'s one pass over copies of the tensors instead, on the
+//! calling thread.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
@@ -11,6 +16,8 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use half::{bf16, f16};
+
+use super::cpu;
 
 /// [`super::causal_self_attention`] through libtorch's CPU flash-attention kernels.
 ///
@@ -27,6 +34,30 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
     layer_norm_as::<B, f32, D>(x, gamma, beta, epsilon)
         .or_else(|| layer_norm_as::<B, f16, D>(x, gamma, beta, epsilon))
         .or_else(|| layer_norm_as::<B, bf16, D>(x, gamma, beta, epsilon))
+}
+
+/// [`super::cross_entropy`]: the rows' log-sum-exp and the targets' logits forward; the
+/// backward is `softmax − onehot` from them, so no log-softmax of the logits' size is kept.
+pub(super) fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+    cross_entropy_as::<B, f32>(logits, targets)
+        .or_else(|| cross_entropy_as::<B, f16>(logits, targets))
+        .or_else(|| cross_entropy_as::<B, bf16>(logits, targets))
+}
+
+fn cross_entropy_as<B: Backend, E: TchElement>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+    let logits = on_cpu::<B, E, 2>(logits)?;
+    let targets = super::moved_as::<_, Tensor<Autodiff<LibTorch<E>>, 1, Int>>(targets.clone()).ok()?.into_primitive().tensor;
+    let vocab = *logits.primitive.tensor.size().last()?;
+    // libtorch's gather would throw on a target outside the vocabulary; Burn's path reports it.
+    let in_vocabulary = targets.numel() > 0 && targets.min().int64_value(&[]) >= 0 && targets.max().int64_value(&[]) < vocab;
+    if !in_vocabulary {
+        return None;
+    }
+    let log_sum_exp = logits.primitive.tensor.logsumexp([-1], true);
+    let target_logits = logits.primitive.tensor.gather(1, &targets.unsqueeze(1), false);
+    let loss = (&log_sum_exp - target_logits).mean(None).reshape([1]);
+    let state = || Saved::CrossEntropy { logits: logits.primitive.clone(), targets: TchTensor::new(targets), log_sum_exp: TchTensor::new(log_sum_exp) };
+    super::back::<LibTorch<E>, B, 1>(record([&logits], state, loss))
 }
 
 fn self_attention_as<B: Backend, E: TchElement>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
@@ -81,6 +112,8 @@ enum Saved {
     Attention { q: TchTensor, k: TchTensor, v: TchTensor, out: TchTensor, logsumexp: TchTensor },
     /// Input `[..., d]`, weight, and the per-row mean and 1/√(var + eps) of the input.
     LayerNorm { x: TchTensor, gamma: TchTensor, mean: TchTensor, rstd: TchTensor },
+    /// Logits `[rows, vocab]`, targets `[rows]` and each row's log-sum-exp `[rows, 1]`.
+    CrossEntropy { logits: TchTensor, targets: TchTensor, log_sum_exp: TchTensor },
 }
 
 impl Saved {
@@ -95,20 +128,20 @@ impl Saved {
                 let dqkv = tch::Tensor::stack(&[dq, dk, dv].map(|g| g.transpose(1, 2)), 2);
                 vec![dqkv.reshape([batch, seq, 3 * heads * head_dim])]
             }
-            // With x̂ = (x - mean)·rstd and g = grad·gamma:
-            // dx = rstd · (g - mean(g) - x̂ · mean(g·x̂)), dgamma = Σ grad·x̂, dbeta = Σ grad,
-            // the means over the normalised dimension and the sums over all others.
             Saved::LayerNorm { x, gamma, mean, rstd } => {
-                let x_hat = (&x.tensor - &mean.tensor) * &rstd.tensor;
-                let g = grad * &gamma.tensor;
-                let last = [-1i64];
-                let g_mean = g.mean_dim(&last[..], true, None);
-                let gx_mean = (&g * &x_hat).mean_dim(&last[..], true, None);
-                let dx = (g - g_mean - &x_hat * gx_mean) * &rstd.tensor;
-                let rows: Vec<i64> = (0..x.tensor.dim() as i64 - 1).collect();
-                let dgamma = (grad * &x_hat).sum_dim_intlist(&rows[..], false, None);
-                let dbeta = grad.sum_dim_intlist(&rows[..], false, None);
-                vec![dx, dgamma, dbeta]
+                let floats = |t: &tch::Tensor| Vec::<f32>::try_from(&t.reshape([-1])).expect("a CPU float tensor copies into f32");
+                let stats = cpu::RowStats { mean: floats(&mean.tensor), rstd: floats(&rstd.tensor) };
+                let x_values = floats(&x.tensor);
+                let mut dx = vec![0.0; x_values.len()];
+                let (dgamma, dbeta) = cpu::layer_norm_backward(&x_values, &floats(grad), &floats(&gamma.tensor), &stats, &mut dx, cpu::Threads::Caller);
+                vec![tch::Tensor::from_slice(&dx).reshape(x.tensor.size()), tch::Tensor::from_slice(&dgamma), tch::Tensor::from_slice(&dbeta)]
+            }
+            Saved::CrossEntropy { logits, targets, log_sum_exp } => {
+                let rows = logits.tensor.size()[0];
+                let mut probs = (&logits.tensor - &log_sum_exp.tensor).exp_();
+                let minus_one = tch::Tensor::full([rows, 1], -1.0, (probs.kind(), probs.device()));
+                let _ = probs.scatter_add_(1, &targets.tensor.unsqueeze(1), &minus_one);
+                vec![probs.g_mul_(&(grad / rows as f64))]
             }
         }
     }
@@ -179,7 +212,8 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_burns_ops_forward_and_backward() {
-        let (x, weights) = (random([4, 9, 24]).require_grad(), random([4, 9, 24]));
+        // 160 rows: three blocks of the backward's partial sums.
+        let (x, weights) = (random([4, 40, 24]).require_grad(), random([4, 40, 24]));
         for with_beta in [true, false] {
             let gamma = random([24]).require_grad();
             let beta = with_beta.then(|| random([24]).require_grad());

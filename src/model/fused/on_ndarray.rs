@@ -5,11 +5,12 @@
 //!   ndarray inherits) is the derivative of the tanh approximation: about fifteen passes over
 //!   the tensor, among them a cube through `powf` and a `tanh`, which `perf` put at a fifth of
 //!   a `small.toml` training step on ndarray. Here one pass computes the output and the exact
-//!   derivative (`erf` and `exp` in f32), split over the cores, and the backward is one product. libtorch and flex
-//!   have an exact backward of their own.
+//!   derivative, and the backward is one product. libtorch and flex have an exact backward of
+//!   their own.
 //! - LayerNorm is, under autodiff, a mean, a subtraction, a square, another mean, a square
-//!   root, a division, a scale and a shift, each recorded with its own backward. Here the
-//!   forward is ndarray's own LayerNorm and the backward one pass over the rows.
+//!   root, a division, a scale and a shift, each recorded with its own backward (burn-ndarray's
+//!   forward is the same chain). Here forward and backward are each one pass over the rows,
+//!   and the forward keeps each row's mean and 1/std for the backward.
 //! - A linear layer's backward in Burn copies `xᵀ` (and `Wᵀ`) into fresh arrays before each
 //!   matrix product. Here both products read the transposes in place.
 //! - Causal attention is, under autodiff, a split of the fused projection into heads, a
@@ -18,15 +19,23 @@
 //!   of the whole width). Here it is one operation per batch row and head: two matrix
 //!   products and a softmax over the causal half of the scores, and a backward of four products
 //!   that writes straight into the gradient of the fused projection.
+//! - Cross-entropy is, under autodiff, a log-softmax in five operations, a gather and a mean,
+//!   each with its own backward. Here it is one pass over the rows, and the backward is
+//!   `softmax − onehot` in one more.
+//!
+//! The element- and row-wise work is [`super::cpu`]'s; attention runs its batch rows on every
+//! core.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
-use burn::tensor::ops::ModuleOps;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{s, ArcArray, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix1, Ix2, Ix3, IxDyn, Zip};
+use rayon::prelude::*;
+
+use super::cpu::{self, RowStats};
 
 /// [`super::gelu`] for `Autodiff<NdArray<f32>>`: one pass computes `x·Φ(x)` and keeps its
 /// derivative `Φ(x) + x·φ(x)`, so that the backward is one product.
@@ -41,13 +50,13 @@ pub(super) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tenso
     let (Some(input), Some(y_out), Some(derivative_out)) = (input.as_slice(), y.as_slice_mut(), derivative.as_slice_mut()) else {
         unreachable!("arrays in standard layout are contiguous");
     };
-    on_every_core(input, y_out, derivative_out, gelu_and_derivative);
+    cpu::gelu_and_derivative(input, y_out, derivative_out);
     let y = NdArrayTensor::from(y.into_shared());
     super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || derivative.into_shared(), y))
 }
 
-/// [`super::layer_norm`] for `Autodiff<NdArray<f32>>`: the forward is ndarray's own; the
-/// backward is one pass over the rows.
+/// [`super::layer_norm`] for `Autodiff<NdArray<f32>>`: forward and backward are each one
+/// pass over the rows.
 pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
     let x = super::cast::<B, NdArray<f32>, D>(x)?;
     let gamma = super::cast::<B, NdArray<f32>, 1>(gamma)?;
@@ -55,11 +64,30 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
         Some(beta) => Some(super::cast::<B, NdArray<f32>, 1>(beta)?),
         None => None,
     };
-    let (NdArrayTensor::F32(x_saved), NdArrayTensor::F32(gamma_saved)) = (&x.primitive, &gamma.primitive) else {
+    let values = |t: &NdArrayTensor| match t {
+        NdArrayTensor::F32(t) => Some(t.view().iter().copied().collect::<Vec<f32>>()),
+        _ => None,
+    };
+    let gamma_values = values(&gamma.primitive)?;
+    let beta_values = match &beta {
+        Some(beta) => values(&beta.primitive)?,
+        None => vec![0.0; gamma_values.len()],
+    };
+    let NdArrayTensor::F32(input) = &x.primitive else {
         return None;
     };
-    let saved = || LayerNormInput { x: x_saved.clone().into_shared(), gamma: gamma_saved.clone().into_shared(), epsilon: epsilon as f32 };
-    let y = NdArray::<f32>::layer_norm(x.primitive.clone(), gamma.primitive.clone(), beta.as_ref().map(|b| b.primitive.clone()), epsilon);
+    let input = standard_layout(input.clone().into_shared());
+    let d = gamma_values.len();
+    if d == 0 || input.shape().last() != Some(&d) || beta_values.len() != d {
+        return None;
+    }
+    let mut y = ArrayD::zeros(input.raw_dim());
+    let (Some(x_rows), Some(y_rows)) = (input.as_slice(), y.as_slice_mut()) else {
+        unreachable!("arrays in standard layout are contiguous");
+    };
+    let stats = cpu::layer_norm(x_rows, &gamma_values, &beta_values, epsilon as f32, y_rows);
+    let saved = || LayerNormInput { x: input, gamma: gamma_values, stats };
+    let y = NdArrayTensor::from(y.into_shared());
     let y = match &beta {
         Some(beta) => super::record(LayerNormBackward, [&x, &gamma, beta], saved, y),
         None => super::record(LayerNormBackward, [&x, &gamma], saved, y),
@@ -95,6 +123,54 @@ pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: 
         None => super::record(LinearBackward, [&x, &weight], saved, y),
     };
     super::back::<NdArray<f32>, B, 2>(y)
+}
+
+/// [`super::cross_entropy`] for `Autodiff<NdArray<f32>>`.
+pub(super) fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+    let logits = super::cast::<B, NdArray<f32>, 2>(logits)?;
+    let NdArrayTensor::F32(input) = &logits.primitive else {
+        return None;
+    };
+    let input = standard_layout(input.clone().into_shared());
+    // Indices, if none is negative.
+    let targets: Vec<usize> = targets.to_data().iter::<i64>().map(|t| usize::try_from(t).ok()).collect::<Option<_>>()?;
+    let Some(values) = input.as_slice() else {
+        unreachable!("arrays in standard layout are contiguous");
+    };
+    let (loss, log_sum_exp) = cpu::cross_entropy(values, &targets, *input.shape().last()?)?;
+    let saved = || CrossEntropyInput { logits: input, targets, log_sum_exp };
+    let loss = NdArrayTensor::from(ArrayD::from_elem(IxDyn(&[1]), loss).into_shared());
+    super::back::<NdArray<f32>, B, 1>(super::record(CrossEntropyBackward, [&logits], saved, loss))
+}
+
+/// What cross-entropy's backward needs: the logits `[rows, vocab]` in standard layout, the
+/// targets and each row's log-sum-exp.
+#[derive(Debug, Clone)]
+struct CrossEntropyInput {
+    logits: ArcArray<f32, IxDyn>,
+    targets: Vec<usize>,
+    log_sum_exp: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct CrossEntropyBackward;
+
+impl Backward<NdArray<f32>, 1> for CrossEntropyBackward {
+    type State = CrossEntropyInput;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let loss_grad = output_gradient(&ops, grads).iter().copied().next().unwrap_or(0.0);
+        let [Some(parent)] = ops.parents else {
+            return;
+        };
+        let CrossEntropyInput { logits, targets, log_sum_exp } = &ops.state;
+        let mut dlogits = ArrayD::zeros(logits.raw_dim());
+        let (Some(values), Some(d_values)) = (logits.as_slice(), dlogits.as_slice_mut()) else {
+            unreachable!("arrays in standard layout are contiguous");
+        };
+        cpu::cross_entropy_backward(values, targets, log_sum_exp, loss_grad / targets.len() as f32, d_values);
+        grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dlogits.into_shared()));
+    }
 }
 
 /// The gradient of a fused operation's f32 output, taken from `grads`.
@@ -180,15 +256,16 @@ impl Heads {
         let (batch, seq, _) = qkv.dim();
         let mut y = Array3::zeros((batch, seq, self.d_model));
         let mut probs = Array4::zeros((batch, self.n_heads, seq, seq));
-        for b in 0..batch {
+        let rows: Vec<_> = qkv.outer_iter().zip(y.outer_iter_mut()).zip(probs.outer_iter_mut()).collect();
+        rows.into_par_iter().for_each(|((qkv, mut y), mut probs)| {
             for h in 0..self.n_heads {
-                let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![b, .., self.columns(part, h)]));
-                let mut p = probs.slice_mut(s![b, h, .., ..]);
+                let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., self.columns(part, h)]));
+                let mut p = probs.index_axis_mut(Axis(0), h);
                 general_mat_mul(self.scale(), &q, &k.t(), 0.0, &mut p);
                 causal_softmax(&mut p);
-                general_mat_mul(1.0, &p, &v, 0.0, &mut y.slice_mut(s![b, .., self.columns(0, h)]));
+                general_mat_mul(1.0, &p, &v, 0.0, &mut y.slice_mut(s![.., self.columns(0, h)]));
             }
-        }
+        });
         (y, probs)
     }
 }
@@ -199,7 +276,7 @@ fn causal_softmax(scores: &mut ArrayViewMut2<f32>) {
         let seen = (i + 1).min(row.len());
         let (mut seen, mut future) = row.view_mut().split_at(Axis(0), seen);
         let max = seen.fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-        seen.mapv_inplace(|x| (x - max).exp());
+        seen.mapv_inplace(|x| cpu::exp_nonpositive(x - max));
         let sum = seen.sum();
         seen.mapv_inplace(|x| x / sum);
         future.fill(0.0);
@@ -222,21 +299,22 @@ impl CausalAttention {
         let heads = self.heads;
         let (batch, seq, width) = self.qkv.dim();
         let mut dqkv = Array3::zeros((batch, seq, width));
-        let mut ds = Array2::zeros((seq, seq));
-        for b in 0..batch {
+        let rows: Vec<_> = self.qkv.outer_iter().zip(self.probs.outer_iter()).zip(dy.outer_iter()).zip(dqkv.outer_iter_mut()).collect();
+        rows.into_par_iter().for_each(|(((qkv, probs), dy), mut dqkv)| {
+            let mut ds = Array2::zeros((seq, seq));
             for h in 0..heads.n_heads {
-                let [q, k, v] = [0, 1, 2].map(|part| self.qkv.slice(s![b, .., heads.columns(part, h)]));
-                let (p, dy) = (self.probs.slice(s![b, h, .., ..]), dy.slice(s![b, .., heads.columns(0, h)]));
-                general_mat_mul(1.0, &p.t(), &dy, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(2, h)]));
+                let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., heads.columns(part, h)]));
+                let (p, dy) = (probs.index_axis(Axis(0), h), dy.slice(s![.., heads.columns(0, h)]));
+                general_mat_mul(1.0, &p.t(), &dy, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(2, h)]));
                 general_mat_mul(1.0, &dy, &v.t(), 0.0, &mut ds);
                 Zip::from(ds.rows_mut()).and(p.rows()).for_each(|mut ds, p| {
                     let dot = ds.dot(&p);
                     Zip::from(&mut ds).and(&p).for_each(|ds, &p| *ds = p * (*ds - dot));
                 });
-                general_mat_mul(heads.scale(), &ds, &k, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(0, h)]));
-                general_mat_mul(heads.scale(), &ds.t(), &q, 0.0, &mut dqkv.slice_mut(s![b, .., heads.columns(1, h)]));
+                general_mat_mul(heads.scale(), &ds, &k, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(0, h)]));
+                general_mat_mul(heads.scale(), &ds.t(), &q, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(1, h)]));
             }
-        }
+        });
         dqkv
     }
 }
@@ -257,36 +335,12 @@ impl Backward<NdArray<f32>, 1> for CausalAttentionBackward {
     }
 }
 
-/// `x·Φ(x)` and its derivative `Φ(x) + x·φ(x)` for each of `x`, with `Φ` and `φ` the
-/// standard normal's CDF and density.
-fn gelu_and_derivative(x: &[f32], y: &mut [f32], derivative: &mut [f32]) {
-    for ((&x, y), derivative) in x.iter().zip(y).zip(derivative) {
-        let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
-        let pdf = (-0.5 * x * x).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
-        *y = x * cdf;
-        *derivative = cdf + x * pdf;
+/// `a` itself when it is in standard (contiguous, row-major) layout, else a copy that is.
+fn standard_layout(a: ArcArray<f32, IxDyn>) -> ArcArray<f32, IxDyn> {
+    match a.is_standard_layout() {
+        true => a,
+        false => a.as_standard_layout().into_owned().into_shared(),
     }
-}
-
-/// `kernel` over `input` and the two outputs of its length, in one chunk per core for large
-/// inputs (burn-ndarray's element-wise operations use one). Every element's result is the
-/// same whichever thread computes it, so runs stay bit-identical.
-fn on_every_core(input: &[f32], out_1: &mut [f32], out_2: &mut [f32], kernel: fn(&[f32], &mut [f32], &mut [f32])) {
-    const SMALLEST_CHUNK: usize = 1 << 15;
-    // Asked once: the standard library reads the cgroup's CPU quota to answer.
-    static CORES: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let cores = *CORES;
-    let chunk = input.len().div_ceil(cores).max(SMALLEST_CHUNK);
-    std::thread::scope(|scope| {
-        let mut chunks = input.chunks(chunk).zip(out_1.chunks_mut(chunk)).zip(out_2.chunks_mut(chunk));
-        let first = chunks.next();
-        for ((input, out_1), out_2) in chunks {
-            scope.spawn(move || kernel(input, out_1, out_2));
-        }
-        if let Some(((input, out_1), out_2)) = first {
-            kernel(input, out_1, out_2);
-        }
-    });
 }
 
 #[derive(Debug)]
@@ -308,44 +362,25 @@ impl Backward<NdArray<f32>, 1> for ExactGelu {
     }
 }
 
-/// What LayerNorm's backward needs: its input `[..., d]`, its weight and its epsilon.
+/// What LayerNorm's backward needs: its input `[..., d]` in standard layout, its weight and
+/// its rows' statistics.
 #[derive(Debug, Clone)]
 struct LayerNormInput {
     x: ArcArray<f32, IxDyn>,
-    gamma: ArcArray<f32, IxDyn>,
-    epsilon: f32,
+    gamma: Vec<f32>,
+    stats: RowStats,
 }
 
 impl LayerNormInput {
     /// The gradients of the input, the weight and the shift from `grad`, the output's.
-    ///
-    /// Per row, with x̂ = (x - mean)·rstd and g = grad·gamma:
-    /// dx = rstd · (g - mean(g) - x̂ · mean(g·x̂)); over the rows, dgamma = Σ grad·x̂ and
-    /// dbeta = Σ grad.
     fn gradients(&self, grad: ArrayViewD<f32>) -> (ArrayD<f32>, Array1<f32>, Array1<f32>) {
-        let last = Axis(self.x.ndim() - 1);
-        let d = self.x.len_of(last);
-        let gamma: Vec<f32> = self.gamma.iter().copied().collect();
+        let grad = grad.as_standard_layout();
         let mut dx = ArrayD::zeros(self.x.raw_dim());
-        let (mut dgamma, mut dbeta) = (Array1::zeros(d), Array1::zeros(d));
-        Zip::from(self.x.lanes(last)).and(grad.lanes(last)).and(dx.lanes_mut(last)).for_each(|x, grad, mut dx| {
-            let mean = x.sum() / d as f32;
-            let var = x.fold(0.0, |sum, &v| sum + (v - mean) * (v - mean)) / d as f32;
-            let rstd = 1.0 / (var + self.epsilon).sqrt();
-            let (mut g_sum, mut gx_sum) = (0.0, 0.0);
-            for ((&x, &grad), &w) in x.iter().zip(&grad).zip(&gamma) {
-                g_sum += grad * w;
-                gx_sum += grad * w * (x - mean) * rstd;
-            }
-            let (g_mean, gx_mean) = (g_sum / d as f32, gx_sum / d as f32);
-            for (i, ((&x, &grad), dx)) in x.iter().zip(&grad).zip(dx.iter_mut()).enumerate() {
-                let x_hat = (x - mean) * rstd;
-                *dx = rstd * (grad * gamma[i] - g_mean - x_hat * gx_mean);
-                dgamma[i] += grad * x_hat;
-                dbeta[i] += grad;
-            }
-        });
-        (dx, dgamma, dbeta)
+        let (Some(x), Some(grad), Some(dx_rows)) = (self.x.as_slice(), grad.as_slice(), dx.as_slice_mut()) else {
+            unreachable!("arrays in standard layout are contiguous");
+        };
+        let (dgamma, dbeta) = cpu::layer_norm_backward(x, grad, &self.gamma, &self.stats, dx_rows, cpu::Threads::Pool);
+        (dx, Array1::from(dgamma), Array1::from(dbeta))
     }
 }
 
@@ -369,6 +404,7 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LayerNormBackward {
 #[cfg(test)]
 mod tests {
     use burn::backend::Autodiff;
+    use burn::tensor::ops::ModuleOps;
     use burn::tensor::TensorPrimitive;
 
     use super::*;
@@ -399,7 +435,8 @@ mod tests {
     fn layer_norm_matches_burns_ops_forward_and_backward() {
         let device = Default::default();
         let random = |shape: [usize; 3]| Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let (x, weights) = (random([4, 9, 24]).require_grad(), random([4, 9, 24]));
+        // 160 rows: three blocks of the backward's partial sums.
+        let (x, weights) = (random([4, 40, 24]).require_grad(), random([4, 40, 24]));
         let max_diff = |a: Tensor<NdArray<f32>, 1>, b: Tensor<NdArray<f32>, 1>| -> f32 { (a - b).abs().max().into_scalar() };
         for with_beta in [true, false] {
             let gamma = random([1, 1, 24]).reshape([24]).require_grad();
@@ -412,7 +449,8 @@ mod tests {
             // frees the graph it walks, the shared leaves included.
             let with_grads = |y: Tensor<Ad, 3>| (y.clone().inner().flatten(0, 2), (y * weights.clone()).sum().backward());
             let ((fused_y, fused), (burn_y, burn)) = (with_grads(y(true)), with_grads(y(false)));
-            assert_eq!(max_diff(fused_y, burn_y), 0.0, "beta {with_beta}: the forward is ndarray's own");
+            let y = max_diff(fused_y, burn_y);
+            assert!(y < 1e-5, "beta {with_beta}: the forward differs by {y}");
             let dx = max_diff(x.grad(&fused).expect("x").flatten(0, 2), x.grad(&burn).expect("x").flatten(0, 2));
             let dgamma = max_diff(gamma.grad(&fused).expect("gamma"), gamma.grad(&burn).expect("gamma"));
             assert!(dx < 1e-5 && dgamma < 1e-4, "beta {with_beta}: d(x) differs by {dx}, d(gamma) by {dgamma}");
@@ -476,6 +514,7 @@ mod tests {
             }
         }
     }
+
 
     #[test]
     fn other_backends_take_burns_path() {
