@@ -32,7 +32,7 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, ArcArray, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix1, Ix2, Ix3, IxDyn, Zip};
+use ndarray::{s, ArcArray, ArrayBase, Data, DataMut, Dimension, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix1, Ix2, Ix3, IxDyn, Zip};
 use rayon::prelude::*;
 
 use super::cpu::{self, RowStats};
@@ -44,13 +44,9 @@ pub(super) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tenso
     let NdArrayTensor::F32(input) = &x.primitive else {
         return None;
     };
-    let input = input.view();
-    let input = input.as_standard_layout();
+    let input = standard_layout(input.clone().into_shared());
     let (mut y, mut derivative) = (ArrayD::zeros(input.raw_dim()), ArrayD::zeros(input.raw_dim()));
-    let (Some(input), Some(y_out), Some(derivative_out)) = (input.as_slice(), y.as_slice_mut(), derivative.as_slice_mut()) else {
-        unreachable!("arrays in standard layout are contiguous");
-    };
-    cpu::gelu_and_derivative(input, y_out, derivative_out);
+    cpu::gelu_and_derivative(elements(&input), elements_mut(&mut y), elements_mut(&mut derivative));
     let y = NdArrayTensor::from(y.into_shared());
     super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || derivative.into_shared(), y))
 }
@@ -82,10 +78,7 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
         return None;
     }
     let mut y = ArrayD::zeros(input.raw_dim());
-    let (Some(x_rows), Some(y_rows)) = (input.as_slice(), y.as_slice_mut()) else {
-        unreachable!("arrays in standard layout are contiguous");
-    };
-    let stats = cpu::layer_norm(x_rows, &gamma_values, &beta_values, epsilon as f32, y_rows);
+    let stats = cpu::layer_norm(elements(&input), &gamma_values, &beta_values, epsilon as f32, elements_mut(&mut y));
     let saved = || LayerNormInput { x: input, gamma: gamma_values, stats };
     let y = NdArrayTensor::from(y.into_shared());
     let y = match &beta {
@@ -134,10 +127,7 @@ pub(super) fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<
     let input = standard_layout(input.clone().into_shared());
     // Indices, if none is negative.
     let targets: Vec<usize> = targets.to_data().iter::<i64>().map(|t| usize::try_from(t).ok()).collect::<Option<_>>()?;
-    let Some(values) = input.as_slice() else {
-        unreachable!("arrays in standard layout are contiguous");
-    };
-    let (loss, log_sum_exp) = cpu::cross_entropy(values, &targets, *input.shape().last()?)?;
+    let (loss, log_sum_exp) = cpu::cross_entropy(elements(&input), &targets, *input.shape().last()?)?;
     let saved = || CrossEntropyInput { logits: input, targets, log_sum_exp };
     let loss = NdArrayTensor::from(ArrayD::from_elem(IxDyn(&[1]), loss).into_shared());
     super::back::<NdArray<f32>, B, 1>(super::record(CrossEntropyBackward, [&logits], saved, loss))
@@ -165,10 +155,7 @@ impl Backward<NdArray<f32>, 1> for CrossEntropyBackward {
         };
         let CrossEntropyInput { logits, targets, log_sum_exp } = &ops.state;
         let mut dlogits = ArrayD::zeros(logits.raw_dim());
-        let (Some(values), Some(d_values)) = (logits.as_slice(), dlogits.as_slice_mut()) else {
-            unreachable!("arrays in standard layout are contiguous");
-        };
-        cpu::cross_entropy_backward(values, targets, log_sum_exp, loss_grad / targets.len() as f32, d_values);
+        cpu::cross_entropy_backward(elements(logits), targets, log_sum_exp, loss_grad / targets.len() as f32, elements_mut(&mut dlogits));
         grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dlogits.into_shared()));
     }
 }
@@ -343,6 +330,16 @@ fn standard_layout(a: ArcArray<f32, IxDyn>) -> ArcArray<f32, IxDyn> {
     }
 }
 
+/// The elements of `a`, which is in standard layout, in order.
+fn elements<S: Data<Elem = f32>, D: Dimension>(a: &ArrayBase<S, D>) -> &[f32] {
+    a.as_slice().unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
+}
+
+/// [`elements`], to write.
+fn elements_mut<S: DataMut<Elem = f32>, D: Dimension>(a: &mut ArrayBase<S, D>) -> &mut [f32] {
+    a.as_slice_mut().unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
+}
+
 #[derive(Debug)]
 struct ExactGelu;
 
@@ -376,10 +373,7 @@ impl LayerNormInput {
     fn gradients(&self, grad: ArrayViewD<f32>) -> (ArrayD<f32>, Array1<f32>, Array1<f32>) {
         let grad = grad.as_standard_layout();
         let mut dx = ArrayD::zeros(self.x.raw_dim());
-        let (Some(x), Some(grad), Some(dx_rows)) = (self.x.as_slice(), grad.as_slice(), dx.as_slice_mut()) else {
-            unreachable!("arrays in standard layout are contiguous");
-        };
-        let (dgamma, dbeta) = cpu::layer_norm_backward(x, grad, &self.gamma, &self.stats, dx_rows, cpu::Threads::Pool);
+        let (dgamma, dbeta) = cpu::layer_norm_backward(elements(&self.x), elements(&grad), &self.gamma, &self.stats, elements_mut(&mut dx), cpu::Threads::Pool);
         (dx, Array1::from(dgamma), Array1::from(dbeta))
     }
 }
