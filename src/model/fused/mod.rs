@@ -6,7 +6,8 @@
 //! approximation's derivative (a cube, a tanh and a dozen passes on ndarray). Here:
 //! - on libtorch on the CPU ([`on_libtorch`]), attention and LayerNorm's forward run
 //!   libtorch's own kernels, the ones PyTorch's autograd runs, each recorded as one autodiff
-//!   operation; LayerNorm's backward is [`cpu`]'s one pass over the rows;
+//!   operation; LayerNorm's backward is [`cpu`]'s one pass over the rows; linear layers'
+//!   matmuls run on oneDNN instead of MKL (AVX-512 kernels on AMD processors too);
 //! - on ndarray ([`on_ndarray`]), attention and linear layers have backwards of their own,
 //!   GELU's backward is the exact derivative of the GELU the forward computes,
 //!   `Φ(x) + x·φ(x)`, and LayerNorm is one pass over the rows each way;
@@ -55,8 +56,13 @@ pub fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> 
 }
 
 /// `x: [rows, d_in]` · `weight: [d_in, d_out]` (+ `bias`); `None` where Burn's own is used
-/// (anything but ndarray with autodiff).
+/// (anything but ndarray, and libtorch in f32 on the CPU, with autodiff; on libtorch, also
+/// fewer rows than oneDNN earns its set-up back on).
 pub fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "tch")]
+    if let Some(y) = on_libtorch::linear(x, weight, bias) {
+        return Some(y);
+    }
     #[cfg(feature = "ndarray")]
     if let Some(y) = on_ndarray::linear(x, weight, bias) {
         return Some(y);

@@ -1,8 +1,12 @@
-//! libtorch's attention and LayerNorm kernels, and cross-entropy, recorded as single autodiff
-//! operations.
+//! libtorch's attention and LayerNorm kernels, cross-entropy, and linear layers through
+//! oneDNN, recorded as single autodiff operations.
 //!
 //! Only for `Autodiff<LibTorch<E>>` with tensors on the CPU: libtorch without autodiff calls
 //! these kernels by itself, and on CUDA the CPU flash-attention kernel does not apply.
+//!
+//! libtorch's matmul calls MKL, whose SGEMM runs its AVX2 code on AMD processors; oneDNN,
+//! also inside libtorch, picks its kernels by instruction set, AVX-512 where there is one.
+//! tch has no oneDNN matmul of plain tensors, but a 1×1 convolution is one ([`onednn_matmul`]).
 //!
 //! tch exposes no LayerNorm backward kernel, and composed from libtorch's operations it is a
 //! dozen passes. It runs [`super::cpu`]'s one pass over copies of the tensors instead, on the
@@ -42,6 +46,54 @@ pub(super) fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<
     cross_entropy_as::<B, f32>(logits, targets)
         .or_else(|| cross_entropy_as::<B, f16>(logits, targets))
         .or_else(|| cross_entropy_as::<B, bf16>(logits, targets))
+}
+
+/// Rows below which a linear layer stays on MKL: oneDNN sets up each call in about 60 µs,
+/// which its faster kernel earns back from about 256 rows (measured at d_model 128–768).
+const ONEDNN_MIN_ROWS: i64 = 256;
+
+/// [`super::linear`] through oneDNN, in f32 and for at least [`ONEDNN_MIN_ROWS`] rows.
+pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+    let x = on_cpu::<B, f32, 2>(x)?;
+    let weight = on_cpu::<B, f32, 2>(weight)?;
+    let bias = match bias {
+        Some(bias) => Some(on_cpu::<B, f32, 1>(bias)?),
+        None => None,
+    };
+    if x.primitive.tensor.size().first().is_none_or(|&rows| rows < ONEDNN_MIN_ROWS) {
+        return None;
+    }
+    let y = onednn_matmul(&x.primitive.tensor, &weight.primitive.tensor.tr(), bias.as_ref().map(|b| &b.primitive.tensor)).ok()?;
+    let state = || Saved::Linear { x: x.primitive.clone(), weight: weight.primitive.clone(), bias: bias.is_some() };
+    let y = match &bias {
+        Some(bias) => record([&x, &weight, bias], state, y),
+        None => record([&x, &weight], state, y),
+    };
+    super::back::<LibTorch<f32>, B, 2>(y)
+}
+
+/// `a: [m, k]` · `filtersᵀ` (+ `bias`) for `filters: [n, k]` → `[m, n]`, as oneDNN's 1×1
+/// convolution of `a` read as one image of `m` pixels with `k` channels, stored channels-last
+/// (as `a` is), through `n` filters.
+fn onednn_matmul(a: &tch::Tensor, filters: &tch::Tensor, bias: Option<&tch::Tensor>) -> Result<tch::Tensor, tch::TchError> {
+    let (m, k) = a.size2()?;
+    let (n, _) = filters.size2()?;
+    let image = a.contiguous().reshape([1, 1, m, k]).permute([0, 3, 1, 2]);
+    let y = image.f_mkldnn_convolution(&filters.reshape([n, k, 1, 1]), bias, [0, 0], [1, 1], [1, 1], 1)?;
+    Ok(y.permute([0, 2, 3, 1]).reshape([m, n]))
+}
+
+/// `aᵀ · b` for `a: [m, p]`, `b: [m, q]` → `[p, q]` through oneDNN: `b` read as one image of
+/// `q` pixels with `m` channels (rows are channels) and `a`'s columns as `p` filters. oneDNN
+/// runs this fastest with the narrower side as the filters, so the wider one is the image.
+fn onednn_matmul_tn(a: &tch::Tensor, b: &tch::Tensor) -> Result<tch::Tensor, tch::TchError> {
+    let ((m, p), (_, q)) = (a.size2()?, b.size2()?);
+    if p > q {
+        return Ok(onednn_matmul_tn(b, a)?.tr());
+    }
+    let image = b.contiguous().reshape([1, m, 1, q]);
+    let y = image.f_mkldnn_convolution(&a.tr().reshape([p, m, 1, 1]), None::<tch::Tensor>, [0, 0], [1, 1], [1, 1], 1)?;
+    Ok(y.reshape([p, q]))
 }
 
 fn cross_entropy_as<B: Backend, E: TchElement>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
@@ -114,6 +166,8 @@ enum Saved {
     LayerNorm { x: TchTensor, gamma: TchTensor, mean: TchTensor, rstd: TchTensor },
     /// Logits `[rows, vocab]`, targets `[rows]` and each row's log-sum-exp `[rows, 1]`.
     CrossEntropy { logits: TchTensor, targets: TchTensor, log_sum_exp: TchTensor },
+    /// A linear layer's input `[rows, d_in]` and weight `[d_in, d_out]`, and whether it has a bias.
+    Linear { x: TchTensor, weight: TchTensor, bias: bool },
 }
 
 impl Saved {
@@ -142,6 +196,14 @@ impl Saved {
                 let minus_one = tch::Tensor::full([rows, 1], -1.0, (probs.kind(), probs.device()));
                 let _ = probs.scatter_add_(1, &targets.tensor.unsqueeze(1), &minus_one);
                 vec![probs.g_mul_(&(grad / rows as f64))]
+            }
+            Saved::Linear { x, weight, bias } => {
+                let (x, weight) = (&x.tensor, &weight.tensor);
+                // MKL where oneDNN refuses (a libtorch built without it).
+                let dx = onednn_matmul(grad, weight, None).unwrap_or_else(|_| grad.matmul(&weight.tr()));
+                let dweight = onednn_matmul_tn(x, grad).unwrap_or_else(|_| x.tr().matmul(grad));
+                let dbias = bias.then(|| grad.sum_dim_intlist([0i64].as_slice(), false, None));
+                [Some(dx), Some(dweight), dbias].into_iter().flatten().collect()
             }
         }
     }
@@ -233,6 +295,37 @@ mod tests {
                 assert!(diff < 1e-4, "beta {with_beta}: d({name}) differs by {diff}");
             }
         }
+    }
+
+    #[test]
+    fn linear_matches_burns_matmul_forward_and_backward() {
+        // Weights narrower and wider than the input, so both of oneDNN's weight-gradient
+        // layouts run.
+        for (d_in, d_out) in [(24, 40), (40, 24)] {
+            let x = random([ONEDNN_MIN_ROWS as usize + 44, d_in]).require_grad();
+            let weight = random([d_in, d_out]).require_grad();
+            let bias = random([d_out]).require_grad();
+            let weights = random([1, x.dims()[0], d_out]);
+            let y = |fused: bool| {
+                let y = match fused {
+                    true => linear(&x, &weight, Some(&bias)).expect("Autodiff<LibTorch<f32>> on the CPU is fused"),
+                    false => burn::tensor::module::linear(x.clone(), weight.clone(), Some(bias.clone())),
+                };
+                y.unsqueeze::<3>()
+            };
+            let (fused, fused_grads) = with_grads(y(true), &weights, &[&x, &weight]);
+            let (burn, burn_grads) = with_grads(y(false), &weights, &[&x, &weight]);
+            assert!(max_diff(fused, burn) < 1e-4, "{d_in}→{d_out}: outputs differ");
+            for (name, (a, b)) in ["x", "weight"].iter().zip(fused_grads.into_iter().zip(burn_grads)) {
+                let diff = max_diff(a, b);
+                assert!(diff < 1e-3, "{d_in}→{d_out}: d({name}) differs by {diff}");
+            }
+            let (_, fused_dbias) = with_grads(y(true), &weights, &[&bias]);
+            let (_, burn_dbias) = with_grads(y(false), &weights, &[&bias]);
+            assert!(max_diff(fused_dbias[0].clone(), burn_dbias[0].clone()) < 1e-3, "{d_in}→{d_out}: d(bias) differs");
+        }
+        let few_rows = random([ONEDNN_MIN_ROWS as usize - 1, 8]);
+        assert!(linear(&few_rows, &random([8, 8]), None).is_none(), "fewer rows than oneDNN earns its set-up back on stay on MKL");
     }
 
     #[test]
