@@ -60,7 +60,8 @@ pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: 
         Some(bias) => Some(on_cpu::<B, f32, 1>(bias)?),
         None => None,
     };
-    if x.primitive.tensor.size().first().is_none_or(|&rows| rows < ONEDNN_MIN_ROWS) {
+    let (rows, _) = x.primitive.tensor.size2().ok()?;
+    if rows < ONEDNN_MIN_ROWS {
         return None;
     }
     let y = onednn_matmul(&x.primitive.tensor, &weight.primitive.tensor.tr(), bias.as_ref().map(|b| &b.primitive.tensor)).ok()?;
@@ -79,7 +80,7 @@ fn onednn_matmul(a: &tch::Tensor, filters: &tch::Tensor, bias: Option<&tch::Tens
     let (m, k) = a.size2()?;
     let (n, _) = filters.size2()?;
     let image = a.contiguous().reshape([1, 1, m, k]).permute([0, 3, 1, 2]);
-    let y = image.f_mkldnn_convolution(&filters.reshape([n, k, 1, 1]), bias, [0, 0], [1, 1], [1, 1], 1)?;
+    let y = one_by_one_convolution(&image, &filters.reshape([n, k, 1, 1]), bias)?;
     Ok(y.permute([0, 2, 3, 1]).reshape([m, n]))
 }
 
@@ -92,8 +93,13 @@ fn onednn_matmul_tn(a: &tch::Tensor, b: &tch::Tensor) -> Result<tch::Tensor, tch
         return Ok(onednn_matmul_tn(b, a)?.tr());
     }
     let image = b.contiguous().reshape([1, m, 1, q]);
-    let y = image.f_mkldnn_convolution(&a.tr().reshape([p, m, 1, 1]), None::<tch::Tensor>, [0, 0], [1, 1], [1, 1], 1)?;
-    Ok(y.reshape([p, q]))
+    Ok(one_by_one_convolution(&image, &a.tr().reshape([p, m, 1, 1]), None)?.reshape([p, q]))
+}
+
+/// oneDNN's convolution of `image: [1, channels, height, width]` with `filters:
+/// [n, channels, 1, 1]` (no padding, stride or dilation).
+fn one_by_one_convolution(image: &tch::Tensor, filters: &tch::Tensor, bias: Option<&tch::Tensor>) -> Result<tch::Tensor, tch::TchError> {
+    image.f_mkldnn_convolution(filters, bias, [0, 0], [1, 1], [1, 1], 1)
 }
 
 fn cross_entropy_as<B: Backend, E: TchElement>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
