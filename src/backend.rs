@@ -8,7 +8,12 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::{BackendSection, ConfigError};
 
-#[cfg(not(any(feature = "ndarray", feature = "flex", feature = "wgpu", feature = "tch")))]
+#[cfg(not(any(
+    feature = "ndarray",
+    feature = "flex",
+    feature = "wgpu",
+    feature = "tch"
+)))]
 compile_error!("kiln needs at least one backend feature: ndarray, flex, wgpu, tch or cuda");
 
 /// The backend used when a config does not name one: the GPU when libtorch-CUDA was
@@ -60,17 +65,48 @@ pub enum Precision {
 /// Every backend: its config name, the Cargo feature that compiles it in, whether it is
 /// compiled into this binary, and the precisions it runs.
 const BACKENDS: &[(BackendName, &str, &str, bool, &[Precision])] = &[
-    (BackendName::Ndarray, "ndarray", "ndarray", cfg!(feature = "ndarray"), &[Precision::F32]),
-    (BackendName::Flex, "flex", "flex", cfg!(feature = "flex"), &[Precision::F32]),
-    (BackendName::Wgpu, "wgpu", "wgpu", cfg!(feature = "wgpu"), &[Precision::F32]),
-    (BackendName::TchCpu, "tch-cpu", "tch", cfg!(feature = "tch"), &[Precision::F32, Precision::F16, Precision::Bf16]),
-    (BackendName::Cuda, "cuda", "cuda", cfg!(feature = "cuda"), &[Precision::F32, Precision::F16, Precision::Bf16]),
+    (
+        BackendName::Ndarray,
+        "ndarray",
+        "ndarray",
+        cfg!(feature = "ndarray"),
+        &[Precision::F32],
+    ),
+    (
+        BackendName::Flex,
+        "flex",
+        "flex",
+        cfg!(feature = "flex"),
+        &[Precision::F32],
+    ),
+    (
+        BackendName::Wgpu,
+        "wgpu",
+        "wgpu",
+        cfg!(feature = "wgpu"),
+        &[Precision::F32],
+    ),
+    (
+        BackendName::TchCpu,
+        "tch-cpu",
+        "tch",
+        cfg!(feature = "tch"),
+        &[Precision::F32, Precision::F16, Precision::Bf16],
+    ),
+    (
+        BackendName::Cuda,
+        "cuda",
+        "cuda",
+        cfg!(feature = "cuda"),
+        &[Precision::F32, Precision::F16, Precision::Bf16],
+    ),
 ];
 
 impl BackendName {
     /// The backend called `name`, if it is compiled in; otherwise what was expected.
     pub fn parse(name: &str) -> Result<Self, String> {
-        let Some(&(backend, _, feature, compiled, _)) = BACKENDS.iter().find(|b| b.1 == name) else {
+        let Some(&(backend, _, feature, compiled, _)) = BACKENDS.iter().find(|b| b.1 == name)
+        else {
             let names: Vec<_> = BACKENDS.iter().map(|b| format!("{:?}", b.1)).collect();
             return Err(format!("one of {}", names.join(", ")));
         };
@@ -120,15 +156,29 @@ pub struct BackendChoice {
 impl BackendChoice {
     /// Checks names, the feature and the precision; errors name the key and what was expected.
     pub fn from_section(section: &BackendSection) -> Result<Self, ConfigError> {
-        let invalid = |key, value: &str, expected| ConfigError::Invalid { key, value: format!("{value:?}"), expected };
-        let name = BackendName::parse(&section.name).map_err(|e| invalid("backend.name", &section.name, e))?;
-        let precision = Precision::parse(&section.precision).map_err(|e| invalid("backend.precision", &section.precision, e))?;
+        let invalid = |key, value: &str, expected| ConfigError::Invalid {
+            key,
+            value: format!("{value:?}"),
+            expected,
+        };
+        let name = BackendName::parse(&section.name)
+            .map_err(|e| invalid("backend.name", &section.name, e))?;
+        let precision = Precision::parse(&section.precision)
+            .map_err(|e| invalid("backend.precision", &section.precision, e))?;
         if !name.precisions().contains(&precision) {
             let can: Vec<&str> = name.precisions().iter().map(|p| p.as_str()).collect();
-            let expected = format!("a precision the {} backend runs: {}", name.as_str(), can.join(", "));
+            let expected = format!(
+                "a precision the {} backend runs: {}",
+                name.as_str(),
+                can.join(", ")
+            );
             return Err(invalid("backend.precision", &section.precision, expected));
         }
-        Ok(Self { name, precision, device: section.device })
+        Ok(Self {
+            name,
+            precision,
+            device: section.device,
+        })
     }
 
     /// `ndarray`, `tch-cpu bf16`, `cuda:1 f16`…
@@ -157,13 +207,22 @@ pub fn dispatch<J: BackendJob>(section: &BackendSection, job: J) -> anyhow::Resu
     use burn::tensor::{bf16, f16};
     match (choice.name, choice.precision) {
         #[cfg(feature = "ndarray")]
-        (BackendName::Ndarray, _) => Ok(job.run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(Default::default(), choice)),
+        (BackendName::Ndarray, _) => Ok(job
+            .run::<burn::backend::Autodiff<burn::backend::NdArray<f32>>>(
+                Default::default(),
+                choice,
+            )),
         #[cfg(feature = "flex")]
-        (BackendName::Flex, _) => Ok(job.run::<burn::backend::Autodiff<burn::backend::Flex<f32>>>(Default::default(), choice)),
+        (BackendName::Flex, _) => Ok(job
+            .run::<burn::backend::Autodiff<burn::backend::Flex<f32>>>(Default::default(), choice)),
         #[cfg(feature = "wgpu")]
         (BackendName::Wgpu, _) => {
             use burn::backend::wgpu::WgpuDevice;
-            let device = if choice.device == 0 { WgpuDevice::DefaultDevice } else { WgpuDevice::DiscreteGpu(choice.device) };
+            let device = if choice.device == 0 {
+                WgpuDevice::DefaultDevice
+            } else {
+                WgpuDevice::DiscreteGpu(choice.device)
+            };
             Ok(job.run::<burn::backend::Autodiff<burn::backend::Wgpu>>(device, choice))
         }
         #[cfg(feature = "tch")]
@@ -205,7 +264,9 @@ pub fn replica_devices<B: burn::prelude::Backend>(
             }
             let _ = choice;
             let mut id = base.to_id();
-            id.index_id = u16::try_from(index).map_err(|_| anyhow::anyhow!("distributed.devices: {index} is not a device index"))?;
+            id.index_id = u16::try_from(index).map_err(|_| {
+                anyhow::anyhow!("distributed.devices: {index} is not a device index")
+            })?;
             Ok(B::Device::from_id(id))
         })
         .collect()

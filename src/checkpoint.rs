@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use burn::prelude::*;
-use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder, RecorderError};
+use burn::record::{
+    FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Record, Recorder, RecorderError,
+};
 use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -34,9 +36,19 @@ pub enum CheckpointError {
     #[error("{path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("{path}: parameter {name} has shape {file:?} in the file but {config:?} in the run's config; is the checkpoint from another run or model size?")]
-    Shape { path: PathBuf, name: String, file: Vec<usize>, config: Vec<usize> },
+    Shape {
+        path: PathBuf,
+        name: String,
+        file: Vec<usize>,
+        config: Vec<usize>,
+    },
     #[error("checkpoint {epoch} (step {step}) is damaged: {file} {problem}")]
-    Damaged { epoch: usize, step: usize, file: String, problem: String },
+    Damaged {
+        epoch: usize,
+        step: usize,
+        file: String,
+        problem: String,
+    },
     #[error("{0}")]
     NotFound(String),
 }
@@ -57,7 +69,10 @@ type Inner = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 impl CheckpointRecorder {
     pub fn for_journal(journal: CheckpointJournal) -> Self {
-        Self { dir: Some(journal.run.checkpoints()), journal: Some(journal) }
+        Self {
+            dir: Some(journal.run.checkpoints()),
+            journal: Some(journal),
+        }
     }
 
     fn target(&self, path: &Path) -> PathBuf {
@@ -101,12 +116,21 @@ impl<B: Backend> FileRecorder<B> for CheckpointRecorder {
 }
 
 /// Loads a record of type `R` from `path`, turning Burn's errors into one that names the file.
-pub fn load_record<B: Backend, R: Record<B>>(path: &Path, device: &B::Device) -> Result<R, CheckpointError> {
+pub fn load_record<B: Backend, R: Record<B>>(
+    path: &Path,
+    device: &B::Device,
+) -> Result<R, CheckpointError> {
     if !path.is_file() {
-        return Err(CheckpointError::NotFound(format!("{}: no such checkpoint file", path.display())));
+        return Err(CheckpointError::NotFound(format!(
+            "{}: no such checkpoint file",
+            path.display()
+        )));
     }
     let load = || Recorder::<B>::load(&CheckpointRecorder::default(), path.to_path_buf(), device);
-    let err = |reason: String| CheckpointError::Load { path: path.to_path_buf(), reason };
+    let err = |reason: String| CheckpointError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
     // Burn 0.21 panics on some damaged records (a parameter id that does not parse); found by
     // the `checkpoint` fuzz target.
     match catch_quietly(load) {
@@ -174,13 +198,25 @@ pub struct CheckpointState {
 
 impl CheckpointState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let err = |reason: String| CheckpointError::State { path: path.to_path_buf(), reason };
+        let err = |reason: String| CheckpointError::State {
+            path: path.to_path_buf(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
         match value.get("version").and_then(|v| v.as_u64()) {
             Some(v) if v == STATE_VERSION as u64 => {}
-            Some(v) => return Err(err(format!("checkpoint format version {v}; this kiln reads version {STATE_VERSION}"))),
-            None => return Err(err("no \"version\" field: not a kiln checkpoint state file".into())),
+            Some(v) => {
+                return Err(err(format!(
+                    "checkpoint format version {v}; this kiln reads version {STATE_VERSION}"
+                )))
+            }
+            None => {
+                return Err(err(
+                    "no \"version\" field: not a kiln checkpoint state file".into(),
+                ))
+            }
         }
         serde_json::from_value(value).map_err(|e| err(format!("not a checkpoint state file ({e})")))
     }
@@ -188,7 +224,10 @@ impl CheckpointState {
     /// Fails unless the run's `tokenizer.json` is the file this checkpoint was taken with.
     pub fn check_tokenizer(&self, run: &RunDir) -> Result<(), CheckpointError> {
         let path = run.tokenizer();
-        let actual = sha256_file(&path).map_err(|e| CheckpointError::State { path: path.clone(), reason: e.to_string() })?;
+        let actual = sha256_file(&path).map_err(|e| CheckpointError::State {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if actual != self.tokenizer_sha256 {
             let reason = format!(
                 "changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
@@ -206,9 +245,18 @@ impl CheckpointState {
         for kind in RECORDS {
             let path = run.checkpoint_file(kind, epoch);
             let name = file_name(&path);
-            let damaged = |problem: String| CheckpointError::Damaged { epoch, step: state.step, file: name.clone(), problem };
-            let expected = state.files.get(&name).ok_or_else(|| damaged("is not listed in its state file".into()))?;
-            let actual = sha256_file(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
+            let damaged = |problem: String| CheckpointError::Damaged {
+                epoch,
+                step: state.step,
+                file: name.clone(),
+                problem,
+            };
+            let expected = state
+                .files
+                .get(&name)
+                .ok_or_else(|| damaged("is not listed in its state file".into()))?;
+            let actual =
+                sha256_file(&path).map_err(|e| damaged(format!("cannot be read ({e})")))?;
             if &actual != expected {
                 return Err(damaged("does not match the SHA-256 recorded when it was written (truncated or changed since)".into()));
             }
@@ -231,7 +279,9 @@ impl Latest {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Completes checkpoints once all their records are written (see the module comment).
@@ -245,18 +295,31 @@ pub struct CheckpointJournal {
 
 impl CheckpointJournal {
     pub fn new(run: RunDir, keep: usize) -> Self {
-        Self { run, keep: keep.max(1), pending: Default::default() }
+        Self {
+            run,
+            keep: keep.max(1),
+            pending: Default::default(),
+        }
     }
 
     /// Records that checkpoint `state.epoch` is being written.
     fn expect(&self, state: CheckpointState) {
-        self.pending.lock().expect("journal lock").insert(state.epoch, (state, Vec::new()));
+        self.pending
+            .lock()
+            .expect("journal lock")
+            .insert(state.epoch, (state, Vec::new()));
     }
 
     /// Called by the recorder after `path` (`<kind>-<epoch>.mpk`) is on disk.
     fn record_written(&self, path: &Path) -> std::io::Result<()> {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        let Some((kind, epoch)) = stem.rsplit_once('-').and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?))) else {
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let Some((kind, epoch)) = stem
+            .rsplit_once('-')
+            .and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?)))
+        else {
             return Ok(());
         };
         // Held while completing, so only one of the three writer threads does it.
@@ -277,7 +340,11 @@ impl CheckpointJournal {
         }
         let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
         write_atomic(&self.run.checkpoint_state(epoch), &json)?;
-        let latest = serde_json::to_vec(&Latest { epoch, step: state.step }).expect("serializes");
+        let latest = serde_json::to_vec(&Latest {
+            epoch,
+            step: state.step,
+        })
+        .expect("serializes");
         write_atomic(&self.run.latest_checkpoint(), &latest)?;
         self.prune(epoch)
     }
@@ -285,7 +352,12 @@ impl CheckpointJournal {
     /// Removes all but the newest `keep` complete checkpoints; `newest` always stays.
     fn prune(&self, newest: usize) -> std::io::Result<()> {
         let complete = self.run.checkpoint_epochs();
-        for &old in complete.iter().filter(|&&e| e != newest).rev().skip(self.keep - 1) {
+        for &old in complete
+            .iter()
+            .filter(|&&e| e != newest)
+            .rev()
+            .skip(self.keep - 1)
+        {
             self.run.remove_checkpoint(old)?;
         }
         Ok(())
@@ -335,7 +407,10 @@ impl CheckpointingStrategy for CheckpointPolicy {
             control.stop_learner();
         }
         let step = control.steps();
-        let reason = if control.divergence().is_some() || control.failure().is_some() || self.last_saved == Some(step) {
+        let reason = if control.divergence().is_some()
+            || control.failure().is_some()
+            || self.last_saved == Some(step)
+        {
             return Vec::new();
         } else if step >= self.max_iters {
             "end"

@@ -25,7 +25,12 @@ pub enum InteropError {
     #[error("{path}: {reason}")]
     File { path: PathBuf, reason: String },
     #[error("{path}: {key} = {value}: {expected}")]
-    Config { path: PathBuf, key: &'static str, value: String, expected: String },
+    Config {
+        path: PathBuf,
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
     #[error("{0}: GPT-2 has learned positions, LayerNorm, GELU and pre-norm blocks, so transformers' GPT2LMHeadModel cannot run this model; export it with --names kiln")]
     NotGpt2(String),
 }
@@ -50,7 +55,10 @@ fn gpt2_mismatch(model: &ModelSection) -> Option<String> {
 }
 
 fn file_error(path: &Path, reason: impl ToString) -> InteropError {
-    InteropError::File { path: path.to_path_buf(), reason: reason.to_string() }
+    InteropError::File {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
 }
 
 /// Which parameter names an export uses.
@@ -67,7 +75,9 @@ fn hf_name(kiln: &str) -> String {
     if kiln.starts_with("lm_head.") {
         return kiln.to_string();
     }
-    let name = kiln.strip_prefix("blocks.").map_or_else(|| kiln.to_string(), |rest| format!("h.{rest}"));
+    let name = kiln
+        .strip_prefix("blocks.")
+        .map_or_else(|| kiln.to_string(), |rest| format!("h.{rest}"));
     let name = match (name.strip_suffix(".gamma"), name.strip_suffix(".beta")) {
         (Some(stem), _) => format!("{stem}.weight"),
         (_, Some(stem)) => format!("{stem}.bias"),
@@ -78,7 +88,9 @@ fn hf_name(kiln: &str) -> String {
 
 /// `[rows, cols]` row-major → `[cols, rows]`.
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])).collect()
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| values[r * cols + c]))
+        .collect()
 }
 
 /// kiln's parameters under GPT-2's names and layouts. GPT-2 always has biases: a model
@@ -92,17 +104,28 @@ fn to_hf(params: Vec<ParamValues>) -> Vec<ParamValues> {
                 shape: vec![vocab, d_model],
                 name: p.name,
             },
-            _ => ParamValues { name: hf_name(&p.name), ..p },
+            _ => ParamValues {
+                name: hf_name(&p.name),
+                ..p
+            },
         })
         .collect();
     let names: std::collections::HashSet<String> = out.iter().map(|p| p.name.clone()).collect();
     let missing: Vec<ParamValues> = out
         .iter()
-        .filter(|p| p.name.starts_with("transformer.") && !p.name.contains(".wte.") && !p.name.contains(".wpe."))
+        .filter(|p| {
+            p.name.starts_with("transformer.")
+                && !p.name.contains(".wte.")
+                && !p.name.contains(".wpe.")
+        })
         .filter_map(|p| {
             let bias = format!("{}.bias", p.name.strip_suffix(".weight")?);
             let width = *p.shape.last()?;
-            (!names.contains(&bias)).then(|| ParamValues { name: bias, shape: vec![width], values: vec![0.0; width] })
+            (!names.contains(&bias)).then(|| ParamValues {
+                name: bias,
+                shape: vec![width],
+                values: vec![0.0; width],
+            })
         })
         .collect();
     out.extend(missing);
@@ -160,12 +183,16 @@ pub fn export(
     if let Some(mismatch) = gpt2_mismatch(&spec.model).filter(|_| names == Names::Hf) {
         return Err(InteropError::NotGpt2(mismatch));
     }
-    std::fs::create_dir_all(out).map_err(|e| file_error(out, format!("cannot create the folder: {e}")))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| file_error(out, format!("cannot create the folder: {e}")))?;
     let params = match names {
         Names::Hf => to_hf(params),
         Names::Kiln => params,
     };
-    let bytes: Vec<Vec<u8>> = params.iter().map(|p| p.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
+    let bytes: Vec<Vec<u8>> = params
+        .iter()
+        .map(|p| p.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
     let views = params
         .iter()
         .zip(&bytes)
@@ -176,7 +203,8 @@ pub fn export(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let weights = out.join(WEIGHTS_FILE);
-    let data = safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(&weights, e))?;
+    let data =
+        safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(&weights, e))?;
     crate::run_dir::write_atomic(&weights, &data).map_err(|e| file_error(&weights, e))?;
     let mut files = vec![weights];
     if names == Names::Hf {
@@ -186,7 +214,10 @@ pub fn export(
         crate::run_dir::write_atomic(&path, &text).map_err(|e| file_error(&path, e))?;
         files.push(path);
     }
-    Ok(Exported { files, tensors: params.len() })
+    Ok(Exported {
+        files,
+        tensors: params.len(),
+    })
 }
 
 /// The fields of a GPT-2 `config.json` kiln reads; the rest (tokenizer ids, task heads) do
@@ -241,12 +272,16 @@ pub struct Gpt2Checkpoint {
 pub fn read_gpt2(dir: &Path) -> Result<Gpt2Checkpoint, InteropError> {
     let config_path = dir.join(HF_CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
-    let config: Gpt2Config =
-        serde_json::from_str(&text).map_err(|e| file_error(&config_path, format!("not a GPT-2 config: {e}")))?;
+    let config: Gpt2Config = serde_json::from_str(&text)
+        .map_err(|e| file_error(&config_path, format!("not a GPT-2 config: {e}")))?;
     let model = model_section(&config, &config_path)?;
     let weights = dir.join(WEIGHTS_FILE);
     let params = read_safetensors(&weights)?;
-    Ok(Gpt2Checkpoint { params: from_hf(params, &weights)?, model, weights })
+    Ok(Gpt2Checkpoint {
+        params: from_hf(params, &weights)?,
+        model,
+        weights,
+    })
 }
 
 fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropError> {
@@ -257,13 +292,23 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
         expected: expected.to_string(),
     };
     if let Some(kind) = c.model_type.as_deref().filter(|t| *t != "gpt2") {
-        return Err(unsupported("model_type", format!("{kind:?}"), "\"gpt2\": kiln imports GPT-2 checkpoints only"));
+        return Err(unsupported(
+            "model_type",
+            format!("{kind:?}"),
+            "\"gpt2\": kiln imports GPT-2 checkpoints only",
+        ));
     }
     let activation = match c.activation_function.as_str() {
         "gelu" => Activation::Gelu,
         "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
         "relu" => Activation::Relu,
-        other => return Err(unsupported("activation_function", format!("{other:?}"), "\"gelu\", \"gelu_new\" or \"relu\"")),
+        other => {
+            return Err(unsupported(
+                "activation_function",
+                format!("{other:?}"),
+                "\"gelu\", \"gelu_new\" or \"relu\"",
+            ))
+        }
     };
     if !c.scale_attn_weights || c.scale_attn_by_inverse_layer_idx {
         return Err(unsupported(
@@ -273,10 +318,18 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
         ));
     }
     if c.add_cross_attention {
-        return Err(unsupported("add_cross_attention", "true".into(), "false (a decoder-only GPT-2)"));
+        return Err(unsupported(
+            "add_cross_attention",
+            "true".into(),
+            "false (a decoder-only GPT-2)",
+        ));
     }
     if c.n_head == 0 || !c.n_embd.is_multiple_of(c.n_head) {
-        return Err(unsupported("n_head", c.n_head.to_string(), &format!("a divisor of n_embd ({})", c.n_embd)));
+        return Err(unsupported(
+            "n_head",
+            c.n_head.to_string(),
+            &format!("a divisor of n_embd ({})", c.n_embd),
+        ));
     }
     Ok(ModelSection {
         kind: crate::config::ModelKind::Gpt,
@@ -304,19 +357,42 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<ModelSection, InteropErr
 /// Every tensor of a safetensors file as f32 (F32, F16, BF16 and F64 are read).
 fn read_safetensors(path: &Path) -> Result<Vec<ParamValues>, InteropError> {
     let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
-    let file = SafeTensors::deserialize(&bytes).map_err(|e| file_error(path, format!("not a safetensors file: {e}")))?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| file_error(path, format!("not a safetensors file: {e}")))?;
     file.tensors()
         .into_iter()
         .map(|(name, view)| {
             let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                Dtype::F64 => data.chunks_exact(8).map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32).collect(),
-                other => return Err(file_error(path, format!("tensor {name} has dtype {other:?}; kiln reads F32, F16, BF16 and F64"))),
-            };
-            Ok(ParamValues { name, shape: view.shape().to_vec(), values })
+            let values: Vec<f32> =
+                match view.dtype() {
+                    Dtype::F32 => data
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                    Dtype::F16 => data
+                        .chunks_exact(2)
+                        .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    Dtype::BF16 => data
+                        .chunks_exact(2)
+                        .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                        .collect(),
+                    Dtype::F64 => data
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32)
+                        .collect(),
+                    other => return Err(file_error(
+                        path,
+                        format!(
+                            "tensor {name} has dtype {other:?}; kiln reads F32, F16, BF16 and F64"
+                        ),
+                    )),
+                };
+            Ok(ParamValues {
+                name,
+                shape: view.shape().to_vec(),
+                values,
+            })
         })
         .collect()
 }
@@ -324,21 +400,32 @@ fn read_safetensors(path: &Path) -> Result<Vec<ParamValues>, InteropError> {
 /// GPT-2 tensors under kiln's names. Both `transformer.h.0…` (GPT2LMHeadModel) and `h.0…`
 /// (GPT2Model, as the original `gpt2` files are) are accepted; attention-mask buffers that old
 /// files carry (`attn.bias`, `attn.masked_bias`) are not parameters and are skipped.
-fn from_hf(params: Vec<ParamValues>, path: &Path) -> Result<HashMap<String, ParamValues>, InteropError> {
+fn from_hf(
+    params: Vec<ParamValues>,
+    path: &Path,
+) -> Result<HashMap<String, ParamValues>, InteropError> {
     let mut out = HashMap::new();
     for p in params {
-        let bare = p.name.strip_prefix("transformer.").unwrap_or(&p.name).to_string();
+        let bare = p
+            .name
+            .strip_prefix("transformer.")
+            .unwrap_or(&p.name)
+            .to_string();
         if bare.ends_with(".attn.bias") || bare.ends_with(".attn.masked_bias") {
             continue;
         }
-        let kiln = kiln_name(&bare).ok_or_else(|| file_error(path, format!("tensor {}: not a GPT-2 parameter", p.name)))?;
+        let kiln = kiln_name(&bare)
+            .ok_or_else(|| file_error(path, format!("tensor {}: not a GPT-2 parameter", p.name)))?;
         let p = match p.shape[..] {
             [vocab, d_model] if kiln == "lm_head.weight" => ParamValues {
                 values: transpose(&p.values, vocab, d_model),
                 shape: vec![d_model, vocab],
                 name: kiln.clone(),
             },
-            _ => ParamValues { name: kiln.clone(), ..p },
+            _ => ParamValues {
+                name: kiln.clone(),
+                ..p
+            },
         };
         out.insert(kiln, p);
     }
@@ -356,11 +443,17 @@ fn kiln_name(bare: &str) -> Option<String> {
         None => return None,
     };
     let is_norm = name.starts_with("ln_f.") || name.contains(".ln_1.") || name.contains(".ln_2.");
-    Some(match (is_norm, name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
-        (true, Some(stem), _) => format!("{stem}.gamma"),
-        (true, _, Some(stem)) => format!("{stem}.beta"),
-        _ => name,
-    })
+    Some(
+        match (
+            is_norm,
+            name.strip_suffix(".weight"),
+            name.strip_suffix(".bias"),
+        ) {
+            (true, Some(stem), _) => format!("{stem}.gamma"),
+            (true, _, Some(stem)) => format!("{stem}.beta"),
+            _ => name,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -373,8 +466,14 @@ mod tests {
             ("wte.weight", "transformer.wte.weight"),
             ("blocks.3.ln_1.gamma", "transformer.h.3.ln_1.weight"),
             ("blocks.3.ln_2.beta", "transformer.h.3.ln_2.bias"),
-            ("blocks.0.attn.c_attn.weight", "transformer.h.0.attn.c_attn.weight"),
-            ("blocks.11.mlp.c_proj.bias", "transformer.h.11.mlp.c_proj.bias"),
+            (
+                "blocks.0.attn.c_attn.weight",
+                "transformer.h.0.attn.c_attn.weight",
+            ),
+            (
+                "blocks.11.mlp.c_proj.bias",
+                "transformer.h.11.mlp.c_proj.bias",
+            ),
             ("ln_f.gamma", "transformer.ln_f.weight"),
             ("lm_head.weight", "lm_head.weight"),
         ] {
@@ -389,15 +488,28 @@ mod tests {
     fn missing_biases_are_zero_and_lm_head_is_transposed() {
         let p = |name: &str, shape: Vec<usize>| ParamValues {
             name: name.into(),
-            values: (0..shape.iter().product::<usize>()).map(|v| v as f32).collect(),
+            values: (0..shape.iter().product::<usize>())
+                .map(|v| v as f32)
+                .collect(),
             shape,
         };
-        let hf = to_hf(vec![p("blocks.0.mlp.c_fc.weight", vec![2, 3]), p("ln_f.gamma", vec![2]), p("lm_head.weight", vec![2, 3])]);
-        let find = |n: &str| hf.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("{n} missing"));
+        let hf = to_hf(vec![
+            p("blocks.0.mlp.c_fc.weight", vec![2, 3]),
+            p("ln_f.gamma", vec![2]),
+            p("lm_head.weight", vec![2, 3]),
+        ]);
+        let find = |n: &str| {
+            hf.iter()
+                .find(|p| p.name == n)
+                .unwrap_or_else(|| panic!("{n} missing"))
+        };
         assert_eq!(find("transformer.h.0.mlp.c_fc.bias").values, vec![0.0; 3]);
         assert_eq!(find("transformer.ln_f.bias").values, vec![0.0; 2]);
         assert_eq!(find("lm_head.weight").shape, vec![3, 2]);
-        assert_eq!(find("lm_head.weight").values, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
+        assert_eq!(
+            find("lm_head.weight").values,
+            vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]
+        );
         assert_eq!(hf.len(), 5);
     }
 }

@@ -76,15 +76,22 @@ impl RunDir {
     /// Epochs for which a complete checkpoint (model, optimizer, scheduler, state) exists,
     /// oldest first.
     pub fn checkpoint_epochs(&self) -> Vec<usize> {
-        let Ok(entries) = fs::read_dir(self.checkpoints()) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(self.checkpoints()) else {
+            return Vec::new();
+        };
         let mut epochs: Vec<usize> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("state-")?.strip_suffix(".json")?.parse().ok()
+                name.strip_prefix("state-")?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
             })
             .filter(|&epoch| {
-                crate::checkpoint::RECORDS.iter().all(|k| self.checkpoint_file(k, epoch).is_file())
+                crate::checkpoint::RECORDS
+                    .iter()
+                    .all(|k| self.checkpoint_file(k, epoch).is_file())
             })
             .collect();
         epochs.sort_unstable();
@@ -122,7 +129,9 @@ impl RunDir {
         if newer.is_empty() {
             return Ok(None);
         }
-        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let dir = self.checkpoints().join("set-aside").join(secs.to_string());
         fs::create_dir_all(&dir)?;
         for path in newer {
@@ -135,9 +144,15 @@ impl RunDir {
     pub fn remove_partial_files(&self) -> std::io::Result<usize> {
         let mut removed = 0;
         for dir in [self.root().to_path_buf(), self.checkpoints()] {
-            let Ok(entries) = fs::read_dir(&dir) else { continue };
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
             for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-                if path.file_name().and_then(|n| n.to_str()).is_some_and(is_temp_name) {
+                if path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_temp_name)
+                {
                     remove_if_exists(&path)?;
                     removed += 1;
                 }
@@ -152,7 +167,8 @@ impl RunDir {
         write_atomic(&probe, b"kiln").and_then(|_| fs::remove_file(&probe)).map_err(|e| {
             format!("{}: cannot write into the run folder ({e}); choose a writable run.artifacts_dir", self.root().display())
         })?;
-        let free = fs4::available_space(self.root()).map_err(|e| format!("{}: cannot read free space ({e})", self.root().display()))?;
+        let free = fs4::available_space(self.root())
+            .map_err(|e| format!("{}: cannot read free space ({e})", self.root().display()))?;
         if free < bytes {
             return Err(format!(
                 "{}: {} free on this disk, but {what} needs {}; free some space or set run.artifacts_dir to another disk",
@@ -168,7 +184,10 @@ impl RunDir {
 /// Hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Hex SHA-256 of a file, read in 1 MB pieces.
@@ -185,7 +204,11 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -231,12 +254,19 @@ impl AtomicFile {
     pub fn create(path: &Path) -> std::io::Result<Self> {
         let tmp = temp_sibling(path);
         let writer = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        Ok(Self { writer: Some(writer), tmp, path: path.to_path_buf() })
+        Ok(Self {
+            writer: Some(writer),
+            tmp,
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn commit(mut self) -> std::io::Result<()> {
         let writer = self.writer.take().expect("an AtomicFile commits once");
-        writer.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        writer
+            .into_inner()
+            .map_err(|e| e.into_error())?
+            .sync_all()?;
         commit_temp(&self.tmp, &self.path)
     }
 }
@@ -261,7 +291,10 @@ impl Drop for AtomicFile {
 /// A hidden file next to `path` to write into before [`commit_temp`]. It has no extension
 /// of its own, so writers that set one (Burn's recorders) keep it recognisable.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{}-partial", name.replace('.', "_")))
 }
 

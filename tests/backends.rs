@@ -51,7 +51,8 @@ fn course_config() -> GptConfig {
 fn corpus() -> &'static (CharTokenizer, Vec<u32>) {
     static CORPUS: OnceLock<(CharTokenizer, Vec<u32>)> = OnceLock::new();
     CORPUS.get_or_init(|| {
-        let text = std::fs::read_to_string(common::repo().join("data/tinyshakespeare.txt")).unwrap();
+        let text =
+            std::fs::read_to_string(common::repo().join("data/tinyshakespeare.txt")).unwrap();
         let tok = CharTokenizer::fit(&text, false);
         let ids = tok.encode(&text).unwrap();
         (tok, ids)
@@ -66,7 +67,12 @@ fn draw_weights(config: &GptConfig) -> PathBuf {
     let model: Gpt<Reference> = config.init(&device);
     // Touch every parameter so the lazily initialised values are the ones saved.
     let _ = model.forward(Tensor::zeros([1, 2], &device));
-    Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
+    Recorder::<Reference>::record(
+        &CheckpointRecorder::default(),
+        model.into_record(),
+        path.clone(),
+    )
+    .unwrap();
     path
 }
 
@@ -80,20 +86,32 @@ fn load<B: Backend>(path: &Path, device: &B::Device) -> Gpt<B> {
 }
 
 fn load_as<B: Backend>(config: &GptConfig, path: &Path, device: &B::Device) -> Gpt<B> {
-    config.init(device).load_record(load_record::<B, _>(path, device).unwrap())
+    config
+        .init(device)
+        .load_record(load_record::<B, _>(path, device).unwrap())
 }
 
 /// Logits of the course model on `B` and on ndarray, from the same weights.
 fn course_logits<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<f32>) {
     static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
     let weights = WEIGHTS.get_or_init(|| draw_weights(&course_config()));
-    let run = |model: Gpt<B>| model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap();
+    let run = |model: Gpt<B>| {
+        model
+            .forward(batch::<B>(0, device).inputs)
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap()
+    };
     let reference = load_as::<Reference>(&course_config(), weights, &Default::default())
         .forward(batch::<Reference>(0, &Default::default()).inputs)
         .into_data()
         .to_vec()
         .unwrap();
-    (run(load_as::<B>(&course_config(), weights, device)), reference)
+    (
+        run(load_as::<B>(&course_config(), weights, device)),
+        reference,
+    )
 }
 
 /// The encoder-decoder, post-norm with sinusoidal positions as in the paper.
@@ -111,14 +129,31 @@ fn seq2seq_logits<B: Backend>(device: &B::Device) -> Vec<f32> {
         let device = Default::default();
         Reference::seed(&device, 42);
         let model: Seq2Seq<Reference> = seq2seq_config().init(&device);
-        Recorder::<Reference>::record(&CheckpointRecorder::default(), model.into_record(), path.clone()).unwrap();
+        Recorder::<Reference>::record(
+            &CheckpointRecorder::default(),
+            model.into_record(),
+            path.clone(),
+        )
+        .unwrap();
         path
     });
-    let model: Seq2Seq<B> = seq2seq_config().init(device).load_record(load_record::<B, _>(weights, device).unwrap());
-    let ints = |rows: Vec<i64>, width: usize| Tensor::<B, 2, Int>::from_data(TensorData::new(rows.clone(), [rows.len() / width, width]), device);
+    let model: Seq2Seq<B> = seq2seq_config()
+        .init(device)
+        .load_record(load_record::<B, _>(weights, device).unwrap());
+    let ints = |rows: Vec<i64>, width: usize| {
+        Tensor::<B, 2, Int>::from_data(
+            TensorData::new(rows.clone(), [rows.len() / width, width]),
+            device,
+        )
+    };
     let source = ints(vec![5, 6, 7, 8, 2, 9, 10, 2, 0, 0], 5);
     let target = ints(vec![1, 11, 12, 13, 1, 14, 15, 16], 4);
-    let mut logits: Vec<f32> = model.forward(source.clone(), target.clone()).into_data().convert::<f32>().to_vec().unwrap();
+    let mut logits: Vec<f32> = model
+        .forward(source.clone(), target.clone())
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
     let mut state = model.start_decoding(model.encode(source));
     for t in 0..4 {
         let step = model.decode_step(target.clone().slice([0..2, t..t + 1]), &mut state);
@@ -129,13 +164,20 @@ fn seq2seq_logits<B: Backend>(device: &B::Device) -> Vec<f32> {
 
 fn batch<B: Backend>(step: usize, device: &B::Device) -> LmBatch<B> {
     let tokens = &corpus().1;
-    let starts: Vec<usize> = (0..BATCH).map(|i| (step * 7919 + i * 104_729) % (tokens.len() - BLOCK - 1)).collect();
+    let starts: Vec<usize> = (0..BATCH)
+        .map(|i| (step * 7919 + i * 104_729) % (tokens.len() - BLOCK - 1))
+        .collect();
     LmBatch::from_starts(tokens, &starts, BLOCK, device)
 }
 
 fn logits<B: Backend>(device: &B::Device) -> Vec<f32> {
     let model = load::<B>(initial_weights(), device);
-    model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap()
+    model
+        .forward(batch::<B>(0, device).inputs)
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap()
 }
 
 /// Weights after 300 steps on ndarray: a model that writes something, for comparing greedy text.
@@ -151,7 +193,12 @@ fn trained_weights() -> &'static PathBuf {
 /// Losses of `steps` AdamW steps from the initial weights; the final weights go to `out`.
 fn train<B: AutodiffBackend>(device: &B::Device, steps: usize, lr: f64, out: &Path) -> Vec<f32> {
     let mut model = load::<B>(initial_weights(), device);
-    let adamw = AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 };
+    let adamw = AdamW {
+        beta1: 0.9,
+        beta2: 0.99,
+        epsilon: 1e-8,
+        weight_decay: 0.1,
+    };
     let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, 1.0, 1);
     let mut losses = Vec::new();
     for step in 0..steps {
@@ -160,14 +207,25 @@ fn train<B: AutodiffBackend>(device: &B::Device, steps: usize, lr: f64, out: &Pa
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(lr, model, grads);
     }
-    Recorder::<B>::record(&CheckpointRecorder::default(), model.into_record(), out.to_path_buf()).unwrap();
+    Recorder::<B>::record(
+        &CheckpointRecorder::default(),
+        model.into_record(),
+        out.to_path_buf(),
+    )
+    .unwrap();
     losses
 }
 
 fn greedy<B: Backend>(weights: &Path, device: &B::Device) -> String {
     let (tok, _) = corpus();
     let model = load::<B>(weights, device);
-    let sampling = Sampling { max_new_tokens: 40, temperature: 0.0, top_k: None, top_p: None, seed: 1 };
+    let sampling = Sampling {
+        max_new_tokens: 40,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: 1,
+    };
     let ids = generate(&model, &tok.encode("ROMEO:\n").unwrap(), &sampling, |_| {}).unwrap();
     tok.decode(&ids)
 }
@@ -179,24 +237,57 @@ fn assert_logits_agree(name: &str, got: &[f32]) {
 fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{name}: logits count");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    eprintln!("{name}: logits within {:.2e} of ndarray (relative to the largest, {scale:.3})", worst / scale);
-    assert!(worst / scale <= 1e-4, "{name}: logits differ by {worst} (relative {})", worst / scale);
+    let worst = want
+        .iter()
+        .zip(got)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    eprintln!(
+        "{name}: logits within {:.2e} of ndarray (relative to the largest, {scale:.3})",
+        worst / scale
+    );
+    assert!(
+        worst / scale <= 1e-4,
+        "{name}: logits differ by {worst} (relative {})",
+        worst / scale
+    );
 }
 
 fn assert_training_agrees<B: AutodiffBackend>(name: &str, device: &B::Device) {
     let dir = tempfile::tempdir().unwrap();
-    let (want_weights, got_weights) = (dir.path().join("ndarray.mpk"), dir.path().join(format!("{name}.mpk")));
-    let want = train::<burn::backend::Autodiff<Reference>>(&Default::default(), STEPS, LR, &want_weights);
+    let (want_weights, got_weights) = (
+        dir.path().join("ndarray.mpk"),
+        dir.path().join(format!("{name}.mpk")),
+    );
+    let want =
+        train::<burn::backend::Autodiff<Reference>>(&Default::default(), STEPS, LR, &want_weights);
     let got = train::<B>(device, STEPS, LR, &got_weights);
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
-        assert!((a - b).abs() / a.abs() <= 0.01, "{name}: step {step} loss {b} vs ndarray {a}");
+        assert!(
+            (a - b).abs() / a.abs() <= 0.01,
+            "{name}: step {step} loss {b} vs ndarray {a}"
+        );
     }
-    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs() / a.abs()).fold(0f32, f32::max);
-    eprintln!("{name}: {STEPS} steps, loss {:.4} → {:.4}, worst step {:.2e} relative to ndarray", got[0], got[STEPS - 1], worst);
-    assert!(want[STEPS - 1] < want[0] * 0.85, "the model learns: {want:?}");
+    let worst = want
+        .iter()
+        .zip(&got)
+        .map(|(a, b)| (a - b).abs() / a.abs())
+        .fold(0f32, f32::max);
+    eprintln!(
+        "{name}: {STEPS} steps, loss {:.4} → {:.4}, worst step {:.2e} relative to ndarray",
+        got[0],
+        got[STEPS - 1],
+        worst
+    );
+    assert!(
+        want[STEPS - 1] < want[0] * 0.85,
+        "the model learns: {want:?}"
+    );
     let text = greedy::<B::InnerBackend>(trained_weights(), device);
-    assert_eq!(text, greedy::<Reference>(trained_weights(), &Default::default()), "{name}: greedy text differs");
+    assert_eq!(
+        text,
+        greedy::<Reference>(trained_weights(), &Default::default()),
+        "{name}: greedy text differs"
+    );
     eprintln!("{name}: greedy text equal to ndarray's: {text:?}");
 }
 
@@ -225,7 +316,11 @@ mod wgpu {
     #[test]
     fn seq2seq_logits_match_ndarray() {
         let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close("wgpu (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&WgpuDevice::DefaultDevice), &want);
+        assert_close(
+            "wgpu (seq2seq, teacher forcing and cached decoding)",
+            &seq2seq_logits::<B>(&WgpuDevice::DefaultDevice),
+            &want,
+        );
     }
 }
 
@@ -254,7 +349,11 @@ mod tch_cpu {
     #[test]
     fn seq2seq_logits_match_ndarray() {
         let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close("tch-cpu (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&LibTorchDevice::Cpu), &want);
+        assert_close(
+            "tch-cpu (seq2seq, teacher forcing and cached decoding)",
+            &seq2seq_logits::<B>(&LibTorchDevice::Cpu),
+            &want,
+        );
     }
 }
 
@@ -282,7 +381,11 @@ mod flex {
     #[test]
     fn seq2seq_logits_match_ndarray() {
         let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close("flex (seq2seq, teacher forcing and cached decoding)", &seq2seq_logits::<B>(&Default::default()), &want);
+        assert_close(
+            "flex (seq2seq, teacher forcing and cached decoding)",
+            &seq2seq_logits::<B>(&Default::default()),
+            &want,
+        );
     }
 }
 
@@ -311,9 +414,23 @@ fn backends_are_picked_by_name_with_clear_errors() {
             "0",
         ]);
         assert!(ok, "{backend}: {err}");
-        let summary = std::fs::read_to_string(dir.path().join(backend).join("summary.json")).unwrap();
-        assert!(summary.contains(&format!("\"backend\": \"{backend}\"")), "{summary}");
+        let summary =
+            std::fs::read_to_string(dir.path().join(backend).join("summary.json")).unwrap();
+        assert!(
+            summary.contains(&format!("\"backend\": \"{backend}\"")),
+            "{summary}"
+        );
     }
-    let (ok, _, err) = common::kiln(&["--config", "configs/tiny.toml", "--backend", "ndarray", "--set", "backend.precision=bf16"]);
-    assert!(!ok && err.contains("backend.precision = \"bf16\"") && err.contains("ndarray"), "{err}");
+    let (ok, _, err) = common::kiln(&[
+        "--config",
+        "configs/tiny.toml",
+        "--backend",
+        "ndarray",
+        "--set",
+        "backend.precision=bf16",
+    ]);
+    assert!(
+        !ok && err.contains("backend.precision = \"bf16\"") && err.contains("ndarray"),
+        "{err}"
+    );
 }

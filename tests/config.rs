@@ -8,16 +8,28 @@ use common::{config_error, repo, valid_config_text};
 fn layers_file_then_environment_then_set() {
     let file = repo().join("configs/tiny.toml");
     let env = vec![
-        ("KILN_TRAINING__LEARNING_RATE".to_string(), "0.002".to_string()),
+        (
+            "KILN_TRAINING__LEARNING_RATE".to_string(),
+            "0.002".to_string(),
+        ),
         ("KILN_TRAINING__BATCH_SIZE".to_string(), "4".to_string()),
         // Not settings: the set-up script's own variables must not make the config fail.
         ("KILN_VENV".to_string(), "/opt/venv".to_string()),
         ("KILN_TORCH_VERSION".to_string(), "2.9.0".to_string()),
     ];
-    let sets = vec!["training.learning_rate=3e-4".to_string(), "run.name=lr3e4".to_string()];
+    let sets = vec![
+        "training.learning_rate=3e-4".to_string(),
+        "run.name=lr3e4".to_string(),
+    ];
     let spec = kiln::config::load_with_env(&file, &sets, env).unwrap();
-    assert_eq!(spec.training.batch_size, 4, "environment overrides the file");
-    assert_eq!(spec.training.learning_rate, 3e-4, "--set overrides the environment");
+    assert_eq!(
+        spec.training.batch_size, 4,
+        "environment overrides the file"
+    );
+    assert_eq!(
+        spec.training.learning_rate, 3e-4,
+        "--set overrides the environment"
+    );
     assert_eq!(spec.run.name, "lr3e4");
     assert_eq!(spec.model.d_model, 32, "the file is the base");
 }
@@ -36,7 +48,12 @@ fn every_shipped_config_loads() {
             }
             Err(e) => panic!("{}: {e}", path.display()),
         };
-        assert_eq!(Some(spec.run.name.as_str()), path.file_stem().and_then(|s| s.to_str()), "{}: run.name", path.display());
+        assert_eq!(
+            Some(spec.run.name.as_str()),
+            path.file_stem().and_then(|s| s.to_str()),
+            "{}: run.name",
+            path.display()
+        );
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} configs found");
@@ -47,24 +64,49 @@ fn gpt2_124m_has_the_books_parameter_counts() {
     // Raschka ch. 4: 163,009,536 with its own output head, 124,412,160 with it tied.
     let (ok, out, err) = common::kiln(&["inspect", "configs/gpt2-124m.toml"]);
     assert!(ok, "{err}");
-    assert!(out.contains("total parameters:    163,009,536 (124,412,160 with the output head tied"), "{out}");
-    let (ok, out, err) = common::kiln(&["inspect", "configs/gpt2-124m.toml", "--set", "model.tie_embeddings=true"]);
+    assert!(
+        out.contains("total parameters:    163,009,536 (124,412,160 with the output head tied"),
+        "{out}"
+    );
+    let (ok, out, err) = common::kiln(&[
+        "inspect",
+        "configs/gpt2-124m.toml",
+        "--set",
+        "model.tie_embeddings=true",
+    ]);
     assert!(ok, "{err}");
-    assert!(out.contains("total parameters:    124,412,160 (163,009,536 with an untied output head)"), "{out}");
+    assert!(
+        out.contains("total parameters:    124,412,160 (163,009,536 with an untied output head)"),
+        "{out}"
+    );
 }
 
 #[test]
 fn course_architecture_keys_are_validated() {
     let dir = tempfile::tempdir().unwrap();
-    let with = |extra: &str| config_error(dir.path(), &valid_config_text().replace("[model]\n", &format!("[model]\n{extra}\n")));
+    let with = |extra: &str| {
+        config_error(
+            dir.path(),
+            &valid_config_text().replace("[model]\n", &format!("[model]\n{extra}\n")),
+        )
+    };
     let err = with("positions = \"alibi\"");
-    assert!(err.contains("alibi") && err.contains("learned") && err.contains("rope"), "{err}");
+    assert!(
+        err.contains("alibi") && err.contains("learned") && err.contains("rope"),
+        "{err}"
+    );
     let err = with("norm = \"batchnorm\"");
-    assert!(err.contains("batchnorm") && err.contains("rmsnorm"), "{err}");
+    assert!(
+        err.contains("batchnorm") && err.contains("rmsnorm"),
+        "{err}"
+    );
     let err = with("activation = \"tanh\"");
     assert!(err.contains("tanh") && err.contains("swiglu"), "{err}");
     let err = with("init = \"xavier\"");
-    assert!(err.contains("xavier") && err.contains("gpt2, torch") && err.contains("model.init"), "{err}");
+    assert!(
+        err.contains("xavier") && err.contains("gpt2, torch") && err.contains("model.init"),
+        "{err}"
+    );
     let err = with("positions = \"rope\"\nrope_theta = 0.5");
     assert!(err.contains("model.rope_theta = 0.5"), "{err}");
 }
@@ -80,21 +122,36 @@ fn unknown_key_is_named() {
 #[test]
 fn wrong_type_names_key_and_value() {
     let dir = tempfile::tempdir().unwrap();
-    let err = config_error(dir.path(), &valid_config_text().replace("d_model = 32", "d_model = \"big\""));
-    assert!(err.contains("model.d_model") && err.contains("big"), "{err}");
+    let err = config_error(
+        dir.path(),
+        &valid_config_text().replace("d_model = 32", "d_model = \"big\""),
+    );
+    assert!(
+        err.contains("model.d_model") && err.contains("big"),
+        "{err}"
+    );
 }
 
 #[test]
 fn heads_must_divide_d_model() {
     let dir = tempfile::tempdir().unwrap();
-    let err = config_error(dir.path(), &valid_config_text().replace("n_heads = 2", "n_heads = 3"));
-    assert_eq!(err, "model.n_heads = 3: expected a divisor of model.d_model (32)");
+    let err = config_error(
+        dir.path(),
+        &valid_config_text().replace("n_heads = 2", "n_heads = 3"),
+    );
+    assert_eq!(
+        err,
+        "model.n_heads = 3: expected a divisor of model.d_model (32)"
+    );
 }
 
 #[test]
 fn block_size_zero_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
-    let err = config_error(dir.path(), &valid_config_text().replace("block_size = 32", "block_size = 0"));
+    let err = config_error(
+        dir.path(),
+        &valid_config_text().replace("block_size = 32", "block_size = 0"),
+    );
     assert_eq!(err, "model.block_size = 0: expected a positive integer");
 }
 
@@ -102,8 +159,14 @@ fn block_size_zero_is_rejected() {
 fn val_fraction_must_be_inside_zero_one() {
     let dir = tempfile::tempdir().unwrap();
     for bad in ["0.0", "1.0", "1.5"] {
-        let err = config_error(dir.path(), &valid_config_text().replace("val_fraction = 0.1", &format!("val_fraction = {bad}")));
-        assert!(err.starts_with("data.val_fraction = ") && err.contains("expected a number in (0, 1)"), "{err}");
+        let err = config_error(
+            dir.path(),
+            &valid_config_text().replace("val_fraction = 0.1", &format!("val_fraction = {bad}")),
+        );
+        assert!(
+            err.starts_with("data.val_fraction = ") && err.contains("expected a number in (0, 1)"),
+            "{err}"
+        );
     }
 }
 
@@ -112,23 +175,44 @@ fn missing_data_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let text = valid_config_text().replace("tinyshakespeare.txt", "no-such-corpus.txt");
     let err = config_error(dir.path(), &text);
-    assert!(err.starts_with("data.path = ") && err.contains("no-such-corpus.txt") && err.contains("existing text file"), "{err}");
+    assert!(
+        err.starts_with("data.path = ")
+            && err.contains("no-such-corpus.txt")
+            && err.contains("existing text file"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_tokenizer_and_backend_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let err = config_error(dir.path(), &valid_config_text().replace("tokenizer = \"char\"", "tokenizer = \"words\""));
-    assert!(err.starts_with("data.tokenizer = \"words\"") && err.contains("tiktoken:"), "{err}");
-    let err = config_error(dir.path(), &format!("{}\n[backend]\nname = \"tpu\"\n", valid_config_text()));
-    assert!(err.starts_with("backend.name = \"tpu\"") && err.contains("\"ndarray\""), "{err}");
+    let err = config_error(
+        dir.path(),
+        &valid_config_text().replace("tokenizer = \"char\"", "tokenizer = \"words\""),
+    );
+    assert!(
+        err.starts_with("data.tokenizer = \"words\"") && err.contains("tiktoken:"),
+        "{err}"
+    );
+    let err = config_error(
+        dir.path(),
+        &format!("{}\n[backend]\nname = \"tpu\"\n", valid_config_text()),
+    );
+    assert!(
+        err.starts_with("backend.name = \"tpu\"") && err.contains("\"ndarray\""),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_override_says_the_expected_form() {
-    let err = kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &["learning_rate".into()], Vec::new())
-        .unwrap_err()
-        .to_string();
+    let err = kiln::config::load_with_env(
+        &repo().join("configs/tiny.toml"),
+        &["learning_rate".into()],
+        Vec::new(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("section.key=value"), "{err}");
 }
 
@@ -139,8 +223,16 @@ fn corpus_shorter_than_a_block_is_an_error() {
     std::fs::write(&corpus, "to be or not to be").unwrap();
     let mut spec = common::tiny_spec(dir.path(), &[]);
     spec.data.path = corpus;
-    let err = format!("{:#}", kiln::train::train(spec, Default::default()).unwrap_err());
-    assert!(err.contains("short.txt") && err.contains("model.block_size = 32") && err.contains("needs at least 33"), "{err}");
+    let err = format!(
+        "{:#}",
+        kiln::train::train(spec, Default::default()).unwrap_err()
+    );
+    assert!(
+        err.contains("short.txt")
+            && err.contains("model.block_size = 32")
+            && err.contains("needs at least 33"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,20 +242,38 @@ fn backend_not_compiled_in_names_the_feature_to_build_with() {
         .into_iter()
         .find(|(name, _)| kiln::backend::BackendName::parse(name).is_err())
         .expect("this test runs in builds without the cuda feature");
-    let err = config_error(dir.path(), &format!("{}\n[backend]\nname = \"{name}\"\n", valid_config_text()));
+    let err = config_error(
+        dir.path(),
+        &format!("{}\n[backend]\nname = \"{name}\"\n", valid_config_text()),
+    );
     assert!(err.contains(&format!("--features {feature}")), "{err}");
 }
 
 #[test]
 fn bad_distributed_values_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let with = |section: &str| config_error(dir.path(), &format!("{}\n[distributed]\n{section}\n", valid_config_text()));
+    let with = |section: &str| {
+        config_error(
+            dir.path(),
+            &format!("{}\n[distributed]\n{section}\n", valid_config_text()),
+        )
+    };
     let err = with("devices = [0, 1, 0]");
-    assert!(err.contains("distributed.devices") && err.contains("0 is listed twice"), "{err}");
+    assert!(
+        err.contains("distributed.devices") && err.contains("0 is listed twice"),
+        "{err}"
+    );
     let err = with("nodes = 2\nnode_rank = 2\ncoordinator = \"127.0.0.1:3000\"");
-    assert!(err.contains("distributed.node_rank") && err.contains("below distributed.nodes = 2"), "{err}");
+    assert!(
+        err.contains("distributed.node_rank") && err.contains("below distributed.nodes = 2"),
+        "{err}"
+    );
     let err = with("nodes = 2\ncoordinator = \"10.0.0.1\"");
-    let expected = if cfg!(feature = "distributed") { "distributed.coordinator" } else { "built without the `distributed` feature" };
+    let expected = if cfg!(feature = "distributed") {
+        "distributed.coordinator"
+    } else {
+        "built without the `distributed` feature"
+    };
     assert!(err.contains(expected), "{err}");
     let err = with("node_address = \"10.0.0.1:3001\"");
     assert!(err.contains("node_address"), "{err}");

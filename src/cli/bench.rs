@@ -111,22 +111,39 @@ pub fn run(command: BenchCommand) -> Result<()> {
     let mut spec = args.config.load("bench train")?;
     let (_, corpus, order) = prepare_in_memory(&mut spec)?;
     let backend = spec.backend.clone();
-    let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
+    let job = Job {
+        spec,
+        corpus,
+        order,
+        iters: args.iters,
+        warmup: args.warmup,
+    };
     let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!("backend:        {}", result.backend);
-        println!("steps timed:    {} (after {} warm-up)", result.iters, args.warmup);
+        println!(
+            "steps timed:    {} (after {} warm-up)",
+            result.iters, args.warmup
+        );
         println!("ms/iter:        {:.1}", result.ms_per_iter);
         println!("tokens/s:       {:.0}", result.tokens_per_sec);
-        println!("model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)", result.flops_per_sec / 1e9, result.flops_per_iter / 1e9);
+        println!(
+            "model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)",
+            result.flops_per_sec / 1e9,
+            result.flops_per_iter / 1e9
+        );
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
         println!("allocator:      {}", result.allocator);
         println!("final loss:     {:.4}", result.final_loss);
         if let Some(s) = &result.scaling {
             println!("on {} devices:   {:.1} ms/iter, {:.0} tokens/s (each device with the config's batch)", s.devices, s.ms_per_iter, s.tokens_per_sec);
-            println!("scaling:        {:.2}× the tokens/s of one device: {:.0} % efficiency", s.speedup, 100.0 * s.efficiency);
+            println!(
+                "scaling:        {:.2}× the tokens/s of one device: {:.0} % efficiency",
+                s.speedup,
+                100.0 * s.efficiency
+            );
         }
     }
     Ok(())
@@ -142,11 +159,16 @@ struct Job {
 
 impl BackendJob for Job {
     type Output = Result<TrainBench>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<TrainBench> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: BackendChoice,
+    ) -> Result<TrainBench> {
         let (spec, t) = (&self.spec, &self.spec.training);
         B::seed(&device, spec.run.seed);
         let model: Gpt<B> = gpt_config(spec).init(&device);
-        let flops_per_iter = flops_per_token(spec, model.param_counts()) * t.tokens_per_step(spec.model.block_size) as f64;
+        let flops_per_iter = flops_per_token(spec, model.param_counts())
+            * t.tokens_per_step(spec.model.block_size) as f64;
         let one = self.time_steps(model.clone(), &device, Share::ALL, None)?;
         let scaling = match spec.distributed.local_replicas() {
             1 => None,
@@ -194,21 +216,41 @@ impl Timing {
 impl Job {
     /// Times `warmup + iters` optimizer steps of `model` on `device`, training on `share` of
     /// the windows and, with an `exchange`, averaging gradients with the other replicas.
-    fn time_steps<B: AutodiffBackend>(&self, mut model: Gpt<B>, device: &B::Device, share: Share, exchange: Option<&Exchange>) -> Result<Timing> {
+    fn time_steps<B: AutodiffBackend>(
+        &self,
+        mut model: Gpt<B>,
+        device: &B::Device,
+        share: Share,
+        exchange: Option<&Exchange>,
+    ) -> Result<Timing> {
         let (spec, t) = (&self.spec, &self.spec.training);
-        let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
+        let adamw = AdamW {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            epsilon: 1e-8,
+            weight_decay: t.weight_decay,
+        };
         let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, t.grad_clip, t.grad_accumulation);
         let (micro, block) = (t.batch_size, spec.model.block_size);
         let total = self.warmup + self.iters;
         // Every window up front: drawing them is not part of a training step.
-        let starts = self.order.range(0, total * t.grad_accumulation * micro * share.of);
+        let starts = self
+            .order
+            .range(0, total * t.grad_accumulation * micro * share.of);
 
-        let devices = format!("{} device{}", share.of, if share.of == 1 { "" } else { "s" });
+        let devices = format!(
+            "{} device{}",
+            share.of,
+            if share.of == 1 { "" } else { "s" }
+        );
         let bar = match share.index {
             0 => ProgressBar::new(total as u64),
             _ => ProgressBar::hidden(),
         }
-        .with_style(ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps").expect("valid template"))
+        .with_style(
+            ProgressStyle::with_template("{msg} {bar:30} {pos}/{len} steps")
+                .expect("valid template"),
+        )
         .with_message(format!("warm-up ({devices})"));
         let mut started = Instant::now();
         let mut last_loss = None;
@@ -221,7 +263,12 @@ impl Job {
             let mut accumulator = GradientsAccumulator::<Gpt<B>>::new();
             for m in 0..t.grad_accumulation {
                 let first = ((step * t.grad_accumulation + m) * share.of + share.index) * micro;
-                let batch = LmBatch::<B>::from_starts(&self.corpus.train, &starts[first..first + micro], block, device);
+                let batch = LmBatch::<B>::from_starts(
+                    &self.corpus.train,
+                    &starts[first..first + micro],
+                    block,
+                    device,
+                );
                 let loss = lm_loss(&model, &batch);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 accumulator.accumulate(&model, grads);
@@ -238,15 +285,29 @@ impl Job {
         B::sync(device).map_err(|e| anyhow::anyhow!("backend sync failed: {e:?}"))?;
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
-        Ok(Timing { seconds, final_loss, tokens_per_iter: t.tokens_per_step(block) })
+        Ok(Timing {
+            seconds,
+            final_loss,
+            tokens_per_iter: t.tokens_per_step(block),
+        })
     }
 
     /// Times one replica per device of `[distributed] devices`, each with the config's
     /// batch (so the run's batch grows with the devices, as in training), against `one`.
     #[cfg(feature = "distributed")]
-    fn time_replicas<B: AutodiffBackend>(&self, model: Gpt<B>, device: &B::Device, backend: &BackendChoice, one: &Timing) -> Result<Scaling> {
+    fn time_replicas<B: AutodiffBackend>(
+        &self,
+        model: Gpt<B>,
+        device: &B::Device,
+        backend: &BackendChoice,
+        one: &Timing,
+    ) -> Result<Scaling> {
         use crate::distributed::Replica;
-        let section = crate::config::DistributedSection { nodes: 1, node_rank: 0, ..self.spec.distributed.clone() };
+        let section = crate::config::DistributedSection {
+            nodes: 1,
+            node_rank: 0,
+            ..self.spec.distributed.clone()
+        };
         let devices = crate::backend::replica_devices::<B>(backend, device, &section.devices)?;
         let agreement = crate::distributed::agreement(&self.spec, 0, model.num_params());
         let replicas = devices.len();
@@ -255,16 +316,36 @@ impl Job {
                 .iter()
                 .enumerate()
                 .map(|(local, device)| {
-                    let (model, section, agreement) = (model.clone().fork(device), &section, &agreement);
+                    let (model, section, agreement) =
+                        (model.clone().fork(device), &section, &agreement);
                     scope.spawn(move || {
-                        let exchange = Exchange::join::<B::InnerBackend>(Replica::on(section, local), device, section, agreement)?;
-                        let timing = self.time_steps(model, device, Share { index: local, of: replicas }, Some(&exchange))?;
+                        let exchange = Exchange::join::<B::InnerBackend>(
+                            Replica::on(section, local),
+                            device,
+                            section,
+                            agreement,
+                        )?;
+                        let timing = self.time_steps(
+                            model,
+                            device,
+                            Share {
+                                index: local,
+                                of: replicas,
+                            },
+                            Some(&exchange),
+                        )?;
                         exchange.leave::<B::InnerBackend>()?;
                         Ok(timing)
                     })
                 })
                 .collect();
-            replicas.into_iter().map(|r| r.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a replica panicked")))).collect()
+            replicas
+                .into_iter()
+                .map(|r| {
+                    r.join()
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("a replica panicked")))
+                })
+                .collect()
         });
         let timings = timings.into_iter().collect::<Result<Vec<_>>>()?;
         // Replicas wait for one another every step: the slowest one's time is the run's.
@@ -281,7 +362,13 @@ impl Job {
     }
 
     #[cfg(not(feature = "distributed"))]
-    fn time_replicas<B: AutodiffBackend>(&self, _: Gpt<B>, _: &B::Device, _: &BackendChoice, _: &Timing) -> Result<Scaling> {
+    fn time_replicas<B: AutodiffBackend>(
+        &self,
+        _: Gpt<B>,
+        _: &B::Device,
+        _: &BackendChoice,
+        _: &Timing,
+    ) -> Result<Scaling> {
         unreachable!("the config check refuses several devices without the `distributed` feature")
     }
 }
@@ -290,7 +377,12 @@ impl Job {
 fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
     let m = &spec.model;
     let n = (counts.total - m.block_size * m.d_model) as f64;
-    let (l, h, q, t) = (m.n_layers as f64, m.n_heads as f64, (m.d_model / m.n_heads) as f64, m.block_size as f64);
+    let (l, h, q, t) = (
+        m.n_layers as f64,
+        m.n_heads as f64,
+        (m.d_model / m.n_heads) as f64,
+        m.block_size as f64,
+    );
     6.0 * n + 12.0 * l * h * q * t
 }
 
@@ -300,10 +392,20 @@ pub(super) fn allocator() -> String {
     {
         use std::ffi::{c_char, c_int, CStr};
         extern "C" {
-            fn tc_version(major: *mut c_int, minor: *mut c_int, patch: *mut *const c_char) -> *const c_char;
+            fn tc_version(
+                major: *mut c_int,
+                minor: *mut c_int,
+                patch: *mut *const c_char,
+            ) -> *const c_char;
         }
         // SAFETY: gperftools' tc_version accepts null out-pointers and returns a static C string.
-        let version = unsafe { CStr::from_ptr(tc_version(std::ptr::null_mut(), std::ptr::null_mut(), std::ptr::null_mut())) };
+        let version = unsafe {
+            CStr::from_ptr(tc_version(
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ))
+        };
         format!("{} (the `tcmalloc` feature)", version.to_string_lossy())
     }
     #[cfg(not(feature = "tcmalloc"))]
@@ -312,7 +414,10 @@ pub(super) fn allocator() -> String {
 
 /// `123 MB`, or why there is no figure.
 pub(super) fn describe_rss(peak_rss_mb: Option<f64>) -> String {
-    peak_rss_mb.map_or_else(|| "unknown on this OS".to_string(), |mb| format!("{mb:.0} MB"))
+    peak_rss_mb.map_or_else(
+        || "unknown on this OS".to_string(),
+        |mb| format!("{mb:.0} MB"),
+    )
 }
 
 /// The process's peak resident memory (Linux; `None` elsewhere).

@@ -61,20 +61,48 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             args.max_new_tokens
         );
     }
-    let head = text.char_indices().nth(64 * args.prompt_tokens).map_or(text.len(), |(i, _)| i);
-    let prompt: Vec<u32> = tokenizer.encode(&text[..head])?.into_iter().take(args.prompt_tokens).collect();
+    let head = text
+        .char_indices()
+        .nth(64 * args.prompt_tokens)
+        .map_or(text.len(), |(i, _)| i);
+    let prompt: Vec<u32> = tokenizer
+        .encode(&text[..head])?
+        .into_iter()
+        .take(args.prompt_tokens)
+        .collect();
     if prompt.len() < args.prompt_tokens {
-        bail!("--prompt-tokens {}: {} holds only {} tokens", args.prompt_tokens, spec.data.path.display(), prompt.len());
+        bail!(
+            "--prompt-tokens {}: {} holds only {} tokens",
+            args.prompt_tokens,
+            spec.data.path.display(),
+            prompt.len()
+        );
     }
-    let sampling = Sampling { max_new_tokens: args.max_new_tokens, temperature: 0.0, top_k: None, top_p: None, seed: spec.run.seed };
+    let sampling = Sampling {
+        max_new_tokens: args.max_new_tokens,
+        temperature: 0.0,
+        top_k: None,
+        top_p: None,
+        seed: spec.run.seed,
+    };
     let backend = spec.backend.clone();
-    let result = crate::backend::dispatch(&backend, Job { spec, prompt, sampling })??;
+    let result = crate::backend::dispatch(
+        &backend,
+        Job {
+            spec,
+            prompt,
+            sampling,
+        },
+    )??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         println!("backend:        {}", result.backend);
         println!("model:          {} params", result.params);
-        println!("tokens:         {} prompt + {} generated (greedy, KV cache)", result.prompt_tokens, result.new_tokens);
+        println!(
+            "tokens:         {} prompt + {} generated (greedy, KV cache)",
+            result.prompt_tokens, result.new_tokens
+        );
         println!("first token:    {:.1} ms", result.first_token_ms);
         println!("ms/token:       {:.2}", result.ms_per_token);
         println!("tokens/s:       {:.1}", result.tokens_per_sec);
@@ -93,11 +121,18 @@ struct Job {
 
 impl BackendJob for Job {
     type Output = Result<GenerateBench>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, backend: BackendChoice) -> Result<GenerateBench> {
+    fn run<B: AutodiffBackend>(
+        self,
+        device: B::Device,
+        backend: BackendChoice,
+    ) -> Result<GenerateBench> {
         B::seed(&device, self.spec.run.seed);
         let model: Gpt<B::InnerBackend> = gpt_config(&self.spec).init(&device);
         // Untimed: first-use allocations and kernel compilation.
-        let warm_up = Sampling { max_new_tokens: 4, ..self.sampling.clone() };
+        let warm_up = Sampling {
+            max_new_tokens: 4,
+            ..self.sampling.clone()
+        };
         generate(&model, &self.prompt, &warm_up, |_| {})?;
 
         let started = Instant::now();
@@ -111,8 +146,9 @@ impl BackendJob for Job {
         let m = &self.spec.model;
         let counts = model.param_counts();
         let weight_flops = 2.0 * (counts.total - m.block_size * m.d_model) as f64;
-        let attention_flops: f64 =
-            (self.prompt.len()..self.prompt.len() + generated.len()).map(|t| 4.0 * (m.n_layers * m.d_model * t) as f64).sum();
+        let attention_flops: f64 = (self.prompt.len()..self.prompt.len() + generated.len())
+            .map(|t| 4.0 * (m.n_layers * m.d_model * t) as f64)
+            .sum();
         let flops = weight_flops * (self.prompt.len() + generated.len()) as f64 + attention_flops;
         Ok(GenerateBench {
             backend: backend.describe(),

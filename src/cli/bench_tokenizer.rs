@@ -54,7 +54,11 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     let mut rows = Vec::new();
     // Training streams the files from disk, as `kiln tokenizer train` does; the peak is
     // measured before the text is loaded for the encoders.
-    let options = BpeTrainOptions { vocab_size: args.vocab_size, specials: args.specials.clone(), progress: true };
+    let options = BpeTrainOptions {
+        vocab_size: args.vocab_size,
+        specials: args.specials.clone(),
+        progress: true,
+    };
     reset_peak_rss();
     let baseline_mb = peak_rss_mb();
     let (trained, seconds) = timed(|| train_on_files(&args.input, &options));
@@ -66,8 +70,23 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
         text.push_str(&crate::data::read_text(path)?);
     }
     let mb = text.len() as f64 / 1e6;
-    eprintln!("kiln bench tokenizer: {mb:.1} MB from {} file(s), vocab {}, {} threads", args.input.len(), args.vocab_size, rayon::current_num_threads());
-    rows.push(Row { what: "kiln train".into(), seconds: Some(seconds), peak_mb, mb_per_s: Some(mb / seconds), note: format!("vocab {}; process baseline {} MB", trained.vocab_size(), baseline_mb.map_or("?".into(), |mb| format!("{mb:.0}"))) });
+    eprintln!(
+        "kiln bench tokenizer: {mb:.1} MB from {} file(s), vocab {}, {} threads",
+        args.input.len(),
+        args.vocab_size,
+        rayon::current_num_threads()
+    );
+    rows.push(Row {
+        what: "kiln train".into(),
+        seconds: Some(seconds),
+        peak_mb,
+        mb_per_s: Some(mb / seconds),
+        note: format!(
+            "vocab {}; process baseline {} MB",
+            trained.vocab_size(),
+            baseline_mb.map_or("?".into(), |mb| format!("{mb:.0}"))
+        ),
+    });
 
     let gpt2 = TiktokenTokenizer::gpt2_as_bpe()?;
     let tiktoken = tiktoken_rs::r50k_base_singleton();
@@ -75,9 +94,25 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     encode_rows(&mut rows, "kiln encode, own vocab", &text, &trained);
     let gpt2_ids = encode_rows(&mut rows, "kiln encode, gpt2 vocab", &text, &gpt2);
     let (tiktoken_ids, seconds) = timed(|| tiktoken.encode_ordinary(&text));
-    rows.push(speed_row("tiktoken-rs gpt2, 1 thread", mb, seconds, tiktoken_ids.len()));
-    let (parallel, seconds) = timed(|| pieces.par_iter().map(|p| tiktoken.encode_ordinary(p)).collect::<Vec<_>>().concat());
-    rows.push(speed_row("tiktoken-rs gpt2, all threads", mb, seconds, parallel.len()));
+    rows.push(speed_row(
+        "tiktoken-rs gpt2, 1 thread",
+        mb,
+        seconds,
+        tiktoken_ids.len(),
+    ));
+    let (parallel, seconds) = timed(|| {
+        pieces
+            .par_iter()
+            .map(|p| tiktoken.encode_ordinary(p))
+            .collect::<Vec<_>>()
+            .concat()
+    });
+    rows.push(speed_row(
+        "tiktoken-rs gpt2, all threads",
+        mb,
+        seconds,
+        parallel.len(),
+    ));
     // encode_ordinary reads special tokens as text: ids are comparable only without them.
     let has_specials = args.specials.iter().any(|s| text.contains(s.as_str()));
     if !has_specials && gpt2_ids != tiktoken_ids {
@@ -85,7 +120,11 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     }
     eprintln!(
         "kiln: gpt2-vocabulary ids {}",
-        if has_specials { "not compared (the text holds special tokens)" } else { "identical to tiktoken-rs" }
+        if has_specials {
+            "not compared (the text holds special tokens)"
+        } else {
+            "identical to tiktoken-rs"
+        }
     );
 
     if args.compare_hf {
@@ -102,19 +141,35 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 }
 
 fn speed_row(what: &str, mb: f64, seconds: f64, tokens: usize) -> Row {
-    Row { what: what.into(), seconds: Some(seconds), peak_mb: None, mb_per_s: Some(mb / seconds), note: format!("{tokens} tokens") }
+    Row {
+        what: what.into(),
+        seconds: Some(seconds),
+        peak_mb: None,
+        mb_per_s: Some(mb / seconds),
+        note: format!("{tokens} tokens"),
+    }
 }
 
 /// Single-threaded and parallel encode of `text`; returns the ids.
 fn encode_rows(rows: &mut Vec<Row>, what: &str, text: &str, tok: &BpeTokenizer) -> Vec<u32> {
     let mb = text.len() as f64 / 1e6;
     let (ids, seconds) = timed(|| tok.encode_single_thread(text));
-    rows.push(speed_row(&format!("{what}, 1 thread"), mb, seconds, ids.len()));
+    rows.push(speed_row(
+        &format!("{what}, 1 thread"),
+        mb,
+        seconds,
+        ids.len(),
+    ));
     let (parallel, seconds) = timed(|| tok.encode_text(text));
     if parallel != ids {
         eprintln!("kiln: warning: {what}: the parallel encode differs from the serial one (a bug; please report it)");
     }
-    rows.push(speed_row(&format!("{what}, all threads"), mb, seconds, parallel.len()));
+    rows.push(speed_row(
+        &format!("{what}, all threads"),
+        mb,
+        seconds,
+        parallel.len(),
+    ));
     ids
 }
 
@@ -134,41 +189,85 @@ fn hugging_face(args: &TokenizerBenchArgs) -> Result<Vec<Row>> {
     let python = args.python.clone().unwrap_or_else(default_python);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/hf_tokenizers_bench.py");
     let mut command = Command::new(&python);
-    command.arg(&script).arg("--vocab-size").arg(args.vocab_size.to_string());
+    command
+        .arg(&script)
+        .arg("--vocab-size")
+        .arg(args.vocab_size.to_string());
     for special in &args.specials {
         command.arg("--special").arg(special);
     }
     command.args(&args.input);
-    eprintln!("kiln: running Hugging Face tokenizers ({} {})", python.display(), script.display());
-    let out = command.output().with_context(|| format!("--compare-hf: running {}", python.display()))?;
+    eprintln!(
+        "kiln: running Hugging Face tokenizers ({} {})",
+        python.display(),
+        script.display()
+    );
+    let out = command
+        .output()
+        .with_context(|| format!("--compare-hf: running {}", python.display()))?;
     if !out.status.success() {
-        bail!("--compare-hf: {} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "--compare-hf: {} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let hf: HfFigures = serde_json::from_slice(&out.stdout).context("--compare-hf: reading the script's JSON")?;
-    let mb = args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>() as f64 / 1e6;
+    let hf: HfFigures =
+        serde_json::from_slice(&out.stdout).context("--compare-hf: reading the script's JSON")?;
+    let mb = args
+        .input
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum::<u64>() as f64
+        / 1e6;
     Ok(vec![
         Row {
             what: format!("HF tokenizers {} train", hf.version),
             seconds: Some(hf.train_seconds),
             peak_mb: Some(hf.peak_rss_mb),
             mb_per_s: Some(mb / hf.train_seconds),
-            note: format!("vocab {}; Python baseline {:.0} MB", hf.vocab_size, hf.baseline_rss_mb),
+            note: format!(
+                "vocab {}; Python baseline {:.0} MB",
+                hf.vocab_size, hf.baseline_rss_mb
+            ),
         },
-        speed_row("HF encode, own vocab, 1 thread", mb, hf.encode_seconds, hf.tokens),
-        speed_row("HF encode_batch, own vocab, all threads", mb, hf.encode_batch_seconds, hf.tokens),
+        speed_row(
+            "HF encode, own vocab, 1 thread",
+            mb,
+            hf.encode_seconds,
+            hf.tokens,
+        ),
+        speed_row(
+            "HF encode_batch, own vocab, all threads",
+            mb,
+            hf.encode_batch_seconds,
+            hf.tokens,
+        ),
     ])
 }
 
 fn default_python() -> PathBuf {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.is_file() { venv } else { "python3".into() }
+    if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    }
 }
 
 fn print_rows(rows: &[Row]) {
     let mut table = Table::new(&["", "seconds", "peak MB", "MB/s", "note"]);
-    let fmt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let fmt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     for row in rows {
-        table.row(vec![row.what.clone(), fmt(row.seconds, 2), fmt(row.peak_mb, 0), fmt(row.mb_per_s, 1), row.note.clone()]);
+        table.row(vec![
+            row.what.clone(),
+            fmt(row.seconds, 2),
+            fmt(row.peak_mb, 0),
+            fmt(row.mb_per_s, 1),
+            row.note.clone(),
+        ]);
     }
     table.print();
 }

@@ -53,7 +53,15 @@ fn show(args: ShowArgs) -> Result<()> {
     let window = |s: usize| &corpus.train[s..s + block + 1];
     let ids = |t: &[u32]| t.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let text = |t: &[u32]| escape(&tokenizer.decode(t));
-    let mut table = Table::new(&["batch", "row", "start", "input ids", "target ids", "input text", "target text"]);
+    let mut table = Table::new(&[
+        "batch",
+        "row",
+        "start",
+        "input ids",
+        "target ids",
+        "input text",
+        "target text",
+    ]);
     for (i, &s) in starts.iter().enumerate() {
         let w = window(s);
         let (input, target) = (&w[..block], &w[1..]);
@@ -71,7 +79,12 @@ fn show(args: ShowArgs) -> Result<()> {
     Ok(())
 }
 
-fn print_stats(spec: &crate::config::RunSpec, corpus: &Corpus, tokenizer: &dyn Tokenizer, windows: usize) {
+fn print_stats(
+    spec: &crate::config::RunSpec,
+    corpus: &Corpus,
+    tokenizer: &dyn Tokenizer,
+    windows: usize,
+) {
     let tokens = corpus.train.len() + corpus.val.len();
     let mut used = vec![false; tokenizer.vocab_size()];
     for &t in corpus.train.iter().chain(corpus.val.iter()) {
@@ -82,7 +95,10 @@ fn print_stats(spec: &crate::config::RunSpec, corpus: &Corpus, tokenizer: &dyn T
     let used = used.iter().filter(|&&u| u).count();
     let batch = spec.training.batch_size * spec.training.grad_accumulation;
     let (sampling, per_epoch) = match spec.data.sampling {
-        SamplingMode::Random => ("random", format!("{windows} possible starts, drawn at random")),
+        SamplingMode::Random => (
+            "random",
+            format!("{windows} possible starts, drawn at random"),
+        ),
         SamplingMode::Sliding => (
             "sliding",
             format!(
@@ -97,14 +113,33 @@ fn print_stats(spec: &crate::config::RunSpec, corpus: &Corpus, tokenizer: &dyn T
         ("corpus", spec.data.path.display().to_string()),
         ("bytes", corpus.source_bytes.to_string()),
         ("tokenizer", spec.data.tokenizer.clone()),
-        ("tokens", format!("{tokens} ({} train, {} val)", corpus.train.len(), corpus.val.len())),
-        ("bytes per token", format!("{:.3}", corpus.source_bytes as f64 / tokens.max(1) as f64)),
+        (
+            "tokens",
+            format!(
+                "{tokens} ({} train, {} val)",
+                corpus.train.len(),
+                corpus.val.len()
+            ),
+        ),
+        (
+            "bytes per token",
+            format!("{:.3}", corpus.source_bytes as f64 / tokens.max(1) as f64),
+        ),
         ("vocabulary", tokenizer.vocab_size().to_string()),
-        ("vocabulary used", format!("{used} ({:.1}%)", 100.0 * used as f64 / tokenizer.vocab_size().max(1) as f64)),
+        (
+            "vocabulary used",
+            format!(
+                "{used} ({:.1}%)",
+                100.0 * used as f64 / tokenizer.vocab_size().max(1) as f64
+            ),
+        ),
         ("sampling", sampling.to_string()),
         ("respect documents", spec.data.respect_documents.to_string()),
         ("windows per epoch", per_epoch),
-        ("window", format!("{} tokens (block_size + 1)", spec.model.block_size + 1)),
+        (
+            "window",
+            format!("{} tokens (block_size + 1)", spec.model.block_size + 1),
+        ),
     ];
     for (k, v) in rows {
         table.row(vec![k.to_string(), v]);

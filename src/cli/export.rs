@@ -45,24 +45,50 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let (run, spec) = super::open_run(&args.run)?;
     super::require_gpt(&spec, "export")?;
     if args.out.join("config.toml").is_file() {
-        bail!("--out {}: holds a kiln run (config.toml); export into a folder of its own", args.out.display());
+        bail!(
+            "--out {}: holds a kiln run (config.toml); export into a folder of its own",
+            args.out.display()
+        );
     }
     let Format::Safetensors = args.format;
     let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
     let eot = tokenizer.special_id(crate::tokenizer::END_OF_TEXT);
-    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
-    let job = Job { run: run.clone(), spec: spec.clone(), checkpoint: args.checkpoint, names: args.names, eot, out: args.out.clone() };
+    let backend = crate::config::BackendSection {
+        name: crate::backend::CPU.into(),
+        ..Default::default()
+    };
+    let job = Job {
+        run: run.clone(),
+        spec: spec.clone(),
+        checkpoint: args.checkpoint,
+        names: args.names,
+        eot,
+        out: args.out.clone(),
+    };
     let (exported, source) = crate::backend::dispatch(&backend, job)??;
 
     // Hugging Face reads its own tokenizer.json (kiln's BPE files are in that form); other
     // kinds are kept in kiln's form under a name transformers does not look for.
     let tokenizer_json = tokenizer.to_json();
-    let name = if tokenizer_json.get("model").is_some() { "tokenizer.json" } else { KILN_TOKENIZER };
+    let name = if tokenizer_json.get("model").is_some() {
+        "tokenizer.json"
+    } else {
+        KILN_TOKENIZER
+    };
     crate::tokenizer::save(tokenizer.as_ref(), &args.out.join(name))?;
     spec.write_resolved(&args.out.join(KILN_CONFIG))?;
 
-    println!("exported {} ({} tensors) to {}:", source.display(), exported.tensors, args.out.display());
-    for file in exported.files.iter().chain([&args.out.join(name), &args.out.join(KILN_CONFIG)]) {
+    println!(
+        "exported {} ({} tensors) to {}:",
+        source.display(),
+        exported.tensors,
+        args.out.display()
+    );
+    for file in exported
+        .files
+        .iter()
+        .chain([&args.out.join(name), &args.out.join(KILN_CONFIG)])
+    {
         println!("  {}", file.display());
     }
     match args.names {
@@ -73,7 +99,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
         Names::Kiln => println!("parameter names are kiln's (see kiln inspect); there is no config.json for transformers"),
     }
     if name == KILN_TOKENIZER {
-        println!("the {} tokenizer has no Hugging Face form; {name} is kiln's", spec.data.tokenizer);
+        println!(
+            "the {} tokenizer has no Hugging Face form; {name} is kiln's",
+            spec.data.tokenizer
+        );
     }
     Ok(())
 }
@@ -90,14 +119,20 @@ struct Job {
 impl BackendJob for Job {
     type Output = Result<(crate::interop::Exported, PathBuf)>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Self::Output {
-        let (model, source) =
-            crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let (model, source) = crate::train::load_model::<B::InnerBackend>(
+            &self.run,
+            &self.spec,
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let metadata = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("kiln_source".to_string(), source.display().to_string()),
         ]);
         let params = crate::model::param_values(&model);
-        let exported = crate::interop::export(params, &self.spec, self.names, self.eot, metadata, &self.out)?;
+        let exported = crate::interop::export(
+            params, &self.spec, self.names, self.eot, metadata, &self.out,
+        )?;
         Ok((exported, source))
     }
 }

@@ -49,9 +49,22 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     sampling.validate()?;
     let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
-    let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
+    let prompt = tokenizer
+        .encode(&args.prompt)
+        .map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
     let backend = args.backend.section(&spec)?;
-    crate::backend::dispatch(&backend, Job { run, spec, checkpoint: args.checkpoint, prompt, prompt_text: args.prompt, sampling, tokenizer })?
+    crate::backend::dispatch(
+        &backend,
+        Job {
+            run,
+            spec,
+            checkpoint: args.checkpoint,
+            prompt,
+            prompt_text: args.prompt,
+            sampling,
+            tokenizer,
+        },
+    )?
 }
 
 struct Job {
@@ -67,10 +80,17 @@ struct Job {
 impl BackendJob for Job {
     type Output = Result<()>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<()> {
-        let (model, _) = crate::train::load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let (model, _) = crate::train::load_model::<B::InnerBackend>(
+            &self.run,
+            &self.spec,
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let mut out = Utf8Stream::stdout();
         out.push(self.prompt_text.as_bytes());
-        generate(&model, &self.prompt, &self.sampling, |id| out.push(&self.tokenizer.decode_next(id)))?;
+        generate(&model, &self.prompt, &self.sampling, |id| {
+            out.push(&self.tokenizer.decode_next(id))
+        })?;
         out.push(b"\n");
         out.finish();
         Ok(())

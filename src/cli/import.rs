@@ -40,7 +40,8 @@ const GPT2_VOCAB: usize = 50257;
 pub fn run(args: ImportArgs) -> Result<()> {
     let checkpoint = crate::interop::read_gpt2(&args.from)?;
     let vocab = checkpoint.model.vocab_size.unwrap_or(0);
-    let (tokenizer, tokenizer_spec) = choose_tokenizer(args.tokenizer.as_deref(), &args.from, vocab)?;
+    let (tokenizer, tokenizer_spec) =
+        choose_tokenizer(args.tokenizer.as_deref(), &args.from, vocab)?;
     if tokenizer.vocab_size() > vocab {
         bail!(
             "tokenizer {tokenizer_spec}: {} tokens, but the model in {} has a vocabulary of {vocab}; pass the tokenizer it was trained with (--tokenizer)",
@@ -49,16 +50,27 @@ pub fn run(args: ImportArgs) -> Result<()> {
         );
     }
     let spec = run_spec(&args.out, &args.from, &tokenizer_spec, &checkpoint)?;
-    let occupied = args.out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
+    let occupied = args
+        .out
+        .read_dir()
+        .is_ok_and(|mut entries| entries.next().is_some());
     if occupied && !args.force {
-        bail!("--out {}: already holds files; pass --force to replace them, or choose another folder", args.out.display());
+        bail!(
+            "--out {}: already holds files; pass --force to replace them, or choose another folder",
+            args.out.display()
+        );
     }
     // Built in a sibling folder and moved into place at the end, so a failed import neither
     // leaves a half-made run nor loses what --force would replace.
     let staging = crate::run_dir::temp_sibling(&args.out);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let params = match write_run(&RunDir::new(&staging), &spec, tokenizer.as_ref(), checkpoint) {
+    let params = match write_run(
+        &RunDir::new(&staging),
+        &spec,
+        tokenizer.as_ref(),
+        checkpoint,
+    ) {
         Ok(params) => params,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -66,9 +78,11 @@ pub fn run(args: ImportArgs) -> Result<()> {
         }
     };
     if occupied {
-        std::fs::remove_dir_all(&args.out).with_context(|| format!("removing {}", args.out.display()))?;
+        std::fs::remove_dir_all(&args.out)
+            .with_context(|| format!("removing {}", args.out.display()))?;
     }
-    std::fs::rename(&staging, &args.out).with_context(|| format!("moving {} to {}", staging.display(), args.out.display()))?;
+    std::fs::rename(&staging, &args.out)
+        .with_context(|| format!("moving {} to {}", staging.display(), args.out.display()))?;
     let run = RunDir::new(&args.out);
 
     let m = &spec.model;
@@ -83,23 +97,47 @@ pub fn run(args: ImportArgs) -> Result<()> {
         m.block_size,
         run.root().display()
     );
-    println!("try: kiln generate --run {} --prompt \"Hello, I'm a language model,\"", run.root().display());
+    println!(
+        "try: kiln generate --run {} --prompt \"Hello, I'm a language model,\"",
+        run.root().display()
+    );
     Ok(())
 }
 
 /// Writes the run into `run`: tokenizer, model, config.toml. Returns the number of parameters.
-fn write_run(run: &RunDir, spec: &RunSpec, tokenizer: &dyn Tokenizer, checkpoint: Gpt2Checkpoint) -> Result<usize> {
-    crate::tokenizer::save(tokenizer, &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
-    let backend = crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() };
-    let params = crate::backend::dispatch(&backend, Job { run: run.clone(), spec: spec.clone(), checkpoint })??;
+fn write_run(
+    run: &RunDir,
+    spec: &RunSpec,
+    tokenizer: &dyn Tokenizer,
+    checkpoint: Gpt2Checkpoint,
+) -> Result<usize> {
+    crate::tokenizer::save(tokenizer, &run.tokenizer())
+        .with_context(|| format!("writing {}", run.tokenizer().display()))?;
+    let backend = crate::config::BackendSection {
+        name: crate::backend::CPU.into(),
+        ..Default::default()
+    };
+    let params = crate::backend::dispatch(
+        &backend,
+        Job {
+            run: run.clone(),
+            spec: spec.clone(),
+            checkpoint,
+        },
+    )??;
     spec.write_resolved(&run.config())?;
     Ok(params)
 }
 
 /// The tokenizer to pair with the imported weights, and how `data.tokenizer` names it.
-fn choose_tokenizer(arg: Option<&str>, from: &Path, vocab: usize) -> Result<(Box<dyn Tokenizer>, String)> {
+fn choose_tokenizer(
+    arg: Option<&str>,
+    from: &Path,
+    vocab: usize,
+) -> Result<(Box<dyn Tokenizer>, String)> {
     if let Some(spec) = arg {
-        let parsed = TokenizerSpec::parse(spec).map_err(|e| anyhow::anyhow!("--tokenizer {spec:?}: expected {e}"))?;
+        let parsed = TokenizerSpec::parse(spec)
+            .map_err(|e| anyhow::anyhow!("--tokenizer {spec:?}: expected {e}"))?;
         if !matches!(parsed, TokenizerSpec::Tiktoken(_) | TokenizerSpec::Bpe(_)) {
             bail!("--tokenizer {spec:?}: that tokenizer is fitted on a corpus; pass tiktoken:<encoding> or bpe:<tokenizer.json>");
         }
@@ -108,7 +146,10 @@ fn choose_tokenizer(arg: Option<&str>, from: &Path, vocab: usize) -> Result<(Box
     let hf = from.join("tokenizer.json");
     let kiln = from.join("kiln_tokenizer.json");
     let gpt2 = || -> Result<(Box<dyn Tokenizer>, String)> {
-        Ok((TokenizerSpec::Tiktoken("gpt2".into()).build("", Default::default())?, "tiktoken:gpt2".into()))
+        Ok((
+            TokenizerSpec::Tiktoken("gpt2".into()).build("", Default::default())?,
+            "tiktoken:gpt2".into(),
+        ))
     };
     if hf.is_file() {
         match crate::tokenizer::load(&hf) {
@@ -126,7 +167,9 @@ fn choose_tokenizer(arg: Option<&str>, from: &Path, vocab: usize) -> Result<(Box
         let spec = match file {
             crate::tokenizer::TokenizerFile::Char { .. } => "char".to_string(),
             crate::tokenizer::TokenizerFile::Word { .. } => "word".to_string(),
-            crate::tokenizer::TokenizerFile::Tiktoken { encoding } => format!("tiktoken:{encoding}"),
+            crate::tokenizer::TokenizerFile::Tiktoken { encoding } => {
+                format!("tiktoken:{encoding}")
+            }
         };
         return Ok((tokenizer, spec));
     }
@@ -141,17 +184,34 @@ fn choose_tokenizer(arg: Option<&str>, from: &Path, vocab: usize) -> Result<(Box
 
 /// The resolved config of the imported run: the checkpoint's model, the chosen tokenizer,
 /// and training settings a fine-tuning run would start from.
-fn run_spec(out: &Path, from: &Path, tokenizer: &str, checkpoint: &Gpt2Checkpoint) -> Result<RunSpec> {
-    let name = out.file_name().and_then(|n| n.to_str()).filter(|n| !n.is_empty());
-    let Some(name) = name else { bail!("--out {}: expected a directory path such as artifacts/gpt2", out.display()) };
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+fn run_spec(
+    out: &Path,
+    from: &Path,
+    tokenizer: &str,
+    checkpoint: &Gpt2Checkpoint,
+) -> Result<RunSpec> {
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| !n.is_empty());
+    let Some(name) = name else {
+        bail!(
+            "--out {}: expected a directory path such as artifacts/gpt2",
+            out.display()
+        )
+    };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let value = json!({
         "run": { "name": name, "artifacts_dir": parent },
         "data": { "path": from.join(crate::interop::WEIGHTS_FILE), "tokenizer": tokenizer },
         "model": checkpoint.model,
         "training": { "batch_size": 8, "max_iters": 1000, "learning_rate": 3e-4, "eval_interval": 100, "eval_iters": 20 },
     });
-    let spec: RunSpec = serde_json::from_value(value).context("building the imported run's config")?;
+    let spec: RunSpec =
+        serde_json::from_value(value).context("building the imported run's config")?;
     crate::config::validate_shape(&spec)?;
     Ok(spec)
 }
@@ -167,11 +227,20 @@ impl BackendJob for Job {
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<usize> {
         let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
         let source = self.checkpoint.weights;
-        let model = crate::model::load_param_values(model, self.checkpoint.params)
-            .map_err(|e| anyhow::anyhow!("{}: {e} (the model as its config.json describes it)", source.display()))?;
+        let model =
+            crate::model::load_param_values(model, self.checkpoint.params).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e} (the model as its config.json describes it)",
+                    source.display()
+                )
+            })?;
         let path = self.run.final_model();
-        Recorder::<B::InnerBackend>::record(&crate::checkpoint::CheckpointRecorder::default(), model.clone().into_record(), path.clone())
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        Recorder::<B::InnerBackend>::record(
+            &crate::checkpoint::CheckpointRecorder::default(),
+            model.clone().into_record(),
+            path.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         Ok(model.num_params())
     }
 }

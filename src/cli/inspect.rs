@@ -65,9 +65,22 @@ impl WeightStats {
     fn of(values: &[f32]) -> Self {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        let (min, max) = values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        Self { mean, std: var.sqrt(), min, max }
+        let var = values
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let (min, max) = values
+            .iter()
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+                (lo.min(v), hi.max(v))
+            });
+        Self {
+            mean,
+            std: var.sqrt(),
+            min,
+            max,
+        }
     }
 }
 
@@ -95,23 +108,43 @@ pub fn run(args: InspectArgs) -> Result<()> {
         return inspect_config(&args);
     }
     if !args.overrides.is_empty() {
-        anyhow::bail!("--set applies to a config file; {} is a run or checkpoint", args.path.display());
+        anyhow::bail!(
+            "--set applies to a config file; {} is a run or checkpoint",
+            args.path.display()
+        );
     }
     let (run_path, file) = if args.path.is_dir() {
         (args.path.clone(), None)
     } else if args.path.is_file() {
-        (super::run_of_checkpoint(&args.path)?, Some(args.path.clone()))
+        (
+            super::run_of_checkpoint(&args.path)?,
+            Some(args.path.clone()),
+        )
     } else {
-        anyhow::bail!("{}: no such run directory or checkpoint file", args.path.display());
+        anyhow::bail!(
+            "{}: no such run directory or checkpoint file",
+            args.path.display()
+        );
     };
     let (run, spec) = super::open_run(&run_path)?;
-    let report = crate::backend::dispatch(&cpu(), Job { run, spec, file, weights: args.weights })??;
+    let report = crate::backend::dispatch(
+        &cpu(),
+        Job {
+            run,
+            spec,
+            file,
+            weights: args.weights,
+        },
+    )??;
     show(&report, args.json)
 }
 
 /// Reading a record or building a model to count needs no GPU: any CPU backend will do.
 fn cpu() -> crate::config::BackendSection {
-    crate::config::BackendSection { name: crate::backend::CPU.into(), ..Default::default() }
+    crate::config::BackendSection {
+        name: crate::backend::CPU.into(),
+        ..Default::default()
+    }
 }
 
 fn show(report: &Report, json: bool) -> Result<()> {
@@ -126,13 +159,22 @@ fn show(report: &Report, json: bool) -> Result<()> {
 fn inspect_config(args: &InspectArgs) -> Result<()> {
     // The model is built on the CPU whatever the config trains on, so a config for a backend
     // this binary lacks can still be looked at.
-    let overrides = [vec![format!("backend.name={}", crate::backend::CPU)], args.overrides.clone()].concat();
+    let overrides = [
+        vec![format!("backend.name={}", crate::backend::CPU)],
+        args.overrides.clone(),
+    ]
+    .concat();
     let mut spec = crate::config::load(&args.path, &overrides)?;
     let pad = match spec.model.kind {
         ModelKind::Gpt => crate::train::fit_tokenizer(&mut spec).map(|_| None)?,
         ModelKind::Seq2Seq => Some(crate::train::fit_seq2seq_tokenizer(&mut spec)?.pad),
     };
-    let job = ConfigJob { spec, pad, file: args.path.clone(), weights: args.weights };
+    let job = ConfigJob {
+        spec,
+        pad,
+        file: args.path.clone(),
+        weights: args.weights,
+    };
     let report = crate::backend::dispatch(&cpu(), job)??;
     show(&report, args.json)
 }
@@ -155,16 +197,26 @@ impl BackendJob for ConfigJob {
                 report(&model, model.param_counts(), spec, weights)
             }
             Some(pad) => {
-                let model = crate::train::seq2seq_config(spec, pad).init::<B::InnerBackend>(&device);
+                let model =
+                    crate::train::seq2seq_config(spec, pad).init::<B::InnerBackend>(&device);
                 report(&model, model.param_counts(), spec, weights)
             }
         };
-        Ok(Report { file: self.file.display().to_string(), file_bytes: None, ..table })
+        Ok(Report {
+            file: self.file.display().to_string(),
+            file_bytes: None,
+            ..table
+        })
     }
 }
 
 /// The parameter table of `model`, with nothing yet about where it came from.
-fn report<B: burn::prelude::Backend, M: burn::module::Module<B>>(model: &M, counts: ParamCounts, spec: &RunSpec, weights: bool) -> Report {
+fn report<B: burn::prelude::Backend, M: burn::module::Module<B>>(
+    model: &M,
+    counts: ParamCounts,
+    spec: &RunSpec,
+    weights: bool,
+) -> Report {
     let values = weights.then(|| crate::model::param_values(model));
     let params: Vec<ParamInfo> = crate::model::named_params(model)
         .into_iter()
@@ -215,18 +267,34 @@ impl BackendJob for Job {
         let (table, path) = match spec.model.kind {
             ModelKind::Gpt => {
                 let (model, path) = load_model::<B::InnerBackend>(&self.run, spec, file, &device)?;
-                (report(&model, model.param_counts(), spec, self.weights), path)
+                (
+                    report(&model, model.param_counts(), spec, self.weights),
+                    path,
+                )
             }
             ModelKind::Seq2Seq => {
                 let tokenizer = crate::train::run_tokenizer(&self.run, spec)?;
-                let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(&self.run, spec, tokenizer.as_ref(), file, &device)?;
-                (report(&model, model.param_counts(), spec, self.weights), path)
+                let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(
+                    &self.run,
+                    spec,
+                    tokenizer.as_ref(),
+                    file,
+                    &device,
+                )?;
+                (
+                    report(&model, model.param_counts(), spec, self.weights),
+                    path,
+                )
             }
         };
         let (step, epoch) = position(&self.run, &path);
         let metrics = read_metrics(&self.run.metrics());
         let upto = |split: &str| {
-            metrics.iter().rev().find(|l| l.split == split && step.is_none_or(|s| l.step <= s)).cloned()
+            metrics
+                .iter()
+                .rev()
+                .find(|l| l.split == split && step.is_none_or(|s| l.step <= s))
+                .cloned()
         };
         Ok(Report {
             file: path.display().to_string(),
@@ -278,29 +346,59 @@ fn dtype_bytes(dtype: &str) -> usize {
 }
 
 fn print_table(r: &Report) {
-    let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(9);
+    let width = r
+        .params
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(9);
     println!("{}", r.file);
     let stats_header = match r.params.iter().any(|p| p.stats.is_some()) {
-        true => format!("  {:>10}  {:>10}  {:>10}  {:>10}", "mean", "std", "min", "max"),
+        true => format!(
+            "  {:>10}  {:>10}  {:>10}  {:>10}",
+            "mean", "std", "min", "max"
+        ),
         false => String::new(),
     };
-    println!("{:<width$}  {:<16}  {:>12}  dtype{stats_header}", "parameter", "shape", "count");
+    println!(
+        "{:<width$}  {:<16}  {:>12}  dtype{stats_header}",
+        "parameter", "shape", "count"
+    );
     for p in &r.params {
         let shape = format!("{:?}", p.shape);
         let stats = p.stats.as_ref().map_or(String::new(), |s| {
-            format!("  {:>10.4}  {:>10.4}  {:>10.4}  {:>10.4}", s.mean, s.std, s.min, s.max)
+            format!(
+                "  {:>10.4}  {:>10.4}  {:>10.4}  {:>10.4}",
+                s.mean, s.std, s.min, s.max
+            )
         });
-        println!("{:<width$}  {:<16}  {:>12}  {:<5}{stats}", p.name, shape, p.count, p.dtype);
+        println!(
+            "{:<width$}  {:<16}  {:>12}  {:<5}{stats}",
+            p.name, shape, p.count, p.dtype
+        );
     }
     println!();
     let other = match r.model.tie_embeddings {
         true => format!("{} with an untied output head", thousands(r.total_untied)),
-        false => format!("{} with the output head tied to the token embedding", thousands(r.total_tied)),
+        false => format!(
+            "{} with the output head tied to the token embedding",
+            thousands(r.total_tied)
+        ),
     };
-    println!("total parameters:    {} ({other})", thousands(r.total_params));
-    println!("without embeddings:  {} (token and position tables left out)", thousands(r.non_embedding_params));
+    println!(
+        "total parameters:    {} ({other})",
+        thousands(r.total_params)
+    );
+    println!(
+        "without embeddings:  {} (token and position tables left out)",
+        thousands(r.non_embedding_params)
+    );
     match r.file_bytes {
-        Some(bytes) => println!("size:                {:.2} MB in memory, {bytes} bytes on disk", r.size_mb),
+        Some(bytes) => println!(
+            "size:                {:.2} MB in memory, {bytes} bytes on disk",
+            r.size_mb
+        ),
         None => println!("size:                {:.2} MB in memory (f32)", r.size_mb),
     }
     println!("model:               {}", r.model.describe());
@@ -311,9 +409,19 @@ fn print_table(r: &Report) {
         _ => println!("taken at:            unknown"),
     }
     if let Some(l) = &r.last_train {
-        println!("last train metrics:  step {} loss {:.4} lr {:.2e}", l.step, l.loss, l.lr.unwrap_or(0.0));
+        println!(
+            "last train metrics:  step {} loss {:.4} lr {:.2e}",
+            l.step,
+            l.loss,
+            l.lr.unwrap_or(0.0)
+        );
     }
     if let Some(l) = &r.last_val {
-        println!("last val metrics:    step {} loss {:.4} perplexity {:.3}", l.step, l.loss, l.perplexity.unwrap_or(f64::NAN));
+        println!(
+            "last val metrics:    step {} loss {:.4} perplexity {:.3}",
+            l.step,
+            l.loss,
+            l.perplexity.unwrap_or(f64::NAN)
+        );
     }
 }

@@ -24,7 +24,11 @@ use crate::config::RunSpec;
 use crate::run_dir::RunDir;
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "Train Transformer language models from scratch on Burn")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Train Transformer language models from scratch on Burn"
+)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -95,7 +99,11 @@ impl BackendArg {
     /// `--set` overrides with this one added last (for commands that load a config).
     fn add_to(&self, overrides: &[String]) -> Vec<String> {
         let mut all = overrides.to_vec();
-        all.extend(self.backend.as_ref().map(|name| format!("backend.name={name}")));
+        all.extend(
+            self.backend
+                .as_ref()
+                .map(|name| format!("backend.name={name}")),
+        );
         all
     }
 
@@ -125,7 +133,10 @@ fn require_gpt(spec: &RunSpec, command: &str) -> Result<()> {
 fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
     let run = RunDir::new(dir);
     if !run.config().is_file() {
-        anyhow::bail!("{}: not a kiln run directory (no config.toml); pass a directory under artifacts/", dir.display());
+        anyhow::bail!(
+            "{}: not a kiln run directory (no config.toml); pass a directory under artifacts/",
+            dir.display()
+        );
     }
     let spec = RunSpec::read_resolved(&run.config())?;
     Ok((run, spec))
@@ -135,7 +146,11 @@ fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
 /// the run directory it belongs to.
 fn run_of_checkpoint(file: &Path) -> Result<PathBuf> {
     let parent = file.parent().unwrap_or(Path::new("."));
-    let dir = if parent.file_name().is_some_and(|n| n == "checkpoints") { parent.parent().unwrap_or(parent) } else { parent };
+    let dir = if parent.file_name().is_some_and(|n| n == "checkpoints") {
+        parent.parent().unwrap_or(parent)
+    } else {
+        parent
+    };
     if !dir.join("config.toml").is_file() {
         anyhow::bail!(
             "{}: cannot find the run it belongs to (expected config.toml in {})",

@@ -104,7 +104,11 @@ pub fn run(command: TokenizerCommand) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let options = BpeTrainOptions { vocab_size: args.vocab_size, specials: args.specials, progress: true };
+    let options = BpeTrainOptions {
+        vocab_size: args.vocab_size,
+        specials: args.specials,
+        progress: true,
+    };
     let start = Instant::now();
     let tok = train_on_files(&args.input, &options)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -112,7 +116,12 @@ fn train(args: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     tokenizer::save(&tok, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    let bytes: u64 = args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let bytes: u64 = args
+        .input
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     eprintln!(
         "kiln: trained on {bytes} bytes in {seconds:.2}s: vocabulary {} (256 bytes + {} special + {} merges) -> {}",
         tok.vocab_size(),
@@ -130,25 +139,39 @@ fn encode(args: EncodeArgs) -> Result<()> {
     let tokenizer = args.source.open(&[])?;
     let (Some(input), Some(out)) = (&args.text.input, &args.out) else {
         let ids = tokenizer.encode(args.text.text.as_deref().unwrap_or_default())?;
-        println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
+        println!(
+            "{}",
+            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
+        );
         return Ok(());
     };
-    let file = std::fs::File::open(input).with_context(|| format!("--input {}", input.display()))?;
+    let file =
+        std::fs::File::open(input).with_context(|| format!("--input {}", input.display()))?;
     let size = file.metadata().map(|m| m.len()).unwrap_or(0);
     let bar = indicatif::ProgressBar::new(size).with_style(
-        indicatif::ProgressStyle::with_template("encoding {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").expect("valid template"),
+        indicatif::ProgressStyle::with_template(
+            "encoding {bar:40} {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template"),
     );
     let start = Instant::now();
-    let mut writer = crate::run_dir::AtomicFile::create(out).with_context(|| format!("--out {}", out.display()))?;
+    let mut writer = crate::run_dir::AtomicFile::create(out)
+        .with_context(|| format!("--out {}", out.display()))?;
     let mut tokens = 0usize;
-    let read = tokenizer::encode_reader(tokenizer.as_ref(), std::io::BufReader::new(file), |ids, text_bytes| {
-        tokens += ids.len();
-        bar.inc(text_bytes as u64);
-        let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
-        writer.write_all(&bytes)
-    })
+    let read = tokenizer::encode_reader(
+        tokenizer.as_ref(),
+        std::io::BufReader::new(file),
+        |ids, text_bytes| {
+            tokens += ids.len();
+            bar.inc(text_bytes as u64);
+            let bytes: Vec<u8> = ids.iter().flat_map(|id| id.to_le_bytes()).collect();
+            writer.write_all(&bytes)
+        },
+    )
     .with_context(|| format!("--input {}", input.display()))?;
-    writer.commit().with_context(|| format!("--out {}", out.display()))?;
+    writer
+        .commit()
+        .with_context(|| format!("--out {}", out.display()))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(
@@ -162,8 +185,15 @@ fn encode(args: EncodeArgs) -> Result<()> {
 
 fn decode(args: DecodeArgs) -> Result<()> {
     let tokenizer = args.source.open(&[])?;
-    if let Some(id) = args.ids.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
-        bail!("--ids: {id} is outside the vocabulary (ids 0..{})", tokenizer.vocab_size());
+    if let Some(id) = args
+        .ids
+        .iter()
+        .find(|&&id| id as usize >= tokenizer.vocab_size())
+    {
+        bail!(
+            "--ids: {id} is outside the vocabulary (ids 0..{})",
+            tokenizer.vocab_size()
+        );
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&tokenizer.decode_bytes(&args.ids))?;
@@ -177,7 +207,12 @@ fn show(args: ShowArgs) -> Result<()> {
     let mut table = Table::new(&["#", "id", "piece", "bytes"]);
     for (i, &id) in ids.iter().enumerate() {
         let bytes = tokenizer.decode_bytes(&[id]);
-        table.row(vec![i.to_string(), id.to_string(), escape(&String::from_utf8_lossy(&bytes)), bytes.len().to_string()]);
+        table.row(vec![
+            i.to_string(),
+            id.to_string(),
+            escape(&String::from_utf8_lossy(&bytes)),
+            bytes.len().to_string(),
+        ]);
     }
     table.print();
     let n_bytes = args.text.len();
@@ -197,12 +232,15 @@ impl TokenizerSource {
             let spec = crate::config::load(config, overrides)?;
             super::require_gpt(&spec, "tokenizer show --config")?;
             let text = crate::data::read_text(&spec.data.path)?;
-            return Ok(TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?);
+            return Ok(TokenizerSpec::parse(&spec.data.tokenizer)?
+                .build(&text, spec.data.fit_options())?);
         }
         let name = self.tokenizer.as_deref().unwrap_or_default();
         let path = Path::new(name);
         if path.is_dir() {
-            return Ok(tokenizer::load(&crate::run_dir::RunDir::new(path).tokenizer())?);
+            return Ok(tokenizer::load(
+                &crate::run_dir::RunDir::new(path).tokenizer(),
+            )?);
         }
         if path.is_file() {
             return Ok(tokenizer::load(path)?);

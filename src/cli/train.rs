@@ -32,11 +32,19 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let Some(config) = args.config else {
-        anyhow::bail!("no config given: run `kiln --config configs/small.toml` (see `kiln --help`)");
+        anyhow::bail!(
+            "no config given: run `kiln --config configs/small.toml` (see `kiln --help`)"
+        );
     };
     let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
-    let resume = args.resume.map(|path| path.map_or(Resume::Newest, Resume::From));
-    let options = TrainOptions { resume, force: args.force, sample_tokens: args.sample_tokens };
+    let resume = args
+        .resume
+        .map(|path| path.map_or(Resume::Newest, Resume::From));
+    let options = TrainOptions {
+        resume,
+        force: args.force,
+        sample_tokens: args.sample_tokens,
+    };
     let run = crate::run_dir::RunDir::of(&spec);
     // Only node 0 writes metrics, so only node 0 has curves to plot.
     if let (Outcome::Finished(_), 0) = (train(spec.clone(), options)?, spec.distributed.node_rank) {

@@ -55,15 +55,27 @@ impl DecodingArgs {
             bail!("--beam 0: expected a beam size of at least 1 (1 decodes greedily)");
         }
         if !(self.length_penalty >= 0.0 && self.length_penalty.is_finite()) {
-            bail!("--length-penalty {}: expected a number >= 0, such as 0.6", self.length_penalty);
+            bail!(
+                "--length-penalty {}: expected a number >= 0, such as 0.6",
+                self.length_penalty
+            );
         }
         if !(self.max_len_ratio > 0.0 && self.max_len_ratio.is_finite()) {
-            bail!("--max-len-ratio {}: expected a positive number, such as 1.5", self.max_len_ratio);
+            bail!(
+                "--max-len-ratio {}: expected a positive number, such as 1.5",
+                self.max_len_ratio
+            );
         }
         if self.batch_size == 0 {
             bail!("--batch-size 0: expected at least 1 sentence per batch");
         }
-        Ok(Decoding { beam, length_penalty: self.length_penalty, max_len_ratio: self.max_len_ratio, max_len, batch_size: self.batch_size })
+        Ok(Decoding {
+            beam,
+            length_penalty: self.length_penalty,
+            max_len_ratio: self.max_len_ratio,
+            max_len,
+            batch_size: self.batch_size,
+        })
     }
 }
 
@@ -74,12 +86,25 @@ pub fn run(args: TranslateArgs) -> Result<()> {
     }
     let sentences = match &args.input {
         Some(path) => crate::data::parallel::read_lines("--input", path)?,
-        None if args.sentences.is_empty() => bail!("nothing to translate: give sentences as arguments or --input FILE"),
+        None if args.sentences.is_empty() => {
+            bail!("nothing to translate: give sentences as arguments or --input FILE")
+        }
         None => args.sentences.clone(),
     };
-    let decoding = args.decoding.decoding(args.decoding.beam, spec.model.block_size)?;
+    let decoding = args
+        .decoding
+        .decoding(args.decoding.beam, spec.model.block_size)?;
     let backend = args.backend.section(&spec)?;
-    let outputs = crate::backend::dispatch(&backend, Job { run, spec, checkpoint: args.checkpoint, sentences, decoding })??;
+    let outputs = crate::backend::dispatch(
+        &backend,
+        Job {
+            run,
+            spec,
+            checkpoint: args.checkpoint,
+            sentences,
+            decoding,
+        },
+    )??;
     let mut out = std::io::stdout().lock();
     for line in outputs {
         writeln!(out, "{line}").context("writing to stdout")?;
@@ -99,8 +124,20 @@ impl BackendJob for Job {
     type Output = Result<Vec<String>>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Vec<String>> {
         let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
-        let (model, _) = crate::train::load_seq2seq::<B::InnerBackend>(&self.run, &self.spec, tokenizer.as_ref(), self.checkpoint.as_deref(), &device)?;
+        let (model, _) = crate::train::load_seq2seq::<B::InnerBackend>(
+            &self.run,
+            &self.spec,
+            tokenizer.as_ref(),
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let sentences: Vec<&str> = self.sentences.iter().map(String::as_str).collect();
-        translate(&model, tokenizer.as_ref(), &sentences, &self.decoding, &device)
+        translate(
+            &model,
+            tokenizer.as_ref(),
+            &sentences,
+            &self.decoding,
+            &device,
+        )
     }
 }

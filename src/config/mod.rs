@@ -38,7 +38,11 @@ pub struct RunSection {
 
 impl Default for RunSection {
     fn default() -> Self {
-        Self { name: String::new(), seed: defaults::seed(), artifacts_dir: defaults::artifacts_dir() }
+        Self {
+            name: String::new(),
+            seed: defaults::seed(),
+            artifacts_dir: defaults::artifacts_dir(),
+        }
     }
 }
 
@@ -140,14 +144,25 @@ impl DataSection {
     pub fn pair_files(&self, split: Split) -> Option<[(&'static str, &Path); 2]> {
         let (source, target, keys) = match split {
             Split::Train => (&self.source, &self.target, ["data.source", "data.target"]),
-            Split::Valid => (&self.valid_source, &self.valid_target, ["data.valid_source", "data.valid_target"]),
-            Split::Test => (&self.test_source, &self.test_target, ["data.test_source", "data.test_target"]),
+            Split::Valid => (
+                &self.valid_source,
+                &self.valid_target,
+                ["data.valid_source", "data.valid_target"],
+            ),
+            Split::Test => (
+                &self.test_source,
+                &self.test_target,
+                ["data.test_source", "data.test_target"],
+            ),
         };
         Some([(keys[0], source.as_deref()?), (keys[1], target.as_deref()?)])
     }
 
     pub fn fit_options(&self) -> crate::tokenizer::FitOptions {
-        crate::tokenizer::FitOptions { allow_unknown: self.allow_unknown, min_count: self.min_count }
+        crate::tokenizer::FitOptions {
+            allow_unknown: self.allow_unknown,
+            min_count: self.min_count,
+        }
     }
 }
 
@@ -231,7 +246,11 @@ impl ModelSection {
     pub fn describe(&self) -> String {
         let layers = match self.kind {
             ModelKind::Gpt => format!("gpt, {} layers", self.n_layers),
-            ModelKind::Seq2Seq => format!("seq2seq, {}+{} layers", self.n_layers, self.n_decoder_layers()),
+            ModelKind::Seq2Seq => format!(
+                "seq2seq, {}+{} layers",
+                self.n_layers,
+                self.n_decoder_layers()
+            ),
         };
         format!(
             "{layers}, vocab {}, d_model {}, {} heads, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions, {} init",
@@ -321,7 +340,11 @@ pub struct BackendSection {
 
 impl Default for BackendSection {
     fn default() -> Self {
-        Self { name: defaults::backend(), device: 0, precision: defaults::precision() }
+        Self {
+            name: defaults::backend(),
+            device: 0,
+            precision: defaults::precision(),
+        }
     }
 }
 
@@ -375,7 +398,10 @@ impl DistributedSection {
 
 /// A config value as a config file spells it (`rmsnorm`, `swiglu`).
 pub(crate) fn spelled<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 mod defaults {
@@ -439,13 +465,23 @@ mod defaults {
 pub enum ConfigError {
     // Not marked as a `source`: the message already holds it, and `{:#}` would repeat it.
     #[error("cannot read config {file}: {reason}")]
-    Load { file: PathBuf, reason: ::config::ConfigError },
+    Load {
+        file: PathBuf,
+        reason: ::config::ConfigError,
+    },
     #[error("--set {given:?}: expected section.key=value, e.g. --set training.learning_rate=3e-4")]
     BadOverride { given: String },
     #[error("{key} = {value}: expected {expected}")]
-    Invalid { key: &'static str, value: String, expected: String },
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
     #[error("cannot write {path}: {reason}")]
-    Write { path: PathBuf, reason: std::io::Error },
+    Write {
+        path: PathBuf,
+        reason: std::io::Error,
+    },
 }
 
 /// Reads `file`, layers the environment and the `--set` overrides on top, and validates.
@@ -454,25 +490,51 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
 }
 
 /// As [`load`], with the environment given explicitly (tests use this).
-pub fn load_with_env(file: &Path, overrides: &[String], env: impl IntoIterator<Item = (String, String)>) -> Result<RunSpec, ConfigError> {
-    let load_err = |reason| ConfigError::Load { file: file.to_path_buf(), reason };
+pub fn load_with_env(
+    file: &Path,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RunSpec, ConfigError> {
+    let load_err = |reason| ConfigError::Load {
+        file: file.to_path_buf(),
+        reason,
+    };
     if !file.is_file() {
-        return Err(load_err(::config::ConfigError::Message("file not found".into())));
+        return Err(load_err(::config::ConfigError::Message(
+            "file not found".into(),
+        )));
     }
     // Only `KILN_<SECTION>__<KEY>` names a setting: other `KILN_` variables (the set-up
     // script's `KILN_VENV`, a test harness's seed) belong to other tools.
-    let env_map: ::config::Map<String, String> =
-        env.into_iter().filter(|(k, _)| k.strip_prefix("KILN_").is_some_and(|key| key.contains("__"))).collect();
-    let mut builder = ::config::Config::builder().add_source(::config::File::from(file).format(::config::FileFormat::Toml)).add_source(
-        ::config::Environment::with_prefix("KILN").prefix_separator("_").separator("__").try_parsing(true).source(Some(env_map)),
-    );
+    let env_map: ::config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("KILN_")
+                .is_some_and(|key| key.contains("__"))
+        })
+        .collect();
+    let mut builder = ::config::Config::builder()
+        .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
+        .add_source(
+            ::config::Environment::with_prefix("KILN")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
     for given in overrides {
         let (key, value) = parse_override(given)?;
         builder = builder.set_override(key, value).map_err(load_err)?;
     }
-    let mut spec: RunSpec = builder.build().and_then(|c| c.try_deserialize()).map_err(load_err)?;
+    let mut spec: RunSpec = builder
+        .build()
+        .and_then(|c| c.try_deserialize())
+        .map_err(load_err)?;
     if spec.run.name.is_empty() {
-        spec.run.name = file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        spec.run.name = file
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
     }
     validate(&spec)?;
     Ok(spec)
@@ -481,7 +543,9 @@ pub fn load_with_env(file: &Path, overrides: &[String], env: impl IntoIterator<I
 /// `section.key=value` → (`section.key`, typed value). Numbers and booleans are parsed so
 /// that they deserialize into numeric and boolean fields.
 fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError> {
-    let bad = || ConfigError::BadOverride { given: given.to_string() };
+    let bad = || ConfigError::BadOverride {
+        given: given.to_string(),
+    };
     let (key, raw) = given.split_once('=').ok_or_else(bad)?;
     let key = key.trim();
     if !key.contains('.') || key.starts_with('.') || key.ends_with('.') {
@@ -489,7 +553,13 @@ fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError>
     }
     let raw = raw.trim();
     let value = match raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        Some(items) => items.split(',').map(str::trim).filter(|i| !i.is_empty()).map(scalar).collect::<Vec<_>>().into(),
+        Some(items) => items
+            .split(',')
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .map(scalar)
+            .collect::<Vec<_>>()
+            .into(),
         None => scalar(raw),
     };
     Ok((key.to_string(), value))
@@ -512,7 +582,10 @@ impl RunSpec {
     /// Reads a resolved config written by a previous run (no layering, still validated
     /// apart from the data file, which a finished run no longer needs).
     pub fn read_resolved(path: &Path) -> Result<Self, ConfigError> {
-        let load_err = |msg: String| ConfigError::Load { file: path.to_path_buf(), reason: ::config::ConfigError::Message(msg) };
+        let load_err = |msg: String| ConfigError::Load {
+            file: path.to_path_buf(),
+            reason: ::config::ConfigError::Message(msg),
+        };
         let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
         let spec: RunSpec = toml::from_str(&text).map_err(|e| load_err(e.to_string()))?;
         validate::validate_shape(&spec)?;
@@ -521,7 +594,10 @@ impl RunSpec {
 
     pub fn write_resolved(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string_pretty(self).expect("RunSpec always serializes to TOML");
-        crate::run_dir::write_atomic(path, text.as_bytes()).map_err(|reason| ConfigError::Write { path: path.to_path_buf(), reason })
+        crate::run_dir::write_atomic(path, text.as_bytes()).map_err(|reason| ConfigError::Write {
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     /// Whether `other` describes the same model (an unset vocab_size matches any).
@@ -534,7 +610,9 @@ impl RunSpec {
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.model.vocab_size.expect("vocab_size is resolved from the tokenizer before use")
+        self.model
+            .vocab_size
+            .expect("vocab_size is resolved from the tokenizer before use")
     }
 }
 
@@ -552,7 +630,12 @@ mod tests {
         assert!(parse_override("learning_rate=1").is_err());
         assert!(parse_override("training.learning_rate").is_err());
         let (_, v) = parse_override("distributed.devices=[0, 1]").unwrap();
-        let items: Vec<i64> = v.into_array().unwrap().into_iter().map(|i| i.into_int().unwrap()).collect();
+        let items: Vec<i64> = v
+            .into_array()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.into_int().unwrap())
+            .collect();
         assert_eq!(items, [0, 1]);
     }
 }

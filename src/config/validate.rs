@@ -4,7 +4,11 @@
 use super::{ConfigError, DataKind, ModelKind, RunSpec, Split};
 
 fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, value: value.to_string(), expected: expected.into() }
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        expected: expected.into(),
+    }
 }
 
 fn positive(key: &'static str, value: usize) -> Result<(), ConfigError> {
@@ -19,9 +23,11 @@ pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
     let files: Vec<(&'static str, &std::path::Path)> = match spec.data.kind {
         DataKind::Text => vec![("data.path", spec.data.path.as_path())],
-        DataKind::Parallel => {
-            [Split::Train, Split::Valid, Split::Test].into_iter().filter_map(|s| spec.data.pair_files(s)).flatten().collect()
-        }
+        DataKind::Parallel => [Split::Train, Split::Valid, Split::Test]
+            .into_iter()
+            .filter_map(|s| spec.data.pair_files(s))
+            .flatten()
+            .collect(),
     };
     for (key, path) in files {
         if !path.is_file() {
@@ -47,10 +53,18 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
         }
         (ModelKind::Seq2Seq, DataKind::Parallel) => {}
         (ModelKind::Gpt, DataKind::Parallel) => {
-            return Err(invalid("model.kind", "\"gpt\"", "\"seq2seq\" for data.kind = \"parallel\" (a GPT trains on data.kind = \"text\")"))
+            return Err(invalid(
+                "model.kind",
+                "\"gpt\"",
+                "\"seq2seq\" for data.kind = \"parallel\" (a GPT trains on data.kind = \"text\")",
+            ))
         }
         (ModelKind::Seq2Seq, DataKind::Text) => {
-            return Err(invalid("data.kind", "\"text\"", "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\""))
+            return Err(invalid(
+                "data.kind",
+                "\"text\"",
+                "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\"",
+            ))
         }
     }
     if data.pair_files(Split::Train).is_none() {
@@ -61,17 +75,32 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
     for (given, keys) in [
-        ([&data.valid_source, &data.valid_target], ["data.valid_source", "data.valid_target"]),
-        ([&data.test_source, &data.test_target], ["data.test_source", "data.test_target"]),
+        (
+            [&data.valid_source, &data.valid_target],
+            ["data.valid_source", "data.valid_target"],
+        ),
+        (
+            [&data.test_source, &data.test_target],
+            ["data.test_source", "data.test_target"],
+        ),
     ] {
         if given[0].is_some() != given[1].is_some() {
-            let (missing, present) = if given[0].is_none() { (keys[0], keys[1]) } else { (keys[1], keys[0]) };
-            return Err(invalid(missing, "nothing", format!("a file to pair with {present}")));
+            let (missing, present) = if given[0].is_none() {
+                (keys[0], keys[1])
+            } else {
+                (keys[1], keys[0])
+            };
+            return Err(invalid(
+                missing,
+                "nothing",
+                format!("a file to pair with {present}"),
+            ));
         }
     }
     if !matches!(
         crate::tokenizer::TokenizerSpec::parse(&data.tokenizer),
-        Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. } | crate::tokenizer::TokenizerSpec::Bpe(_))
+        Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. }
+            | crate::tokenizer::TokenizerSpec::Bpe(_))
     ) {
         return Err(invalid(
             "data.tokenizer",
@@ -81,7 +110,11 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
     }
     let m = &spec.model;
     if m.positions == crate::model::PositionKind::Rope {
-        return Err(invalid("model.positions", "\"rope\"", "\"sinusoidal\" or \"learned\" for a seq2seq model"));
+        return Err(invalid(
+            "model.positions",
+            "\"rope\"",
+            "\"sinusoidal\" or \"learned\" for a seq2seq model",
+        ));
     }
     if let Some(n) = m.n_decoder_layers {
         positive("model.n_decoder_layers", n)?;
@@ -93,15 +126,28 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
 pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     let run = &spec.run;
     if run.name.is_empty() || run.name.contains(['/', '\\']) || run.name.starts_with('.') {
-        return Err(invalid("run.name", format!("{:?}", run.name), "a plain directory name"));
+        return Err(invalid(
+            "run.name",
+            format!("{:?}", run.name),
+            "a plain directory name",
+        ));
     }
 
     let data = &spec.data;
     if !(data.val_fraction > 0.0 && data.val_fraction < 1.0) {
-        return Err(invalid("data.val_fraction", data.val_fraction, "a number in (0, 1)"));
+        return Err(invalid(
+            "data.val_fraction",
+            data.val_fraction,
+            "a number in (0, 1)",
+        ));
     }
-    crate::tokenizer::TokenizerSpec::parse(&data.tokenizer)
-        .map_err(|e| invalid("data.tokenizer", format!("{:?}", data.tokenizer), e.to_string()))?;
+    crate::tokenizer::TokenizerSpec::parse(&data.tokenizer).map_err(|e| {
+        invalid(
+            "data.tokenizer",
+            format!("{:?}", data.tokenizer),
+            e.to_string(),
+        )
+    })?;
     positive("data.min_count", data.min_count)?;
     if let Some(stride) = data.stride {
         positive("data.stride", stride)?;
@@ -114,16 +160,28 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("model.block_size", m.block_size)?;
     positive("model.d_ff", m.d_ff())?;
     if !m.d_model.is_multiple_of(m.n_heads) {
-        return Err(invalid("model.n_heads", m.n_heads, format!("a divisor of model.d_model ({})", m.d_model)));
+        return Err(invalid(
+            "model.n_heads",
+            m.n_heads,
+            format!("a divisor of model.d_model ({})", m.d_model),
+        ));
     }
     if !(0.0..1.0).contains(&m.dropout) {
-        return Err(invalid("model.dropout", m.dropout, "a probability in [0, 1)"));
+        return Err(invalid(
+            "model.dropout",
+            m.dropout,
+            "a probability in [0, 1)",
+        ));
     }
     if let Some(v) = m.vocab_size {
         positive("model.vocab_size", v)?;
     }
     if !(m.norm_eps > 0.0 && m.norm_eps < 1.0) {
-        return Err(invalid("model.norm_eps", m.norm_eps, "a small positive number such as 1e-5"));
+        return Err(invalid(
+            "model.norm_eps",
+            m.norm_eps,
+            "a small positive number such as 1e-5",
+        ));
     }
     if m.positions == crate::model::PositionKind::Rope {
         let head_dim = m.d_model / m.n_heads;
@@ -131,11 +189,18 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
             return Err(invalid(
                 "model.positions",
                 "\"rope\"",
-                format!("an even head size for rotary pairs; d_model / n_heads = {} / {} = {head_dim}", m.d_model, m.n_heads),
+                format!(
+                    "an even head size for rotary pairs; d_model / n_heads = {} / {} = {head_dim}",
+                    m.d_model, m.n_heads
+                ),
             ));
         }
         if !(m.rope_theta > 1.0 && m.rope_theta.is_finite()) {
-            return Err(invalid("model.rope_theta", m.rope_theta, "a base above 1, such as 10000"));
+            return Err(invalid(
+                "model.rope_theta",
+                m.rope_theta,
+                "a base above 1, such as 10000",
+            ));
         }
     }
 
@@ -147,16 +212,35 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("training.eval_iters", t.eval_iters)?;
     positive("training.keep_checkpoints", t.keep_checkpoints)?;
     if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
-        return Err(invalid("training.learning_rate", t.learning_rate, "a positive number"));
+        return Err(invalid(
+            "training.learning_rate",
+            t.learning_rate,
+            "a positive number",
+        ));
     }
     if !(t.min_lr >= 0.0 && t.min_lr <= t.learning_rate) {
-        return Err(invalid("training.min_lr", t.min_lr, format!("a number in [0, training.learning_rate = {}]", t.learning_rate)));
+        return Err(invalid(
+            "training.min_lr",
+            t.min_lr,
+            format!(
+                "a number in [0, training.learning_rate = {}]",
+                t.learning_rate
+            ),
+        ));
     }
     if t.warmup_iters > t.max_iters {
-        return Err(invalid("training.warmup_iters", t.warmup_iters, format!("at most training.max_iters ({})", t.max_iters)));
+        return Err(invalid(
+            "training.warmup_iters",
+            t.warmup_iters,
+            format!("at most training.max_iters ({})", t.max_iters),
+        ));
     }
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        return Err(invalid("training.weight_decay", t.weight_decay, "a number >= 0"));
+        return Err(invalid(
+            "training.weight_decay",
+            t.weight_decay,
+            "a number >= 0",
+        ));
     }
     for (key, beta) in [("training.beta1", t.beta1), ("training.beta2", t.beta2)] {
         if !(0.0..1.0).contains(&beta) {
@@ -164,7 +248,11 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         }
     }
     if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
-        return Err(invalid("training.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)"));
+        return Err(invalid(
+            "training.grad_clip",
+            t.grad_clip,
+            "a number >= 0 (0 disables clipping)",
+        ));
     }
     let every = t.checkpoint_interval();
     if every == 0 || !every.is_multiple_of(t.eval_interval) {
@@ -176,7 +264,11 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     }
 
     if !(0.0..1.0).contains(&t.label_smoothing) {
-        return Err(invalid("training.label_smoothing", t.label_smoothing, "a probability in [0, 1), such as 0.1"));
+        return Err(invalid(
+            "training.label_smoothing",
+            t.label_smoothing,
+            "a probability in [0, 1), such as 0.1",
+        ));
     }
     validate_task(spec)?;
 
@@ -190,7 +282,11 @@ fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("distributed.nodes", d.nodes)?;
     positive("distributed.timeout_secs", d.timeout_secs as usize)?;
     if d.node_rank >= d.nodes {
-        return Err(invalid("distributed.node_rank", d.node_rank, format!("a rank below distributed.nodes = {}", d.nodes)));
+        return Err(invalid(
+            "distributed.node_rank",
+            d.node_rank,
+            format!("a rank below distributed.nodes = {}", d.nodes),
+        ));
     }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(twice) = d.devices.iter().find(|&&i| !seen.insert(i)) {

@@ -13,19 +13,33 @@ pub enum DataError {
     #[error("data.path = {path:?}: {reason}")]
     Source { path: PathBuf, reason: String },
     #[error("data.path = {path:?}: the {split} split has {tokens} tokens, but model.block_size = {block_size} needs at least {need}; use a longer corpus, a smaller block_size or a different data.val_fraction")]
-    TooShort { path: PathBuf, split: &'static str, tokens: usize, block_size: usize, need: usize },
+    TooShort {
+        path: PathBuf,
+        split: &'static str,
+        tokens: usize,
+        block_size: usize,
+        need: usize,
+    },
     #[error("token cache {path}: {reason}; delete it and train again")]
     Cache { path: PathBuf, reason: String },
 }
 
 /// The UTF-8 text of a corpus file.
 pub fn read_text(path: &Path) -> Result<String, DataError> {
-    let err = |reason: String| DataError::Source { path: path.into(), reason };
+    let err = |reason: String| DataError::Source {
+        path: path.into(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if bytes.is_empty() {
         return Err(err("the file is empty".into()));
     }
-    String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))
+    String::from_utf8(bytes).map_err(|e| {
+        err(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
 }
 
 /// Provenance of `tokens.bin`: reused only when the source and tokenizer are unchanged.
@@ -61,22 +75,41 @@ impl Corpus {
         block_size: usize,
     ) -> Result<Self, DataError> {
         if text.is_empty() {
-            return Err(DataError::Source { path: source.into(), reason: "the file is empty".into() });
+            return Err(DataError::Source {
+                path: source.into(),
+                reason: "the file is empty".into(),
+            });
         }
         let bytes = text.as_bytes();
         let meta = TokenFileMeta {
             source: source.into(),
             source_sha256: sha256_hex(bytes),
-            tokenizer_sha256: sha256_hex(&serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize")),
-            bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
+            tokenizer_sha256: sha256_hex(
+                &serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize"),
+            ),
+            bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 {
+                2
+            } else {
+                4
+            },
             tokens: 0,
         };
         let tokens = match read_cache(run, &meta)? {
             Some(tokens) => tokens,
             None => {
-                let tokens = encode_with_spinner(tokenizer, text)
-                    .map_err(|e| DataError::Source { path: source.into(), reason: e.to_string() })?;
-                write_cache(run, TokenFileMeta { tokens: tokens.len(), ..meta }, &tokens)?;
+                let tokens =
+                    encode_with_spinner(tokenizer, text).map_err(|e| DataError::Source {
+                        path: source.into(),
+                        reason: e.to_string(),
+                    })?;
+                write_cache(
+                    run,
+                    TokenFileMeta {
+                        tokens: tokens.len(),
+                        ..meta
+                    },
+                    &tokens,
+                )?;
                 tokens
             }
         };
@@ -91,15 +124,20 @@ impl Corpus {
         val_fraction: f64,
         block_size: usize,
     ) -> Result<Self, DataError> {
-        let tokens = encode_with_spinner(tokenizer, text)
-            .map_err(|e| DataError::Source { path: source.into(), reason: e.to_string() })?;
+        let tokens = encode_with_spinner(tokenizer, text).map_err(|e| DataError::Source {
+            path: source.into(),
+            reason: e.to_string(),
+        })?;
         Self::split(tokens, source, val_fraction, block_size, text.len())
     }
 
     /// The token file of a finished run (for `eval`), without the source text.
     pub fn from_run(run: &RunDir, val_fraction: f64, block_size: usize) -> Result<Self, DataError> {
         let meta_path = run.tokens_meta();
-        let cache_err = |reason: String| DataError::Cache { path: meta_path.clone(), reason };
+        let cache_err = |reason: String| DataError::Cache {
+            path: meta_path.clone(),
+            reason,
+        };
         let meta: TokenFileMeta = std::fs::read(&meta_path)
             .map_err(|e| cache_err(e.to_string()))
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| cache_err(e.to_string())))?;
@@ -119,7 +157,13 @@ impl Corpus {
         let need = block_size + 1;
         for (split, len) in [("training", n_train), ("validation", n_val)] {
             if len < need {
-                return Err(DataError::TooShort { path: source.into(), split, tokens: len, block_size, need });
+                return Err(DataError::TooShort {
+                    path: source.into(),
+                    split,
+                    tokens: len,
+                    block_size,
+                    need,
+                });
             }
         }
         Ok(Self {
@@ -130,7 +174,10 @@ impl Corpus {
     }
 }
 
-fn encode_with_spinner(tokenizer: &dyn Tokenizer, text: &str) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
+fn encode_with_spinner(
+    tokenizer: &dyn Tokenizer,
+    text: &str,
+) -> Result<Vec<u32>, crate::tokenizer::TokenizerError> {
     let spinner = indicatif::ProgressBar::new_spinner()
         .with_message(format!("encoding corpus ({} bytes)", text.len()));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -140,9 +187,16 @@ fn encode_with_spinner(tokenizer: &dyn Tokenizer, text: &str) -> Result<Vec<u32>
 }
 
 fn read_cache(run: &RunDir, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, DataError> {
-    let Ok(bytes) = std::fs::read(run.tokens_meta()) else { return Ok(None) };
-    let Ok(meta) = serde_json::from_slice::<TokenFileMeta>(&bytes) else { return Ok(None) };
-    let same = TokenFileMeta { tokens: meta.tokens, ..wanted.clone() };
+    let Ok(bytes) = std::fs::read(run.tokens_meta()) else {
+        return Ok(None);
+    };
+    let Ok(meta) = serde_json::from_slice::<TokenFileMeta>(&bytes) else {
+        return Ok(None);
+    };
+    let same = TokenFileMeta {
+        tokens: meta.tokens,
+        ..wanted.clone()
+    };
     if meta != same {
         return Ok(None);
     }
@@ -150,7 +204,10 @@ fn read_cache(run: &RunDir, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, 
 }
 
 fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError> {
-    let err = |reason: String| DataError::Cache { path: path.into(), reason };
+    let err = |reason: String| DataError::Cache {
+        path: path.into(),
+        reason,
+    };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if bytes.len() != meta.tokens * meta.bytes_per_token {
         return Err(err(format!(
@@ -161,18 +218,32 @@ fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError>
         )));
     }
     Ok(match meta.bytes_per_token {
-        2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
-        4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        2 => bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
+            .collect(),
+        4 => bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         n => return Err(err(format!("unsupported token width {n}"))),
     })
 }
 
 fn write_cache(run: &RunDir, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), DataError> {
     let bytes: Vec<u8> = match meta.bytes_per_token {
-        2 => tokens.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect(),
+        2 => tokens
+            .iter()
+            .flat_map(|&t| (t as u16).to_le_bytes())
+            .collect(),
         _ => tokens.iter().flat_map(|&t| t.to_le_bytes()).collect(),
     };
-    let io = |path: PathBuf| move |e: std::io::Error| DataError::Cache { path, reason: e.to_string() };
+    let io = |path: PathBuf| {
+        move |e: std::io::Error| DataError::Cache {
+            path,
+            reason: e.to_string(),
+        }
+    };
     write_atomic(&run.tokens(), &bytes).map_err(io(run.tokens()))?;
     let json = serde_json::to_vec_pretty(&meta).expect("token metadata serializes");
     write_atomic(&run.tokens_meta(), &json).map_err(io(run.tokens_meta()))
@@ -205,7 +276,12 @@ mod tests {
         let source = dir.path().join("tiny.txt");
         let run = RunDir::new(dir.path());
         let tok = CharTokenizer::fit("abcdefghij", false);
-        let err = Corpus::prepare(&source, "abcdefghij", &tok, &run, 0.5, 8).unwrap_err().to_string();
-        assert!(err.contains("block_size = 8") && err.contains("needs at least 9"), "{err}");
+        let err = Corpus::prepare(&source, "abcdefghij", &tok, &run, 0.5, 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("block_size = 8") && err.contains("needs at least 9"),
+            "{err}"
+        );
     }
 }

@@ -21,7 +21,12 @@ pub struct LmBatch<B: Backend> {
 
 impl<B: Backend> LmBatch<B> {
     /// The windows of `tokens` starting at `starts`.
-    pub fn from_starts(tokens: &[u32], starts: &[usize], block_size: usize, device: &B::Device) -> Self {
+    pub fn from_starts(
+        tokens: &[u32],
+        starts: &[usize],
+        block_size: usize,
+        device: &B::Device,
+    ) -> Self {
         let batch = starts.len();
         let mut inputs = Vec::with_capacity(batch * block_size);
         let mut targets = Vec::with_capacity(batch * block_size);
@@ -29,8 +34,12 @@ impl<B: Backend> LmBatch<B> {
             inputs.extend(tokens[s..s + block_size].iter().map(|&t| t as i64));
             targets.extend(tokens[s + 1..s + block_size + 1].iter().map(|&t| t as i64));
         }
-        let tensor = |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [batch, block_size]), device);
-        Self { inputs: tensor(inputs), targets: tensor(targets) }
+        let tensor =
+            |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [batch, block_size]), device);
+        Self {
+            inputs: tensor(inputs),
+            targets: tensor(targets),
+        }
     }
 }
 
@@ -41,7 +50,12 @@ pub type StopCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 pub trait MicroBatches<B: Backend>: Clone + Send + Sync + 'static {
     type Batch: Send + 'static;
     /// Micro-batches `first..first + count`, in order.
-    fn range(&self, first: usize, count: usize, device: &B::Device) -> Box<dyn DataLoaderIterator<Self::Batch>>;
+    fn range(
+        &self,
+        first: usize,
+        count: usize,
+        device: &B::Device,
+    ) -> Box<dyn DataLoaderIterator<Self::Batch>>;
     /// Items (windows, sentence pairs) in a micro-batch.
     fn batch_size(&self) -> usize;
     /// The seed the data order is drawn from; the backend's dropout seeds derive from it.
@@ -82,15 +96,30 @@ pub struct WindowBatches {
 impl WindowBatches {
     /// The window starts of micro-batches `first..first + count`.
     fn starts(&self, first: usize, count: usize) -> Vec<Vec<usize>> {
-        let starts = self.order.range(first * self.batch_size, count * self.batch_size);
-        starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
+        let starts = self
+            .order
+            .range(first * self.batch_size, count * self.batch_size);
+        starts
+            .chunks(self.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 }
 
 impl<B: Backend> MicroBatches<B> for WindowBatches {
     type Batch = LmBatch<B>;
-    fn range(&self, first: usize, count: usize, device: &B::Device) -> Box<dyn DataLoaderIterator<LmBatch<B>>> {
-        Box::new(WindowIter::new(self.tokens.clone(), self.starts(first, count), self.block_size, device.clone()))
+    fn range(
+        &self,
+        first: usize,
+        count: usize,
+        device: &B::Device,
+    ) -> Box<dyn DataLoaderIterator<LmBatch<B>>> {
+        Box::new(WindowIter::new(
+            self.tokens.clone(),
+            self.starts(first, count),
+            self.block_size,
+            device.clone(),
+        ))
     }
     fn batch_size(&self) -> usize {
         self.batch_size
@@ -110,7 +139,17 @@ impl<B: Backend> TrainWindows<B> {
         epochs: &[(usize, usize)],
         device: B::Device,
     ) -> Self {
-        TrainBatches::of(WindowBatches { tokens, order, batch_size, block_size }, first_epoch, epochs, device)
+        TrainBatches::of(
+            WindowBatches {
+                tokens,
+                order,
+                batch_size,
+                block_size,
+            },
+            first_epoch,
+            epochs,
+            device,
+        )
     }
 
     /// The window starts of every batch in `epoch`.
@@ -137,17 +176,27 @@ impl<B: Backend, S: MicroBatches<B>> TrainBatches<B, S> {
     /// `i` is the run's micro-batch `i · replicas + rank`, so replicas never see the same data
     /// and together see what a single device with a `replicas` times larger batch would.
     pub fn for_replica(self, rank: usize, replicas: usize) -> Self {
-        Self { replica: (rank, replicas), ..self }
+        Self {
+            replica: (rank, replicas),
+            ..self
+        }
     }
 
     /// Ends an epoch early, at a boundary of `grad_accumulation` micro-batches, once `stop`
     /// says so.
     pub fn with_stop(self, stop: StopCheck, grad_accumulation: usize) -> Self {
-        Self { stop: Some((stop, grad_accumulation.max(1))), ..self }
+        Self {
+            stop: Some((stop, grad_accumulation.max(1))),
+            ..self
+        }
     }
 
     fn epoch(&self, epoch: usize) -> (usize, usize) {
-        epoch.checked_sub(self.first_epoch).and_then(|i| self.epochs.get(i)).copied().unwrap_or((0, 0))
+        epoch
+            .checked_sub(self.first_epoch)
+            .and_then(|i| self.epochs.get(i))
+            .copied()
+            .unwrap_or((0, 0))
     }
 }
 
@@ -156,7 +205,13 @@ impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B,
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let (first, count) = self.epoch(epoch);
         let (rank, replicas) = self.replica;
-        let batches = Box::new(Strided { batches: self.source.range(first * replicas, count * replicas, &self.device), rank, replicas });
+        let batches = Box::new(Strided {
+            batches: self
+                .source
+                .range(first * replicas, count * replicas, &self.device),
+            rank,
+            replicas,
+        });
         let seed = self.source.seed();
         Box::new(TrainIter::<B, S::Batch> {
             batches,
@@ -174,13 +229,22 @@ impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B,
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, S::Batch>> {
-        Arc::new(Self { device: device.clone(), ..self.clone() })
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, S::Batch>> {
-        let epochs: Vec<(usize, usize)> =
-            self.epochs.iter().map(|&(first, len)| (first + start, len.min(end).saturating_sub(start))).collect();
-        Arc::new(Self { epochs: epochs.into(), ..self.clone() })
+        let epochs: Vec<(usize, usize)> = self
+            .epochs
+            .iter()
+            .map(|&(first, len)| (first + start, len.min(end).saturating_sub(start)))
+            .collect();
+        Arc::new(Self {
+            epochs: epochs.into(),
+            ..self.clone()
+        })
     }
 }
 
@@ -206,7 +270,10 @@ impl<B: Backend, T> Iterator for TrainIter<B, T> {
         }
         let batch = self.batches.next()?;
         let (rank, replicas) = self.replica;
-        B::seed(&self.device, micro_batch_seed(self.seed, (self.first + self.served) * replicas + rank));
+        B::seed(
+            &self.device,
+            micro_batch_seed(self.seed, (self.first + self.served) * replicas + rank),
+        );
         self.served += 1;
         Some(batch)
     }
@@ -275,38 +342,79 @@ impl<B: Backend> FixedWindows<B> {
         device: B::Device,
     ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x5EED_0F_7A11));
-        let starts: Vec<Vec<usize>> = (0..count).map(|_| allowed.sample(&mut rng, batch_size)).collect();
-        Self { tokens, starts: starts.into(), block_size, skip_when: None, device }
+        let starts: Vec<Vec<usize>> = (0..count)
+            .map(|_| allowed.sample(&mut rng, batch_size))
+            .collect();
+        Self {
+            tokens,
+            starts: starts.into(),
+            block_size,
+            skip_when: None,
+            device,
+        }
     }
 
     pub fn skip_when(self, stop: StopCheck) -> Self {
-        Self { skip_when: Some(stop), ..self }
+        Self {
+            skip_when: Some(stop),
+            ..self
+        }
     }
 
     /// Every non-overlapping window of the stream, in order, `batch_size` to a batch (the
     /// last batch may be smaller): the whole split, for a full evaluation.
-    pub fn tiling(tokens: Arc<[u32]>, batch_size: usize, block_size: usize, device: B::Device) -> Self {
-        let windows: Vec<usize> = (0..tokens.len().saturating_sub(block_size)).step_by(block_size).collect();
-        let starts: Vec<Vec<usize>> = windows.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
-        Self { tokens, starts: starts.into(), block_size, skip_when: None, device }
+    pub fn tiling(
+        tokens: Arc<[u32]>,
+        batch_size: usize,
+        block_size: usize,
+        device: B::Device,
+    ) -> Self {
+        let windows: Vec<usize> = (0..tokens.len().saturating_sub(block_size))
+            .step_by(block_size)
+            .collect();
+        let starts: Vec<Vec<usize>> = windows
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
+        Self {
+            tokens,
+            starts: starts.into(),
+            block_size,
+            skip_when: None,
+            device,
+        }
     }
 
     /// Number of batches and of predicted tokens.
     pub fn size(&self) -> (usize, usize) {
-        (self.starts.len(), self.starts.iter().map(Vec::len).sum::<usize>() * self.block_size)
+        (
+            self.starts.len(),
+            self.starts.iter().map(Vec::len).sum::<usize>() * self.block_size,
+        )
     }
 
     /// All batches, for evaluation outside the Learner.
     pub fn batches(&self) -> impl Iterator<Item = LmBatch<B>> + '_ {
-        self.starts.iter().map(|s| LmBatch::from_starts(&self.tokens, s, self.block_size, &self.device))
+        self.starts
+            .iter()
+            .map(|s| LmBatch::from_starts(&self.tokens, s, self.block_size, &self.device))
     }
 }
 
 impl<B: Backend> DataLoader<B, LmBatch<B>> for FixedWindows<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
         let skip = self.skip_when.as_ref().is_some_and(|stop| stop());
-        let starts = if skip { Vec::new() } else { self.starts.to_vec() };
-        Box::new(WindowIter::new(self.tokens.clone(), starts, self.block_size, self.device.clone()))
+        let starts = if skip {
+            Vec::new()
+        } else {
+            self.starts.to_vec()
+        };
+        Box::new(WindowIter::new(
+            self.tokens.clone(),
+            starts,
+            self.block_size,
+            self.device.clone(),
+        ))
     }
 
     fn num_items(&self) -> usize {
@@ -314,13 +422,19 @@ impl<B: Backend> DataLoader<B, LmBatch<B>> for FixedWindows<B> {
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
-        Arc::new(Self { device: device.clone(), ..self.clone() })
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
         let end = end.min(self.starts.len());
         let starts: Vec<Vec<usize>> = self.starts[start.min(end)..end].to_vec();
-        Arc::new(Self { starts: starts.into(), ..self.clone() })
+        Arc::new(Self {
+            starts: starts.into(),
+            ..self.clone()
+        })
     }
 }
 
@@ -334,9 +448,21 @@ struct WindowIter<B: Backend> {
 }
 
 impl<B: Backend> WindowIter<B> {
-    fn new(tokens: Arc<[u32]>, starts: Vec<Vec<usize>>, block_size: usize, device: B::Device) -> Self {
+    fn new(
+        tokens: Arc<[u32]>,
+        starts: Vec<Vec<usize>>,
+        block_size: usize,
+        device: B::Device,
+    ) -> Self {
         let total = starts.iter().map(Vec::len).sum();
-        Self { tokens, starts: starts.into_iter(), block_size, device, done: 0, total }
+        Self {
+            tokens,
+            starts: starts.into_iter(),
+            block_size,
+            device,
+            done: 0,
+            total,
+        }
     }
 }
 
@@ -345,7 +471,12 @@ impl<B: Backend> Iterator for WindowIter<B> {
     fn next(&mut self) -> Option<LmBatch<B>> {
         let starts = self.starts.next()?;
         self.done += starts.len();
-        Some(LmBatch::from_starts(&self.tokens, &starts, self.block_size, &self.device))
+        Some(LmBatch::from_starts(
+            &self.tokens,
+            &starts,
+            self.block_size,
+            &self.device,
+        ))
     }
 }
 
@@ -376,32 +507,83 @@ mod tests {
 
     #[test]
     fn epochs_are_reproducible_and_distinct() {
-        let order = WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
-        let loader = TrainWindows::<B>::new(tokens(), order.clone(), 3, 8, 1, &[(0, 2), (2, 2), (4, 1)], Default::default());
+        let order = WindowOrder::Random {
+            starts: WindowStarts::new(&tokens(), 8, 1, None),
+            seed: 7,
+        };
+        let loader = TrainWindows::<B>::new(
+            tokens(),
+            order.clone(),
+            3,
+            8,
+            1,
+            &[(0, 2), (2, 2), (4, 1)],
+            Default::default(),
+        );
         // Resumed after micro-batch 3, in the middle of epoch 2: its epoch 3 holds the rest.
-        let resumed = TrainWindows::<B>::new(tokens(), order, 3, 8, 3, &[(3, 1), (4, 1)], Default::default());
+        let resumed = TrainWindows::<B>::new(
+            tokens(),
+            order,
+            3,
+            8,
+            3,
+            &[(3, 1), (4, 1)],
+            Default::default(),
+        );
         assert_eq!(loader.epoch_starts(2)[1..], resumed.epoch_starts(3)[..]);
         assert_eq!(loader.epoch_starts(3), resumed.epoch_starts(4));
         assert_ne!(loader.epoch_starts(1), loader.epoch_starts(2));
         assert_eq!(loader.epoch_starts(3).len(), 1);
         let first: Vec<_> = DataLoader::iter(&loader).collect();
         assert_eq!(first.len(), 2);
-        assert!(loader.epoch_starts(1).iter().flatten().all(|&s| s + 8 < 100));
+        assert!(loader
+            .epoch_starts(1)
+            .iter()
+            .flatten()
+            .all(|&s| s + 8 < 100));
     }
 
     #[test]
     fn replicas_split_a_larger_batch_between_them() {
-        let order = WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
-        let single = TrainWindows::<B>::new(tokens(), order.clone(), 4, 8, 1, &[(0, 3)], Default::default());
+        let order = WindowOrder::Random {
+            starts: WindowStarts::new(&tokens(), 8, 1, None),
+            seed: 7,
+        };
+        let single = TrainWindows::<B>::new(
+            tokens(),
+            order.clone(),
+            4,
+            8,
+            1,
+            &[(0, 3)],
+            Default::default(),
+        );
         let replica = |rank| {
-            let loader = TrainWindows::<B>::new(tokens(), order.clone(), 2, 8, 1, &[(0, 3)], Default::default()).for_replica(rank, 2);
-            DataLoader::iter(&loader).map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap()).collect::<Vec<_>>()
+            let loader = TrainWindows::<B>::new(
+                tokens(),
+                order.clone(),
+                2,
+                8,
+                1,
+                &[(0, 3)],
+                Default::default(),
+            )
+            .for_replica(rank, 2);
+            DataLoader::iter(&loader)
+                .map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap())
+                .collect::<Vec<_>>()
         };
         let (zero, one) = (replica(0), replica(1));
-        let doubled: Vec<Vec<i64>> = DataLoader::iter(&single).map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap()).collect();
+        let doubled: Vec<Vec<i64>> = DataLoader::iter(&single)
+            .map(|b: LmBatch<B>| b.inputs.into_data().to_vec::<i64>().unwrap())
+            .collect();
         assert_eq!(doubled.len(), 3);
         for step in 0..3 {
-            assert_eq!(doubled[step], [zero[step].clone(), one[step].clone()].concat(), "step {step}");
+            assert_eq!(
+                doubled[step],
+                [zero[step].clone(), one[step].clone()].concat(),
+                "step {step}"
+            );
         }
     }
 }

@@ -6,6 +6,8 @@ pub mod parallel;
 mod windows;
 
 pub use corpus::{read_text, Corpus, DataError};
-pub use loader::{FixedWindows, LmBatch, MicroBatches, StopCheck, TrainBatches, TrainWindows, WindowBatches};
+pub use loader::{
+    FixedWindows, LmBatch, MicroBatches, StopCheck, TrainBatches, TrainWindows, WindowBatches,
+};
 pub use parallel::{FixedPairs, PairBatches, PairTokens, Seq2SeqBatch, Specials};
 pub use windows::{WindowOrder, WindowStarts};

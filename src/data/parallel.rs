@@ -22,18 +22,37 @@ pub const EOS: &str = "<eos>";
 #[derive(Debug, thiserror::Error)]
 pub enum ParallelError {
     #[error("{key} = {path:?}: {reason}")]
-    File { key: &'static str, path: String, reason: String },
+    File {
+        key: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("{source_key} = {source_path:?} has {sources} lines but {target_key} = {target_path:?} has {targets}: expected one target line per source line")]
-    Misaligned { source_key: &'static str, source_path: String, sources: usize, target_key: &'static str, target_path: String, targets: usize },
+    Misaligned {
+        source_key: &'static str,
+        source_path: String,
+        sources: usize,
+        target_key: &'static str,
+        target_path: String,
+        targets: usize,
+    },
     #[error("the tokenizer has no {0} token; a translation vocabulary needs <pad>, <bos> and <eos> (data.tokenizer = \"bpe:train:<vocab size>\" adds them)")]
     MissingSpecial(&'static str),
     #[error("{key}: line {line} cannot be encoded: {reason}")]
-    Encode { key: &'static str, line: usize, reason: String },
+    Encode {
+        key: &'static str,
+        line: usize,
+        reason: String,
+    },
 }
 
 /// The lines of a text file, gunzipped when its name ends in `.gz`, without line ends.
 pub fn read_lines(key: &'static str, path: &Path) -> Result<Vec<String>, ParallelError> {
-    let err = |reason: String| ParallelError::File { key, path: path.display().to_string(), reason };
+    let err = |reason: String| ParallelError::File {
+        key,
+        path: path.display().to_string(),
+        reason,
+    };
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let mut bytes = Vec::new();
     let read = match path.extension().is_some_and(|e| e == "gz") {
@@ -41,8 +60,16 @@ pub fn read_lines(key: &'static str, path: &Path) -> Result<Vec<String>, Paralle
         false => std::io::BufReader::new(file).read_to_end(&mut bytes),
     };
     read.map_err(|e| err(format!("cannot read it: {e}")))?;
-    let text = String::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to())))?;
-    let lines: Vec<String> = text.lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let text = String::from_utf8(bytes).map_err(|e| {
+        err(format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r').to_string())
+        .collect();
     if lines.is_empty() {
         return Err(err("the file is empty".into()));
     }
@@ -50,9 +77,14 @@ pub fn read_lines(key: &'static str, path: &Path) -> Result<Vec<String>, Paralle
 }
 
 /// The aligned (source, target) lines of two files.
-pub fn read_pairs(files: [(&'static str, &Path); 2]) -> Result<Vec<(String, String)>, ParallelError> {
+pub fn read_pairs(
+    files: [(&'static str, &Path); 2],
+) -> Result<Vec<(String, String)>, ParallelError> {
     let [(source_key, source_path), (target_key, target_path)] = files;
-    let (sources, targets) = (read_lines(source_key, source_path)?, read_lines(target_key, target_path)?);
+    let (sources, targets) = (
+        read_lines(source_key, source_path)?,
+        read_lines(target_key, target_path)?,
+    );
     if sources.len() != targets.len() {
         return Err(ParallelError::Misaligned {
             source_key,
@@ -76,8 +108,16 @@ pub struct Specials {
 
 impl Specials {
     pub fn of(tokenizer: &dyn Tokenizer) -> Result<Self, ParallelError> {
-        let id = |token: &'static str| tokenizer.special_id(token).ok_or(ParallelError::MissingSpecial(token));
-        Ok(Self { pad: id(PAD)?, bos: id(BOS)?, eos: id(EOS)? })
+        let id = |token: &'static str| {
+            tokenizer
+                .special_id(token)
+                .ok_or(ParallelError::MissingSpecial(token))
+        };
+        Ok(Self {
+            pad: id(PAD)?,
+            bos: id(BOS)?,
+            eos: id(EOS)?,
+        })
     }
 }
 
@@ -100,7 +140,11 @@ impl PairTokens {
 }
 
 /// A source sentence as the encoder reads it: its tokens then `<eos>`.
-pub fn encode_source(tokenizer: &dyn Tokenizer, text: &str, specials: Specials) -> Result<Vec<u32>, String> {
+pub fn encode_source(
+    tokenizer: &dyn Tokenizer,
+    text: &str,
+    specials: Specials,
+) -> Result<Vec<u32>, String> {
     let mut ids = tokenizer.encode(text).map_err(|e| e.to_string())?;
     ids.push(specials.eos);
     Ok(ids)
@@ -113,18 +157,39 @@ pub fn encode_pairs(
     pairs: &[(String, String)],
     keys: [&'static str; 2],
 ) -> Result<Vec<PairTokens>, ParallelError> {
-    let style = indicatif::ProgressStyle::with_template("kiln: encoding {msg} {bar:30} {pos}/{len} pairs").expect("valid progress template");
-    let bar = indicatif::ProgressBar::new(pairs.len() as u64).with_style(style).with_message(keys[0]);
+    let style =
+        indicatif::ProgressStyle::with_template("kiln: encoding {msg} {bar:30} {pos}/{len} pairs")
+            .expect("valid progress template");
+    let bar = indicatif::ProgressBar::new(pairs.len() as u64)
+        .with_style(style)
+        .with_message(keys[0]);
     let encoded = pairs
         .iter()
         .enumerate()
         .map(|(i, (source, target))| {
             bar.inc(1);
-            let source = encode_source(tokenizer, source, specials).map_err(|reason| ParallelError::Encode { key: keys[0], line: i + 1, reason })?;
+            let source = encode_source(tokenizer, source, specials).map_err(|reason| {
+                ParallelError::Encode {
+                    key: keys[0],
+                    line: i + 1,
+                    reason,
+                }
+            })?;
             let mut ids = vec![specials.bos];
-            ids.extend(tokenizer.encode(target).map_err(|e| ParallelError::Encode { key: keys[1], line: i + 1, reason: e.to_string() })?);
+            ids.extend(
+                tokenizer
+                    .encode(target)
+                    .map_err(|e| ParallelError::Encode {
+                        key: keys[1],
+                        line: i + 1,
+                        reason: e.to_string(),
+                    })?,
+            );
             ids.push(specials.eos);
-            Ok(PairTokens { source, target: ids })
+            Ok(PairTokens {
+                source,
+                target: ids,
+            })
         })
         .collect();
     bar.finish_and_clear();
@@ -148,10 +213,21 @@ impl<B: Backend> Seq2SeqBatch<B> {
     pub fn new(pairs: &[&PairTokens], pad: u32, device: &B::Device) -> Self {
         let src = pairs.iter().map(|p| p.source.len()).max().unwrap_or(1);
         let tgt = pairs.iter().map(|p| p.target.len() - 1).max().unwrap_or(1);
-        let padded = |ids: &[u32], len: usize| ids.iter().map(|&t| t as i64).chain(std::iter::repeat(pad as i64)).take(len).collect::<Vec<_>>();
-        let tensor = |rows: Vec<Vec<i64>>, len: usize| Tensor::from_data(TensorData::new(rows.concat(), [pairs.len(), len]), device);
+        let padded = |ids: &[u32], len: usize| {
+            ids.iter()
+                .map(|&t| t as i64)
+                .chain(std::iter::repeat(pad as i64))
+                .take(len)
+                .collect::<Vec<_>>()
+        };
+        let tensor = |rows: Vec<Vec<i64>>, len: usize| {
+            Tensor::from_data(TensorData::new(rows.concat(), [pairs.len(), len]), device)
+        };
         let source = pairs.iter().map(|p| padded(&p.source, src)).collect();
-        let target_in = pairs.iter().map(|p| padded(&p.target[..p.target.len() - 1], tgt)).collect();
+        let target_in = pairs
+            .iter()
+            .map(|p| padded(&p.target[..p.target.len() - 1], tgt))
+            .collect();
         let target_out = pairs.iter().map(|p| padded(&p.target[1..], tgt)).collect();
         Self {
             source: tensor(source, src),
@@ -179,11 +255,20 @@ const POOL_BATCHES: usize = 100;
 
 impl PairBatches {
     pub fn new(pairs: Arc<[PairTokens]>, batch_size: usize, pad: u32, seed: u64) -> Self {
-        Self { pairs, batch_size, pad, seed, label_smoothing: 0.0 }
+        Self {
+            pairs,
+            batch_size,
+            pad,
+            seed,
+            label_smoothing: 0.0,
+        }
     }
 
     pub fn with_label_smoothing(self, label_smoothing: f64) -> Self {
-        Self { label_smoothing, ..self }
+        Self {
+            label_smoothing,
+            ..self
+        }
     }
 
     /// Micro-batches in one pass over the pairs.
@@ -210,7 +295,12 @@ impl PairBatches {
 
 impl<B: Backend> MicroBatches<B> for PairBatches {
     type Batch = Seq2SeqBatch<B>;
-    fn range(&self, first: usize, count: usize, device: &B::Device) -> Box<dyn DataLoaderIterator<Seq2SeqBatch<B>>> {
+    fn range(
+        &self,
+        first: usize,
+        count: usize,
+        device: &B::Device,
+    ) -> Box<dyn DataLoaderIterator<Seq2SeqBatch<B>>> {
         let per_pass = self.per_pass().max(1);
         let mut pass_cache: Option<(usize, Vec<Vec<usize>>)> = None;
         let indices: Vec<Vec<usize>> = (first..first + count)
@@ -219,7 +309,10 @@ impl<B: Backend> MicroBatches<B> for PairBatches {
                 if pass_cache.as_ref().is_none_or(|(p, _)| *p != pass) {
                     pass_cache = Some((pass, self.pass(pass)));
                 }
-                pass_cache.as_ref().map(|(_, batches)| batches[index % per_pass].clone()).unwrap_or_default()
+                pass_cache
+                    .as_ref()
+                    .map(|(_, batches)| batches[index % per_pass].clone())
+                    .unwrap_or_default()
             })
             .collect();
         let mut batches = PairIter::new(self.pairs.clone(), indices, self.pad, device.clone());
@@ -247,33 +340,67 @@ pub struct FixedPairs<B: Backend> {
 
 impl<B: Backend> FixedPairs<B> {
     /// At most `max_batches` batches (0: all) of `batch_size` pairs.
-    pub fn new(pairs: Arc<[PairTokens]>, batch_size: usize, max_batches: usize, pad: u32, device: B::Device) -> Self {
+    pub fn new(
+        pairs: Arc<[PairTokens]>,
+        batch_size: usize,
+        max_batches: usize,
+        pad: u32,
+        device: B::Device,
+    ) -> Self {
         let mut order: Vec<usize> = (0..pairs.len()).collect();
         order.sort_by_key(|&i| pairs[i].len());
-        let mut batches: Vec<Vec<usize>> = order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        let mut batches: Vec<Vec<usize>> = order
+            .chunks(batch_size.max(1))
+            .map(<[usize]>::to_vec)
+            .collect();
         if max_batches > 0 && batches.len() > max_batches {
             // Spread over all lengths rather than the shortest sentences only.
             let step = batches.len() as f64 / max_batches as f64;
-            batches = (0..max_batches).map(|i| batches[(i as f64 * step) as usize].clone()).collect();
+            batches = (0..max_batches)
+                .map(|i| batches[(i as f64 * step) as usize].clone())
+                .collect();
         }
-        Self { pairs, batches: batches.into(), pad, skip_when: None, device }
+        Self {
+            pairs,
+            batches: batches.into(),
+            pad,
+            skip_when: None,
+            device,
+        }
     }
 
     pub fn skip_when(self, stop: StopCheck) -> Self {
-        Self { skip_when: Some(stop), ..self }
+        Self {
+            skip_when: Some(stop),
+            ..self
+        }
     }
 
     /// All batches, for evaluation outside the Learner.
     pub fn batches(&self) -> PairIter<B> {
-        PairIter::new(self.pairs.clone(), self.batches.to_vec(), self.pad, self.device.clone())
+        PairIter::new(
+            self.pairs.clone(),
+            self.batches.to_vec(),
+            self.pad,
+            self.device.clone(),
+        )
     }
 }
 
 impl<B: Backend> DataLoader<B, Seq2SeqBatch<B>> for FixedPairs<B> {
     fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<Seq2SeqBatch<B>> + 'a> {
         let skip = self.skip_when.as_ref().is_some_and(|stop| stop());
-        let batches = if skip { Vec::new() } else { self.batches.to_vec() };
-        Box::new(PairIter::new(self.pairs.clone(), batches, self.pad, self.device.clone()))
+        let batches = if skip {
+            Vec::new()
+        } else {
+            self.batches.to_vec()
+        };
+        Box::new(PairIter::new(
+            self.pairs.clone(),
+            batches,
+            self.pad,
+            self.device.clone(),
+        ))
     }
 
     fn num_items(&self) -> usize {
@@ -281,13 +408,19 @@ impl<B: Backend> DataLoader<B, Seq2SeqBatch<B>> for FixedPairs<B> {
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, Seq2SeqBatch<B>>> {
-        Arc::new(Self { device: device.clone(), ..self.clone() })
+        Arc::new(Self {
+            device: device.clone(),
+            ..self.clone()
+        })
     }
 
     fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, Seq2SeqBatch<B>>> {
         let end = end.min(self.batches.len());
         let batches: Vec<Vec<usize>> = self.batches[start.min(end)..end].to_vec();
-        Arc::new(Self { batches: batches.into(), ..self.clone() })
+        Arc::new(Self {
+            batches: batches.into(),
+            ..self.clone()
+        })
     }
 }
 
@@ -303,9 +436,22 @@ pub struct PairIter<B: Backend> {
 }
 
 impl<B: Backend> PairIter<B> {
-    fn new(pairs: Arc<[PairTokens]>, batches: Vec<Vec<usize>>, pad: u32, device: B::Device) -> Self {
+    fn new(
+        pairs: Arc<[PairTokens]>,
+        batches: Vec<Vec<usize>>,
+        pad: u32,
+        device: B::Device,
+    ) -> Self {
         let total = batches.iter().map(Vec::len).sum();
-        Self { pairs, batches: batches.into_iter(), pad, device, label_smoothing: 0.0, done: 0, total }
+        Self {
+            pairs,
+            batches: batches.into_iter(),
+            pad,
+            device,
+            label_smoothing: 0.0,
+            done: 0,
+            total,
+        }
     }
 }
 
@@ -315,7 +461,10 @@ impl<B: Backend> Iterator for PairIter<B> {
         let indices = self.batches.next()?;
         self.done += indices.len();
         let pairs: Vec<&PairTokens> = indices.iter().map(|&i| &self.pairs[i]).collect();
-        Some(Seq2SeqBatch { label_smoothing: self.label_smoothing, ..Seq2SeqBatch::new(&pairs, self.pad, &self.device) })
+        Some(Seq2SeqBatch {
+            label_smoothing: self.label_smoothing,
+            ..Seq2SeqBatch::new(&pairs, self.pad, &self.device)
+        })
     }
 }
 
@@ -331,17 +480,38 @@ mod tests {
     type B = burn::backend::NdArray<f32>;
 
     fn pairs(n: usize) -> Arc<[PairTokens]> {
-        (0..n).map(|i| PairTokens { source: vec![5; 1 + i % 7], target: vec![1; 2 + i % 5] }).collect::<Vec<_>>().into()
+        (0..n)
+            .map(|i| PairTokens {
+                source: vec![5; 1 + i % 7],
+                target: vec![1; 2 + i % 5],
+            })
+            .collect::<Vec<_>>()
+            .into()
     }
 
     #[test]
     fn batches_pad_and_shift_the_target() {
-        let a = PairTokens { source: vec![7, 8, 2], target: vec![1, 9, 2] };
-        let b = PairTokens { source: vec![7, 2], target: vec![1, 9, 9, 2] };
+        let a = PairTokens {
+            source: vec![7, 8, 2],
+            target: vec![1, 9, 2],
+        };
+        let b = PairTokens {
+            source: vec![7, 2],
+            target: vec![1, 9, 9, 2],
+        };
         let batch = Seq2SeqBatch::<B>::new(&[&a, &b], 0, &Default::default());
-        assert_eq!(batch.source.into_data().to_vec::<i64>().unwrap(), vec![7, 8, 2, 7, 2, 0]);
-        assert_eq!(batch.target_in.into_data().to_vec::<i64>().unwrap(), vec![1, 9, 0, 1, 9, 9]);
-        assert_eq!(batch.target_out.into_data().to_vec::<i64>().unwrap(), vec![9, 2, 0, 9, 9, 2]);
+        assert_eq!(
+            batch.source.into_data().to_vec::<i64>().unwrap(),
+            vec![7, 8, 2, 7, 2, 0]
+        );
+        assert_eq!(
+            batch.target_in.into_data().to_vec::<i64>().unwrap(),
+            vec![1, 9, 0, 1, 9, 9]
+        );
+        assert_eq!(
+            batch.target_out.into_data().to_vec::<i64>().unwrap(),
+            vec![9, 2, 0, 9, 9, 2]
+        );
         assert_eq!(batch.target_tokens, 5);
     }
 

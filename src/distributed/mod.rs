@@ -37,11 +37,19 @@ pub struct Replica {
 
 impl Replica {
     /// The only replica of a run on one device.
-    pub const SOLE: Replica = Replica { rank: 0, world: 1, local: 0 };
+    pub const SOLE: Replica = Replica {
+        rank: 0,
+        world: 1,
+        local: 0,
+    };
 
     /// The replica on local device `local` of this node.
     pub fn on(section: &DistributedSection, local: usize) -> Self {
-        Self { rank: section.node_rank * section.local_replicas() + local, world: section.replicas(), local }
+        Self {
+            rank: section.node_rank * section.local_replicas() + local,
+            world: section.replicas(),
+            local,
+        }
     }
 
     /// Replica 0 writes the run's checkpoints, metrics and summary.
@@ -138,7 +146,9 @@ mod exchange {
             };
             if exchange.local_replicas > 1 {
                 let config = CollectiveConfig::default().with_num_devices(exchange.local_replicas);
-                exchange.guarded("joining the other devices", || burn_collective::register::<B>(exchange.peer(), device.clone(), config))?;
+                exchange.guarded("joining the other devices", || {
+                    burn_collective::register::<B>(exchange.peer(), device.clone(), config)
+                })?;
             }
             if exchange.nodes > 1 && replica.local == 0 {
                 exchange.link = Some(Mutex::new(NodeLink::connect(section, agreement)?));
@@ -168,7 +178,9 @@ mod exchange {
             if self.local_replicas == 1 {
                 return Ok(());
             }
-            self.guarded("leaving the other devices", || burn_collective::finish_collective::<B>(self.peer()))
+            self.guarded("leaving the other devices", || {
+                burn_collective::finish_collective::<B>(self.peer())
+            })
         }
 
         fn peer(&self) -> PeerId {
@@ -177,7 +189,11 @@ mod exchange {
 
         fn local_mean<B: Backend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
             let mean = self.guarded("averaging gradients with the other devices", || {
-                burn_collective::all_reduce::<B>(self.peer(), flat.into_primitive().tensor(), ReduceOperation::Mean)
+                burn_collective::all_reduce::<B>(
+                    self.peer(),
+                    flat.into_primitive().tensor(),
+                    ReduceOperation::Mean,
+                )
             })?;
             Ok(Tensor::from_primitive(TensorPrimitive::Float(mean)))
         }
@@ -188,7 +204,11 @@ mod exchange {
             let device = flat.device();
             let mean = match &self.link {
                 Some(link) => {
-                    let mut values = flat.into_data().convert::<f32>().into_vec::<f32>().context("reading gradients back from the device")?;
+                    let mut values = flat
+                        .into_data()
+                        .convert::<f32>()
+                        .into_vec::<f32>()
+                        .context("reading gradients back from the device")?;
                     let traded = link.lock().expect("node link lock").mean(&mut values);
                     if let (Err(e), true) = (&traded, self.local_replicas > 1) {
                         // This machine's other replicas wait in the broadcast below: end them too.
@@ -196,7 +216,10 @@ mod exchange {
                     }
                     traded?;
                     let len = values.len();
-                    Some(Tensor::<B, 1>::from_data(TensorData::new(values, [len]), &device))
+                    Some(Tensor::<B, 1>::from_data(
+                        TensorData::new(values, [len]),
+                        &device,
+                    ))
                 }
                 None => None,
             };
@@ -204,27 +227,53 @@ mod exchange {
                 return mean.context("a machine's only replica holds the node link");
             }
             let shared = self.guarded("receiving the mean over machines", || {
-                burn_collective::broadcast::<B>(self.peer(), mean.map(|t| t.into_primitive().tensor()))
+                burn_collective::broadcast::<B>(
+                    self.peer(),
+                    mean.map(|t| t.into_primitive().tensor()),
+                )
             })?;
             Ok(Tensor::from_primitive(TensorPrimitive::Float(shared)))
         }
 
         /// Runs one collective call under the watch; its error names what was being done.
-        fn guarded<T>(&self, what: &'static str, call: impl FnOnce() -> Result<T, burn_collective::CollectiveError>) -> Result<T> {
+        fn guarded<T>(
+            &self,
+            what: &'static str,
+            call: impl FnOnce() -> Result<T, burn_collective::CollectiveError>,
+        ) -> Result<T> {
             let ticket = self.watch.begin(self.replica, what);
             let result = call();
             self.watch.end(ticket);
-            result.map_err(|e| anyhow::anyhow!("replica {} of {}: {what} failed: {e:?}", self.replica.rank, self.replica.world))
+            result.map_err(|e| {
+                anyhow::anyhow!(
+                    "replica {} of {}: {what} failed: {e:?}",
+                    self.replica.rank,
+                    self.replica.world
+                )
+            })
         }
     }
 
     /// A step's gradients as one vector `[g_1 … g_n, stop]`, so that each trade between
     /// replicas is one message; the [`Layout`] puts it back into the gradients of `module`.
-    fn gather<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, mut grads: GradientsParams, stop: bool) -> (Tensor<B::InnerBackend, 1>, Layout) {
-        let mut gather = Gather::<B> { grads: &mut grads, pieces: Vec::new(), offsets: HashMap::new(), len: 0 };
+    fn gather<B: AutodiffBackend, M: AutodiffModule<B>>(
+        module: &M,
+        mut grads: GradientsParams,
+        stop: bool,
+    ) -> (Tensor<B::InnerBackend, 1>, Layout) {
+        let mut gather = Gather::<B> {
+            grads: &mut grads,
+            pieces: Vec::new(),
+            offsets: HashMap::new(),
+            len: 0,
+        };
         module.visit(&mut gather);
         let (mut pieces, offsets) = (gather.pieces, gather.offsets);
-        let device = module.devices().into_iter().next().expect("a model has a device");
+        let device = module
+            .devices()
+            .into_iter()
+            .next()
+            .expect("a model has a device");
         pieces.push(Tensor::from_floats([if stop { 1.0 } else { 0.0 }], &device));
         (Tensor::cat(pieces, 0), Layout(offsets))
     }
@@ -235,10 +284,23 @@ mod exchange {
     impl Layout {
         /// `module`'s gradients, and whether any replica asked to stop (the averaged flag is
         /// above 0).
-        fn scatter<B: AutodiffBackend, M: AutodiffModule<B>>(mut self, module: &M, flat: Tensor<B::InnerBackend, 1>) -> (GradientsParams, bool) {
+        fn scatter<B: AutodiffBackend, M: AutodiffModule<B>>(
+            mut self,
+            module: &M,
+            flat: Tensor<B::InnerBackend, 1>,
+        ) -> (GradientsParams, bool) {
             let len = flat.dims()[0];
-            let stop = flat.clone().slice([len - 1..len]).into_scalar().elem::<f32>() > 0.0;
-            let mut scatter = Scatter::<B> { flat, offsets: &mut self.0, grads: GradientsParams::new() };
+            let stop = flat
+                .clone()
+                .slice([len - 1..len])
+                .into_scalar()
+                .elem::<f32>()
+                > 0.0;
+            let mut scatter = Scatter::<B> {
+                flat,
+                offsets: &mut self.0,
+                grads: GradientsParams::new(),
+            };
             module.visit(&mut scatter);
             (scatter.grads, stop)
         }
@@ -273,7 +335,11 @@ mod exchange {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(offset) = self.offsets.remove(&param.id) {
                 let shape = param.shape();
-                let grad = self.flat.clone().slice([offset..offset + shape.num_elements()]).reshape(shape);
+                let grad = self
+                    .flat
+                    .clone()
+                    .slice([offset..offset + shape.num_elements()])
+                    .reshape(shape);
                 self.grads.register::<B::InnerBackend, D>(param.id, grad);
             }
         }
@@ -295,7 +361,11 @@ mod exchange {
             static WATCH: OnceLock<Arc<Watch>> = OnceLock::new();
             WATCH
                 .get_or_init(|| {
-                    let watch = Arc::new(Watch { timeout, waiting: Mutex::new(Vec::new()), tickets: Default::default() });
+                    let watch = Arc::new(Watch {
+                        timeout,
+                        waiting: Mutex::new(Vec::new()),
+                        tickets: Default::default(),
+                    });
                     let watched = watch.clone();
                     std::thread::spawn(move || watched.run());
                     watch
@@ -304,13 +374,21 @@ mod exchange {
         }
 
         fn begin(&self, replica: Replica, what: &'static str) -> u64 {
-            let ticket = self.tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.waiting.lock().expect("watch lock").push((ticket, Instant::now(), replica, what));
+            let ticket = self
+                .tickets
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.waiting
+                .lock()
+                .expect("watch lock")
+                .push((ticket, Instant::now(), replica, what));
             ticket
         }
 
         fn end(&self, ticket: u64) {
-            self.waiting.lock().expect("watch lock").retain(|(t, ..)| *t != ticket);
+            self.waiting
+                .lock()
+                .expect("watch lock")
+                .retain(|(t, ..)| *t != ticket);
         }
 
         /// Ends the process now: this machine's replicas cannot go on without the others.
@@ -323,7 +401,10 @@ mod exchange {
             loop {
                 std::thread::sleep(Duration::from_millis(500));
                 let waiting = self.waiting.lock().expect("watch lock");
-                if let Some((_, since, replica, what)) = waiting.iter().find(|(_, since, ..)| since.elapsed() > self.timeout) {
+                if let Some((_, since, replica, what)) = waiting
+                    .iter()
+                    .find(|(_, since, ..)| since.elapsed() > self.timeout)
+                {
                     self.abort(&format!(
                         "replica {} of {} has been {what} for {:.0}s without an answer: another device stopped \
                          (distributed.timeout_secs = {}).",
@@ -350,7 +431,12 @@ mod disabled {
     pub enum Exchange {}
 
     impl Exchange {
-        pub fn average<B: AutodiffBackend, M: AutodiffModule<B>>(&self, _: &M, _: GradientsParams, _: bool) -> Result<(GradientsParams, bool)> {
+        pub fn average<B: AutodiffBackend, M: AutodiffModule<B>>(
+            &self,
+            _: &M,
+            _: GradientsParams,
+            _: bool,
+        ) -> Result<(GradientsParams, bool)> {
             match *self {}
         }
     }
@@ -362,8 +448,20 @@ mod tests {
 
     #[test]
     fn ranks_count_devices_then_nodes() {
-        let section = DistributedSection { devices: vec![0, 1], nodes: 2, node_rank: 1, ..Default::default() };
-        assert_eq!(Replica::on(&section, 1), Replica { rank: 3, world: 4, local: 1 });
+        let section = DistributedSection {
+            devices: vec![0, 1],
+            nodes: 2,
+            node_rank: 1,
+            ..Default::default()
+        };
+        assert_eq!(
+            Replica::on(&section, 1),
+            Replica {
+                rank: 3,
+                world: 4,
+                local: 1
+            }
+        );
         assert!(!Replica::on(&section, 0).writes_run());
         assert!(Replica::on(&section, 0).writes_final_model());
         assert_eq!(port_of("10.0.0.1:3000"), Some(3000));

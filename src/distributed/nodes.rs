@@ -59,7 +59,13 @@ impl NodeLink {
             0 => host(section, agreement, timeout)?,
             rank => vec![join(section, rank, agreement, timeout)?],
         };
-        Ok(Self { node_rank: section.node_rank, nodes: section.nodes, peers, timeout, incoming: Vec::new() })
+        Ok(Self {
+            node_rank: section.node_rank,
+            nodes: section.nodes,
+            peers,
+            timeout,
+            incoming: Vec::new(),
+        })
     }
 
     /// Replaces `values` by their mean over all nodes.
@@ -72,7 +78,10 @@ impl NodeLink {
         incoming.resize(values.len(), 0.0);
         for i in 0..self.peers.len() {
             read_floats(&mut self.peers[i], &mut incoming).map_err(|e| self.peer_error(i, e))?;
-            values.iter_mut().zip(&incoming).for_each(|(value, other)| *value += other);
+            values
+                .iter_mut()
+                .zip(&incoming)
+                .for_each(|(value, other)| *value += other);
         }
         self.incoming = incoming;
         let nodes = self.nodes as f32;
@@ -102,13 +111,22 @@ impl NodeLink {
 
 /// Node 0: listens at the coordinator address until every other node has connected and
 /// agreed, or `timeout` has passed. Refused nodes are reported and may connect again.
-fn host(section: &DistributedSection, agreement: &Value, timeout: Duration) -> Result<Vec<TcpStream>> {
+fn host(
+    section: &DistributedSection,
+    agreement: &Value,
+    timeout: Duration,
+) -> Result<Vec<TcpStream>> {
     let address = &section.coordinator;
     let listener = TcpListener::bind(address).with_context(|| {
         format!("distributed.coordinator = {address:?}: node 0 cannot listen there (it must be an address of this machine, with a free port)")
     })?;
-    listener.set_nonblocking(true).context("configuring the coordinator's socket")?;
-    eprintln!("kiln: node 0 waits at {address} for {} other node(s)", section.nodes - 1);
+    listener
+        .set_nonblocking(true)
+        .context("configuring the coordinator's socket")?;
+    eprintln!(
+        "kiln: node 0 waits at {address} for {} other node(s)",
+        section.nodes - 1
+    );
     let deadline = Instant::now() + timeout;
     let mut spokes: Vec<Option<TcpStream>> = (1..section.nodes).map(|_| None).collect();
     while spokes.iter().any(Option::is_none) {
@@ -118,11 +136,15 @@ fn host(section: &DistributedSection, agreement: &Value, timeout: Duration) -> R
                     eprintln!("kiln: node {rank} joined from {from}");
                     spokes[rank - 1] = Some(stream);
                 }
-                Err(e) => eprintln!("kiln: warning: node 0 turned away a connection from {from}: {e:#}"),
+                Err(e) => {
+                    eprintln!("kiln: warning: node 0 turned away a connection from {from}: {e:#}")
+                }
             },
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    let missing: Vec<usize> = (1..section.nodes).filter(|rank| spokes[rank - 1].is_none()).collect();
+                    let missing: Vec<usize> = (1..section.nodes)
+                        .filter(|rank| spokes[rank - 1].is_none())
+                        .collect();
                     bail!(
                         "node 0 waited {}s at distributed.coordinator = {address:?}, but node(s) {missing:?} did not join \
                          (distributed.timeout_secs): start kiln on every node with the same config and its own distributed.node_rank",
@@ -131,28 +153,47 @@ fn host(section: &DistributedSection, agreement: &Value, timeout: Duration) -> R
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(e).with_context(|| format!("accepting nodes at distributed.coordinator = {address:?}")),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("accepting nodes at distributed.coordinator = {address:?}")
+                })
+            }
         }
     }
     Ok(spokes.into_iter().flatten().collect())
 }
 
 /// Reads a connecting node's hello, checks it against node 0's own, and answers it.
-fn admit(mut stream: TcpStream, agreement: &Value, spokes: &[Option<TcpStream>], timeout: Duration) -> Result<(usize, TcpStream)> {
+fn admit(
+    mut stream: TcpStream,
+    agreement: &Value,
+    spokes: &[Option<TcpStream>],
+    timeout: Duration,
+) -> Result<(usize, TcpStream)> {
     stream.set_nonblocking(false)?;
     configure(&stream, timeout)?;
     let hello: Hello = read_message(&mut stream)?;
     let rank = hello.node_rank;
     let refused = if rank == 0 || rank > spokes.len() {
-        Some(format!("its distributed.node_rank = {rank} is not one of 1..{}", spokes.len()))
+        Some(format!(
+            "its distributed.node_rank = {rank} is not one of 1..{}",
+            spokes.len()
+        ))
     } else if spokes[rank - 1].is_some() {
-        Some(format!("node {rank} has joined already: two nodes have distributed.node_rank = {rank}"))
+        Some(format!(
+            "node {rank} has joined already: two nodes have distributed.node_rank = {rank}"
+        ))
     } else {
         first_difference(agreement, &hello.agreement, "").map(|(key, ours, theirs)| {
             format!("{key} is {theirs} on node {rank} but {ours} on node 0; every node needs the same config apart from node_rank, and the same checkpoint to resume from")
         })
     };
-    write_message(&mut stream, &Welcome { refused: refused.clone() })?;
+    write_message(
+        &mut stream,
+        &Welcome {
+            refused: refused.clone(),
+        },
+    )?;
     match refused {
         Some(why) => bail!("{why}"),
         None => Ok((rank, stream)),
@@ -161,7 +202,12 @@ fn admit(mut stream: TcpStream, agreement: &Value, spokes: &[Option<TcpStream>],
 
 /// Any other node: connects to node 0 (retrying until `timeout`, as node 0 may start later)
 /// and says hello.
-fn join(section: &DistributedSection, rank: usize, agreement: &Value, timeout: Duration) -> Result<TcpStream> {
+fn join(
+    section: &DistributedSection,
+    rank: usize,
+    agreement: &Value,
+    timeout: Duration,
+) -> Result<TcpStream> {
     let address = &section.coordinator;
     let deadline = Instant::now() + timeout;
     let mut hub = loop {
@@ -179,8 +225,16 @@ fn join(section: &DistributedSection, rank: usize, agreement: &Value, timeout: D
         }
     };
     configure(&hub, timeout)?;
-    write_message(&mut hub, &Hello { node_rank: rank, agreement: agreement.clone() }).context("greeting node 0")?;
-    let welcome: Welcome = read_message(&mut hub).context("waiting for node 0 to accept this node")?;
+    write_message(
+        &mut hub,
+        &Hello {
+            node_rank: rank,
+            agreement: agreement.clone(),
+        },
+    )
+    .context("greeting node 0")?;
+    let welcome: Welcome =
+        read_message(&mut hub).context("waiting for node 0 to accept this node")?;
     if let Some(why) = welcome.refused {
         bail!("node 0 at {address} refused node {rank}: {why}");
     }
@@ -200,8 +254,16 @@ fn first_difference(ours: &Value, theirs: &Value, path: &str) -> Option<(String,
         (Value::Object(a), Value::Object(b)) => {
             let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             keys.into_iter().find_map(|key| {
-                let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                first_difference(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &path)
+                let path = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                first_difference(
+                    a.get(key).unwrap_or(&Value::Null),
+                    b.get(key).unwrap_or(&Value::Null),
+                    &path,
+                )
             })
         }
         _ if ours == theirs => None,
@@ -226,7 +288,8 @@ fn read_message<T: for<'de> Deserialize<'de>>(stream: &mut TcpStream) -> Result<
     }
     let mut bytes = vec![0u8; len as usize];
     stream.read_exact(&mut bytes)?;
-    serde_json::from_slice(&bytes).context("a message that is not a kiln node's (or not the same kiln version's)")
+    serde_json::from_slice(&bytes)
+        .context("a message that is not a kiln node's (or not the same kiln version's)")
 }
 
 fn write_floats(stream: &mut TcpStream, values: &[f32]) -> std::io::Result<()> {
@@ -256,11 +319,20 @@ mod tests {
     use super::*;
 
     fn section(node_rank: usize, port: u16) -> DistributedSection {
-        DistributedSection { nodes: 3, node_rank, coordinator: format!("127.0.0.1:{port}"), timeout_secs: 20, ..Default::default() }
+        DistributedSection {
+            nodes: 3,
+            node_rank,
+            coordinator: format!("127.0.0.1:{port}"),
+            timeout_secs: 20,
+            ..Default::default()
+        }
     }
 
     fn free_port() -> u16 {
-        TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+        TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port")
     }
 
     #[test]
@@ -298,11 +370,21 @@ mod tests {
         two.timeout_secs = 2;
         let hub = std::thread::spawn({
             let two = two.clone();
-            move || NodeLink::connect(&two, &ours).err().map(|e| format!("{e:#}"))
+            move || {
+                NodeLink::connect(&two, &ours)
+                    .err()
+                    .map(|e| format!("{e:#}"))
+            }
         });
         two.node_rank = 1;
-        let refused = NodeLink::connect(&two, &theirs).err().map(|e| format!("{e:#}")).unwrap_or_default();
-        assert!(refused.contains("model.d_model is 32 on node 1 but 64 on node 0"), "{refused}");
+        let refused = NodeLink::connect(&two, &theirs)
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(
+            refused.contains("model.d_model is 32 on node 1 but 64 on node 0"),
+            "{refused}"
+        );
         let waited = hub.join().unwrap().unwrap_or_default();
         assert!(waited.contains("node(s) [1] did not join"), "{waited}");
     }

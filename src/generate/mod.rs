@@ -71,7 +71,10 @@ pub fn generate<B: Backend>(
     let block_size = model.block_size();
     let device = model.devices().into_iter().next().unwrap_or_default();
     let tensor = |ids: &[u32]| {
-        let data = TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
+        let data = TensorData::new(
+            ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+            [1, ids.len()],
+        );
         Tensor::<B, 2, Int>::from_data(data, &device)
     };
 
@@ -81,7 +84,11 @@ pub fn generate<B: Backend>(
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut generated = Vec::with_capacity(sampling.max_new_tokens);
     for i in 0..sampling.max_new_tokens {
-        let row: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap_or_default();
+        let row: Vec<f32> = logits
+            .into_data()
+            .convert::<f32>()
+            .to_vec()
+            .unwrap_or_default();
         let next = sample(&row, sampling, &mut rng);
         on_token(next);
         generated.push(next);
@@ -106,8 +113,11 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut impl Rng) -> u32 {
         return argmax(logits);
     }
     // (id, logit / temperature), most likely first.
-    let mut candidates: Vec<(u32, f64)> =
-        logits.iter().enumerate().map(|(i, &l)| (i as u32, l as f64 / sampling.temperature)).collect();
+    let mut candidates: Vec<(u32, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l as f64 / sampling.temperature))
+        .collect();
     candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
     if let Some(k) = sampling.top_k {
         candidates.truncate(k);
@@ -119,7 +129,14 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut impl Rng) -> u32 {
     if let Some(top_p) = sampling.top_p {
         // Smallest prefix whose probability mass reaches top_p (always at least one token).
         let mut mass = 0.0;
-        let keep = probs.iter().take_while(|&&p| { let before = mass; mass += p; before < top_p }).count();
+        let keep = probs
+            .iter()
+            .take_while(|&&p| {
+                let before = mass;
+                mass += p;
+                before < top_p
+            })
+            .count();
         probs.truncate(keep.max(1));
         let total: f64 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
@@ -135,8 +152,17 @@ pub fn sample(logits: &[f32], sampling: &Sampling, rng: &mut impl Rng) -> u32 {
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best }).0
-        as u32
+    logits
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
+            if l > best.1 {
+                (i, l)
+            } else {
+                best
+            }
+        })
+        .0 as u32
 }
 
 /// Prints bytes as they come, holding back an incomplete UTF-8 character until its last byte.
@@ -147,13 +173,19 @@ pub struct Utf8Stream<W: Write> {
 
 impl Utf8Stream<std::io::Stdout> {
     pub fn stdout() -> Self {
-        Self { out: std::io::stdout(), pending: Vec::new() }
+        Self {
+            out: std::io::stdout(),
+            pending: Vec::new(),
+        }
     }
 }
 
 impl<W: Write> Utf8Stream<W> {
     pub fn new(out: W) -> Self {
-        Self { out, pending: Vec::new() }
+        Self {
+            out,
+            pending: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -165,13 +197,17 @@ impl<W: Write> Utf8Stream<W> {
             Err(_) => self.pending.len(),
         };
         let ready: Vec<u8> = self.pending.drain(..valid).collect();
-        let _ = self.out.write_all(String::from_utf8_lossy(&ready).as_bytes());
+        let _ = self
+            .out
+            .write_all(String::from_utf8_lossy(&ready).as_bytes());
         let _ = self.out.flush();
     }
 
     pub fn finish(mut self) -> W {
         let rest = std::mem::take(&mut self.pending);
-        let _ = self.out.write_all(String::from_utf8_lossy(&rest).as_bytes());
+        let _ = self
+            .out
+            .write_all(String::from_utf8_lossy(&rest).as_bytes());
         let _ = self.out.flush();
         self.out
     }
@@ -182,7 +218,13 @@ mod tests {
     use super::*;
 
     fn sampling(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> Sampling {
-        Sampling { max_new_tokens: 1, temperature, top_k, top_p, seed: 0 }
+        Sampling {
+            max_new_tokens: 1,
+            temperature,
+            top_k,
+            top_p,
+            seed: 0,
+        }
     }
 
     #[test]
@@ -199,11 +241,30 @@ mod tests {
 
     #[test]
     fn bad_settings_are_rejected_with_the_flag_name() {
-        assert!(sampling(-1.0, None, None).validate().unwrap_err().to_string().contains("--temperature"));
-        assert!(sampling(1.0, None, Some(1.5)).validate().unwrap_err().to_string().contains("--top-p"));
-        assert!(sampling(1.0, Some(0), None).validate().unwrap_err().to_string().contains("--top-k"));
-        let zero = Sampling { max_new_tokens: 0, ..sampling(1.0, None, None) };
-        assert!(zero.validate().unwrap_err().to_string().contains("--max-new-tokens"));
+        assert!(sampling(-1.0, None, None)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--temperature"));
+        assert!(sampling(1.0, None, Some(1.5))
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--top-p"));
+        assert!(sampling(1.0, Some(0), None)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--top-k"));
+        let zero = Sampling {
+            max_new_tokens: 0,
+            ..sampling(1.0, None, None)
+        };
+        assert!(zero
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("--max-new-tokens"));
     }
 
     #[test]

@@ -13,7 +13,13 @@ use super::normal;
 
 /// A linear layer with N(0, std) weights and zero bias, as GPT-2 initialises them, or with
 /// PyTorch's default U(±1/√d_in) weights and bias when `std` is `None`.
-pub(crate) fn linear<B: Backend>(d_in: usize, d_out: usize, bias: bool, std: Option<f64>, device: &B::Device) -> Linear<B> {
+pub(crate) fn linear<B: Backend>(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: Option<f64>,
+    device: &B::Device,
+) -> Linear<B> {
     let config = LinearConfig::new(d_in, d_out).with_bias(bias);
     let Some(std) = std else {
         return config.init(device);
@@ -34,11 +40,16 @@ pub(crate) fn project<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<
 }
 
 /// `x: [batch, seq, d_in]` · `weight: [d_in, d_out]` (+ `bias`) as one 2-D matmul.
-pub(crate) fn flat_linear<B: Backend>(x: Tensor<B, 3>, weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+pub(crate) fn flat_linear<B: Backend>(
+    x: Tensor<B, 3>,
+    weight: Tensor<B, 2>,
+    bias: Option<Tensor<B, 1>>,
+) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
     let d_out = weight.dims()[1];
     let x = x.reshape([batch * seq, d_in]);
-    let y = super::fused::linear(&x, &weight, bias.as_ref()).unwrap_or_else(|| burn::tensor::module::linear(x, weight, bias));
+    let y = super::fused::linear(&x, &weight, bias.as_ref())
+        .unwrap_or_else(|| burn::tensor::module::linear(x, weight, bias));
     y.reshape([batch, seq, d_out])
 }
 
@@ -73,10 +84,21 @@ pub struct AttentionOptions {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        options: AttentionOptions,
+        device: &B::Device,
+    ) -> Self {
         Self {
             c_attn: linear(d_model, 3 * d_model, options.qkv_bias, options.std, device),
-            c_proj: linear(d_model, d_model, options.proj_bias, options.proj_std, device),
+            c_proj: linear(
+                d_model,
+                d_model,
+                options.proj_bias,
+                options.proj_std,
+                device,
+            ),
             resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,
         }
@@ -87,8 +109,16 @@ impl<B: Backend> SelfAttention<B> {
     ///
     /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
     /// angle proportional to its position, so `q·k` depends only on how far apart they are.
-    fn split(&self, qkv: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, start: usize) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let mut qkv = qkv.chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+    fn split(
+        &self,
+        qkv: Tensor<B, 3>,
+        rotary: Option<&RotaryEncoding<B>>,
+        start: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+        let mut qkv = qkv
+            .chunk(3, 2)
+            .into_iter()
+            .map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
@@ -106,7 +136,9 @@ impl<B: Backend> SelfAttention<B> {
         let (q, k, _) = self.split(project(&self.c_attn, x), rotary, 0);
         let [batch, heads, seq, head_dim] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
-        let ahead = ahead_mask::<B>(seq, seq, &device).reshape([1, 1, seq, seq]).expand([batch, heads, seq, seq]);
+        let ahead = ahead_mask::<B>(seq, seq, &device)
+            .reshape([1, 1, seq, seq])
+            .expand([batch, heads, seq, seq]);
         let scores = scores.mask_fill(ahead, f32::NEG_INFINITY);
         burn::tensor::activation::softmax(scores, 3)
     }
@@ -116,7 +148,12 @@ impl<B: Backend> SelfAttention<B> {
     /// With a cache, `x` holds only the new positions; their keys and values are appended and
     /// the queries attend to everything cached. The causal mask is aligned to the last query,
     /// so one code path serves training, prefill and one-token decoding.
-    pub fn forward(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: Option<&RotaryEncoding<B>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, _] = x.dims();
         let x_device = x.device();
         let qkv = project(&self.c_attn, x);
@@ -125,7 +162,10 @@ impl<B: Backend> SelfAttention<B> {
                 return self.resid_dropout.forward(project(&self.c_proj, y));
             }
         }
-        let start = cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
+        let start = cache
+            .as_ref()
+            .and_then(|slot| slot.as_ref())
+            .map_or(0, |past| past.keys.dims()[2]);
         let (q, mut k, mut v) = self.split(qkv, rotary, start);
 
         if let Some(slot) = cache {
@@ -133,23 +173,35 @@ impl<B: Backend> SelfAttention<B> {
                 k = Tensor::cat(vec![past.keys, k], 2);
                 v = Tensor::cat(vec![past.values, v], 2);
             }
-            *slot = Some(LayerCache { keys: k.clone(), values: v.clone() });
+            *slot = Some(LayerCache {
+                keys: k.clone(),
+                values: v.clone(),
+            });
         }
 
         let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &x_device);
-        let options = AttentionModuleOptions { is_causal, ..Default::default() };
+        let options = AttentionModuleOptions {
+            is_causal,
+            ..Default::default()
+        };
         let y = attention(q, k, v, None, mask.map(as_bias), options); // [batch, n_heads, seq, head_dim]
-        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
+        self.resid_dropout
+            .forward(project(&self.c_proj, merge_heads(y)))
     }
 
     /// The encoder's attention: `x: [batch, seq, d_model]` → `[batch, seq, d_model]`, every
     /// position attending to every position that is not padding (`padding: [batch, seq]`,
     /// true at padding).
-    pub fn forward_bidirectional(&self, x: Tensor<B, 3>, padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+    pub fn forward_bidirectional(
+        &self,
+        x: Tensor<B, 3>,
+        padding: &Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
         let (q, k, v) = self.split(project(&self.c_attn, x), None, 0);
         let bias = key_padding_bias(padding, q.dims());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
+        self.resid_dropout
+            .forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 
@@ -166,11 +218,22 @@ pub struct CrossAttention<B: Backend> {
 }
 
 impl<B: Backend> CrossAttention<B> {
-    pub fn new(d_model: usize, n_heads: usize, options: AttentionOptions, device: &B::Device) -> Self {
+    pub fn new(
+        d_model: usize,
+        n_heads: usize,
+        options: AttentionOptions,
+        device: &B::Device,
+    ) -> Self {
         Self {
             c_q: linear(d_model, d_model, options.qkv_bias, options.std, device),
             c_kv: linear(d_model, 2 * d_model, options.qkv_bias, options.std, device),
-            c_proj: linear(d_model, d_model, options.proj_bias, options.proj_std, device),
+            c_proj: linear(
+                d_model,
+                d_model,
+                options.proj_bias,
+                options.proj_std,
+                device,
+            ),
             resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,
         }
@@ -179,7 +242,10 @@ impl<B: Backend> CrossAttention<B> {
     /// Keys and values of `memory: [batch, src, d_model]`, computed once per source and
     /// reused for every decoding step.
     pub fn memory(&self, memory: Tensor<B, 3>) -> LayerCache<B> {
-        let mut kv = project(&self.c_kv, memory).chunk(2, 2).into_iter().map(|t| split_heads(t, self.n_heads));
+        let mut kv = project(&self.c_kv, memory)
+            .chunk(2, 2)
+            .into_iter()
+            .map(|t| split_heads(t, self.n_heads));
         match (kv.next(), kv.next()) {
             (Some(keys), Some(values)) => LayerCache { keys, values },
             _ => unreachable!("chunk(2) yields two tensors"),
@@ -188,26 +254,36 @@ impl<B: Backend> CrossAttention<B> {
 
     /// `x: [batch, seq, d_model]` over `memory` (from [`Self::memory`]) with
     /// `source_padding: [batch, src]` → `[batch, seq, d_model]`.
-    pub fn forward(&self, x: Tensor<B, 3>, memory: &LayerCache<B>, source_padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        memory: &LayerCache<B>,
+        source_padding: &Tensor<B, 2, Bool>,
+    ) -> Tensor<B, 3> {
         let q = split_heads(project(&self.c_q, x), self.n_heads);
         let bias = key_padding_bias(source_padding, q.dims());
         let (k, v) = (memory.keys.clone(), memory.values.clone());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
+        self.resid_dropout
+            .forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 
 impl<B: Backend> LayerCache<B> {
     /// The cache of the batch rows `rows` (beam search keeps the surviving hypotheses).
     pub fn select(self, rows: Tensor<B, 1, Int>) -> Self {
-        Self { keys: self.keys.select(0, rows.clone()), values: self.values.select(0, rows) }
+        Self {
+            keys: self.keys.select(0, rows.clone()),
+            values: self.values.select(0, rows),
+        }
     }
 }
 
 /// `[batch, seq, n_heads * head_dim]` → `[batch, n_heads, seq, head_dim]`.
 fn split_heads<B: Backend>(t: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 4> {
     let [batch, seq, d_model] = t.dims();
-    t.reshape([batch, seq, n_heads, d_model / n_heads]).swap_dims(1, 2)
+    t.reshape([batch, seq, n_heads, d_model / n_heads])
+        .swap_dims(1, 2)
 }
 
 /// `[batch, n_heads, seq, head_dim]` → `[batch, seq, n_heads * head_dim]`.
@@ -218,10 +294,15 @@ fn merge_heads<B: Backend>(y: Tensor<B, 4>) -> Tensor<B, 3> {
 
 /// `padding: [batch, keys]` (true at padding) → the attention bias of `queries` queries,
 /// `[batch, n_heads, queries, keys]`: -inf where a key is padding, else 0.
-fn key_padding_bias<B: Backend>(padding: &Tensor<B, 2, Bool>, [batch, heads, queries, _]: [usize; 4]) -> Tensor<B, 4> {
+fn key_padding_bias<B: Backend>(
+    padding: &Tensor<B, 2, Bool>,
+    [batch, heads, queries, _]: [usize; 4],
+) -> Tensor<B, 4> {
     let keys = padding.dims()[1];
-    let bias = Tensor::<B, 2>::zeros([batch, keys], &padding.device()).mask_fill(padding.clone(), f32::NEG_INFINITY);
-    bias.reshape([batch, 1, 1, keys]).expand([batch, heads, queries, keys])
+    let bias = Tensor::<B, 2>::zeros([batch, keys], &padding.device())
+        .mask_fill(padding.clone(), f32::NEG_INFINITY);
+    bias.reshape([batch, 1, 1, keys])
+        .expand([batch, heads, queries, keys])
 }
 
 /// A mask (true where attention is not allowed) as an additive bias: -inf there, else 0.
@@ -239,7 +320,10 @@ fn as_bias<B: Backend>(mask: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
 /// does it. With a cache they do not, and backends disagree on where the causal flag aligns
 /// (libtorch's top-left, Burn's fallback bottom-right), so an explicit mask is built; one
 /// query (the usual decoding step) sees every key and needs none.
-fn causal_mask<B: Backend>(shape: [usize; 4], device: &B::Device) -> (Option<Tensor<B, 4, Bool>>, bool) {
+fn causal_mask<B: Backend>(
+    shape: [usize; 4],
+    device: &B::Device,
+) -> (Option<Tensor<B, 4, Bool>>, bool) {
     let [_, _, seq, keys] = shape;
     let past = keys - seq;
     if past == 0 {
@@ -248,14 +332,23 @@ fn causal_mask<B: Backend>(shape: [usize; 4], device: &B::Device) -> (Option<Ten
     if seq == 1 {
         return (None, false);
     }
-    (Some(ahead_mask::<B>(seq, keys, device).reshape([1, 1, seq, keys]).expand(shape)), false)
+    (
+        Some(
+            ahead_mask::<B>(seq, keys, device)
+                .reshape([1, 1, seq, keys])
+                .expand(shape),
+        ),
+        false,
+    )
 }
 
 /// `[seq, keys]`, true where key j lies after the position of query i, the last `seq` of
 /// `keys` positions (query i sits at `keys - seq + i`).
 fn ahead_mask<B: Backend>(seq: usize, keys: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
     let past = (keys - seq) as i64;
-    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device).reshape([seq, 1]).add_scalar(past);
+    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device)
+        .reshape([seq, 1])
+        .add_scalar(past);
     let cols = Tensor::<B, 1, Int>::arange(0..keys as i64, device).reshape([1, keys]);
     cols.expand([seq, keys]).greater(rows.expand([seq, keys]))
 }

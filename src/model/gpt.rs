@@ -9,10 +9,13 @@
 //! rotates its queries and keys instead. `ln_*` are LayerNorm or RMSNorm; the feed-forward
 //! network is GELU or SwiGLU.
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, RotaryEncoding, RotaryEncodingConfig};
+use burn::nn::{
+    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, RotaryEncoding,
+    RotaryEncodingConfig,
+};
 use burn::prelude::*;
 
-use super::attention::{linear, AttentionOptions, SelfAttention, LayerCache};
+use super::attention::{linear, AttentionOptions, LayerCache, SelfAttention};
 use super::mlp::{Activation, MlpOptions};
 use super::norm::{Norm, NormKind};
 use super::positions::PositionKind;
@@ -67,9 +70,17 @@ pub struct Block<B: Backend> {
 }
 
 impl<B: Backend> Block<B> {
-    fn forward(&self, x: Tensor<B, 3>, rope: Option<&RotaryEncoding<B>>, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
-        self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: Option<&RotaryEncoding<B>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let x = self
+            .ln_1
+            .residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
+        self.ln_2
+            .residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 
     /// What the attention of this block sees: its input, normalised first in pre-norm blocks.
@@ -117,7 +128,10 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |c| c.keys.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -132,8 +146,20 @@ impl GptConfig {
         let gpt2 = self.init == InitScheme::Gpt2;
         let std = gpt2.then_some(0.02);
         let proj_std = gpt2.then(|| 0.02 / ((2 * self.n_layers) as f64).sqrt());
-        let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, std, proj_std, activation: self.activation };
-        let attn = AttentionOptions { qkv_bias: self.qkv_bias, proj_bias: self.bias, dropout: self.dropout, std, proj_std };
+        let mlp = MlpOptions {
+            bias: self.bias,
+            dropout: self.dropout,
+            std,
+            proj_std,
+            activation: self.activation,
+        };
+        let attn = AttentionOptions {
+            qkv_bias: self.qkv_bias,
+            proj_bias: self.bias,
+            dropout: self.dropout,
+            std,
+            proj_std,
+        };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
@@ -144,7 +170,9 @@ impl GptConfig {
             })
             .collect();
         let embedding = |n| match gpt2 {
-            true => EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device),
+            true => EmbeddingConfig::new(n, self.d_model)
+                .with_initializer(normal(0.02))
+                .init(device),
             false => EmbeddingConfig::new(n, self.d_model).init(device),
         };
         let positions = self.positions;
@@ -153,7 +181,11 @@ impl GptConfig {
             wpe: (positions == PositionKind::Learned).then(|| embedding(self.block_size)),
             sinusoids: (positions == PositionKind::Sinusoidal)
                 .then(|| super::positions::sinusoid_table(self.block_size, self.d_model, device)),
-            token_scale: if gpt2 { (self.d_model as f64).sqrt() } else { 1.0 },
+            token_scale: if gpt2 {
+                (self.d_model as f64).sqrt()
+            } else {
+                1.0
+            },
             rope: (positions == PositionKind::Rope).then(|| {
                 RotaryEncodingConfig::new(self.block_size, self.d_model / self.n_heads)
                     .with_theta(self.rope_theta as f32)
@@ -162,7 +194,8 @@ impl GptConfig {
             dropout: DropoutConfig::new(self.dropout).init(),
             blocks,
             ln_f: ln(),
-            lm_head: (!self.tie_embeddings).then(|| linear(self.d_model, self.vocab_size, false, std, device)),
+            lm_head: (!self.tie_embeddings)
+                .then(|| linear(self.d_model, self.vocab_size, false, std, device)),
             block_size: self.block_size,
         }
     }
@@ -181,7 +214,9 @@ impl<B: Backend> Gpt<B> {
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache { layers: vec![None; self.blocks.len()] }
+        KvCache {
+            layers: vec![None; self.blocks.len()],
+        }
     }
 
     /// `tokens: [batch, seq]` → logits `[batch, seq, vocab]`.
@@ -192,7 +227,11 @@ impl<B: Backend> Gpt<B> {
 
     /// Feeds `tokens: [batch, seq]` that follow the cached positions and returns the logits
     /// of the last one, `[batch, vocab]`. The caller keeps `cache.len() + seq <= block_size`.
-    pub fn forward_cached(&self, tokens: Tensor<B, 2, Int>, cache: &mut KvCache<B>) -> Tensor<B, 2> {
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 2> {
         let [batch, seq] = tokens.dims();
         let hidden = self.hidden(tokens, cache.len(), Some(cache));
         let [_, _, d_model] = hidden.dims();
@@ -202,7 +241,12 @@ impl<B: Backend> Gpt<B> {
 
     /// Embeddings and blocks: `[batch, seq]` → `[batch, seq, d_model]` for positions
     /// `offset..offset + seq`.
-    fn hidden(&self, tokens: Tensor<B, 2, Int>, offset: usize, cache: Option<&mut KvCache<B>>) -> Tensor<B, 3> {
+    fn hidden(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        offset: usize,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
         let [_, seq] = tokens.dims();
         assert!(
             offset + seq <= self.block_size,
@@ -234,13 +278,18 @@ impl<B: Backend> Gpt<B> {
         let device = tokens.device();
         let x = self.wte.forward(tokens);
         if let Some(wpe) = &self.wpe {
-            let positions = Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
+            let positions =
+                Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
             return x + wpe.forward(positions);
         }
         match &self.sinusoids {
             Some(table) => {
                 let d_model = table.dims()[1];
-                x * self.token_scale + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
+                x * self.token_scale
+                    + table
+                        .clone()
+                        .slice([offset..offset + seq, 0..d_model])
+                        .unsqueeze::<3>()
             }
             None => x,
         }
@@ -248,7 +297,12 @@ impl<B: Backend> Gpt<B> {
 
     /// Attention weights of every head of `layer` for one sequence of `tokens`:
     /// `[n_heads][query][key]`, each row a softmax over the keys up to the query.
-    pub fn attention_weights(&self, tokens: &[u32], layer: usize, device: &B::Device) -> Vec<Vec<Vec<f32>>> {
+    pub fn attention_weights(
+        &self,
+        tokens: &[u32],
+        layer: usize,
+        device: &B::Device,
+    ) -> Vec<Vec<Vec<f32>>> {
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).unsqueeze::<2>();
         let mut x = self.embed(tokens, 0);
@@ -260,7 +314,13 @@ impl<B: Backend> Gpt<B> {
         let weights = block.attn.weights(block.attention_input(x), rope); // [1, n_heads, seq, seq]
         let [_, heads, seq, _] = weights.dims();
         let values = super::f32_values(weights.into_data());
-        (0..heads).map(|h| (0..seq).map(|q| values[(h * seq + q) * seq..(h * seq + q + 1) * seq].to_vec()).collect()).collect()
+        (0..heads)
+            .map(|h| {
+                (0..seq)
+                    .map(|q| values[(h * seq + q) * seq..(h * seq + q + 1) * seq].to_vec())
+                    .collect()
+            })
+            .collect()
     }
 
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.

@@ -54,7 +54,8 @@ impl<B: Backend> Mlp<B> {
     pub fn new(d_model: usize, d_ff: usize, shape: MlpOptions, device: &B::Device) -> Self {
         Self {
             c_fc: linear(d_model, d_ff, shape.bias, shape.std, device),
-            c_gate: (shape.activation == Activation::SwiGlu).then(|| linear(d_model, d_ff, shape.bias, shape.std, device)),
+            c_gate: (shape.activation == Activation::SwiGlu)
+                .then(|| linear(d_model, d_ff, shape.bias, shape.std, device)),
             c_proj: linear(d_ff, d_model, shape.bias, shape.proj_std, device),
             dropout: DropoutConfig::new(shape.dropout).init(),
             activation: shape.activation,
@@ -70,7 +71,9 @@ impl<B: Backend> Mlp<B> {
             }
             (Activation::GeluTanh, _) => gelu_approximate(project(&self.c_fc, x)),
             (Activation::Relu, _) => relu(project(&self.c_fc, x)),
-            (Activation::SwiGlu, Some(gate)) => silu(project(gate, x.clone())) * project(&self.c_fc, x),
+            (Activation::SwiGlu, Some(gate)) => {
+                silu(project(gate, x.clone())) * project(&self.c_fc, x)
+            }
             (Activation::SwiGlu, None) => unreachable!("a SwiGLU network is built with its gate"),
         };
         self.dropout.forward(project(&self.c_proj, hidden))

@@ -32,7 +32,13 @@ pub struct Norm<B: Backend> {
 }
 
 impl<B: Backend> Norm<B> {
-    pub fn new(kind: NormKind, d_model: usize, bias: bool, epsilon: f64, device: &B::Device) -> Self {
+    pub fn new(
+        kind: NormKind,
+        d_model: usize,
+        bias: bool,
+        epsilon: f64,
+        device: &B::Device,
+    ) -> Self {
         let with_beta = bias && kind == NormKind::LayerNorm;
         Self {
             gamma: Initializer::Ones.init([d_model], device),
@@ -44,7 +50,12 @@ impl<B: Backend> Norm<B> {
 
     /// A residual sublayer `f` around this norm: `x + f(norm(x))` pre-norm (GPT-2), or
     /// `norm(x + f(x))` post-norm ("Attention Is All You Need").
-    pub fn residual(&self, x: Tensor<B, 3>, norm_first: bool, f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn residual(
+        &self,
+        x: Tensor<B, 3>,
+        norm_first: bool,
+        f: impl FnOnce(Tensor<B, 3>) -> Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         match norm_first {
             true => x.clone() + f(self.forward(x)),
             false => self.forward(x.clone() + f(x)),

@@ -28,7 +28,11 @@ pub fn sinusoidal_positions(len: usize, d_model: usize) -> Vec<Vec<f32>> {
                 .map(|dim| {
                     let pair = (dim / 2 * 2) as f64;
                     let angle = pos as f64 / 10000f64.powf(pair / d_model as f64);
-                    (if dim % 2 == 0 { angle.sin() } else { angle.cos() }) as f32
+                    (if dim % 2 == 0 {
+                        angle.sin()
+                    } else {
+                        angle.cos()
+                    }) as f32
                 })
                 .collect()
         })
@@ -36,9 +40,16 @@ pub fn sinusoidal_positions(len: usize, d_model: usize) -> Vec<Vec<f32>> {
 }
 
 /// [`sinusoidal_positions`] as a `[len, d_model]` tensor.
-pub(crate) fn sinusoid_table<B: burn::prelude::Backend>(len: usize, d_model: usize, device: &B::Device) -> burn::prelude::Tensor<B, 2> {
+pub(crate) fn sinusoid_table<B: burn::prelude::Backend>(
+    len: usize,
+    d_model: usize,
+    device: &B::Device,
+) -> burn::prelude::Tensor<B, 2> {
     let table: Vec<f32> = sinusoidal_positions(len, d_model).concat();
-    burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(table, [len, d_model]), device)
+    burn::prelude::Tensor::from_data(
+        burn::prelude::TensorData::new(table, [len, d_model]),
+        device,
+    )
 }
 
 #[cfg(test)]

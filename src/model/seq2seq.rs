@@ -68,8 +68,11 @@ pub struct EncoderLayer<B: Backend> {
 impl<B: Backend> EncoderLayer<B> {
     /// `[batch, src, d_model]` → `[batch, src, d_model]`.
     fn forward(&self, x: Tensor<B, 3>, padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward_bidirectional(h, padding));
-        self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
+        let x = self.ln_1.residual(x, self.norm_first, |h| {
+            self.attn.forward_bidirectional(h, padding)
+        });
+        self.ln_2
+            .residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 }
 
@@ -87,10 +90,22 @@ pub struct DecoderLayer<B: Backend> {
 impl<B: Backend> DecoderLayer<B> {
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`; with a cache, `x` holds only the
     /// positions after the cached ones.
-    fn forward(&self, x: Tensor<B, 3>, memory: &Memory<B>, layer: usize, cache: Option<&mut Option<LayerCache<B>>>) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, None, cache));
-        let x = self.ln_2.residual(x, self.norm_first, |h| self.cross.forward(h, &memory.layers[layer], &memory.padding));
-        self.ln_3.residual(x, self.norm_first, |h| self.mlp.forward(h))
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        memory: &Memory<B>,
+        layer: usize,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let x = self
+            .ln_1
+            .residual(x, self.norm_first, |h| self.attn.forward(h, None, cache));
+        let x = self.ln_2.residual(x, self.norm_first, |h| {
+            self.cross
+                .forward(h, &memory.layers[layer], &memory.padding)
+        });
+        self.ln_3
+            .residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 }
 
@@ -132,7 +147,10 @@ pub struct DecoderState<B: Backend> {
 impl<B: Backend> DecoderState<B> {
     /// Target positions decoded so far.
     pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |c| c.keys.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,9 +176,22 @@ impl Seq2SeqConfig {
         let ln = || Norm::new(self.norm, self.d_model, self.bias, self.norm_eps, device);
         let gpt2 = self.init == InitScheme::Gpt2;
         let std = gpt2.then_some(0.02);
-        let proj_std = gpt2.then(|| 0.02 / ((2 * (self.n_encoder_layers + self.n_decoder_layers)) as f64).sqrt());
-        let mlp = MlpOptions { bias: self.bias, dropout: self.dropout, std, proj_std, activation: self.activation };
-        let attn = AttentionOptions { qkv_bias: self.bias, proj_bias: self.bias, dropout: self.dropout, std, proj_std };
+        let proj_std = gpt2
+            .then(|| 0.02 / ((2 * (self.n_encoder_layers + self.n_decoder_layers)) as f64).sqrt());
+        let mlp = MlpOptions {
+            bias: self.bias,
+            dropout: self.dropout,
+            std,
+            proj_std,
+            activation: self.activation,
+        };
+        let attn = AttentionOptions {
+            qkv_bias: self.bias,
+            proj_bias: self.bias,
+            dropout: self.dropout,
+            std,
+            proj_std,
+        };
         let (d, heads) = (self.d_model, self.n_heads);
         let encoder = (0..self.n_encoder_layers)
             .map(|_| EncoderLayer {
@@ -182,13 +213,18 @@ impl Seq2SeqConfig {
                 norm_first: self.norm_first,
             })
             .collect();
-        let embedding = |n| EmbeddingConfig::new(n, d).with_initializer(normal((d as f64).powf(-0.5))).init(device);
+        let embedding = |n| {
+            EmbeddingConfig::new(n, d)
+                .with_initializer(normal((d as f64).powf(-0.5)))
+                .init(device)
+        };
         let learned = self.positions == PositionKind::Learned;
         Seq2Seq {
             wte: embedding(self.vocab_size),
             enc_wpe: learned.then(|| embedding(self.max_len)),
             dec_wpe: learned.then(|| embedding(self.max_len)),
-            sinusoids: (self.positions == PositionKind::Sinusoidal).then(|| super::positions::sinusoid_table(self.max_len, d, device)),
+            sinusoids: (self.positions == PositionKind::Sinusoidal)
+                .then(|| super::positions::sinusoid_table(self.max_len, d, device)),
             dropout: DropoutConfig::new(self.dropout).init(),
             encoder,
             enc_ln_f: ln(),
@@ -214,7 +250,9 @@ impl<B: Backend> Seq2Seq<B> {
     /// right, starting with `<bos>`) → logits `[batch, tgt, vocab]` of the next target token.
     pub fn forward(&self, source: Tensor<B, 2, Int>, target_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let memory = self.encode(source);
-        let mut x = self.dropout.forward(self.embed(target_in, self.dec_wpe.as_ref(), 0));
+        let mut x = self
+            .dropout
+            .forward(self.embed(target_in, self.dec_wpe.as_ref(), 0));
         for (i, layer) in self.decoder.iter().enumerate() {
             x = layer.forward(x, &memory, i, None);
         }
@@ -224,26 +262,43 @@ impl<B: Backend> Seq2Seq<B> {
     /// `source: [batch, src]` → the memory the decoder attends over.
     pub fn encode(&self, source: Tensor<B, 2, Int>) -> Memory<B> {
         let padding = source.clone().equal_elem(self.pad_id as i64);
-        let mut x = self.dropout.forward(self.embed(source, self.enc_wpe.as_ref(), 0));
+        let mut x = self
+            .dropout
+            .forward(self.embed(source, self.enc_wpe.as_ref(), 0));
         for layer in &self.encoder {
             x = layer.forward(x, &padding);
         }
         let hidden = self.enc_ln_f.forward(x);
-        let layers = self.decoder.iter().map(|layer| layer.cross.memory(hidden.clone())).collect();
+        let layers = self
+            .decoder
+            .iter()
+            .map(|layer| layer.cross.memory(hidden.clone()))
+            .collect();
         Memory { layers, padding }
     }
 
     /// A decoding state over `memory` with no target position yet.
     pub fn start_decoding(&self, memory: Memory<B>) -> DecoderState<B> {
-        DecoderState { memory, layers: vec![None; self.decoder.len()] }
+        DecoderState {
+            memory,
+            layers: vec![None; self.decoder.len()],
+        }
     }
 
     /// Feeds one target token per row, `tokens: [batch, 1]`, at the next position and returns
     /// the logits of the token after it, `[batch, vocab]`. The caller keeps positions below
     /// `max_len`.
-    pub fn decode_step(&self, tokens: Tensor<B, 2, Int>, state: &mut DecoderState<B>) -> Tensor<B, 2> {
+    pub fn decode_step(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        state: &mut DecoderState<B>,
+    ) -> Tensor<B, 2> {
         let position = state.len();
-        assert!(position < self.max_len, "target position {position} exceeds max_len {}", self.max_len);
+        assert!(
+            position < self.max_len,
+            "target position {position} exceeds max_len {}",
+            self.max_len
+        );
         let mut x = self.embed(tokens, self.dec_wpe.as_ref(), position);
         for (i, (layer, slot)) in self.decoder.iter().zip(state.layers.iter_mut()).enumerate() {
             x = layer.forward(x, &state.memory, i, Some(slot));
@@ -253,18 +308,34 @@ impl<B: Backend> Seq2Seq<B> {
 
     /// Scaled token embeddings plus positions `offset..offset + seq`: `[batch, seq]` →
     /// `[batch, seq, d_model]`.
-    fn embed(&self, tokens: Tensor<B, 2, Int>, learned: Option<&Embedding<B>>, offset: usize) -> Tensor<B, 3> {
+    fn embed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        learned: Option<&Embedding<B>>,
+        offset: usize,
+    ) -> Tensor<B, 3> {
         let [_, seq] = tokens.dims();
-        assert!(offset + seq <= self.max_len, "positions {offset}..{} exceed max_len {}", offset + seq, self.max_len);
+        assert!(
+            offset + seq <= self.max_len,
+            "positions {offset}..{} exceed max_len {}",
+            offset + seq,
+            self.max_len
+        );
         let device = tokens.device();
         let d_model = self.wte.weight.dims()[1];
         let x = self.wte.forward(tokens) * (d_model as f64).sqrt();
         match (learned, &self.sinusoids) {
             (Some(table), _) => {
-                let positions = Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
+                let positions =
+                    Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
                 x + table.forward(positions)
             }
-            (None, Some(table)) => x + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>(),
+            (None, Some(table)) => {
+                x + table
+                    .clone()
+                    .slice([offset..offset + seq, 0..d_model])
+                    .unsqueeze::<3>()
+            }
             (None, None) => unreachable!("a seq2seq model has learned or sinusoidal positions"),
         }
     }
@@ -279,7 +350,14 @@ impl<B: Backend> Seq2Seq<B> {
 
     /// Parameters in all, and in the embedding tables.
     pub fn param_counts(&self) -> super::ParamCounts {
-        let tables = [Some(&self.wte), self.enc_wpe.as_ref(), self.dec_wpe.as_ref()];
-        super::ParamCounts { total: self.num_params(), embedding: tables.iter().flatten().map(|t| t.num_params()).sum() }
+        let tables = [
+            Some(&self.wte),
+            self.enc_wpe.as_ref(),
+            self.dec_wpe.as_ref(),
+        ];
+        super::ParamCounts {
+            total: self.num_params(),
+            embedding: tables.iter().flatten().map(|t| t.num_params()).sum(),
+        }
     }
 }

@@ -20,7 +20,10 @@ pub struct PlotError {
 }
 
 fn plot_error(path: &Path) -> impl Fn(String) -> PlotError + '_ {
-    move |reason| PlotError { path: path.to_path_buf(), reason }
+    move |reason| PlotError {
+        path: path.to_path_buf(),
+        reason,
+    }
 }
 
 /// Registers the embedded font once per process; plotters looks fonts up by family name.
@@ -28,7 +31,11 @@ fn register_font() {
     static REGISTER: Once = Once::new();
     REGISTER.call_once(|| {
         // The bytes are a font known to parse, so this cannot fail at run time.
-        let _ = plotters::style::register_font(FONT, FontStyle::Normal, include_bytes!("DejaVuSans.ttf"));
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("DejaVuSans.ttf"),
+        );
     });
 }
 
@@ -60,27 +67,79 @@ const COLOURS: [RGBColor; 6] = [
 /// `loss.png` (train and validation loss against step) and `lr.png` (learning rate against
 /// step) in `out_dir`. Several runs are overlaid, one colour each, train lines pale; a single
 /// run gets one colour for train and another for validation. `log_y` puts loss on a log scale.
-pub fn training_curves(runs: &[Curves], log_y: bool, out_dir: &Path) -> Result<Vec<PathBuf>, PlotError> {
+pub fn training_curves(
+    runs: &[Curves],
+    log_y: bool,
+    out_dir: &Path,
+) -> Result<Vec<PathBuf>, PlotError> {
     let several = runs.len() > 1;
-    let name = |run: &Curves, what: &str| if several { format!("{} {what}", run.label) } else { what.to_string() };
-    let points = |run: &Curves, split: &str, value: fn(&MetricsLine) -> Option<f64>| -> Vec<(f64, f64)> {
-        run.metrics.iter().filter(|l| l.split == split).filter_map(|l| Some((l.step as f64, value(l)?))).collect()
+    let name = |run: &Curves, what: &str| {
+        if several {
+            format!("{} {what}", run.label)
+        } else {
+            what.to_string()
+        }
     };
+    let points =
+        |run: &Curves, split: &str, value: fn(&MetricsLine) -> Option<f64>| -> Vec<(f64, f64)> {
+            run.metrics
+                .iter()
+                .filter(|l| l.split == split)
+                .filter_map(|l| Some((l.step as f64, value(l)?)))
+                .collect()
+        };
     let mut loss = Vec::new();
     let mut lr = Vec::new();
     for (i, run) in runs.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
-        let (train, val) = if several { (colour.mix(0.45), colour.to_rgba()) } else { (COLOURS[0].mix(0.8), COLOURS[1].to_rgba()) };
-        loss.push(Series { label: name(run, "train"), points: points(run, "train", |l| Some(l.loss)), color: train, emphasis: false });
-        loss.push(Series { label: name(run, "val"), points: points(run, "val", |l| Some(l.loss)), color: val, emphasis: true });
-        let label = if several { run.label.clone() } else { "learning rate".into() };
-        lr.push(Series { label, points: points(run, "train", |l| l.lr), color: colour.to_rgba(), emphasis: false });
+        let (train, val) = if several {
+            (colour.mix(0.45), colour.to_rgba())
+        } else {
+            (COLOURS[0].mix(0.8), COLOURS[1].to_rgba())
+        };
+        loss.push(Series {
+            label: name(run, "train"),
+            points: points(run, "train", |l| Some(l.loss)),
+            color: train,
+            emphasis: false,
+        });
+        loss.push(Series {
+            label: name(run, "val"),
+            points: points(run, "val", |l| Some(l.loss)),
+            color: val,
+            emphasis: true,
+        });
+        let label = if several {
+            run.label.clone()
+        } else {
+            "learning rate".into()
+        };
+        lr.push(Series {
+            label,
+            points: points(run, "train", |l| l.lr),
+            color: colour.to_rgba(),
+            emphasis: false,
+        });
     }
     let loss_path = out_dir.join("loss.png");
     let y_desc = if log_y { "loss (log scale)" } else { "loss" };
-    line_chart(&loss_path, "Loss", y_desc, |v| format!("{v:.2}"), &loss, log_y)?;
+    line_chart(
+        &loss_path,
+        "Loss",
+        y_desc,
+        |v| format!("{v:.2}"),
+        &loss,
+        log_y,
+    )?;
     let lr_path = out_dir.join("lr.png");
-    line_chart(&lr_path, "Learning rate", "learning rate", |v| format!("{v:.1e}"), &lr, false)?;
+    line_chart(
+        &lr_path,
+        "Learning rate",
+        "learning rate",
+        |v| format!("{v:.1e}"),
+        &lr,
+        false,
+    )?;
     Ok(vec![loss_path, lr_path])
 }
 
@@ -109,20 +168,33 @@ fn line_chart(
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
-    builder.caption(title, (FONT, 26)).margin(16).x_label_area_size(48).y_label_area_size(80);
+    builder
+        .caption(title, (FONT, 26))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(80);
     let drawn = if log_y {
         let mut chart = builder
             .build_cartesian_2d(0f64..x_max, (y_min * 0.95..y_max * 1.05).log_scale())
             .map_err(|e| err(e.to_string()))?;
         let mut mesh = chart.configure_mesh();
-        mesh.x_desc("step").y_desc(y_desc).label_style((FONT, 15)).x_label_formatter(&|v| format!("{v:.0}")).y_label_formatter(&y_format);
+        mesh.x_desc("step")
+            .y_desc(y_desc)
+            .label_style((FONT, 15))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&y_format);
         mesh.draw().map_err(|e| err(e.to_string()))?;
         draw_lines(&mut chart, series, log_y)
     } else {
-        let mut chart =
-            builder.build_cartesian_2d(0f64..x_max, y_min - pad..y_max + pad).map_err(|e| err(e.to_string()))?;
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_max, y_min - pad..y_max + pad)
+            .map_err(|e| err(e.to_string()))?;
         let mut mesh = chart.configure_mesh();
-        mesh.x_desc("step").y_desc(y_desc).label_style((FONT, 15)).x_label_formatter(&|v| format!("{v:.0}")).y_label_formatter(&y_format);
+        mesh.x_desc("step")
+            .y_desc(y_desc)
+            .label_style((FONT, 15))
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&y_format);
         mesh.draw().map_err(|e| err(e.to_string()))?;
         draw_lines(&mut chart, series, log_y)
     };
@@ -140,16 +212,24 @@ where
     Y: Ranged<ValueType = f64>,
 {
     for s in series.iter().filter(|s| !s.points.is_empty()) {
-        let points = s.points.iter().copied().filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
+        let points = s
+            .points
+            .iter()
+            .copied()
+            .filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
         let color = s.color;
         let width = if s.emphasis { 3 } else { 1 };
         chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
             .map_err(|e| e.to_string())?
             .label(s.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(width)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(width))
+            });
         if s.emphasis {
-            chart.draw_series(points.map(|p| Circle::new(p, 4, color.filled()))).map_err(|e| e.to_string())?;
+            chart
+                .draw_series(points.map(|p| Circle::new(p, 4, color.filled())))
+                .map_err(|e| e.to_string())?;
         }
     }
     chart
@@ -173,23 +253,34 @@ pub struct Heatmap {
 }
 
 /// Draws `maps` in a grid of `columns` panels sharing one colour scale, with a colour bar.
-pub fn heatmaps(path: &Path, title: &str, maps: &[Heatmap], columns: usize) -> Result<(), PlotError> {
+pub fn heatmaps(
+    path: &Path,
+    title: &str,
+    maps: &[Heatmap],
+    columns: usize,
+) -> Result<(), PlotError> {
     let err = plot_error(path);
     let values = maps.iter().flat_map(|m| m.values.iter().flatten()).copied();
-    let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
     if !lo.is_finite() || !hi.is_finite() {
         return Err(err("nothing to draw (empty or non-finite values)".into()));
     }
     let hi = if hi > lo { hi } else { lo + 1.0 };
     let columns = columns.clamp(1, maps.len().max(1));
     let rows = maps.len().div_ceil(columns);
-    let cells = maps.first().map_or(1, |m| m.x_labels.len().max(m.y_labels.len()));
+    let cells = maps
+        .first()
+        .map_or(1, |m| m.x_labels.len().max(m.y_labels.len()));
     let panel = (cells as u32 * 22).clamp(360, 900);
     let size = (panel * columns as u32 + 110, panel * rows as u32 + 50);
     register_font();
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let root = root.titled(title, (FONT, 24)).map_err(|e| err(e.to_string()))?;
+    let root = root
+        .titled(title, (FONT, 24))
+        .map_err(|e| err(e.to_string()))?;
     let (grid, bar) = root.split_horizontally(size.0 - 110);
     for (area, map) in grid.split_evenly((rows, columns)).iter().zip(maps) {
         heatmap_panel(area, map, lo, hi).map_err(&err)?;
@@ -202,9 +293,23 @@ fn viridis(v: f32, lo: f32, hi: f32) -> RGBColor {
     ViridisRGB::get_color_normalized(v, lo, hi)
 }
 
-fn heatmap_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, map: &Heatmap, lo: f32, hi: f32) -> Result<(), String> {
+fn heatmap_panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    map: &Heatmap,
+    lo: f32,
+    hi: f32,
+) -> Result<(), String> {
     let (rows, cols) = (map.values.len(), map.values.first().map_or(0, Vec::len));
-    let label_size = |labels: &[String]| labels.iter().map(|l| l.chars().count()).max().unwrap_or(1).clamp(2, 12) as u32 * 8 + 30;
+    let label_size = |labels: &[String]| {
+        labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(1)
+            .clamp(2, 12) as u32
+            * 8
+            + 30
+    };
     let mut chart = ChartBuilder::on(area)
         .caption(&map.title, (FONT, 18))
         .margin(8)
@@ -213,7 +318,9 @@ fn heatmap_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, map:
         .build_cartesian_2d((0..cols).into_segmented(), (0..rows).into_segmented())
         .map_err(|e| e.to_string())?;
     let label = |labels: &[String], v: &SegmentValue<usize>, flip: bool| match v {
-        SegmentValue::CenterOf(i) if *i < labels.len() => labels[if flip { labels.len() - 1 - i } else { *i }].clone(),
+        SegmentValue::CenterOf(i) if *i < labels.len() => {
+            labels[if flip { labels.len() - 1 - i } else { *i }].clone()
+        }
         _ => String::new(),
     };
     let font_size = if cols.max(rows) > 40 { 10 } else { 13 };
@@ -224,7 +331,11 @@ fn heatmap_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, map:
         .y_labels(rows)
         .x_desc(&map.x_desc)
         .y_desc(&map.y_desc)
-        .x_label_style((FONT, font_size).into_font().transform(FontTransform::Rotate90))
+        .x_label_style(
+            (FONT, font_size)
+                .into_font()
+                .transform(FontTransform::Rotate90),
+        )
         .y_label_style((FONT, font_size))
         .axis_desc_style((FONT, 14))
         .x_label_formatter(&|v| label(&map.x_labels, v, false))
@@ -235,15 +346,26 @@ fn heatmap_panel(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, map:
         // Row 0 is drawn at the top: the y axis grows upwards.
         let y = rows - 1 - r;
         let corner = |c, y| (SegmentValue::Exact(c), SegmentValue::Exact(y));
-        Rectangle::new([corner(c, y), corner(c + 1, y + 1)], viridis(map.values[r][c], lo, hi).filled())
+        Rectangle::new(
+            [corner(c, y), corner(c + 1, y + 1)],
+            viridis(map.values[r][c], lo, hi).filled(),
+        )
     };
     chart
-        .draw_series((0..rows).flat_map(|r| (0..cols).map(move |c| (c, r))).map(|(c, r)| cell(c, r)))
+        .draw_series(
+            (0..rows)
+                .flat_map(|r| (0..cols).map(move |c| (c, r)))
+                .map(|(c, r)| cell(c, r)),
+        )
         .map_err(|e| e.to_string())?;
     Ok(())
 }
 
-fn colour_bar(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, lo: f32, hi: f32) -> Result<(), String> {
+fn colour_bar(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    lo: f32,
+    hi: f32,
+) -> Result<(), String> {
     let mut chart = ChartBuilder::on(area)
         .margin_top(40)
         .margin_bottom(60)
@@ -265,7 +387,10 @@ fn colour_bar(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, lo: f32
     chart
         .draw_series((0..steps).map(|i| {
             let v = lo + band * i as f32;
-            Rectangle::new([(0.0, v), (1.0, v + band)], viridis(v + band / 2.0, lo, hi).filled())
+            Rectangle::new(
+                [(0.0, v), (1.0, v + band)],
+                viridis(v + band / 2.0, lo, hi).filled(),
+            )
         }))
         .map_err(|e| e.to_string())?;
     Ok(())

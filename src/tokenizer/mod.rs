@@ -59,7 +59,9 @@ pub enum TokenizerSpec {
     /// A byte-level BPE `tokenizer.json` (kiln's or Hugging Face's).
     Bpe(PathBuf),
     /// Byte-level BPE trained on the run's corpus to this vocabulary size.
-    BpeTrain { vocab_size: usize },
+    BpeTrain {
+        vocab_size: usize,
+    },
 }
 
 /// How tokenizers fitted on the corpus (`char`, `word`) treat rare and unseen symbols.
@@ -95,7 +97,11 @@ impl TokenizerSpec {
     }
 
     /// Builds the tokenizer for `corpus` (fitting the vocabulary where the kind needs it).
-    pub fn build(&self, corpus: &str, fit: FitOptions) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+    pub fn build(
+        &self,
+        corpus: &str,
+        fit: FitOptions,
+    ) -> Result<Box<dyn Tokenizer>, TokenizerError> {
         Ok(match self {
             Self::Char => Box::new(CharTokenizer::fit(corpus, fit.allow_unknown)),
             Self::Word => Box::new(WordTokenizer::fit(corpus, fit.min_count.max(1))),
@@ -107,7 +113,10 @@ impl TokenizerSpec {
                     specials: vec![END_OF_TEXT.to_string()],
                     progress: true,
                 };
-                Box::new(bpe::train::train_on_text(corpus, &options).map_err(|e| TokenizerError::BadSpec(e.to_string()))?)
+                Box::new(
+                    bpe::train::train_on_text(corpus, &options)
+                        .map_err(|e| TokenizerError::BadSpec(e.to_string()))?,
+                )
             }
         })
     }
@@ -118,16 +127,25 @@ impl TokenizerSpec {
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum TokenizerFile {
     /// Ids are positions in `chars`; with `unk`, id `chars.len()` is `<unk>`.
-    Char { chars: String, unk: bool },
+    Char {
+        chars: String,
+        unk: bool,
+    },
     /// Ids are positions in `words`, which end with `<|endoftext|>` and `<|unk|>`.
-    Word { words: Vec<String> },
-    Tiktoken { encoding: String },
+    Word {
+        words: Vec<String>,
+    },
+    Tiktoken {
+        encoding: String,
+    },
 }
 
 impl TokenizerFile {
     pub fn into_tokenizer(self) -> Result<Box<dyn Tokenizer>, TokenizerError> {
         Ok(match self {
-            Self::Char { chars, unk } => Box::new(CharTokenizer::from_chars(chars.chars().collect(), unk)?),
+            Self::Char { chars, unk } => {
+                Box::new(CharTokenizer::from_chars(chars.chars().collect(), unk)?)
+            }
             Self::Word { words } => Box::new(WordTokenizer::from_words(words)?),
             Self::Tiktoken { encoding } => Box::new(TiktokenTokenizer::new(&encoding)?),
         })
@@ -153,7 +171,9 @@ pub(crate) fn encode_blocks(
 ) -> Result<u64, EncodeStreamError> {
     let mut blocks = bpe::pretokenize::TextBlocks::new(reader, block);
     while let Some(text) = blocks.next_block()? {
-        let ids = tokenizer.encode(&text).map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
+        let ids = tokenizer
+            .encode(&text)
+            .map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
         sink(&ids, text.len()).map_err(EncodeStreamError::Io)?;
     }
     Ok(blocks.bytes_read())
@@ -173,9 +193,13 @@ pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
 /// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face byte-level BPE
 /// (`"model"`).
 pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
-    let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
+    let err = |reason: String| TokenizerError::File {
+        path: path.display().to_string(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
     from_json(value).map_err(err)
 }
 
@@ -185,7 +209,10 @@ pub fn from_json(value: serde_json::Value) -> Result<Box<dyn Tokenizer>, String>
         return Ok(Box::new(bpe::hf::from_json(value)?));
     }
     if value.get("kind").is_none() {
-        return Err("neither a kiln tokenizer (\"kind\") nor a Hugging Face tokenizer.json (\"model\")".into());
+        return Err(
+            "neither a kiln tokenizer (\"kind\") nor a Hugging Face tokenizer.json (\"model\")"
+                .into(),
+        );
     }
     let file: TokenizerFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
     file.into_tokenizer().map_err(|e| e.to_string())
@@ -198,12 +225,23 @@ mod tests {
     #[test]
     fn specs_parse() {
         assert_eq!(TokenizerSpec::parse("char").unwrap(), TokenizerSpec::Char);
-        assert_eq!(TokenizerSpec::parse("tiktoken:gpt2").unwrap(), TokenizerSpec::Tiktoken("gpt2".into()));
+        assert_eq!(
+            TokenizerSpec::parse("tiktoken:gpt2").unwrap(),
+            TokenizerSpec::Tiktoken("gpt2".into())
+        );
         assert!(TokenizerSpec::parse("tiktoken:nope").is_err());
         assert!(TokenizerSpec::parse("bytes").is_err());
-        assert_eq!(TokenizerSpec::parse("bpe:train:10000").unwrap(), TokenizerSpec::BpeTrain { vocab_size: 10000 });
-        assert_eq!(TokenizerSpec::parse("bpe:a/t.json").unwrap(), TokenizerSpec::Bpe("a/t.json".into()));
-        let err = TokenizerSpec::parse("bpe:train:ten").unwrap_err().to_string();
+        assert_eq!(
+            TokenizerSpec::parse("bpe:train:10000").unwrap(),
+            TokenizerSpec::BpeTrain { vocab_size: 10000 }
+        );
+        assert_eq!(
+            TokenizerSpec::parse("bpe:a/t.json").unwrap(),
+            TokenizerSpec::Bpe("a/t.json".into())
+        );
+        let err = TokenizerSpec::parse("bpe:train:ten")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("\"ten\""), "{err}");
     }
 }

@@ -12,7 +12,8 @@ pub const END_OF_TEXT: &str = "<|endoftext|>";
 pub const UNKNOWN: &str = "<|unk|>";
 
 /// Where text splits; the captured separators are tokens themselves unless whitespace.
-static SPLIT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#"([,.:;?_!"()']|--|\s)"#).expect("valid regex"));
+static SPLIT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"([,.:;?_!"()']|--|\s)"#).expect("valid regex"));
 
 /// Punctuation that decoding glues to the preceding word.
 const GLUED: &[&str] = &[",", ".", ":", ";", "?", "!", "\"", "(", ")", "'"];
@@ -33,7 +34,11 @@ pub fn split_words(text: &str) -> Vec<&str> {
         last = sep.end();
     }
     pieces.push(&text[last..]);
-    pieces.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
+    pieces
+        .into_iter()
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 impl WordTokenizer {
@@ -60,9 +65,15 @@ impl WordTokenizer {
                 "word vocabulary must end with {END_OF_TEXT:?} and {UNKNOWN:?}"
             )));
         }
-        let ids: HashMap<String, u32> = words.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
+        let ids: HashMap<String, u32> = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.clone(), i as u32))
+            .collect();
         if ids.len() != n {
-            return Err(TokenizerError::BadSpec("word vocabulary has duplicate entries".into()));
+            return Err(TokenizerError::BadSpec(
+                "word vocabulary has duplicate entries".into(),
+            ));
         }
         Ok(Self { words, ids })
     }
@@ -78,7 +89,10 @@ impl WordTokenizer {
 
 impl Tokenizer for WordTokenizer {
     fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        Ok(split_words(text).into_iter().map(|w| self.ids.get(w).copied().unwrap_or(self.unknown_id())).collect())
+        Ok(split_words(text)
+            .into_iter()
+            .map(|w| self.ids.get(w).copied().unwrap_or(self.unknown_id()))
+            .collect())
     }
 
     /// Words joined by spaces, without a space before punctuation.
@@ -96,7 +110,11 @@ impl Tokenizer for WordTokenizer {
 
     fn decode_next(&self, id: u32) -> Vec<u8> {
         let word = self.word(id);
-        if GLUED.contains(&word) { word.into() } else { format!(" {word}").into_bytes() }
+        if GLUED.contains(&word) {
+            word.into()
+        } else {
+            format!(" {word}").into_bytes()
+        }
     }
 
     fn vocab_size(&self) -> usize {
@@ -104,7 +122,10 @@ impl Tokenizer for WordTokenizer {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        TokenizerFile::Word { words: self.words.clone() }.to_json()
+        TokenizerFile::Word {
+            words: self.words.clone(),
+        }
+        .to_json()
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
@@ -119,7 +140,10 @@ mod tests {
     #[test]
     fn splits_like_the_book() {
         let pieces = split_words("Hello, world. Is this-- a test?");
-        assert_eq!(pieces, ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"]);
+        assert_eq!(
+            pieces,
+            ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"]
+        );
     }
 
     #[test]

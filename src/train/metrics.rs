@@ -11,8 +11,8 @@ use burn::train::logger::MetricLogger;
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{
-    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
-    SerializedEntry,
+    Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric,
+    NumericAttributes, NumericEntry, SerializedEntry,
 };
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +31,10 @@ pub struct LossMetric {
 
 impl LossMetric {
     pub fn new() -> Self {
-        Self { name: Arc::new(LOSS.into()), state: NumericMetricState::new() }
+        Self {
+            name: Arc::new(LOSS.into()),
+            state: NumericMetricState::new(),
+        }
     }
 }
 
@@ -41,11 +44,19 @@ impl Metric for LossMetric {
         self.name.clone()
     }
     fn attributes(&self) -> MetricAttributes {
-        NumericAttributes { unit: None, higher_is_better: false }.into()
+        NumericAttributes {
+            unit: None,
+            higher_is_better: false,
+        }
+        .into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
         // Weighted by tokens: seq2seq batches differ in size, and an epoch's loss is per token.
-        self.state.update(item.loss, item.tokens.max(1), FormatOptions::new(self.name()).precision(4))
+        self.state.update(
+            item.loss,
+            item.tokens.max(1),
+            FormatOptions::new(self.name()).precision(4),
+        )
     }
     fn clear(&mut self) {
         self.state.reset()
@@ -72,7 +83,12 @@ pub struct TokensPerSecond {
 
 impl TokensPerSecond {
     pub fn new() -> Self {
-        Self { name: Arc::new(TOKENS_PER_SEC.into()), started: None, tokens: 0, rate: 0.0 }
+        Self {
+            name: Arc::new(TOKENS_PER_SEC.into()),
+            started: None,
+            tokens: 0,
+            rate: 0.0,
+        }
     }
 }
 
@@ -82,7 +98,11 @@ impl Metric for TokensPerSecond {
         self.name.clone()
     }
     fn attributes(&self) -> MetricAttributes {
-        NumericAttributes { unit: Some("tok/s".into()), higher_is_better: true }.into()
+        NumericAttributes {
+            unit: Some("tok/s".into()),
+            higher_is_better: true,
+        }
+        .into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
         // The first batch of an epoch only starts the clock; its tokens were produced before.
@@ -128,14 +148,21 @@ pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
     let Ok(file) = File::open(path) else {
         return Vec::new();
     };
-    BufReader::new(file).lines().map_while(Result::ok).filter_map(|l| serde_json::from_str(&l).ok()).collect()
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .collect()
 }
 
 /// Keeps only the lines up to `step` (used when resuming from a checkpoint taken there).
 pub fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<()> {
     // Kept lines are copied byte for byte: re-serializing could change float digits.
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step)).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
+        .collect();
     let mut text = kept.join("\n");
     if !text.is_empty() {
         text.push('\n');
@@ -157,8 +184,15 @@ pub struct SilentLogger;
 
 impl MetricLogger for SilentLogger {
     fn log(&mut self, _: MetricsUpdate, _: usize, _: &Split) {}
-    fn read_numeric(&mut self, name: &str, epoch: usize, _: &Split) -> Result<Vec<NumericEntry>, String> {
-        Err(format!("this replica keeps no metrics; {name} of epoch {epoch} is not queryable"))
+    fn read_numeric(
+        &mut self,
+        name: &str,
+        epoch: usize,
+        _: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
+        Err(format!(
+            "this replica keeps no metrics; {name} of epoch {epoch} is not queryable"
+        ))
     }
     fn log_metric_definition(&mut self, _: MetricDefinition) {}
     fn log_epoch_summary(&mut self, _: EpochSummary) {}
@@ -182,7 +216,12 @@ pub struct JsonlLogger {
 }
 
 impl JsonlLogger {
-    pub fn new(path: &Path, grad_accumulation: usize, start_step: usize, latest: Arc<Mutex<LatestMetrics>>) -> std::io::Result<Self> {
+    pub fn new(
+        path: &Path,
+        grad_accumulation: usize,
+        start_step: usize,
+        latest: Arc<Mutex<LatestMetrics>>,
+    ) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self {
             file,
@@ -208,7 +247,12 @@ impl JsonlLogger {
         update
             .entries_numeric
             .iter()
-            .filter_map(|u| Some((self.names.get(&u.entry.metric_id)?.clone(), u.numeric_entry.current())))
+            .filter_map(|u| {
+                Some((
+                    self.names.get(&u.entry.metric_id)?.clone(),
+                    u.numeric_entry.current(),
+                ))
+            })
             .collect()
     }
 }
@@ -216,7 +260,11 @@ impl JsonlLogger {
 impl JsonlLogger {
     /// The tokens behind the loss of an update (its weight in the epoch's mean).
     fn loss_tokens(&self, update: &MetricsUpdate) -> usize {
-        let entry = update.entries_numeric.iter().find(|u| self.names.get(&u.entry.metric_id).is_some_and(|n| n == LOSS));
+        let entry = update.entries_numeric.iter().find(|u| {
+            self.names
+                .get(&u.entry.metric_id)
+                .is_some_and(|n| n == LOSS)
+        });
         match entry.map(|u| &u.numeric_entry) {
             Some(NumericEntry::Aggregated { count, .. }) => (*count).max(1),
             _ => 1,
@@ -281,8 +329,15 @@ impl MetricLogger for JsonlLogger {
         }
     }
 
-    fn read_numeric(&mut self, name: &str, epoch: usize, _: &Split) -> Result<Vec<NumericEntry>, String> {
-        Err(format!("kiln keeps metrics in metrics.jsonl; {name} of epoch {epoch} is not queryable"))
+    fn read_numeric(
+        &mut self,
+        name: &str,
+        epoch: usize,
+        _: &Split,
+    ) -> Result<Vec<NumericEntry>, String> {
+        Err(format!(
+            "kiln keeps metrics in metrics.jsonl; {name} of epoch {epoch} is not queryable"
+        ))
     }
 
     fn log_metric_definition(&mut self, definition: MetricDefinition) {

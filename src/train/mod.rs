@@ -25,15 +25,20 @@ pub use control::{Divergence, RunControl};
 pub use metrics::{read_metrics, MetricsLine};
 pub use optim::{global_norm, AdamW, ClippedAdamW};
 pub use schedule::{ScheduleKind, WarmupSchedule};
-pub use seq2seq::{fit_seq2seq_tokenizer, load_seq2seq, pair_split, seq2seq_config, seq2seq_mean_loss, PairSplit};
+pub use seq2seq::{
+    fit_seq2seq_tokenizer, load_seq2seq, pair_split, seq2seq_config, seq2seq_mean_loss, PairSplit,
+};
 pub use step::{lm_loss, seq2seq_loss, LmOutput, LmStats};
 
 use crate::backend::{BackendChoice, BackendJob};
 use crate::checkpoint::{
-    load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState, NoCheckpoints, RunIdentity,
+    load_record, CheckpointJournal, CheckpointPolicy, CheckpointRecorder, CheckpointState,
+    NoCheckpoints, RunIdentity,
 };
 use crate::config::{ModelKind, RunSpec, SamplingMode};
-use crate::data::{Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts};
+use crate::data::{
+    Corpus, FixedWindows, LmBatch, StopCheck, TrainWindows, WindowOrder, WindowStarts,
+};
 use crate::distributed::{Exchange, Replica};
 use crate::generate::{generate, Sampling};
 use crate::model::{Gpt, GptConfig};
@@ -111,18 +116,25 @@ impl BackendJob for TrainJob {
 /// The model a config describes, with the vocabulary already resolved.
 pub fn gpt_config(spec: &RunSpec) -> GptConfig {
     let m = &spec.model;
-    GptConfig::new(spec.vocab_size(), m.d_model, m.n_heads, m.n_layers, m.d_ff(), m.block_size)
-        .with_dropout(m.dropout)
-        .with_bias(m.bias)
-        .with_qkv_bias(m.qkv_bias())
-        .with_tie_embeddings(m.tie_embeddings)
-        .with_activation(m.activation)
-        .with_norm(m.norm)
-        .with_norm_first(m.norm_first)
-        .with_norm_eps(m.norm_eps)
-        .with_positions(m.positions)
-        .with_rope_theta(m.rope_theta)
-        .with_init(m.init)
+    GptConfig::new(
+        spec.vocab_size(),
+        m.d_model,
+        m.n_heads,
+        m.n_layers,
+        m.d_ff(),
+        m.block_size,
+    )
+    .with_dropout(m.dropout)
+    .with_bias(m.bias)
+    .with_qkv_bias(m.qkv_bias())
+    .with_tie_embeddings(m.tie_embeddings)
+    .with_activation(m.activation)
+    .with_norm(m.norm)
+    .with_norm_first(m.norm_first)
+    .with_norm_eps(m.norm_eps)
+    .with_positions(m.positions)
+    .with_rope_theta(m.rope_theta)
+    .with_init(m.init)
 }
 
 /// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
@@ -130,7 +142,13 @@ pub fn gpt_config(spec: &RunSpec) -> GptConfig {
 /// commands that look at or time a config without training it.
 pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corpus, WindowOrder)> {
     let (text, tokenizer) = fit_tokenizer(spec)?;
-    let corpus = Corpus::in_memory(&spec.data.path, &text, tokenizer.as_ref(), spec.data.val_fraction, spec.model.block_size)?;
+    let corpus = Corpus::in_memory(
+        &spec.data.path,
+        &text,
+        tokenizer.as_ref(),
+        spec.data.val_fraction,
+        spec.model.block_size,
+    )?;
     let order = train_order(spec, &corpus, document_separator(spec, tokenizer.as_ref())?)?;
     Ok((tokenizer, corpus, order))
 }
@@ -139,7 +157,8 @@ pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corp
 /// in `spec`: all a model needs to be built from a config without a run.
 pub fn fit_tokenizer(spec: &mut RunSpec) -> Result<(String, Box<dyn Tokenizer>)> {
     let text = crate::data::read_text(&spec.data.path)?;
-    let tokenizer = TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
+    let tokenizer =
+        TokenizerSpec::parse(&spec.data.tokenizer)?.build(&text, spec.data.fit_options())?;
     resolve_vocab(spec, tokenizer.as_ref())?;
     Ok((text, tokenizer))
 }
@@ -161,7 +180,13 @@ pub fn document_separator(spec: &RunSpec, tokenizer: &dyn Tokenizer) -> Result<O
 }
 
 /// Allowed window starts in one split, an error when none fits.
-fn split_starts(spec: &RunSpec, tokens: &[u32], stride: usize, separator: Option<u32>, split: &'static str) -> Result<WindowStarts> {
+fn split_starts(
+    spec: &RunSpec,
+    tokens: &[u32],
+    stride: usize,
+    separator: Option<u32>,
+    split: &'static str,
+) -> Result<WindowStarts> {
     let starts = WindowStarts::new(tokens, spec.model.block_size, stride, separator);
     if starts.is_empty() {
         bail!(
@@ -178,51 +203,100 @@ fn split_starts(spec: &RunSpec, tokens: &[u32], stride: usize, separator: Option
 pub fn train_order(spec: &RunSpec, corpus: &Corpus, separator: Option<u32>) -> Result<WindowOrder> {
     let seed = spec.run.seed;
     Ok(match spec.data.sampling {
-        SamplingMode::Random => WindowOrder::Random { starts: split_starts(spec, &corpus.train, 1, separator, "training")?, seed },
+        SamplingMode::Random => WindowOrder::Random {
+            starts: split_starts(spec, &corpus.train, 1, separator, "training")?,
+            seed,
+        },
         SamplingMode::Sliding => {
             let stride = spec.data.stride(spec.model.block_size);
-            WindowOrder::Shuffled { starts: split_starts(spec, &corpus.train, stride, separator, "training")?, seed }
+            WindowOrder::Shuffled {
+                starts: split_starts(spec, &corpus.train, stride, separator, "training")?,
+                seed,
+            }
         }
     })
 }
 
 /// Validation windows of a run: the same batches during training, `eval` and the summary.
-pub fn val_windows<B: Backend>(spec: &RunSpec, corpus: &Corpus, separator: Option<u32>, device: &B::Device) -> Result<FixedWindows<B>> {
+pub fn val_windows<B: Backend>(
+    spec: &RunSpec,
+    corpus: &Corpus,
+    separator: Option<u32>,
+    device: &B::Device,
+) -> Result<FixedWindows<B>> {
     let t = &spec.training;
     let allowed = split_starts(spec, &corpus.val, 1, separator, "validation")?;
     let (batch, block) = (t.batch_size, spec.model.block_size);
-    Ok(FixedWindows::new(corpus.val.clone(), &allowed, batch, block, t.eval_iters, spec.run.seed, device.clone()))
+    Ok(FixedWindows::new(
+        corpus.val.clone(),
+        &allowed,
+        batch,
+        block,
+        t.eval_iters,
+        spec.run.seed,
+        device.clone(),
+    ))
 }
 
 /// Mean per-token loss of `model` over `batches` (batches of unequal size weigh by size).
 pub fn mean_loss<B: Backend>(model: &Gpt<B>, batches: impl Iterator<Item = LmBatch<B>>) -> f64 {
     let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
         let windows = batch.inputs.dims()[0];
-        (sum + lm_loss(model, &batch).into_scalar().elem::<f64>() * windows as f64, n + windows)
+        (
+            sum + lm_loss(model, &batch).into_scalar().elem::<f64>() * windows as f64,
+            n + windows,
+        )
     });
     sum / n.max(1) as f64
 }
 
-fn run<B: AutodiffBackend>(spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
+fn run<B: AutodiffBackend>(
+    spec: RunSpec,
+    options: TrainOptions,
+    device: B::Device,
+    backend: BackendChoice,
+) -> Result<Outcome> {
     match spec.model.kind {
         ModelKind::Gpt => run_gpt::<B>(spec, options, device, backend),
         ModelKind::Seq2Seq => seq2seq::run::<B>(spec, options, device, backend),
     }
 }
 
-fn run_gpt<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device: B::Device, backend: BackendChoice) -> Result<Outcome> {
+fn run_gpt<B: AutodiffBackend>(
+    mut spec: RunSpec,
+    options: TrainOptions,
+    device: B::Device,
+    backend: BackendChoice,
+) -> Result<Outcome> {
     let text = crate::data::read_text(&spec.data.path)?;
     let data = spec.data.clone();
-    let started =
-        start_run::<B>(&mut spec, &options, &device, || Ok(TokenizerSpec::parse(&data.tokenizer)?.build(&text, data.fit_options())?))?;
+    let started = start_run::<B>(&mut spec, &options, &device, || {
+        Ok(TokenizerSpec::parse(&data.tokenizer)?.build(&text, data.fit_options())?)
+    })?;
     let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
-    let corpus = Corpus::prepare(&spec.data.path, &text, tokenizer, run, spec.data.val_fraction, spec.model.block_size)?;
+    let corpus = Corpus::prepare(
+        &spec.data.path,
+        &text,
+        tokenizer,
+        run,
+        spec.data.val_fraction,
+        spec.model.block_size,
+    )?;
     drop(text);
 
     let t = spec.training.clone();
     let model: Gpt<B> = gpt_config(&spec).init(&device);
     let counts = model.param_counts();
-    announce(run, &backend, counts, &format!("{} train / {} val tokens", corpus.train.len(), corpus.val.len()))?;
+    announce(
+        run,
+        &backend,
+        counts,
+        &format!(
+            "{} train / {} val tokens",
+            corpus.train.len(),
+            corpus.val.len()
+        ),
+    )?;
 
     let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
     let separator = document_separator(&spec, tokenizer)?;
@@ -241,15 +315,23 @@ fn run_gpt<B: AutodiffBackend>(mut spec: RunSpec, options: TrainOptions, device:
         .with_stop(plan.stop(), t.grad_accumulation)
         .for_replica(replica.rank, replica.world);
         // Only the replica that logs validates; the others' passes are empty.
-        let valid = val.clone().skip_when(if replica.writes_run() { plan.stop() } else { Arc::new(|| true) });
+        let valid = val.clone().skip_when(if replica.writes_run() {
+            plan.stop()
+        } else {
+            Arc::new(|| true)
+        });
         (Arc::new(train), Arc::new(valid))
     };
-    let Some((model, wall_seconds)) = plan.launch_replicas(model, &device, backend, loaders)? else {
-        return Ok(Outcome::Interrupted { step: plan.control.steps() });
+    let Some((model, wall_seconds)) = plan.launch_replicas(model, &device, backend, loaders)?
+    else {
+        return Ok(Outcome::Interrupted {
+            step: plan.control.steps(),
+        });
     };
 
     let final_val_loss = mean_loss(&model, val.batches());
-    let tokens_seen = t.max_iters * t.tokens_per_step(spec.model.block_size) * spec.distributed.replicas();
+    let tokens_seen =
+        t.max_iters * t.tokens_per_step(spec.model.block_size) * spec.distributed.replicas();
     let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
     if options.sample_tokens > 0 {
         print_sample(&model, tokenizer, options.sample_tokens, spec.run.seed)?;
@@ -281,22 +363,35 @@ fn start_run<B: Backend>(
         Some(_) => tokenizer::load(&run.tokenizer())?,
         None => {
             let tokenizer = fit()?;
-            tokenizer::save(tokenizer.as_ref(), &run.tokenizer()).with_context(|| format!("writing {}", run.tokenizer().display()))?;
+            tokenizer::save(tokenizer.as_ref(), &run.tokenizer())
+                .with_context(|| format!("writing {}", run.tokenizer().display()))?;
             tokenizer
         }
     };
     resolve_vocab(spec, tokenizer.as_ref())?;
     spec.write_resolved(&run.config())?;
-    Ok(Started { run, resume_from, tokenizer })
+    Ok(Started {
+        run,
+        resume_from,
+        tokenizer,
+    })
 }
 
 /// Refuses to start when the disk cannot hold the model, two checkpoints (model and two Adam
 /// moments, f32) and the final model; then prints the run's first line: where, on what, how
 /// big, and on what `data`.
-fn announce(run: &RunDir, backend: &BackendChoice, counts: crate::model::ParamCounts, data: &str) -> Result<()> {
+fn announce(
+    run: &RunDir,
+    backend: &BackendChoice,
+    counts: crate::model::ParamCounts,
+    data: &str,
+) -> Result<()> {
     let checkpoint_bytes = counts.total as u64 * 4 * 3;
-    run.check_room(2 * checkpoint_bytes + counts.total as u64 * 4, "training (two checkpoints and the final model)")
-        .map_err(anyhow::Error::msg)?;
+    run.check_room(
+        2 * checkpoint_bytes + counts.total as u64 * 4,
+        "training (two checkpoints and the final model)",
+    )
+    .map_err(anyhow::Error::msg)?;
     eprintln!(
         "kiln: run {} on {} | {} params ({} without embeddings, {:.2} MB f32) | {data}",
         run.root().display(),
@@ -311,7 +406,12 @@ fn announce(run: &RunDir, backend: &BackendChoice, counts: crate::model::ParamCo
 /// A replica's training and validation loaders.
 type Loaders<B, M> = (
     Arc<dyn DataLoader<B, <M as TrainStep>::Input>>,
-    Arc<dyn DataLoader<<B as AutodiffBackend>::InnerBackend, <<M as AutodiffModule<B>>::InnerModule as InferenceStep>::Input>>,
+    Arc<
+        dyn DataLoader<
+            <B as AutodiffBackend>::InnerBackend,
+            <<M as AutodiffModule<B>>::InnerModule as InferenceStep>::Input,
+        >,
+    >,
 );
 
 /// The part of training every model kind shares: the steps left, the Learner wired with
@@ -329,7 +429,11 @@ struct Fit<'a> {
 }
 
 impl<'a> Fit<'a> {
-    fn plan(spec: &'a RunSpec, run: &'a RunDir, resume_from: Option<&'a CheckpointState>) -> Result<Self> {
+    fn plan(
+        spec: &'a RunSpec,
+        run: &'a RunDir,
+        resume_from: Option<&'a CheckpointState>,
+    ) -> Result<Self> {
         let t = &spec.training;
         let start_step = resume_from.map_or(0, |s| s.step);
         if start_step >= t.max_iters {
@@ -342,8 +446,10 @@ impl<'a> Fit<'a> {
             );
         }
         let acc = t.grad_accumulation;
-        let epochs =
-            epoch_plan(start_step, t.eval_interval, t.max_iters).into_iter().map(|(first, steps)| (first * acc, steps * acc)).collect();
+        let epochs = epoch_plan(start_step, t.eval_interval, t.max_iters)
+            .into_iter()
+            .map(|(first, steps)| (first * acc, steps * acc))
+            .collect();
         Ok(Self {
             spec,
             run,
@@ -390,10 +496,14 @@ impl<'a> Fit<'a> {
         }
         let devices = crate::backend::replica_devices::<B>(&backend, device, &section.devices)?;
         #[cfg(not(feature = "distributed"))]
-        unreachable!("the config check refuses {} replicas without the `distributed` feature", devices.len());
+        unreachable!(
+            "the config check refuses {} replicas without the `distributed` feature",
+            devices.len()
+        );
         #[cfg(feature = "distributed")]
         {
-            let agreement = crate::distributed::agreement(self.spec, self.start_step, model.num_params());
+            let agreement =
+                crate::distributed::agreement(self.spec, self.start_step, model.num_params());
             eprintln!(
                 "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} windows",
                 section.node_rank,
@@ -406,7 +516,9 @@ impl<'a> Fit<'a> {
             );
             let replica_run = |local: usize, model: M, device: &B::Device| {
                 let replica = Replica::on(section, local);
-                let exchange = Arc::new(Exchange::join::<B::InnerBackend>(replica, device, section, &agreement)?);
+                let exchange = Arc::new(Exchange::join::<B::InnerBackend>(
+                    replica, device, section, &agreement,
+                )?);
                 let (train, valid) = loaders(replica, device);
                 let trained = self.launch(replica, Some(exchange.clone()), model, train, valid)?;
                 exchange.leave::<B::InnerBackend>()?;
@@ -426,7 +538,9 @@ impl<'a> Fit<'a> {
                 for (i, other) in others.into_iter().enumerate() {
                     match other.join() {
                         Ok(result) => {
-                            result.with_context(|| format!("replica on distributed.devices[{}]", i + 1))?;
+                            result.with_context(|| {
+                                format!("replica on distributed.devices[{}]", i + 1)
+                            })?;
                         }
                         Err(_) => bail!("the replica on distributed.devices[{}] panicked", i + 1),
                     }
@@ -444,7 +558,9 @@ impl<'a> Fit<'a> {
         exchange: Option<Arc<Exchange>>,
         model: M,
         train_loader: Arc<dyn DataLoader<B, M::Input>>,
-        valid_loader: Arc<dyn DataLoader<B::InnerBackend, <M::InnerModule as InferenceStep>::Input>>,
+        valid_loader: Arc<
+            dyn DataLoader<B::InnerBackend, <M::InnerModule as InferenceStep>::Input>,
+        >,
     ) -> Result<Option<(M::InnerModule, f64)>>
     where
         B: AutodiffBackend,
@@ -457,12 +573,20 @@ impl<'a> Fit<'a> {
             true => self.control.clone(),
             false => Arc::new(Self::control(spec, self.start_step)),
         };
-        let adamw = AdamW { beta1: t.beta1, beta2: t.beta2, epsilon: 1e-8, weight_decay: t.weight_decay };
-        let mut optimizer = ClippedAdamW::<M, B>::new(adamw, t.grad_clip, acc).with_control(control.clone());
+        let adamw = AdamW {
+            beta1: t.beta1,
+            beta2: t.beta2,
+            epsilon: 1e-8,
+            weight_decay: t.weight_decay,
+        };
+        let mut optimizer =
+            ClippedAdamW::<M, B>::new(adamw, t.grad_clip, acc).with_control(control.clone());
         if let Some(exchange) = exchange {
             optimizer = optimizer.with_exchange(exchange);
         }
-        let schedule = WarmupSchedule::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc).with_kind(t.schedule);
+        let schedule =
+            WarmupSchedule::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, acc)
+                .with_kind(t.schedule);
         let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
         let renderer = renderer::ProgressRenderer::new(t.max_iters, self.start_step, acc);
 
@@ -478,15 +602,22 @@ impl<'a> Fit<'a> {
         training = match replica.writes_run() {
             true => training
                 .with_metric_logger(
-                    metrics::JsonlLogger::new(&run.metrics(), acc, self.start_step, self.latest.clone())
-                        .with_context(|| format!("opening {}", run.metrics().display()))?,
+                    metrics::JsonlLogger::new(
+                        &run.metrics(),
+                        acc,
+                        self.start_step,
+                        self.latest.clone(),
+                    )
+                    .with_context(|| format!("opening {}", run.metrics().display()))?,
                 )
                 .with_checkpointing_strategy(self.checkpoint_policy(journal)?)
                 .renderer(renderer),
             false => training
                 .with_metric_logger(metrics::SilentLogger)
                 .with_application_logger(None)
-                .with_checkpointing_strategy(NoCheckpoints { control: control.clone() })
+                .with_checkpointing_strategy(NoCheckpoints {
+                    control: control.clone(),
+                })
                 .renderer(renderer.hidden()),
         };
         if acc > 1 {
@@ -521,8 +652,12 @@ impl<'a> Fit<'a> {
             return Ok(None);
         }
         if replica.writes_final_model() {
-            Recorder::<B::InnerBackend>::record(&CheckpointRecorder::default(), result.model.clone().into_record(), run.final_model())
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+            Recorder::<B::InnerBackend>::record(
+                &CheckpointRecorder::default(),
+                result.model.clone().into_record(),
+                run.final_model(),
+            )
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
         }
         Ok(Some((result.model, wall_seconds)))
     }
@@ -534,8 +669,10 @@ impl<'a> Fit<'a> {
         let identity = RunIdentity {
             seed: spec.run.seed,
             tokens_per_step: t.tokens_per_step(spec.model.block_size) * spec.distributed.replicas(),
-            config_sha256: sha256_file(&run.config()).with_context(|| format!("reading {}", run.config().display()))?,
-            tokenizer_sha256: sha256_file(&run.tokenizer()).with_context(|| format!("reading {}", run.tokenizer().display()))?,
+            config_sha256: sha256_file(&run.config())
+                .with_context(|| format!("reading {}", run.config().display()))?,
+            tokenizer_sha256: sha256_file(&run.tokenizer())
+                .with_context(|| format!("reading {}", run.tokenizer().display()))?,
         };
         Ok(CheckpointPolicy {
             journal,
@@ -568,15 +705,21 @@ impl<'a> Fit<'a> {
             steps: t.max_iters,
             tokens_seen,
             wall_seconds,
-            tokens_per_second: (tokens_seen as f64 * steps as f64 / t.max_iters as f64) / wall_seconds.max(1e-9),
+            tokens_per_second: (tokens_seen as f64 * steps as f64 / t.max_iters as f64)
+                / wall_seconds.max(1e-9),
             backend: backend.describe(),
         };
         if self.spec.distributed.node_rank > 0 {
-            eprintln!("kiln: node {} done | final model {}", self.spec.distributed.node_rank, run.final_model().display());
+            eprintln!(
+                "kiln: node {} done | final model {}",
+                self.spec.distributed.node_rank,
+                run.final_model().display()
+            );
             return Ok(summary);
         }
         let json = serde_json::to_vec_pretty(&summary).expect("summary serializes");
-        crate::run_dir::write_atomic(&run.summary(), &json).with_context(|| format!("writing {}", run.summary().display()))?;
+        crate::run_dir::write_atomic(&run.summary(), &json)
+            .with_context(|| format!("writing {}", run.summary().display()))?;
         eprintln!(
             "kiln: done in {:.1}s | val loss {:.4} (perplexity {:.2}) | {:.0} tokens/s | {}",
             wall_seconds,
@@ -591,7 +734,11 @@ impl<'a> Fit<'a> {
 
 /// The Learner epochs left from `start_step`: `(first step, steps)`, cut at every multiple
 /// of `eval_interval` (a resumed run validates and checkpoints where an uninterrupted one would).
-pub fn epoch_plan(start_step: usize, eval_interval: usize, max_iters: usize) -> Vec<(usize, usize)> {
+pub fn epoch_plan(
+    start_step: usize,
+    eval_interval: usize,
+    max_iters: usize,
+) -> Vec<(usize, usize)> {
     let mut plan = Vec::new();
     let mut step = start_step;
     while step < max_iters {
@@ -605,7 +752,10 @@ pub fn epoch_plan(start_step: usize, eval_interval: usize, max_iters: usize) -> 
 fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> String {
     let t = &spec.training;
     let last_good = match crate::checkpoint::Latest::read(run) {
-        Some(latest) => format!("the last good checkpoint (step {}) is kept; `--resume` continues from it", latest.step),
+        Some(latest) => format!(
+            "the last good checkpoint (step {}) is kept; `--resume` continues from it",
+            latest.step
+        ),
         None => "no checkpoint had been taken yet".to_string(),
     };
     let clip = if t.grad_clip > 0.0 {
@@ -622,16 +772,27 @@ fn divergence_message(run: &RunDir, spec: &RunSpec, divergence: Divergence) -> S
 
 /// Creates the run directory, refusing to overwrite an existing run unless asked, and finds
 /// the checkpoint to resume from.
-fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Result<Option<CheckpointState>> {
+fn prepare_run_dir(
+    run: &RunDir,
+    spec: &RunSpec,
+    options: &TrainOptions,
+) -> Result<Option<CheckpointState>> {
     // Training has started once metrics are logged; a start that failed on its input (and
     // left only config, tokenizer and tokens.bin) holds nothing to protect.
-    let has_run = run.metrics().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
+    let has_run =
+        run.metrics().exists() || run.final_model().exists() || !run.checkpoint_epochs().is_empty();
     if let Some(resume) = &options.resume {
         if !has_run {
-            bail!("--resume: {} holds no run to resume; train without --resume first", run.root().display());
+            bail!(
+                "--resume: {} holds no run to resume; train without --resume first",
+                run.root().display()
+            );
         }
         let saved = RunSpec::read_resolved(&run.config())?;
-        for (section, same) in [("model", saved.model_matches(spec)), ("data", saved.data == spec.data)] {
+        for (section, same) in [
+            ("model", saved.model_matches(spec)),
+            ("data", saved.data == spec.data),
+        ] {
             if !same {
                 bail!(
                     "--resume: the [{section}] section differs from the one {} was trained with; \
@@ -648,15 +809,28 @@ fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Resu
             Resume::From(path) => checkpoint_at(run, path)?,
         };
         state.check_tokenizer(run)?;
-        let partials = run.remove_partial_files().with_context(|| format!("cleaning {}", run.root().display()))?;
+        let partials = run
+            .remove_partial_files()
+            .with_context(|| format!("cleaning {}", run.root().display()))?;
         if partials > 0 {
             eprintln!("kiln: removed {partials} half-written file(s) left by an interrupted write");
         }
-        if let Some(dir) = run.set_aside_after(state.epoch).with_context(|| format!("cleaning {}", run.checkpoints().display()))? {
-            eprintln!("kiln: checkpoints newer than the resume point were moved to {}", dir.display());
+        if let Some(dir) = run
+            .set_aside_after(state.epoch)
+            .with_context(|| format!("cleaning {}", run.checkpoints().display()))?
+        {
+            eprintln!(
+                "kiln: checkpoints newer than the resume point were moved to {}",
+                dir.display()
+            );
         }
         crate::train::metrics::truncate_metrics(&run.metrics(), state.step)?;
-        eprintln!("kiln: resuming {} from step {} (checkpoint {})", run.root().display(), state.step, state.epoch);
+        eprintln!(
+            "kiln: resuming {} from step {} (checkpoint {})",
+            run.root().display(),
+            state.step,
+            state.epoch
+        );
         return Ok(Some(state));
     }
     if has_run {
@@ -667,9 +841,11 @@ fn prepare_run_dir(run: &RunDir, spec: &RunSpec, options: &TrainOptions) -> Resu
                 run.root().display()
             );
         }
-        std::fs::remove_dir_all(run.root()).with_context(|| format!("removing {}", run.root().display()))?;
+        std::fs::remove_dir_all(run.root())
+            .with_context(|| format!("removing {}", run.root().display()))?;
     }
-    std::fs::create_dir_all(run.checkpoints()).with_context(|| format!("creating {}", run.checkpoints().display()))?;
+    std::fs::create_dir_all(run.checkpoints())
+        .with_context(|| format!("creating {}", run.checkpoints().display()))?;
     Ok(None)
 }
 
@@ -695,7 +871,8 @@ fn checkpoint_at(run: &RunDir, path: &std::path::Path) -> Result<CheckpointState
         bail!(
             "--resume {}: expected a checkpoint file of this run, such as {}",
             path.display(),
-            run.checkpoint_state(run.checkpoint_epochs().last().copied().unwrap_or(1)).display()
+            run.checkpoint_state(run.checkpoint_epochs().last().copied().unwrap_or(1))
+                .display()
         );
     };
     Ok(CheckpointState::verify(run, epoch)?)
@@ -714,16 +891,29 @@ fn resolve_vocab(spec: &mut RunSpec, tokenizer: &dyn Tokenizer) -> Result<()> {
     Ok(())
 }
 
-fn print_sample<B: Backend>(model: &Gpt<B>, tokenizer: &dyn Tokenizer, tokens: usize, seed: u64) -> Result<()> {
+fn print_sample<B: Backend>(
+    model: &Gpt<B>,
+    tokenizer: &dyn Tokenizer,
+    tokens: usize,
+    seed: u64,
+) -> Result<()> {
     // A newline where the tokenizer has one (char, BPE), else the document separator.
     let prompt = match tokenizer.encode("\n") {
         Ok(ids) if !ids.is_empty() => ids,
         _ => vec![tokenizer.special_id(tokenizer::END_OF_TEXT).unwrap_or(0)],
     };
-    let sampling = Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
+    let sampling = Sampling {
+        max_new_tokens: tokens,
+        temperature: 0.8,
+        top_k: Some(200),
+        top_p: None,
+        seed,
+    };
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = crate::generate::Utf8Stream::stdout();
-    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_next(id)))?;
+    generate(model, &prompt, &sampling, |id| {
+        out.push(&tokenizer.decode_next(id))
+    })?;
     out.push(b"\n");
     out.finish();
     Ok(())
@@ -743,7 +933,8 @@ pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>>
             run.config().display()
         );
     }
-    let state = crate::checkpoint::Latest::read(run).and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
+    let state = crate::checkpoint::Latest::read(run)
+        .and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
     if let Some(state) = state {
         state.check_tokenizer(run)?;
     }
@@ -774,14 +965,21 @@ fn load_weights<B: Backend, M: Module<B>>(
         None if run.final_model().is_file() => run.final_model(),
         None => match run.checkpoint_epochs().last() {
             Some(&epoch) => run.checkpoint_file("model", epoch),
-            None => bail!("{} holds no model yet (no model.mpk, no checkpoints)", run.root().display()),
+            None => bail!(
+                "{} holds no model yet (no model.mpk, no checkpoints)",
+                run.root().display()
+            ),
         },
     };
     let expected = crate::model::named_params(&model);
     let record = load_record::<B, _>(&path, device)?;
     let model = model.load_record(record);
     let loaded = crate::model::named_params(&model);
-    if let Some((want, got)) = expected.iter().zip(&loaded).find(|(want, got)| want.shape != got.shape) {
+    if let Some((want, got)) = expected
+        .iter()
+        .zip(&loaded)
+        .find(|(want, got)| want.shape != got.shape)
+    {
         bail!(crate::checkpoint::CheckpointError::Shape {
             path,
             name: got.name.clone(),

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 
 use burn::train::metric::{MetricDefinition, MetricId};
 use burn::train::renderer::{
-    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation, MetricsRendererTraining, ProgressType,
-    TrainingProgress,
+    EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
+    MetricsRendererTraining, ProgressType, TrainingProgress,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -34,9 +34,11 @@ impl ProgressRenderer {
     pub fn new(max_iters: usize, start_step: usize, grad_accumulation: usize) -> Self {
         let bar = ProgressBar::new(max_iters as u64).with_position(start_step as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos:>6}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("static template is valid")
-                .progress_chars("█▉▊▋▌▍▎▏ "),
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos:>6}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("static template is valid")
+            .progress_chars("█▉▊▋▌▍▎▏ "),
         );
         Self {
             bar,
@@ -60,7 +62,9 @@ impl ProgressRenderer {
 
     fn numeric(&self, state: &MetricState) -> Option<(String, f64)> {
         match state {
-            MetricState::Numeric(entry, value) => Some((self.names.get(&entry.metric_id)?.clone(), value.current())),
+            MetricState::Numeric(entry, value) => {
+                Some((self.names.get(&entry.metric_id)?.clone(), value.current()))
+            }
             MetricState::Generic(_) => None,
         }
     }
@@ -117,20 +121,25 @@ impl MetricsRendererTraining for ProgressRenderer {
             return;
         };
         if progress.items_processed < progress.items_total || self.val_loss.1 == 0 {
-            self.bar.set_message(format!("{} | validating", self.message()));
+            self.bar
+                .set_message(format!("{} | validating", self.message()));
             return;
         }
         let val = self.val_loss.0 / self.val_loss.1 as f64;
         let train = self.epoch_train_loss.0 / self.epoch_train_loss.1.max(1) as f64;
         let step = self.step();
-        self.bar.suspend(|| eprintln!("step {step}: train loss {train:.4}, val loss {val:.4}"));
+        self.bar
+            .suspend(|| eprintln!("step {step}: train loss {train:.4}, val loss {val:.4}"));
         self.last_val = Some(val);
         self.val_loss = (0.0, 0);
         self.epoch_train_loss = (0.0, 0);
         self.bar.set_message(self.message());
     }
 
-    fn on_train_end(&mut self, _: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn std::error::Error>> {
+    fn on_train_end(
+        &mut self,
+        _: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn std::error::Error>> {
         self.bar.finish_and_clear();
         Ok(())
     }

@@ -35,8 +35,22 @@ pub struct WarmupSchedule {
 }
 
 impl WarmupSchedule {
-    pub fn new(max_lr: f64, min_lr: f64, warmup_iters: usize, decay_iters: usize, grad_accumulation: usize) -> Self {
-        Self { kind: ScheduleKind::Cosine, max_lr, min_lr, warmup_iters, decay_iters, grad_accumulation, calls: 0 }
+    pub fn new(
+        max_lr: f64,
+        min_lr: f64,
+        warmup_iters: usize,
+        decay_iters: usize,
+        grad_accumulation: usize,
+    ) -> Self {
+        Self {
+            kind: ScheduleKind::Cosine,
+            max_lr,
+            min_lr,
+            warmup_iters,
+            decay_iters,
+            grad_accumulation,
+            calls: 0,
+        }
     }
 
     pub fn with_kind(self, kind: ScheduleKind) -> Self {

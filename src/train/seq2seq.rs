@@ -22,16 +22,25 @@ use crate::tokenizer::{bpe, Tokenizer, TokenizerSpec};
 /// The model a seq2seq config describes, its vocabulary resolved and `pad` from the tokenizer.
 pub fn seq2seq_config(spec: &RunSpec, pad: u32) -> Seq2SeqConfig {
     let m = &spec.model;
-    Seq2SeqConfig::new(spec.vocab_size(), m.d_model, m.n_heads, m.n_layers, m.n_decoder_layers(), m.d_ff(), m.block_size, pad as usize)
-        .with_dropout(m.dropout)
-        .with_bias(m.bias)
-        .with_tie_embeddings(m.tie_embeddings)
-        .with_activation(m.activation)
-        .with_norm(m.norm)
-        .with_norm_first(m.norm_first)
-        .with_norm_eps(m.norm_eps)
-        .with_positions(m.positions)
-        .with_init(m.init)
+    Seq2SeqConfig::new(
+        spec.vocab_size(),
+        m.d_model,
+        m.n_heads,
+        m.n_layers,
+        m.n_decoder_layers(),
+        m.d_ff(),
+        m.block_size,
+        pad as usize,
+    )
+    .with_dropout(m.dropout)
+    .with_bias(m.bias)
+    .with_tie_embeddings(m.tie_embeddings)
+    .with_activation(m.activation)
+    .with_norm(m.norm)
+    .with_norm_first(m.norm_first)
+    .with_norm_eps(m.norm_eps)
+    .with_positions(m.positions)
+    .with_init(m.init)
 }
 
 /// One split of a run's parallel corpus: the sentences as written and the pairs that fit
@@ -72,14 +81,23 @@ fn held_out(data: &DataSection, pairs: usize) -> usize {
 
 /// Encodes `split` of a run's corpus with its tokenizer; `None` when the config has no such
 /// split.
-pub fn pair_split(spec: &RunSpec, tokenizer: &dyn Tokenizer, split: Split) -> Result<Option<PairSplit>> {
+pub fn pair_split(
+    spec: &RunSpec,
+    tokenizer: &dyn Tokenizer,
+    split: Split,
+) -> Result<Option<PairSplit>> {
     let Some(text) = text_pairs(&spec.data, split)? else {
         return Ok(None);
     };
     encode_split(spec, tokenizer, split, text).map(Some)
 }
 
-fn encode_split(spec: &RunSpec, tokenizer: &dyn Tokenizer, split: Split, text: Vec<(String, String)>) -> Result<PairSplit> {
+fn encode_split(
+    spec: &RunSpec,
+    tokenizer: &dyn Tokenizer,
+    split: Split,
+    text: Vec<(String, String)>,
+) -> Result<PairSplit> {
     let specials = Specials::of(tokenizer)?;
     let keys = match spec.data.pair_files(split) {
         Some([(source, _), (target, _)]) => [source, target],
@@ -98,7 +116,12 @@ fn encode_split(spec: &RunSpec, tokenizer: &dyn Tokenizer, split: Split, text: V
         );
     }
     let (sources, targets) = text.into_iter().unzip();
-    Ok(PairSplit { sources, targets, pairs: fitting.into(), too_long })
+    Ok(PairSplit {
+        sources,
+        targets,
+        pairs: fitting.into(),
+        too_long,
+    })
 }
 
 /// A joint vocabulary for both languages: `bpe:train:N` fits a byte-level BPE on every
@@ -130,7 +153,8 @@ fn fit_joint_bpe(data: &DataSection, train: &[(String, String)]) -> Result<Box<d
 /// A seq2seq config's joint tokenizer, fitted in memory, with `model.vocab_size` resolved in
 /// `spec`: all the model needs to be built from a config without a run.
 pub fn fit_seq2seq_tokenizer(spec: &mut RunSpec) -> Result<Specials> {
-    let train = text_pairs(&spec.data, Split::Train)?.context("a parallel config names its training files")?;
+    let train = text_pairs(&spec.data, Split::Train)?
+        .context("a parallel config names its training files")?;
     let tokenizer = fit_joint_bpe(&spec.data, &train)?;
     super::resolve_vocab(spec, tokenizer.as_ref())?;
     Ok(Specials::of(tokenizer.as_ref())?)
@@ -142,12 +166,14 @@ pub(super) fn run<B: AutodiffBackend>(
     device: B::Device,
     backend: BackendChoice,
 ) -> Result<Outcome> {
-    let train_text =
-        text_pairs(&spec.data, Split::Train)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
-    let valid_text =
-        text_pairs(&spec.data, Split::Valid)?.context("data.source and data.target: expected the training files of a parallel corpus")?;
+    let train_text = text_pairs(&spec.data, Split::Train)?
+        .context("data.source and data.target: expected the training files of a parallel corpus")?;
+    let valid_text = text_pairs(&spec.data, Split::Valid)?
+        .context("data.source and data.target: expected the training files of a parallel corpus")?;
     let data = spec.data.clone();
-    let started = start_run::<B>(&mut spec, &options, &device, || fit_joint_bpe(&data, &train_text))?;
+    let started = start_run::<B>(&mut spec, &options, &device, || {
+        fit_joint_bpe(&data, &train_text)
+    })?;
     let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
     let specials = Specials::of(tokenizer)?;
     let train = encode_split(&spec, tokenizer, Split::Train, train_text)?;
@@ -159,24 +185,62 @@ pub(super) fn run<B: AutodiffBackend>(
     let target_tokens: usize = train.pairs.iter().map(|p| p.target.len() - 1).sum();
     let left_out = match train.too_long + valid.too_long {
         0 => String::new(),
-        n => format!(" | {n} pairs longer than model.block_size = {} left out", spec.model.block_size),
+        n => format!(
+            " | {n} pairs longer than model.block_size = {} left out",
+            spec.model.block_size
+        ),
     };
-    let data = format!("{} train pairs ({target_tokens} target tokens) / {} val pairs{left_out}", train.pairs.len(), valid.pairs.len());
+    let data = format!(
+        "{} train pairs ({target_tokens} target tokens) / {} val pairs{left_out}",
+        train.pairs.len(),
+        valid.pairs.len()
+    );
     announce(run, &backend, counts, &data)?;
 
     let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
-    let batches = PairBatches::new(train.pairs.clone(), t.batch_size, specials.pad, spec.run.seed).with_label_smoothing(t.label_smoothing);
+    let batches = PairBatches::new(
+        train.pairs.clone(),
+        t.batch_size,
+        specials.pad,
+        spec.run.seed,
+    )
+    .with_label_smoothing(t.label_smoothing);
     let passes = (t.max_iters * t.grad_accumulation) as f64 / batches.per_pass().max(1) as f64;
     let train_loader =
-        TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone()).with_stop(plan.stop(), t.grad_accumulation);
-    let valid_loader = FixedPairs::<B::InnerBackend>::new(valid.pairs.clone(), t.batch_size, t.eval_iters, specials.pad, device.clone())
-        .skip_when(plan.stop());
-    let Some((model, wall_seconds)) = plan.launch(Replica::SOLE, None, model, Arc::new(train_loader), Arc::new(valid_loader))? else {
-        return Ok(Outcome::Interrupted { step: plan.control.steps() });
+        TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone())
+            .with_stop(plan.stop(), t.grad_accumulation);
+    let valid_loader = FixedPairs::<B::InnerBackend>::new(
+        valid.pairs.clone(),
+        t.batch_size,
+        t.eval_iters,
+        specials.pad,
+        device.clone(),
+    )
+    .skip_when(plan.stop());
+    let Some((model, wall_seconds)) = plan.launch(
+        Replica::SOLE,
+        None,
+        model,
+        Arc::new(train_loader),
+        Arc::new(valid_loader),
+    )?
+    else {
+        return Ok(Outcome::Interrupted {
+            step: plan.control.steps(),
+        });
     };
 
-    let final_val_loss =
-        seq2seq_mean_loss(&model, FixedPairs::new(valid.pairs.clone(), t.batch_size, 0, specials.pad, device.clone()).batches());
+    let final_val_loss = seq2seq_mean_loss(
+        &model,
+        FixedPairs::new(
+            valid.pairs.clone(),
+            t.batch_size,
+            0,
+            specials.pad,
+            device.clone(),
+        )
+        .batches(),
+    );
     let tokens_seen = (target_tokens as f64 * passes) as usize;
     let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
     if options.sample_tokens > 0 {
@@ -186,17 +250,31 @@ pub(super) fn run<B: AutodiffBackend>(
 }
 
 /// Mean per-token loss (unsmoothed) of `model` over `batches`, weighted by target tokens.
-pub fn seq2seq_mean_loss<B: Backend>(model: &Seq2Seq<B>, batches: impl Iterator<Item = Seq2SeqBatch<B>>) -> f64 {
+pub fn seq2seq_mean_loss<B: Backend>(
+    model: &Seq2Seq<B>,
+    batches: impl Iterator<Item = Seq2SeqBatch<B>>,
+) -> f64 {
     let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
         let tokens = batch.target_tokens;
-        let batch = Seq2SeqBatch { label_smoothing: 0.0, ..batch };
-        (sum + seq2seq_loss(model, &batch).into_scalar().elem::<f64>() * tokens as f64, n + tokens)
+        let batch = Seq2SeqBatch {
+            label_smoothing: 0.0,
+            ..batch
+        };
+        (
+            sum + seq2seq_loss(model, &batch).into_scalar().elem::<f64>() * tokens as f64,
+            n + tokens,
+        )
     });
     sum / n.max(1) as f64
 }
 
 /// A few validation sentences translated greedily, with their references.
-fn print_translations<B: Backend>(model: &Seq2Seq<B>, tokenizer: &dyn Tokenizer, valid: &PairSplit, device: &B::Device) -> Result<()> {
+fn print_translations<B: Backend>(
+    model: &Seq2Seq<B>,
+    tokenizer: &dyn Tokenizer,
+    valid: &PairSplit,
+    device: &B::Device,
+) -> Result<()> {
     let sources: Vec<&str> = valid.sources.iter().take(3).map(String::as_str).collect();
     let decoding = crate::translate::Decoding::greedy(model.max_len());
     let outputs = crate::translate::translate(model, tokenizer, &sources, &decoding, device)?;
@@ -217,5 +295,10 @@ pub fn load_seq2seq<B: Backend>(
     device: &B::Device,
 ) -> Result<(Seq2Seq<B>, PathBuf)> {
     let specials = parallel::Specials::of(tokenizer)?;
-    super::load_weights(run, seq2seq_config(spec, specials.pad).init(device), file, device)
+    super::load_weights(
+        run,
+        seq2seq_config(spec, specials.pad).init(device),
+        file,
+        device,
+    )
 }

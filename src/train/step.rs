@@ -13,10 +13,15 @@ use crate::model::{Gpt, Seq2Seq};
 pub fn lm_loss<B: Backend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
     let logits = model.forward(batch.inputs.clone());
     let [b, t, v] = logits.dims();
-    let (logits, targets) = (logits.reshape([b * t, v]), batch.targets.clone().reshape([b * t]));
+    let (logits, targets) = (
+        logits.reshape([b * t, v]),
+        batch.targets.clone().reshape([b * t]),
+    );
     match crate::model::fused::cross_entropy(&logits, &targets) {
         Some(loss) => loss,
-        None => CrossEntropyLossConfig::new().init(&logits.device()).forward(logits, targets),
+        None => CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits, targets),
     }
 }
 
@@ -56,7 +61,10 @@ pub struct LmStats {
 impl<B: Backend> ItemLazy for LmOutput<B> {
     type ItemSync = LmStats;
     fn sync(self) -> LmStats {
-        LmStats { loss: self.loss.into_scalar().elem::<f64>(), tokens: self.tokens }
+        LmStats {
+            loss: self.loss.into_scalar().elem::<f64>(),
+            tokens: self.tokens,
+        }
     }
 }
 
@@ -67,7 +75,10 @@ impl Adaptor<LmStats> for LmStats {
 }
 
 fn output<B: Backend>(loss: Tensor<B, 1>, batch: &LmBatch<B>) -> LmOutput<B> {
-    LmOutput { loss, tokens: batch.inputs.dims().iter().product() }
+    LmOutput {
+        loss,
+        tokens: batch.inputs.dims().iter().product(),
+    }
 }
 
 impl<B: AutodiffBackend> TrainStep for Gpt<B> {
@@ -97,7 +108,14 @@ impl<B: AutodiffBackend> TrainStep for Seq2Seq<B> {
     fn step(&self, batch: Seq2SeqBatch<B>) -> TrainOutput<LmOutput<B>> {
         let loss = seq2seq_loss(self, &batch);
         let grads = loss.backward();
-        TrainOutput::new(self, grads, LmOutput { loss: loss.detach(), tokens: batch.target_tokens })
+        TrainOutput::new(
+            self,
+            grads,
+            LmOutput {
+                loss: loss.detach(),
+                tokens: batch.target_tokens,
+            },
+        )
     }
 }
 
@@ -106,6 +124,9 @@ impl<B: Backend> InferenceStep for Seq2Seq<B> {
     type Output = LmOutput<B>;
 
     fn step(&self, batch: Seq2SeqBatch<B>) -> LmOutput<B> {
-        LmOutput { loss: seq2seq_loss(self, &batch), tokens: batch.target_tokens }
+        LmOutput {
+            loss: seq2seq_loss(self, &batch),
+            tokens: batch.target_tokens,
+        }
     }
 }

@@ -29,7 +29,13 @@ pub struct Decoding {
 
 impl Decoding {
     pub fn greedy(max_len: usize) -> Self {
-        Self { beam: 1, length_penalty: 0.0, max_len_ratio: 1.5, max_len, batch_size: 64 }
+        Self {
+            beam: 1,
+            length_penalty: 0.0,
+            max_len_ratio: 1.5,
+            max_len,
+            batch_size: 64,
+        }
     }
 
     /// Output tokens allowed for a source of `source_len` tokens.
@@ -50,7 +56,8 @@ pub fn translate<B: Backend>(
     let specials = Specials::of(tokenizer)?;
     let mut sources = Vec::with_capacity(sentences.len());
     for (i, sentence) in sentences.iter().enumerate() {
-        let mut ids = encode_source(tokenizer, sentence, specials).map_err(|e| anyhow::anyhow!("sentence {}: {e}", i + 1))?;
+        let mut ids = encode_source(tokenizer, sentence, specials)
+            .map_err(|e| anyhow::anyhow!("sentence {}: {e}", i + 1))?;
         if ids.len() > model.max_len() {
             ids.truncate(model.max_len() - 1);
             ids.push(specials.eos);
@@ -61,7 +68,10 @@ pub fn translate<B: Backend>(
     order.sort_by_key(|&i| sources[i].len());
     let mut outputs = vec![String::new(); sources.len()];
     let bar = indicatif::ProgressBar::new(sources.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("kiln: translating {bar:30} {pos}/{len} sentences ({elapsed})").expect("valid progress template"),
+        indicatif::ProgressStyle::with_template(
+            "kiln: translating {bar:30} {pos}/{len} sentences ({elapsed})",
+        )
+        .expect("valid progress template"),
     );
     for chunk in order.chunks(decoding.batch_size.max(1)) {
         let batch: Vec<&[u32]> = chunk.iter().map(|&i| sources[i].as_slice()).collect();
@@ -79,10 +89,24 @@ pub fn translate<B: Backend>(
 }
 
 /// Encodes a batch of sources (`[batch, src]`, padded) and starts decoding over it.
-fn start<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], pad: u32, device: &B::Device) -> DecoderState<B> {
+fn start<B: Backend>(
+    model: &Seq2Seq<B>,
+    sources: &[&[u32]],
+    pad: u32,
+    device: &B::Device,
+) -> DecoderState<B> {
     let width = sources.iter().map(|s| s.len()).max().unwrap_or(1);
-    let ids: Vec<i64> = sources.iter().flat_map(|s| s.iter().map(|&t| t as i64).chain(std::iter::repeat(pad as i64)).take(width)).collect();
-    let source = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [sources.len(), width]), device);
+    let ids: Vec<i64> = sources
+        .iter()
+        .flat_map(|s| {
+            s.iter()
+                .map(|&t| t as i64)
+                .chain(std::iter::repeat(pad as i64))
+                .take(width)
+        })
+        .collect();
+    let source =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [sources.len(), width]), device);
     model.start_decoding(model.encode(source))
 }
 
@@ -93,7 +117,13 @@ fn column<B: Backend>(tokens: &[u32], device: &B::Device) -> Tensor<B, 2, Int> {
 }
 
 /// The most likely token at every step, until `<eos>` or the length limit.
-pub fn greedy<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], specials: Specials, decoding: &Decoding, device: &B::Device) -> Vec<Vec<u32>> {
+pub fn greedy<B: Backend>(
+    model: &Seq2Seq<B>,
+    sources: &[&[u32]],
+    specials: Specials,
+    decoding: &Decoding,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
     let mut state = start(model, sources, specials.pad, device);
     let limits: Vec<usize> = sources.iter().map(|s| decoding.limit(s.len())).collect();
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); sources.len()];
@@ -101,7 +131,15 @@ pub fn greedy<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], specials: Spec
     let mut last = vec![specials.bos; sources.len()];
     for step in 0..limits.iter().copied().max().unwrap_or(0) {
         let logits = model.decode_step(column(&last, device), &mut state);
-        last = logits.argmax(1).into_data().convert::<i64>().into_vec::<i64>().expect("argmax ids read back").into_iter().map(|t| t as u32).collect();
+        last = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .into_vec::<i64>()
+            .expect("argmax ids read back")
+            .into_iter()
+            .map(|t| t as u32)
+            .collect();
         for (row, &token) in last.iter().enumerate() {
             if done[row] {
                 continue;
@@ -134,29 +172,63 @@ fn normalised(log_prob: f64, len: usize, alpha: f64) -> f64 {
 /// token and keeping the best `beam` continuations; one that emits `<eos>` is finished.
 /// A sentence is done once it has `beam` finished hypotheses or reaches its length limit;
 /// its output is the finished one with the best length-normalised score.
-pub fn beam_search<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], specials: Specials, decoding: &Decoding, device: &B::Device) -> Vec<Vec<u32>> {
+pub fn beam_search<B: Backend>(
+    model: &Seq2Seq<B>,
+    sources: &[&[u32]],
+    specials: Specials,
+    decoding: &Decoding,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
     let (n, k) = (sources.len(), decoding.beam);
     // Row s·k + b of the decoder batch is hypothesis b of sentence s.
-    let rows: Vec<i64> = (0..n as i64).flat_map(|s| std::iter::repeat_n(s, k)).collect();
-    let mut state = start(model, sources, specials.pad, device).select(Tensor::from_data(TensorData::new(rows, [n * k]), device));
+    let rows: Vec<i64> = (0..n as i64)
+        .flat_map(|s| std::iter::repeat_n(s, k))
+        .collect();
+    let mut state = start(model, sources, specials.pad, device)
+        .select(Tensor::from_data(TensorData::new(rows, [n * k]), device));
     let limits: Vec<usize> = sources.iter().map(|s| decoding.limit(s.len())).collect();
     // Only the first hypothesis of each sentence is live at the start, so the beam is not
     // filled with k copies of the same continuation.
-    let mut live: Vec<Vec<Hypothesis>> = vec![vec![Hypothesis { tokens: Vec::new(), log_prob: 0.0 }]; n];
+    let mut live: Vec<Vec<Hypothesis>> = vec![
+        vec![Hypothesis {
+            tokens: Vec::new(),
+            log_prob: 0.0
+        }];
+        n
+    ];
     let mut finished: Vec<Vec<(f64, Vec<u32>)>> = vec![Vec::new(); n];
     let mut done = vec![false; n];
 
     for step in 0..limits.iter().copied().max().unwrap_or(0) {
-        let last: Vec<u32> = (0..n * k).map(|r| live[r / k].get(r % k).and_then(|h| h.tokens.last().copied()).unwrap_or(specials.bos)).collect();
+        let last: Vec<u32> = (0..n * k)
+            .map(|r| {
+                live[r / k]
+                    .get(r % k)
+                    .and_then(|h| h.tokens.last().copied())
+                    .unwrap_or(specials.bos)
+            })
+            .collect();
         let log_probs = log_softmax(model.decode_step(column(&last, device), &mut state), 1); // [n·k, vocab]
         let vocab = log_probs.dims()[1];
         // Each row's running score added to its continuations; rows that hold no live
         // hypothesis get -inf so that nothing is drawn from them.
-        let scores: Vec<f32> = (0..n * k).map(|r| live[r / k].get(r % k).map_or(f32::NEG_INFINITY, |h| h.log_prob as f32)).collect();
+        let scores: Vec<f32> = (0..n * k)
+            .map(|r| {
+                live[r / k]
+                    .get(r % k)
+                    .map_or(f32::NEG_INFINITY, |h| h.log_prob as f32)
+            })
+            .collect();
         let scores = Tensor::<B, 2>::from_data(TensorData::new(scores, [n * k, 1]), device);
-        let (best, index) = (log_probs + scores).reshape([n, k * vocab]).topk_with_indices(2 * k, 1);
+        let (best, index) = (log_probs + scores)
+            .reshape([n, k * vocab])
+            .topk_with_indices(2 * k, 1);
         let best: Vec<f32> = crate::model::f32_values(best.into_data());
-        let index: Vec<i64> = index.into_data().convert::<i64>().into_vec().expect("topk indices read back");
+        let index: Vec<i64> = index
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .expect("topk indices read back");
 
         let mut parents: Vec<i64> = Vec::with_capacity(n * k);
         for s in 0..n {
@@ -171,18 +243,29 @@ pub fn beam_search<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], specials:
                     let (parent, token) = (flat / vocab, (flat % vocab) as u32);
                     let mut tokens = live[s][parent].tokens.clone();
                     if token == specials.eos {
-                        finished[s].push((normalised(score, tokens.len() + 1, decoding.length_penalty), tokens));
+                        finished[s].push((
+                            normalised(score, tokens.len() + 1, decoding.length_penalty),
+                            tokens,
+                        ));
                         continue;
                     }
                     tokens.push(token);
-                    next.push(Hypothesis { tokens, log_prob: score });
+                    next.push(Hypothesis {
+                        tokens,
+                        log_prob: score,
+                    });
                     from.push(parent);
                 }
                 if finished[s].len() >= k || step + 1 >= limits[s] || next.is_empty() {
                     done[s] = true;
                     // Out of room: the live hypotheses end here.
                     if finished[s].is_empty() {
-                        finished[s].extend(next.iter().map(|h| (normalised(h.log_prob, h.tokens.len(), decoding.length_penalty), h.tokens.clone())));
+                        finished[s].extend(next.iter().map(|h| {
+                            (
+                                normalised(h.log_prob, h.tokens.len(), decoding.length_penalty),
+                                h.tokens.clone(),
+                            )
+                        }));
                     }
                     next.clear();
                     from.clear();
@@ -201,8 +284,16 @@ pub fn beam_search<B: Backend>(model: &Seq2Seq<B>, sources: &[&[u32]], specials:
         .into_iter()
         .zip(live)
         .map(|(ended, live)| {
-            let ended = if ended.is_empty() { live.into_iter().map(|h| (h.log_prob, h.tokens)).collect() } else { ended };
-            ended.into_iter().max_by(|a, b| a.0.total_cmp(&b.0)).map(|(_, tokens)| tokens).unwrap_or_default()
+            let ended = if ended.is_empty() {
+                live.into_iter().map(|h| (h.log_prob, h.tokens)).collect()
+            } else {
+                ended
+            };
+            ended
+                .into_iter()
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, tokens)| tokens)
+                .unwrap_or_default()
         })
         .collect()
 }

@@ -18,7 +18,8 @@ pub fn repo() -> PathBuf {
 pub fn tiny_spec(artifacts: &Path, overrides: &[&str]) -> RunSpec {
     let mut sets: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
     sets.push(format!("run.artifacts_dir={}", artifacts.display()));
-    kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &sets, Vec::new()).expect("tiny config loads")
+    kiln::config::load_with_env(&repo().join("configs/tiny.toml"), &sets, Vec::new())
+        .expect("tiny config loads")
 }
 
 /// Every float parameter of a run's final model, in model order (ndarray).
@@ -27,12 +28,15 @@ pub fn final_weights(run: &Path) -> Vec<f32> {
     struct Values(Vec<f32>);
     impl ModuleVisitor<B> for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+            self.0
+                .extend(param.val().into_data().to_vec::<f32>().unwrap());
         }
     }
     let dir = RunDir::new(run);
     let spec = RunSpec::read_resolved(&dir.config()).unwrap();
-    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default()).unwrap();
+    let (model, _) =
+        kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default())
+            .unwrap();
     let mut values = Values(Vec::new());
     model.visit(&mut values);
     values.0
@@ -52,19 +56,41 @@ pub fn config_error(dir: &Path, text: &str) -> String {
 pub fn valid_config_text() -> String {
     std::fs::read_to_string(repo().join("configs/tiny.toml"))
         .unwrap()
-        .replace("data/tinyshakespeare.txt", &repo().join("data/tinyshakespeare.txt").display().to_string())
+        .replace(
+            "data/tinyshakespeare.txt",
+            &repo()
+                .join("data/tinyshakespeare.txt")
+                .display()
+                .to_string(),
+        )
 }
 
 /// Runs the kiln binary in the repository root: (success, stdout, stderr).
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(repo()).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `kiln train` on `configs/tiny.toml` in the background, with each of `sets` as a `--set`
 /// and `flags` after them; stderr is piped for the test to read.
 pub fn spawn_tiny_training(sets: impl IntoIterator<Item = String>, flags: &[&str]) -> Child {
-    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).to_vec();
+    let mut args: Vec<String> = [
+        "train",
+        "--config",
+        "configs/tiny.toml",
+        "--sample-tokens",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
     for set in sets {
         args.extend(["--set".to_string(), set]);
     }
@@ -82,8 +108,14 @@ pub fn spawn_tiny_training(sets: impl IntoIterator<Item = String>, flags: &[&str
 /// on PATH.
 pub fn python_with(module: &str) -> PathBuf {
     let venv = repo().join(".venv/bin/python");
-    let python = if venv.is_file() { venv } else { "python3".into() };
-    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
+    let python = if venv.is_file() {
+        venv
+    } else {
+        "python3".into()
+    };
+    let probe = Command::new(&python)
+        .args(["-c", &format!("import {module}")])
+        .output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
         "{} cannot import {module}: run scripts/setup-venv.sh",
@@ -94,8 +126,16 @@ pub fn python_with(module: &str) -> PathBuf {
 
 /// Runs `tests/<script>` with `python`, returning its stdout; fails the test on a non-zero exit.
 pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(python).arg(repo().join("tests").join(script)).args(args).output().unwrap();
+    let out = Command::new(python)
+        .arg(repo().join("tests").join(script))
+        .args(args)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "tests/{script} {args:?} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tests/{script} {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     stdout
 }

@@ -67,7 +67,10 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return seq2seq::run(args, run, spec);
     }
     if args.split != "valid" {
-        bail!("--split {:?}: a GPT run has only its validation split (the tail of data.path)", args.split);
+        bail!(
+            "--split {:?}: a GPT run has only its validation split (the tail of data.path)",
+            args.split
+        );
     }
     if args.hypotheses.is_some() {
         bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
@@ -75,7 +78,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
     let corpus = gpt_corpus(&run, &spec, tokenizer.as_ref(), args.data.as_deref())?;
     let backend = args.backend.section(&spec)?;
-    let job = Job { run, spec, tokenizer, corpus, checkpoint: args.checkpoint, full: args.full };
+    let job = Job {
+        run,
+        spec,
+        tokenizer,
+        corpus,
+        checkpoint: args.checkpoint,
+        full: args.full,
+    };
     let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -83,13 +93,21 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("model:          {}", result.model);
         println!("val loss:       {:.4}", result.val_loss);
         println!("val perplexity: {:.3}", result.val_perplexity);
-        println!("evaluated on:   {} batches, {} tokens", result.batches, result.tokens);
+        println!(
+            "evaluated on:   {} batches, {} tokens",
+            result.batches, result.tokens
+        );
     }
     Ok(())
 }
 
 /// The token stream whose validation split is scored: `--data`, else the run's token file.
-fn gpt_corpus(run: &RunDir, spec: &RunSpec, tokenizer: &dyn Tokenizer, data: Option<&Path>) -> Result<Corpus> {
+fn gpt_corpus(
+    run: &RunDir,
+    spec: &RunSpec,
+    tokenizer: &dyn Tokenizer,
+    data: Option<&Path>,
+) -> Result<Corpus> {
     let (val_fraction, block_size) = (spec.data.val_fraction, spec.model.block_size);
     let Some(path) = data else {
         if !run.tokens_meta().is_file() {
@@ -122,16 +140,32 @@ struct Job {
 impl BackendJob for Job {
     type Output = Result<EvalResult>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<EvalResult> {
-        let (model, path) = load_model::<B::InnerBackend>(&self.run, &self.spec, self.checkpoint.as_deref(), &device)?;
+        let (model, path) = load_model::<B::InnerBackend>(
+            &self.run,
+            &self.spec,
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
         let separator = crate::train::document_separator(&self.spec, self.tokenizer.as_ref())?;
         let windows = if self.full {
             let (t, m) = (&self.spec.training, &self.spec.model);
-            FixedWindows::tiling(self.corpus.val.clone(), t.batch_size, m.block_size, device.clone())
+            FixedWindows::tiling(
+                self.corpus.val.clone(),
+                t.batch_size,
+                m.block_size,
+                device.clone(),
+            )
         } else {
             val_windows::<B::InnerBackend>(&self.spec, &self.corpus, separator, &device)?
         };
         let val_loss = mean_loss(&model, windows.batches());
         let (batches, tokens) = windows.size();
-        Ok(EvalResult { model: path.display().to_string(), val_loss, val_perplexity: val_loss.exp(), batches, tokens })
+        Ok(EvalResult {
+            model: path.display().to_string(),
+            val_loss,
+            val_perplexity: val_loss.exp(),
+            batches,
+            tokens,
+        })
     }
 }

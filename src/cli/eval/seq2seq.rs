@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::EvalArgs;
 use crate::backend::{BackendChoice, BackendJob};
 use crate::config::{RunSpec, Split};
-use crate::data::FixedPairs;
 use crate::data::parallel::Specials;
+use crate::data::FixedPairs;
 use crate::run_dir::RunDir;
 use crate::translate::bleu::{corpus_bleu, Bleu, Smoothing};
 use crate::translate::{translate, Decoding};
@@ -44,19 +44,35 @@ pub(super) fn run(args: EvalArgs, run: RunDir, spec: RunSpec) -> Result<()> {
         other => bail!("--split {other:?}: expected valid or test"),
     };
     if split == Split::Test && spec.data.pair_files(Split::Test).is_none() {
-        bail!("--split test: {} names no test files (data.test_source and data.test_target)", run.config().display());
+        bail!(
+            "--split test: {} names no test files (data.test_source and data.test_target)",
+            run.config().display()
+        );
     }
     let greedy = args.decoding.decoding(1, spec.model.block_size)?;
-    let beam = args.decoding.decoding(args.decoding.beam, spec.model.block_size)?;
+    let beam = args
+        .decoding
+        .decoding(args.decoding.beam, spec.model.block_size)?;
     let backend = args.backend.section(&spec)?;
-    let job = Job { run, spec, split, checkpoint: args.checkpoint, greedy, beam, hypotheses: args.hypotheses };
+    let job = Job {
+        run,
+        spec,
+        split,
+        checkpoint: args.checkpoint,
+        greedy,
+        beam,
+        hypotheses: args.hypotheses,
+    };
     let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
         return Ok(());
     }
     println!("model:        {}", result.model);
-    println!("split:        {} ({} sentences; loss over the {} pairs that fit, {} target tokens)", result.split, result.sentences, result.pairs, result.tokens);
+    println!(
+        "split:        {} ({} sentences; loss over the {} pairs that fit, {} target tokens)",
+        result.split, result.sentences, result.pairs, result.tokens
+    );
     println!("loss:         {:.4}", result.loss);
     println!("perplexity:   {:.3}", result.perplexity);
     println!("greedy:       {}", result.greedy);
@@ -78,22 +94,39 @@ impl BackendJob for Job {
     type Output = Result<Seq2SeqEval>;
     fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Seq2SeqEval> {
         let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
-        let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(&self.run, &self.spec, tokenizer.as_ref(), self.checkpoint.as_deref(), &device)?;
-        let data = crate::train::pair_split(&self.spec, tokenizer.as_ref(), self.split)?.context("the config names no such split")?;
+        let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(
+            &self.run,
+            &self.spec,
+            tokenizer.as_ref(),
+            self.checkpoint.as_deref(),
+            &device,
+        )?;
+        let data = crate::train::pair_split(&self.spec, tokenizer.as_ref(), self.split)?
+            .context("the config names no such split")?;
         let pad = Specials::of(tokenizer.as_ref())?.pad;
-        let batches = FixedPairs::new(data.pairs.clone(), self.spec.training.batch_size, 0, pad, device.clone());
+        let batches = FixedPairs::new(
+            data.pairs.clone(),
+            self.spec.training.batch_size,
+            0,
+            pad,
+            device.clone(),
+        );
         let loss = crate::train::seq2seq_mean_loss(&model, batches.batches());
 
         let sources: Vec<&str> = data.sources.iter().map(String::as_str).collect();
         let score = |decoding: &Decoding| -> Result<(Bleu, Vec<String>)> {
             let outputs = translate(&model, tokenizer.as_ref(), &sources, decoding, &device)?;
-            Ok((corpus_bleu(&outputs, &data.targets, Smoothing::Exp), outputs))
+            Ok((
+                corpus_bleu(&outputs, &data.targets, Smoothing::Exp),
+                outputs,
+            ))
         };
         let (greedy, _) = score(&self.greedy)?;
         let (beam, outputs) = score(&self.beam)?;
         if let Some(path) = &self.hypotheses {
             let text: String = outputs.iter().map(|line| format!("{line}\n")).collect();
-            crate::run_dir::write_atomic(path, text.as_bytes()).with_context(|| format!("writing --hypotheses {}", path.display()))?;
+            crate::run_dir::write_atomic(path, text.as_bytes())
+                .with_context(|| format!("writing --hypotheses {}", path.display()))?;
         }
         Ok(Seq2SeqEval {
             model: path.display().to_string(),

@@ -32,7 +32,10 @@ use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, ArcArray, ArrayBase, Data, DataMut, Dimension, Array1, Array2, Array3, Array4, ArrayD, ArrayView3, ArrayViewD, ArrayViewMut2, Axis, Ix1, Ix2, Ix3, IxDyn, Zip};
+use ndarray::{
+    s, ArcArray, Array1, Array2, Array3, Array4, ArrayBase, ArrayD, ArrayView3, ArrayViewD,
+    ArrayViewMut2, Axis, Data, DataMut, Dimension, Ix1, Ix2, Ix3, IxDyn, Zip,
+};
 use rayon::prelude::*;
 
 use super::cpu::{self, RowStats};
@@ -45,15 +48,32 @@ pub(super) fn gelu<B: Backend, const D: usize>(x: &Tensor<B, D>) -> Option<Tenso
         return None;
     };
     let input = standard_layout(input.clone().into_shared());
-    let (mut y, mut derivative) = (ArrayD::zeros(input.raw_dim()), ArrayD::zeros(input.raw_dim()));
-    cpu::gelu_and_derivative(elements(&input), elements_mut(&mut y), elements_mut(&mut derivative));
+    let (mut y, mut derivative) = (
+        ArrayD::zeros(input.raw_dim()),
+        ArrayD::zeros(input.raw_dim()),
+    );
+    cpu::gelu_and_derivative(
+        elements(&input),
+        elements_mut(&mut y),
+        elements_mut(&mut derivative),
+    );
     let y = NdArrayTensor::from(y.into_shared());
-    super::back::<NdArray<f32>, B, D>(super::record(ExactGelu, [&x], || derivative.into_shared(), y))
+    super::back::<NdArray<f32>, B, D>(super::record(
+        ExactGelu,
+        [&x],
+        || derivative.into_shared(),
+        y,
+    ))
 }
 
 /// [`super::layer_norm`] for `Autodiff<NdArray<f32>>`: forward and backward are each one
 /// pass over the rows.
-pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &Tensor<B, 1>, beta: Option<&Tensor<B, 1>>, epsilon: f64) -> Option<Tensor<B, D>> {
+pub(super) fn layer_norm<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    gamma: &Tensor<B, 1>,
+    beta: Option<&Tensor<B, 1>>,
+    epsilon: f64,
+) -> Option<Tensor<B, D>> {
     let x = super::cast::<B, NdArray<f32>, D>(x)?;
     let gamma = super::cast::<B, NdArray<f32>, 1>(gamma)?;
     let beta = match beta {
@@ -78,8 +98,18 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
         return None;
     }
     let mut y = ArrayD::zeros(input.raw_dim());
-    let stats = cpu::layer_norm(elements(&input), &gamma_values, &beta_values, epsilon as f32, elements_mut(&mut y));
-    let saved = || LayerNormInput { x: input, gamma: gamma_values, stats };
+    let stats = cpu::layer_norm(
+        elements(&input),
+        &gamma_values,
+        &beta_values,
+        epsilon as f32,
+        elements_mut(&mut y),
+    );
+    let saved = || LayerNormInput {
+        x: input,
+        gamma: gamma_values,
+        stats,
+    };
     let y = NdArrayTensor::from(y.into_shared());
     let y = match &beta {
         Some(beta) => super::record(LayerNormBackward, [&x, &gamma, beta], saved, y),
@@ -89,7 +119,11 @@ pub(super) fn layer_norm<B: Backend, const D: usize>(x: &Tensor<B, D>, gamma: &T
 }
 
 /// [`super::linear`] for `Autodiff<NdArray<f32>>`.
-pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: Option<&Tensor<B, 1>>) -> Option<Tensor<B, 2>> {
+pub(super) fn linear<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, 2>> {
     let x = super::cast::<B, NdArray<f32>, 2>(x)?;
     let weight = super::cast::<B, NdArray<f32>, 2>(weight)?;
     let bias = match bias {
@@ -109,7 +143,10 @@ pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: 
         y += &bias.view().into_dimensionality::<Ix1>().ok()?;
     }
     general_mat_mul(1.0, &input, &weights, 1.0, &mut y);
-    let saved = || LinearInput { x: input, weight: weights };
+    let saved = || LinearInput {
+        x: input,
+        weight: weights,
+    };
     let y = NdArrayTensor::from(y.into_dyn().into_shared());
     let y = match &bias {
         Some(bias) => super::record(LinearBackward, [&x, &weight, bias], saved, y),
@@ -119,16 +156,28 @@ pub(super) fn linear<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>, bias: 
 }
 
 /// [`super::cross_entropy`] for `Autodiff<NdArray<f32>>`.
-pub(super) fn cross_entropy<B: Backend>(logits: &Tensor<B, 2>, targets: &Tensor<B, 1, Int>) -> Option<Tensor<B, 1>> {
+pub(super) fn cross_entropy<B: Backend>(
+    logits: &Tensor<B, 2>,
+    targets: &Tensor<B, 1, Int>,
+) -> Option<Tensor<B, 1>> {
     let logits = super::cast::<B, NdArray<f32>, 2>(logits)?;
     let NdArrayTensor::F32(input) = &logits.primitive else {
         return None;
     };
     let input = standard_layout(input.clone().into_shared());
     // Indices, if none is negative.
-    let targets: Vec<usize> = targets.to_data().iter::<i64>().map(|t| usize::try_from(t).ok()).collect::<Option<_>>()?;
-    let (loss, log_sum_exp) = cpu::cross_entropy(elements(&input), &targets, *input.shape().last()?)?;
-    let saved = || CrossEntropyInput { logits: input, targets, log_sum_exp };
+    let targets: Vec<usize> = targets
+        .to_data()
+        .iter::<i64>()
+        .map(|t| usize::try_from(t).ok())
+        .collect::<Option<_>>()?;
+    let (loss, log_sum_exp) =
+        cpu::cross_entropy(elements(&input), &targets, *input.shape().last()?)?;
+    let saved = || CrossEntropyInput {
+        logits: input,
+        targets,
+        log_sum_exp,
+    };
     let loss = NdArrayTensor::from(ArrayD::from_elem(IxDyn(&[1]), loss).into_shared());
     super::back::<NdArray<f32>, B, 1>(super::record(CrossEntropyBackward, [&logits], saved, loss))
 }
@@ -148,20 +197,42 @@ struct CrossEntropyBackward;
 impl Backward<NdArray<f32>, 1> for CrossEntropyBackward {
     type State = CrossEntropyInput;
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let loss_grad = output_gradient(&ops, grads).iter().copied().next().unwrap_or(0.0);
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let loss_grad = output_gradient(&ops, grads)
+            .iter()
+            .copied()
+            .next()
+            .unwrap_or(0.0);
         let [Some(parent)] = ops.parents else {
             return;
         };
-        let CrossEntropyInput { logits, targets, log_sum_exp } = &ops.state;
+        let CrossEntropyInput {
+            logits,
+            targets,
+            log_sum_exp,
+        } = &ops.state;
         let mut dlogits = ArrayD::zeros(logits.raw_dim());
-        cpu::cross_entropy_backward(elements(logits), targets, log_sum_exp, loss_grad / targets.len() as f32, elements_mut(&mut dlogits));
+        cpu::cross_entropy_backward(
+            elements(logits),
+            targets,
+            log_sum_exp,
+            loss_grad / targets.len() as f32,
+            elements_mut(&mut dlogits),
+        );
         grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dlogits.into_shared()));
     }
 }
 
 /// The gradient of a fused operation's f32 output, taken from `grads`.
-fn output_gradient<S, const N: usize>(ops: &Ops<S, N>, grads: &mut Gradients) -> ArcArray<f32, IxDyn> {
+fn output_gradient<S, const N: usize>(
+    ops: &Ops<S, N>,
+    grads: &mut Gradients,
+) -> ArcArray<f32, IxDyn> {
     match grads.consume::<NdArray<f32>>(&ops.node) {
         NdArrayTensor::F32(grad) => grad.into_shared(),
         _ => unreachable!("the gradient of an f32 output is f32"),
@@ -182,8 +253,15 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
     type State = LinearInput;
 
     /// dx = dy·Wᵀ, dW = xᵀ·dy, db = Σ dy over the rows; each only where its parent needs it.
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let dy = output_gradient(&ops, grads).into_dimensionality::<Ix2>().expect("the output is [rows, d_out]");
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let dy = output_gradient(&ops, grads)
+            .into_dimensionality::<Ix2>()
+            .expect("the output is [rows, d_out]");
         let LinearInput { x, weight } = &ops.state;
         for (i, parent) in ops.parents.into_iter().enumerate() {
             let Some(parent) = parent else {
@@ -200,15 +278,26 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
 }
 
 /// [`super::causal_self_attention`] for `Autodiff<NdArray<f32>>`.
-pub(super) fn causal_self_attention<B: Backend>(qkv: &Tensor<B, 3>, n_heads: usize) -> Option<Tensor<B, 3>> {
+pub(super) fn causal_self_attention<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    n_heads: usize,
+) -> Option<Tensor<B, 3>> {
     let qkv = super::cast::<B, NdArray<f32>, 3>(qkv)?;
     let NdArrayTensor::F32(input) = &qkv.primitive else {
         return None;
     };
-    let input = input.clone().into_shared().into_dimensionality::<Ix3>().ok()?;
+    let input = input
+        .clone()
+        .into_shared()
+        .into_dimensionality::<Ix3>()
+        .ok()?;
     let heads = Heads::of(input.view(), n_heads)?;
     let (y, probs) = heads.forward(input.view());
-    let saved = || CausalAttention { qkv: input.clone(), probs: probs.into_shared(), heads };
+    let saved = || CausalAttention {
+        qkv: input.clone(),
+        probs: probs.into_shared(),
+        heads,
+    };
     let y = NdArrayTensor::from(y.into_dyn().into_shared());
     super::back::<NdArray<f32>, B, 3>(super::record(CausalAttentionBackward, [&qkv], saved, y))
 }
@@ -224,7 +313,11 @@ struct Heads {
 impl Heads {
     fn of(qkv: ArrayView3<f32>, n_heads: usize) -> Option<Self> {
         let d_model = qkv.dim().2 / 3;
-        (n_heads > 0 && d_model * 3 == qkv.dim().2 && d_model % n_heads == 0).then_some(Self { n_heads, d_model, head_dim: d_model / n_heads })
+        (n_heads > 0 && d_model * 3 == qkv.dim().2 && d_model % n_heads == 0).then_some(Self {
+            n_heads,
+            d_model,
+            head_dim: d_model / n_heads,
+        })
     }
 
     /// Columns of head `h` in part `part` (0 queries, 1 keys, 2 values) of the projection.
@@ -243,14 +336,24 @@ impl Heads {
         let (batch, seq, _) = qkv.dim();
         let mut y = Array3::zeros((batch, seq, self.d_model));
         let mut probs = Array4::zeros((batch, self.n_heads, seq, seq));
-        let rows: Vec<_> = qkv.outer_iter().zip(y.outer_iter_mut()).zip(probs.outer_iter_mut()).collect();
+        let rows: Vec<_> = qkv
+            .outer_iter()
+            .zip(y.outer_iter_mut())
+            .zip(probs.outer_iter_mut())
+            .collect();
         rows.into_par_iter().for_each(|((qkv, mut y), mut probs)| {
             for h in 0..self.n_heads {
                 let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., self.columns(part, h)]));
                 let mut p = probs.index_axis_mut(Axis(0), h);
                 general_mat_mul(self.scale(), &q, &k.t(), 0.0, &mut p);
                 causal_softmax(&mut p);
-                general_mat_mul(1.0, &p, &v, 0.0, &mut y.slice_mut(s![.., self.columns(0, h)]));
+                general_mat_mul(
+                    1.0,
+                    &p,
+                    &v,
+                    0.0,
+                    &mut y.slice_mut(s![.., self.columns(0, h)]),
+                );
             }
         });
         (y, probs)
@@ -286,22 +389,54 @@ impl CausalAttention {
         let heads = self.heads;
         let (batch, seq, width) = self.qkv.dim();
         let mut dqkv = Array3::zeros((batch, seq, width));
-        let rows: Vec<_> = self.qkv.outer_iter().zip(self.probs.outer_iter()).zip(dy.outer_iter()).zip(dqkv.outer_iter_mut()).collect();
-        rows.into_par_iter().for_each(|(((qkv, probs), dy), mut dqkv)| {
-            let mut ds = Array2::zeros((seq, seq));
-            for h in 0..heads.n_heads {
-                let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., heads.columns(part, h)]));
-                let (p, dy) = (probs.index_axis(Axis(0), h), dy.slice(s![.., heads.columns(0, h)]));
-                general_mat_mul(1.0, &p.t(), &dy, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(2, h)]));
-                general_mat_mul(1.0, &dy, &v.t(), 0.0, &mut ds);
-                Zip::from(ds.rows_mut()).and(p.rows()).for_each(|mut ds, p| {
-                    let dot = ds.dot(&p);
-                    Zip::from(&mut ds).and(&p).for_each(|ds, &p| *ds = p * (*ds - dot));
-                });
-                general_mat_mul(heads.scale(), &ds, &k, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(0, h)]));
-                general_mat_mul(heads.scale(), &ds.t(), &q, 0.0, &mut dqkv.slice_mut(s![.., heads.columns(1, h)]));
-            }
-        });
+        let rows: Vec<_> = self
+            .qkv
+            .outer_iter()
+            .zip(self.probs.outer_iter())
+            .zip(dy.outer_iter())
+            .zip(dqkv.outer_iter_mut())
+            .collect();
+        rows.into_par_iter()
+            .for_each(|(((qkv, probs), dy), mut dqkv)| {
+                let mut ds = Array2::zeros((seq, seq));
+                for h in 0..heads.n_heads {
+                    let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., heads.columns(part, h)]));
+                    let (p, dy) = (
+                        probs.index_axis(Axis(0), h),
+                        dy.slice(s![.., heads.columns(0, h)]),
+                    );
+                    general_mat_mul(
+                        1.0,
+                        &p.t(),
+                        &dy,
+                        0.0,
+                        &mut dqkv.slice_mut(s![.., heads.columns(2, h)]),
+                    );
+                    general_mat_mul(1.0, &dy, &v.t(), 0.0, &mut ds);
+                    Zip::from(ds.rows_mut())
+                        .and(p.rows())
+                        .for_each(|mut ds, p| {
+                            let dot = ds.dot(&p);
+                            Zip::from(&mut ds)
+                                .and(&p)
+                                .for_each(|ds, &p| *ds = p * (*ds - dot));
+                        });
+                    general_mat_mul(
+                        heads.scale(),
+                        &ds,
+                        &k,
+                        0.0,
+                        &mut dqkv.slice_mut(s![.., heads.columns(0, h)]),
+                    );
+                    general_mat_mul(
+                        heads.scale(),
+                        &ds.t(),
+                        &q,
+                        0.0,
+                        &mut dqkv.slice_mut(s![.., heads.columns(1, h)]),
+                    );
+                }
+            });
         dqkv
     }
 }
@@ -312,13 +447,23 @@ struct CausalAttentionBackward;
 impl Backward<NdArray<f32>, 1> for CausalAttentionBackward {
     type State = CausalAttention;
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
-        let dy = output_gradient(&ops, grads).into_dimensionality::<Ix3>().expect("the output is [batch, seq, d_model]");
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let dy = output_gradient(&ops, grads)
+            .into_dimensionality::<Ix3>()
+            .expect("the output is [batch, seq, d_model]");
         let [Some(parent)] = ops.parents else {
             return;
         };
         let dqkv = ops.state.gradient(dy.view());
-        grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(dqkv.into_dyn().into_shared()));
+        grads.register::<NdArray<f32>>(
+            parent.id,
+            NdArrayTensor::from(dqkv.into_dyn().into_shared()),
+        );
     }
 }
 
@@ -332,12 +477,14 @@ fn standard_layout(a: ArcArray<f32, IxDyn>) -> ArcArray<f32, IxDyn> {
 
 /// The elements of `a`, which is in standard layout, in order.
 fn elements<S: Data<Elem = f32>, D: Dimension>(a: &ArrayBase<S, D>) -> &[f32] {
-    a.as_slice().unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
+    a.as_slice()
+        .unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
 }
 
 /// [`elements`], to write.
 fn elements_mut<S: DataMut<Elem = f32>, D: Dimension>(a: &mut ArrayBase<S, D>) -> &mut [f32] {
-    a.as_slice_mut().unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
+    a.as_slice_mut()
+        .unwrap_or_else(|| unreachable!("arrays in standard layout are contiguous"))
 }
 
 #[derive(Debug)]
@@ -348,13 +495,20 @@ impl Backward<NdArray<f32>, 1> for ExactGelu {
     /// and density.
     type State = ArcArray<f32, IxDyn>;
 
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, 1>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let mut grad = output_gradient(&ops, grads);
         let [Some(parent)] = ops.parents else {
             return;
         };
         // In place unless the gradient is shared (`view_mut` copies it then).
-        Zip::from(grad.view_mut()).and(&ops.state).for_each(|g, &derivative| *g *= derivative);
+        Zip::from(grad.view_mut())
+            .and(&ops.state)
+            .for_each(|g, &derivative| *g *= derivative);
         grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(grad));
     }
 }
@@ -373,7 +527,14 @@ impl LayerNormInput {
     fn gradients(&self, grad: ArrayViewD<f32>) -> (ArrayD<f32>, Array1<f32>, Array1<f32>) {
         let grad = grad.as_standard_layout();
         let mut dx = ArrayD::zeros(self.x.raw_dim());
-        let (dgamma, dbeta) = cpu::layer_norm_backward(elements(&self.x), elements(&grad), &self.gamma, &self.stats, elements_mut(&mut dx), cpu::Threads::Pool);
+        let (dgamma, dbeta) = cpu::layer_norm_backward(
+            elements(&self.x),
+            elements(&grad),
+            &self.gamma,
+            &self.stats,
+            elements_mut(&mut dx),
+            cpu::Threads::Pool,
+        );
         (dx, Array1::from(dgamma), Array1::from(dbeta))
     }
 }
@@ -384,9 +545,18 @@ struct LayerNormBackward;
 impl<const N: usize> Backward<NdArray<f32>, N> for LayerNormBackward {
     type State = LayerNormInput;
 
-    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+    fn backward(
+        self,
+        ops: Ops<Self::State, N>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
         let (dx, dgamma, dbeta) = ops.state.gradients(output_gradient(&ops, grads).view());
-        let parent_grads = [dx.into_shared(), dgamma.into_dyn().into_shared(), dbeta.into_dyn().into_shared()];
+        let parent_grads = [
+            dx.into_shared(),
+            dgamma.into_dyn().into_shared(),
+            dbeta.into_dyn().into_shared(),
+        ];
         for (parent, parent_grad) in ops.parents.into_iter().zip(parent_grads) {
             if let Some(parent) = parent {
                 grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(parent_grad));
@@ -411,45 +581,84 @@ mod tests {
         let x = Tensor::<Ad, 1>::from_floats(xs.as_slice(), &Default::default()).require_grad();
         let y = gelu(&x).expect("Autodiff<NdArray<f32>> has the exact GELU");
         let burns = burn::tensor::activation::gelu(x.clone());
-        let forward: f32 = (y.clone().inner() - burns.inner()).abs().max().into_scalar();
-        assert!(forward < 1e-6, "the forward differs from Burn's (erf in f64) by {forward}");
+        let forward: f32 = (y.clone().inner() - burns.inner())
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(
+            forward < 1e-6,
+            "the forward differs from Burn's (erf in f64) by {forward}"
+        );
 
-        let grad = x.grad(&y.sum().backward()).expect("x is a leaf").into_data();
+        let grad = x
+            .grad(&y.sum().backward())
+            .expect("x is a leaf")
+            .into_data();
         let grad = grad.as_slice::<f32>().expect("f32");
         // Central differences of x·Φ(x) in f64, with Φ from erf.
         let f = |x: f64| x * 0.5 * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
         for (x, g) in xs.iter().map(|&x| x as f64).zip(grad) {
             let h = 1e-4;
             let numeric = (f(x + h) - f(x - h)) / (2.0 * h);
-            assert!((*g as f64 - numeric).abs() < 1e-5, "x = {x}: gradient {g}, numerically {numeric}");
+            assert!(
+                (*g as f64 - numeric).abs() < 1e-5,
+                "x = {x}: gradient {g}, numerically {numeric}"
+            );
         }
     }
 
     #[test]
     fn layer_norm_matches_burns_ops_forward_and_backward() {
         let device = Default::default();
-        let random = |shape: [usize; 3]| Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let random = |shape: [usize; 3]| {
+            Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        };
         // 160 rows: three blocks of the backward's partial sums.
         let (x, weights) = (random([4, 40, 24]).require_grad(), random([4, 40, 24]));
-        let max_diff = |a: Tensor<NdArray<f32>, 1>, b: Tensor<NdArray<f32>, 1>| -> f32 { (a - b).abs().max().into_scalar() };
+        let max_diff = |a: Tensor<NdArray<f32>, 1>, b: Tensor<NdArray<f32>, 1>| -> f32 {
+            (a - b).abs().max().into_scalar()
+        };
         for with_beta in [true, false] {
             let gamma = random([1, 1, 24]).reshape([24]).require_grad();
             let beta = with_beta.then(|| random([1, 1, 24]).reshape([24]).require_grad());
             let y = |fused: bool| match fused {
-                true => layer_norm(&x, &gamma, beta.as_ref(), 1e-5).expect("Autodiff<NdArray<f32>> has the one-pass LayerNorm"),
-                false => Tensor::from_primitive(TensorPrimitive::Float(Ad::layer_norm(x.clone().into_primitive().tensor(), gamma.clone().into_primitive().tensor(), beta.clone().map(|b| b.into_primitive().tensor()), 1e-5))),
+                true => layer_norm(&x, &gamma, beta.as_ref(), 1e-5)
+                    .expect("Autodiff<NdArray<f32>> has the one-pass LayerNorm"),
+                false => Tensor::from_primitive(TensorPrimitive::Float(Ad::layer_norm(
+                    x.clone().into_primitive().tensor(),
+                    gamma.clone().into_primitive().tensor(),
+                    beta.clone().map(|b| b.into_primitive().tensor()),
+                    1e-5,
+                ))),
             };
             // Each graph's backward runs before the next graph is built: a backward pass
             // frees the graph it walks, the shared leaves included.
-            let with_grads = |y: Tensor<Ad, 3>| (y.clone().inner().flatten(0, 2), (y * weights.clone()).sum().backward());
+            let with_grads = |y: Tensor<Ad, 3>| {
+                (
+                    y.clone().inner().flatten(0, 2),
+                    (y * weights.clone()).sum().backward(),
+                )
+            };
             let ((fused_y, fused), (burn_y, burn)) = (with_grads(y(true)), with_grads(y(false)));
             let y = max_diff(fused_y, burn_y);
             assert!(y < 1e-5, "beta {with_beta}: the forward differs by {y}");
-            let dx = max_diff(x.grad(&fused).expect("x").flatten(0, 2), x.grad(&burn).expect("x").flatten(0, 2));
-            let dgamma = max_diff(gamma.grad(&fused).expect("gamma"), gamma.grad(&burn).expect("gamma"));
-            assert!(dx < 1e-5 && dgamma < 1e-4, "beta {with_beta}: d(x) differs by {dx}, d(gamma) by {dgamma}");
+            let dx = max_diff(
+                x.grad(&fused).expect("x").flatten(0, 2),
+                x.grad(&burn).expect("x").flatten(0, 2),
+            );
+            let dgamma = max_diff(
+                gamma.grad(&fused).expect("gamma"),
+                gamma.grad(&burn).expect("gamma"),
+            );
+            assert!(
+                dx < 1e-5 && dgamma < 1e-4,
+                "beta {with_beta}: d(x) differs by {dx}, d(gamma) by {dgamma}"
+            );
             if let Some(beta) = &beta {
-                let dbeta = max_diff(beta.grad(&fused).expect("beta"), beta.grad(&burn).expect("beta"));
+                let dbeta = max_diff(
+                    beta.grad(&fused).expect("beta"),
+                    beta.grad(&burn).expect("beta"),
+                );
                 assert!(dbeta < 1e-4, "d(beta) differs by {dbeta}");
             }
         }
@@ -460,30 +669,59 @@ mod tests {
         let device = Default::default();
         let [batch, seq, heads, head_dim] = [3, 17, 4, 8];
         let d_model = heads * head_dim;
-        let random = |shape: [usize; 3]| Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
-        let (qkv, weights) = (random([batch, seq, 3 * d_model]).require_grad(), random([batch, seq, d_model]));
+        let random = |shape: [usize; 3]| {
+            Tensor::<Ad, 3>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (qkv, weights) = (
+            random([batch, seq, 3 * d_model]).require_grad(),
+            random([batch, seq, d_model]),
+        );
         let y = |fused: bool| match fused {
-            true => causal_self_attention(&qkv, heads).expect("Autodiff<NdArray<f32>> has the fused attention"),
+            true => causal_self_attention(&qkv, heads)
+                .expect("Autodiff<NdArray<f32>> has the fused attention"),
             false => {
-                let [q, k, v] = [0, 1, 2].map(|i| qkv.clone().narrow(2, i * d_model, d_model).reshape([batch, seq, heads, head_dim]).swap_dims(1, 2));
-                let causal = burn::tensor::ops::AttentionModuleOptions { is_causal: true, ..Default::default() };
-                burn::tensor::module::attention(q, k, v, None, None, causal).swap_dims(1, 2).reshape([batch, seq, d_model])
+                let [q, k, v] = [0, 1, 2].map(|i| {
+                    qkv.clone()
+                        .narrow(2, i * d_model, d_model)
+                        .reshape([batch, seq, heads, head_dim])
+                        .swap_dims(1, 2)
+                });
+                let causal = burn::tensor::ops::AttentionModuleOptions {
+                    is_causal: true,
+                    ..Default::default()
+                };
+                burn::tensor::module::attention(q, k, v, None, None, causal)
+                    .swap_dims(1, 2)
+                    .reshape([batch, seq, d_model])
             }
         };
         // Each graph's backward runs before the next graph is built (see the LayerNorm test).
-        let with_grad = |y: Tensor<Ad, 3>| (y.clone().inner(), qkv.grad(&(y * weights.clone()).sum().backward()).expect("qkv"));
+        let with_grad = |y: Tensor<Ad, 3>| {
+            (
+                y.clone().inner(),
+                qkv.grad(&(y * weights.clone()).sum().backward())
+                    .expect("qkv"),
+            )
+        };
         let ((fused_y, fused), (burn_y, burn)) = (with_grad(y(true)), with_grad(y(false)));
         let out: f32 = (fused_y - burn_y).abs().max().into_scalar();
         let grad: f32 = (fused - burn).abs().max().into_scalar();
-        assert!(out < 1e-5 && grad < 1e-5, "fused vs Burn: output differs by {out}, d(qkv) by {grad}");
+        assert!(
+            out < 1e-5 && grad < 1e-5,
+            "fused vs Burn: output differs by {out}, d(qkv) by {grad}"
+        );
     }
 
     #[test]
     fn linear_matches_burns_ops_forward_and_backward() {
         let device = Default::default();
-        let random = |shape: [usize; 2]| Tensor::<Ad, 2>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let random = |shape: [usize; 2]| {
+            Tensor::<Ad, 2>::random(shape, burn::tensor::Distribution::Normal(0.0, 1.0), &device)
+        };
         let (x, weights) = (random([13, 24]).require_grad(), random([13, 10]));
-        let max_diff = |a: Tensor<NdArray<f32>, 2>, b: Tensor<NdArray<f32>, 2>| -> f32 { (a - b).abs().max().into_scalar() };
+        let max_diff = |a: Tensor<NdArray<f32>, 2>, b: Tensor<NdArray<f32>, 2>| -> f32 {
+            (a - b).abs().max().into_scalar()
+        };
         // The tied output head passes the embedding table transposed, a strided view.
         for (with_bias, transposed) in [(true, false), (false, true)] {
             let weight = match transposed {
@@ -491,29 +729,55 @@ mod tests {
                 false => random([24, 10]).require_grad(),
             };
             let bias = with_bias.then(|| random([1, 10]).reshape([10]).require_grad());
-            let w = || if transposed { weight.clone().transpose() } else { weight.clone() };
+            let w = || {
+                if transposed {
+                    weight.clone().transpose()
+                } else {
+                    weight.clone()
+                }
+            };
             let y = |fused: bool| match fused {
-                true => linear(&x, &w(), bias.as_ref()).expect("Autodiff<NdArray<f32>> has the fused linear"),
+                true => linear(&x, &w(), bias.as_ref())
+                    .expect("Autodiff<NdArray<f32>> has the fused linear"),
                 false => burn::tensor::module::linear(x.clone(), w(), bias.clone()),
             };
-            let with_grads = |y: Tensor<Ad, 2>| (y.clone().inner(), (y * weights.clone()).sum().backward());
+            let with_grads =
+                |y: Tensor<Ad, 2>| (y.clone().inner(), (y * weights.clone()).sum().backward());
             let ((fused_y, fused), (burn_y, burn)) = (with_grads(y(true)), with_grads(y(false)));
-            assert!(max_diff(fused_y, burn_y) < 1e-5, "bias {with_bias}: outputs differ");
+            assert!(
+                max_diff(fused_y, burn_y) < 1e-5,
+                "bias {with_bias}: outputs differ"
+            );
             let dx = max_diff(x.grad(&fused).expect("x"), x.grad(&burn).expect("x"));
-            let dw = max_diff(weight.grad(&fused).expect("weight"), weight.grad(&burn).expect("weight"));
-            assert!(dx < 1e-5 && dw < 1e-5, "bias {with_bias}, transposed {transposed}: d(x) differs by {dx}, d(W) by {dw}");
+            let dw = max_diff(
+                weight.grad(&fused).expect("weight"),
+                weight.grad(&burn).expect("weight"),
+            );
+            assert!(
+                dx < 1e-5 && dw < 1e-5,
+                "bias {with_bias}, transposed {transposed}: d(x) differs by {dx}, d(W) by {dw}"
+            );
             if let Some(bias) = &bias {
-                let db: f32 = (bias.grad(&fused).expect("bias") - bias.grad(&burn).expect("bias")).abs().max().into_scalar();
+                let db: f32 = (bias.grad(&fused).expect("bias") - bias.grad(&burn).expect("bias"))
+                    .abs()
+                    .max()
+                    .into_scalar();
                 assert!(db < 1e-5, "d(bias) differs by {db}");
             }
         }
     }
 
-
     #[test]
     fn other_backends_take_burns_path() {
         let x = Tensor::<NdArray<f32>, 1>::zeros([3], &Default::default());
-        assert!(gelu(&x).is_none(), "without autodiff there is no backward to replace");
-        assert!(causal_self_attention(&Tensor::<NdArray<f32>, 3>::zeros([1, 4, 12], &Default::default()), 2).is_none());
+        assert!(
+            gelu(&x).is_none(),
+            "without autodiff there is no backward to replace"
+        );
+        assert!(causal_self_attention(
+            &Tensor::<NdArray<f32>, 3>::zeros([1, 4, 12], &Default::default()),
+            2
+        )
+        .is_none());
     }
 }

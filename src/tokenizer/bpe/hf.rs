@@ -123,21 +123,37 @@ enum HfMerge {
 
 /// Reads a Hugging Face byte-level BPE `tokenizer.json`; the error says what does not fit.
 pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
-    let kind = value.pointer("/model/type").and_then(Value::as_str).unwrap_or("(none)").to_string();
+    let kind = value
+        .pointer("/model/type")
+        .and_then(Value::as_str)
+        .unwrap_or("(none)")
+        .to_string();
     if kind != "BPE" {
         return Err(format!(
             "model type {kind:?}: kiln reads byte-level BPE tokenizers only (model.type = \"BPE\")"
         ));
     }
-    let file: HfFile = serde_json::from_value(value).map_err(|e| format!("not a Hugging Face tokenizer.json: {e}"))?;
+    let file: HfFile = serde_json::from_value(value)
+        .map_err(|e| format!("not a Hugging Face tokenizer.json: {e}"))?;
     check_pipeline(&file)?;
     let model = file.model;
     if model.dropout.is_some_and(|p| p > 0.0) {
-        return Err("model.dropout is set; kiln encodes deterministically and does not support BPE dropout".into());
+        return Err(
+            "model.dropout is set; kiln encodes deterministically and does not support BPE dropout"
+                .into(),
+        );
     }
-    for (key, value) in [("continuing_subword_prefix", &model.continuing_subword_prefix), ("end_of_word_suffix", &model.end_of_word_suffix)] {
+    for (key, value) in [
+        (
+            "continuing_subword_prefix",
+            &model.continuing_subword_prefix,
+        ),
+        ("end_of_word_suffix", &model.end_of_word_suffix),
+    ] {
         if value.as_deref().is_some_and(|v| !v.is_empty()) {
-            return Err(format!("model.{key} = {value:?}: byte-level BPE files have none"));
+            return Err(format!(
+                "model.{key} = {value:?}: byte-level BPE files have none"
+            ));
         }
     }
 
@@ -146,14 +162,26 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
     for (b, &c) in table.iter().enumerate() {
         char_bytes.insert(c, b as u8);
     }
-    let n = model.vocab.values().chain(file.added_tokens.iter().map(|t| &t.id)).max().map_or(0, |&id| id as usize + 1);
+    let n = model
+        .vocab
+        .values()
+        .chain(file.added_tokens.iter().map(|t| &t.id))
+        .max()
+        .map_or(0, |&id| id as usize + 1);
     // Ids are dense in real files; a stray huge id must not make kiln allocate for it.
     let entries = model.vocab.len() + file.added_tokens.len();
     if n > entries {
-        return Err(format!("token id {} is out of range: the file has {entries} vocab and added tokens", n - 1));
+        return Err(format!(
+            "token id {} is out of range: the file has {entries} vocab and added tokens",
+            n - 1
+        ));
     }
     let mut tokens: Vec<Vec<u8>> = vec![Vec::new(); n];
-    let specials: Vec<(String, u32)> = file.added_tokens.iter().map(|t| (t.content.clone(), t.id)).collect();
+    let specials: Vec<(String, u32)> = file
+        .added_tokens
+        .iter()
+        .map(|t| (t.content.clone(), t.id))
+        .collect();
     for (text, &id) in &model.vocab {
         if specials.iter().any(|&(_, s)| s == id) {
             continue;
@@ -162,7 +190,9 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
             .chars()
             .map(|c| char_bytes.get(&c).copied())
             .collect::<Option<Vec<u8>>>()
-            .ok_or_else(|| format!("vocab entry {text:?} (id {id}) is not spelled in byte-level characters"))?;
+            .ok_or_else(|| {
+                format!("vocab entry {text:?} (id {id}) is not spelled in byte-level characters")
+            })?;
     }
     for (text, id) in &specials {
         tokens[*id as usize] = text.as_bytes().to_vec();
@@ -174,11 +204,22 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
         .enumerate()
         .map(|(rank, merge)| {
             let (left, right) = match merge {
-                HfMerge::Joined(s) => s.split_once(' ').ok_or_else(|| format!("merge {rank} {s:?} is not \"left right\""))?,
+                HfMerge::Joined(s) => s
+                    .split_once(' ')
+                    .ok_or_else(|| format!("merge {rank} {s:?} is not \"left right\""))?,
                 HfMerge::Pair([l, r]) => (l.as_str(), r.as_str()),
             };
-            let id = |t: &str| model.vocab.get(t).copied().ok_or_else(|| format!("merge {rank} uses {t:?}, which is not in the vocab"));
-            Ok(Merge { left: id(left)?, right: id(right)?, merged: id(&format!("{left}{right}"))? })
+            let id =
+                |t: &str| {
+                    model.vocab.get(t).copied().ok_or_else(|| {
+                        format!("merge {rank} uses {t:?}, which is not in the vocab")
+                    })
+                };
+            Ok(Merge {
+                left: id(left)?,
+                right: id(right)?,
+                merged: id(&format!("{left}{right}"))?,
+            })
         })
         .collect::<Result<Vec<_>, String>>()?;
     BpeTokenizer::new(tokens, merges, specials, model.ignore_merges)
@@ -187,12 +228,19 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
 /// Only the pipeline kiln implements: no normalizer, the GPT-2 ByteLevel pre-tokenizer.
 fn check_pipeline(file: &HfFile) -> Result<(), String> {
     if let Some(normalizer) = file.normalizer.as_ref().filter(|n| !n.is_null()) {
-        let kind = normalizer.get("type").and_then(Value::as_str).unwrap_or("?");
+        let kind = normalizer
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
         return Err(format!("normalizer {kind:?}: kiln applies no normalizer; byte-level BPE files have \"normalizer\": null"));
     }
     let pre = file.pre_tokenizer.as_ref().filter(|p| !p.is_null());
     let kind = pre.and_then(|p| p.get("type")).and_then(Value::as_str);
-    let flag = |key: &str, default: bool| pre.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(default);
+    let flag = |key: &str, default: bool| {
+        pre.and_then(|p| p.get(key))
+            .and_then(Value::as_bool)
+            .unwrap_or(default)
+    };
     if kind != Some("ByteLevel") || !flag("use_regex", true) || flag("add_prefix_space", false) {
         return Err(format!(
             "pre_tokenizer {}: kiln implements ByteLevel with use_regex = true and add_prefix_space = false (GPT-2's)",
@@ -219,11 +267,18 @@ mod tests {
 
     #[test]
     fn json_round_trip_keeps_ids() {
-        let opts = super::super::train::BpeTrainOptions { vocab_size: 400, specials: vec!["<|endoftext|>".into()], progress: false };
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt")).unwrap();
+        let opts = super::super::train::BpeTrainOptions {
+            vocab_size: 400,
+            specials: vec!["<|endoftext|>".into()],
+            progress: false,
+        };
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt"))
+                .unwrap();
         let tok = super::super::train::train_on_text(&text, &opts).unwrap();
         let back = from_json(to_json(&tok)).unwrap();
-        let sample = "I had always thought Jack Gisburn rather a cheap genius<|endoftext|> Ünïcødé!";
+        let sample =
+            "I had always thought Jack Gisburn rather a cheap genius<|endoftext|> Ünïcødé!";
         assert_eq!(back.encode(sample).unwrap(), tok.encode(sample).unwrap());
         assert_eq!(back.vocab_size(), 400);
     }
@@ -231,15 +286,25 @@ mod tests {
     #[test]
     fn other_models_and_pipelines_are_refused() {
         let err = from_json(json!({"model": {"type": "WordPiece", "vocab": {}}})).unwrap_err();
-        assert!(err.contains("\"WordPiece\"") && err.contains("byte-level BPE"), "{err}");
+        assert!(
+            err.contains("\"WordPiece\"") && err.contains("byte-level BPE"),
+            "{err}"
+        );
         let err = from_json(json!({"model": {"type": "BPE", "vocab": {}, "merges": []},
-            "pre_tokenizer": {"type": "Whitespace"}})).unwrap_err();
+            "pre_tokenizer": {"type": "Whitespace"}}))
+        .unwrap_err();
         assert!(err.contains("Whitespace"), "{err}");
-        let err = from_json(json!({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
-            "pre_tokenizer": {"type": "ByteLevel"}})).unwrap_err();
+        let err = from_json(
+            json!({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel"}}),
+        )
+        .unwrap_err();
         assert!(err.contains("byte 0x00 has no token"), "{err}");
-        let err = from_json(json!({"model": {"type": "BPE", "vocab": {"a": 4000000000u32}, "merges": []},
-            "pre_tokenizer": {"type": "ByteLevel"}})).unwrap_err();
+        let err = from_json(
+            json!({"model": {"type": "BPE", "vocab": {"a": 4000000000u32}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel"}}),
+        )
+        .unwrap_err();
         assert!(err.contains("token id 4000000000 is out of range"), "{err}");
     }
 }

@@ -69,21 +69,35 @@ impl BpeTokenizer {
             }
         }
         if let Some(b) = byte_ids.iter().position(|&id| id == u32::MAX) {
-            return Err(format!("byte 0x{b:02X} has no token; a byte-level BPE needs all 256 bytes"));
+            return Err(format!(
+                "byte 0x{b:02X} has no token; a byte-level BPE needs all 256 bytes"
+            ));
         }
         let mut ranks = FxHashMap::default();
         for (rank, m) in merges.iter().enumerate() {
             if m.left >= n || m.right >= n || m.merged >= n {
-                return Err(format!("merge {rank} refers to an id outside the vocabulary of {n}"));
+                return Err(format!(
+                    "merge {rank} refers to an id outside the vocabulary of {n}"
+                ));
             }
             let joined = [&tokens[m.left as usize][..], &tokens[m.right as usize][..]].concat();
             if joined != tokens[m.merged as usize] {
-                return Err(format!("merge {rank}: token {} is not the concatenation of tokens {} and {}", m.merged, m.left, m.right));
+                return Err(format!(
+                    "merge {rank}: token {} is not the concatenation of tokens {} and {}",
+                    m.merged, m.left, m.right
+                ));
             }
-            ranks.entry((m.left, m.right)).or_insert((rank as u32, m.merged));
+            ranks
+                .entry((m.left, m.right))
+                .or_insert((rank as u32, m.merged));
         }
-        if let Some((text, id)) = specials.iter().find(|(text, id)| *id >= n || text.is_empty()) {
-            return Err(format!("special token {text:?} has id {id}, outside the vocabulary of {n} (or is empty)"));
+        if let Some((text, id)) = specials
+            .iter()
+            .find(|(text, id)| *id >= n || text.is_empty())
+        {
+            return Err(format!(
+                "special token {text:?} has id {id}, outside the vocabulary of {n} (or is empty)"
+            ));
         }
         let whole_pieces = ignore_merges.then(|| {
             let mut ids = FxHashMap::default();
@@ -96,12 +110,23 @@ impl BpeTokenizer {
         });
         let texts: Vec<String> = specials.iter().map(|(t, _)| t.clone()).collect();
         let special_matcher = SpecialMatcher::new(&texts)?;
-        Ok(Self { tokens, byte_ids, merges, ranks, special_matcher, specials, whole_pieces })
+        Ok(Self {
+            tokens,
+            byte_ids,
+            merges,
+            ranks,
+            special_matcher,
+            specials,
+            whole_pieces,
+        })
     }
 
     /// A tokenizer whose ids are merge ranks, as tiktoken's: each multi-byte token is the
     /// merge of the two pieces the earlier merges make of its bytes.
-    pub fn from_ranked_tokens(tokens: Vec<Vec<u8>>, specials: Vec<(String, u32)>) -> Result<Self, String> {
+    pub fn from_ranked_tokens(
+        tokens: Vec<Vec<u8>>,
+        specials: Vec<(String, u32)>,
+    ) -> Result<Self, String> {
         let mut tok = Self::new(tokens, Vec::new(), specials, false)?;
         for id in 0..tok.tokens.len() as u32 {
             if tok.tokens[id as usize].len() < 2 || tok.specials.iter().any(|&(_, s)| s == id) {
@@ -112,8 +137,14 @@ impl BpeTokenizer {
             let [left, right] = parts[..] else {
                 return Err(format!("token {id} is not the merge of two earlier tokens"));
             };
-            tok.ranks.entry((left, right)).or_insert((tok.merges.len() as u32, id));
-            tok.merges.push(Merge { left, right, merged: id });
+            tok.ranks
+                .entry((left, right))
+                .or_insert((tok.merges.len() as u32, id));
+            tok.merges.push(Merge {
+                left,
+                right,
+                merged: id,
+            });
         }
         Ok(tok)
     }
@@ -132,7 +163,12 @@ impl BpeTokenizer {
     }
 
     /// Encodes `text` on the calling thread, reusing `cache` for repeated pre-tokens.
-    fn encode_serial<'t>(&self, text: &'t str, cache: &mut FxHashMap<&'t str, Vec<u32>>, out: &mut Vec<u32>) {
+    fn encode_serial<'t>(
+        &self,
+        text: &'t str,
+        cache: &mut FxHashMap<&'t str, Vec<u32>>,
+        out: &mut Vec<u32>,
+    ) {
         for segment in self.special_matcher.segments(text) {
             match segment {
                 Segment::Special(i) => out.push(self.specials[i].1),
@@ -174,7 +210,11 @@ impl BpeTokenizer {
             let best = ids
                 .windows(2)
                 .enumerate()
-                .filter_map(|(pos, w)| self.ranks.get(&(w[0], w[1])).map(|&(rank, merged)| (rank, pos, merged)))
+                .filter_map(|(pos, w)| {
+                    self.ranks
+                        .get(&(w[0], w[1]))
+                        .map(|&(rank, merged)| (rank, pos, merged))
+                })
                 .min();
             let Some((_, pos, merged)) = best else { return };
             ids[pos] = merged;
@@ -229,7 +269,12 @@ impl BpeTokenizer {
         }
         let chunks = pretokenize::chunks(text, PARALLEL_BYTES / 4);
         let parts: Vec<Vec<u32>> = chunks
-            .par_chunks(chunks.len().div_ceil(rayon::current_num_threads() * 4).max(1))
+            .par_chunks(
+                chunks
+                    .len()
+                    .div_ceil(rayon::current_num_threads() * 4)
+                    .max(1),
+            )
             .map(|group| {
                 let mut cache = FxHashMap::default();
                 let mut out = Vec::new();
@@ -275,7 +320,10 @@ impl Tokenizer for BpeTokenizer {
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
-        self.specials.iter().find(|(text, _)| text == token).map(|&(_, id)| id)
+        self.specials
+            .iter()
+            .find(|(text, _)| text == token)
+            .map(|&(_, id)| id)
     }
 }
 
@@ -289,9 +337,21 @@ mod tests {
         tokens.push(b"<|endoftext|>".to_vec());
         tokens.extend([b"ab".to_vec(), b"abc".to_vec(), b"aa".to_vec()]);
         let merges = vec![
-            Merge { left: 97, right: 98, merged: 257 },
-            Merge { left: 257, right: 99, merged: 258 },
-            Merge { left: 97, right: 97, merged: 259 },
+            Merge {
+                left: 97,
+                right: 98,
+                merged: 257,
+            },
+            Merge {
+                left: 257,
+                right: 99,
+                merged: 258,
+            },
+            Merge {
+                left: 97,
+                right: 97,
+                merged: 259,
+            },
         ];
         BpeTokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), 256)], false).unwrap()
     }
@@ -301,7 +361,10 @@ mod tests {
         let tok = toy();
         assert_eq!(tok.encode("abc").unwrap(), vec![258]);
         assert_eq!(tok.encode("aaab").unwrap(), vec![259, 257]);
-        assert_eq!(tok.encode("abc<|endoftext|>aaa").unwrap(), vec![258, 256, 259, 97]);
+        assert_eq!(
+            tok.encode("abc<|endoftext|>aaa").unwrap(),
+            vec![258, 256, 259, 97]
+        );
         assert_eq!(tok.decode(&[258, 256, 259]), "abc<|endoftext|>aa");
     }
 
@@ -332,8 +395,21 @@ mod tests {
 
     #[test]
     fn a_merge_must_concatenate_its_halves() {
-        let tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).chain([b"xy".to_vec()]).collect();
-        let err = BpeTokenizer::new(tokens, vec![Merge { left: 97, right: 98, merged: 256 }], vec![], false).unwrap_err();
+        let tokens: Vec<Vec<u8>> = (0..=255u8)
+            .map(|b| vec![b])
+            .chain([b"xy".to_vec()])
+            .collect();
+        let err = BpeTokenizer::new(
+            tokens,
+            vec![Merge {
+                left: 97,
+                right: 98,
+                merged: 256,
+            }],
+            vec![],
+            false,
+        )
+        .unwrap_err();
         assert!(err.contains("merge 0"), "{err}");
     }
 }

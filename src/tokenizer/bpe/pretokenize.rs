@@ -13,10 +13,12 @@ use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 
 /// The GPT-2 pattern as written by OpenAI, for reference and for tests.
-pub const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+pub const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
 static PATTERN: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+").expect("valid regex")
+    Regex::new(r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+")
+        .expect("valid regex")
 });
 
 /// The GPT-2 pre-tokens of `text`, in order; they concatenate back to `text`.
@@ -39,12 +41,17 @@ impl<'t> Iterator for PreTokens<'t> {
         }
         // Every character is whitespace, a letter, a number or something else, so a match
         // always starts at `pos`.
-        let found = PATTERN.find_at(text, self.pos).map_or(text.len(), |m| m.end());
+        let found = PATTERN
+            .find_at(text, self.pos)
+            .map_or(text.len(), |m| m.end());
         let mut end = found;
         let piece = &text[self.pos..end];
         let mut chars = piece.chars();
         let last = chars.next_back().filter(|c| c.is_whitespace());
-        let followed_by_text = text[end..].chars().next().is_some_and(|c| !c.is_whitespace());
+        let followed_by_text = text[end..]
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_whitespace());
         // `\s+(?!\S)`: a whitespace run of two or more characters before text leaves its
         // last character to the next piece.
         if let (Some(last), true, Some(_)) = (last, followed_by_text, chars.next()) {
@@ -79,13 +86,19 @@ impl SpecialMatcher {
             .match_kind(MatchKind::LeftmostLongest)
             .build(specials)
             .map_err(|e| format!("cannot match {} special token(s): {e}", specials.len()))?;
-        Ok(Self { matcher: Some(matcher) })
+        Ok(Self {
+            matcher: Some(matcher),
+        })
     }
 
     /// `text` cut at its special tokens.
     pub fn segments<'t>(&self, text: &'t str) -> Vec<Segment<'t>> {
         let Some(matcher) = &self.matcher else {
-            return if text.is_empty() { vec![] } else { vec![Segment::Text(text)] };
+            return if text.is_empty() {
+                vec![]
+            } else {
+                vec![Segment::Text(text)]
+            };
         };
         let mut segments = Vec::new();
         let mut last = 0;
@@ -158,7 +171,13 @@ pub enum EncodeStreamError {
 
 impl<R: Read> TextBlocks<R> {
     pub fn new(reader: R, block: usize) -> Self {
-        Self { reader, block: block.max(1), pending: Vec::new(), offset: 0, done: false }
+        Self {
+            reader,
+            block: block.max(1),
+            pending: Vec::new(),
+            offset: 0,
+            done: false,
+        }
     }
 
     /// Bytes handed out so far.
@@ -168,16 +187,24 @@ impl<R: Read> TextBlocks<R> {
 
     pub fn next_block(&mut self) -> Result<Option<String>, EncodeStreamError> {
         while !self.done {
-            let read = (&mut self.reader).take(self.block as u64).read_to_end(&mut self.pending).map_err(EncodeStreamError::Io)?;
+            let read = (&mut self.reader)
+                .take(self.block as u64)
+                .read_to_end(&mut self.pending)
+                .map_err(EncodeStreamError::Io)?;
             self.done = read == 0;
-            let cut = if self.done { self.pending.len() } else { safe_cut_before(&self.pending, self.pending.len()).unwrap_or(0) };
+            let cut = if self.done {
+                self.pending.len()
+            } else {
+                safe_cut_before(&self.pending, self.pending.len()).unwrap_or(0)
+            };
             if cut == 0 {
                 continue; // no safe point yet: read more
             }
             let rest = self.pending.split_off(cut);
             let bytes = std::mem::replace(&mut self.pending, rest);
-            let text = String::from_utf8(bytes)
-                .map_err(|e| EncodeStreamError::NotUtf8 { offset: self.offset + e.utf8_error().valid_up_to() as u64 })?;
+            let text = String::from_utf8(bytes).map_err(|e| EncodeStreamError::NotUtf8 {
+                offset: self.offset + e.utf8_error().valid_up_to() as u64,
+            })?;
             self.offset += cut as u64;
             return Ok(Some(text));
         }
@@ -196,7 +223,10 @@ mod tests {
     #[test]
     fn gpt2_pieces() {
         assert_eq!(split("Hello world"), ["Hello", " world"]);
-        assert_eq!(split("I'll go  now\n\nOK"), ["I", "'ll", " go", " ", " now", "\n", "\n", "OK"]);
+        assert_eq!(
+            split("I'll go  now\n\nOK"),
+            ["I", "'ll", " go", " ", " now", "\n", "\n", "OK"]
+        );
         assert_eq!(split("x   "), ["x", "   "]);
         assert_eq!(split("a 123!? ü"), ["a", " 123", "!?", " ü"]);
     }
@@ -206,7 +236,12 @@ mod tests {
         let m = SpecialMatcher::new(&["<|a|>".into(), "<|a|><|b|>".into()]).unwrap();
         assert_eq!(
             m.segments("x<|a|><|b|>y<|a|>"),
-            [Segment::Text("x"), Segment::Special(1), Segment::Text("y"), Segment::Special(0)]
+            [
+                Segment::Text("x"),
+                Segment::Special(1),
+                Segment::Text("y"),
+                Segment::Special(0)
+            ]
         );
     }
 

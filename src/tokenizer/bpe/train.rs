@@ -36,7 +36,11 @@ pub struct BpeTrainOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BpeTrainError {
     #[error("vocab size {vocab_size} is too small: a byte-level BPE needs at least 256 byte tokens + {specials} special token(s) = {min}")]
-    VocabTooSmall { vocab_size: usize, specials: usize, min: usize },
+    VocabTooSmall {
+        vocab_size: usize,
+        specials: usize,
+        min: usize,
+    },
     #[error("special token #{index} is empty or repeated: {token:?}")]
     BadSpecial { index: usize, token: String },
     #[error("{path}: {reason}")]
@@ -56,43 +60,70 @@ pub fn train_on_text(text: &str, options: &BpeTrainOptions) -> Result<BpeTokeniz
 }
 
 /// Trains on the concatenation of files, read in blocks (never whole).
-pub fn train_on_files(paths: &[PathBuf], options: &BpeTrainOptions) -> Result<BpeTokenizer, BpeTrainError> {
+pub fn train_on_files(
+    paths: &[PathBuf],
+    options: &BpeTrainOptions,
+) -> Result<BpeTokenizer, BpeTrainError> {
     let matcher = check_options(options)?;
     let sizes: Vec<u64> = paths
         .iter()
-        .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(|e| input_err(p, e.to_string())))
+        .map(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.len())
+                .map_err(|e| input_err(p, e.to_string()))
+        })
         .collect::<Result<_, _>>()?;
-    let bar = bar(options.progress, sizes.iter().sum(), "counting pre-tokens {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}");
+    let bar = bar(
+        options.progress,
+        sizes.iter().sum(),
+        "counting pre-tokens {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    );
     let mut counts = PreTokenCounts::default();
     for path in paths {
         let file = File::open(path).map_err(|e| input_err(path, e.to_string()))?;
         let mut blocks = TextBlocks::new(file, 16 << 20);
         loop {
-            let block = blocks.next_block().map_err(|e| input_err(path, e.to_string()))?;
+            let block = blocks
+                .next_block()
+                .map_err(|e| input_err(path, e.to_string()))?;
             let Some(text) = block else { break };
             counts.add(&text, &matcher);
             bar.inc(text.len() as u64);
         }
     }
     bar.finish_and_clear();
-    let what = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let what = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     merge(counts, options, &what)
 }
 
 fn input_err(path: &Path, reason: String) -> BpeTrainError {
-    BpeTrainError::Input { path: path.into(), reason }
+    BpeTrainError::Input {
+        path: path.into(),
+        reason,
+    }
 }
 
 /// Checks the options; returns the matcher of their special tokens.
 fn check_options(options: &BpeTrainOptions) -> Result<SpecialMatcher, BpeTrainError> {
     for (index, token) in options.specials.iter().enumerate() {
         if token.is_empty() || options.specials[..index].contains(token) {
-            return Err(BpeTrainError::BadSpecial { index, token: token.clone() });
+            return Err(BpeTrainError::BadSpecial {
+                index,
+                token: token.clone(),
+            });
         }
     }
     let min = 256 + options.specials.len();
     if options.vocab_size < min {
-        return Err(BpeTrainError::VocabTooSmall { vocab_size: options.vocab_size, specials: options.specials.len(), min });
+        return Err(BpeTrainError::VocabTooSmall {
+            vocab_size: options.vocab_size,
+            specials: options.specials.len(),
+            min,
+        });
     }
     SpecialMatcher::new(&options.specials).map_err(BpeTrainError::Specials)
 }
@@ -101,7 +132,8 @@ fn bar(show: bool, len: u64, template: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
-    ProgressBar::new(len).with_style(ProgressStyle::with_template(template).expect("valid progress template"))
+    ProgressBar::new(len)
+        .with_style(ProgressStyle::with_template(template).expect("valid progress template"))
 }
 
 /// How often each distinct pre-token occurs.
@@ -163,14 +195,23 @@ struct Candidate {
 }
 
 /// The merge loop of step 3.
-fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Result<BpeTokenizer, BpeTrainError> {
+fn merge(
+    counts: PreTokenCounts,
+    options: &BpeTrainOptions,
+    what: &str,
+) -> Result<BpeTokenizer, BpeTrainError> {
     let mut words: Vec<Word> = counts
         .counts
         .into_iter()
-        .map(|(piece, count)| Word { ids: piece.bytes().map(u32::from).collect(), count })
+        .map(|(piece, count)| Word {
+            ids: piece.bytes().map(u32::from).collect(),
+            count,
+        })
         .collect();
     if words.is_empty() {
-        return Err(BpeTrainError::EmptyCorpus { what: what.to_string() });
+        return Err(BpeTrainError::EmptyCorpus {
+            what: what.to_string(),
+        });
     }
     let mut tokens: Vec<Rc<[u8]>> = (0..=255u8).map(|b| Rc::from(&[b][..])).collect();
     tokens.extend(options.specials.iter().map(|s| Rc::from(s.as_bytes())));
@@ -191,10 +232,17 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
         right: tokens[pair.1 as usize].clone(),
         pair,
     };
-    let mut heap: BinaryHeap<Candidate> = pair_counts.iter().map(|(&pair, &count)| candidate(&tokens, pair, count)).collect();
+    let mut heap: BinaryHeap<Candidate> = pair_counts
+        .iter()
+        .map(|(&pair, &count)| candidate(&tokens, pair, count))
+        .collect();
 
     let target = options.vocab_size - tokens.len();
-    let bar = bar(options.progress, target as u64, "merges {bar:40} {pos}/{len} eta {eta}");
+    let bar = bar(
+        options.progress,
+        target as u64,
+        "merges {bar:40} {pos}/{len} eta {eta}",
+    );
     while tokens.len() < options.vocab_size {
         let Some(top) = heap.pop() else { break };
         let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
@@ -202,7 +250,10 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
             // Counts of existing pairs only fall, and a fall is not pushed: the entry comes
             // back with its count corrected. (A rise always pushes, leaving a stale low entry.)
             if current > 0 && current < top.count {
-                heap.push(Candidate { count: current, ..top });
+                heap.push(Candidate {
+                    count: current,
+                    ..top
+                });
             }
             continue;
         }
@@ -213,7 +264,11 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
             bar.inc(1);
             (tokens.len() - 1) as u32
         });
-        merges.push(Merge { left: pair.0, right: pair.1, merged });
+        merges.push(Merge {
+            left: pair.0,
+            right: pair.1,
+            merged,
+        });
         pair_counts.remove(&pair);
 
         let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
@@ -222,7 +277,11 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
             if !rewrite(word, pair, merged, &mut deltas) {
                 continue;
             }
-            for p in word.ids.windows(2).filter(|p| p[0] == merged || p[1] == merged) {
+            for p in word
+                .ids
+                .windows(2)
+                .filter(|p| p[0] == merged || p[1] == merged)
+            {
                 pair_words.entry((p[0], p[1])).or_default().insert(w);
             }
         }
@@ -241,8 +300,16 @@ fn merge(counts: PreTokenCounts, options: &BpeTrainOptions, what: &str) -> Resul
     }
     bar.finish_and_clear();
     let tokens = tokens.iter().map(|t| t.to_vec()).collect();
-    let specials = options.specials.iter().enumerate().map(|(i, s)| (s.clone(), 256 + i as u32)).collect();
-    BpeTokenizer::new(tokens, merges, specials, false).map_err(|reason| BpeTrainError::Input { path: what.into(), reason })
+    let specials = options
+        .specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.clone(), 256 + i as u32))
+        .collect();
+    BpeTokenizer::new(tokens, merges, specials, false).map_err(|reason| BpeTrainError::Input {
+        path: what.into(),
+        reason,
+    })
 }
 
 /// Replaces each occurrence of `pair` in `word` (left to right) by `merged`, recording the
@@ -280,7 +347,11 @@ mod tests {
     use crate::tokenizer::Tokenizer;
 
     fn options(vocab_size: usize) -> BpeTrainOptions {
-        BpeTrainOptions { vocab_size, specials: vec!["<|endoftext|>".into()], progress: false }
+        BpeTrainOptions {
+            vocab_size,
+            specials: vec!["<|endoftext|>".into()],
+            progress: false,
+        }
     }
 
     /// The textbook algorithm: recount every pair before every merge.
@@ -290,7 +361,9 @@ mod tests {
         for segment in matcher.segments(text) {
             if let Segment::Text(t) = segment {
                 for piece in pre_tokens(t) {
-                    *words.entry(piece.bytes().map(|b| vec![b]).collect()).or_default() += 1;
+                    *words
+                        .entry(piece.bytes().map(|b| vec![b]).collect())
+                        .or_default() += 1;
                 }
             }
         }
@@ -302,7 +375,12 @@ mod tests {
                     *pairs.entry((p[0].clone(), p[1].clone())).or_default() += n;
                 }
             }
-            let Some((best, _)) = pairs.into_iter().max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0))) else { break };
+            let Some((best, _)) = pairs
+                .into_iter()
+                .max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
+            else {
+                break;
+            };
             words = words
                 .into_iter()
                 .map(|(word, n)| {
@@ -330,21 +408,33 @@ mod tests {
 
     #[test]
     fn incremental_training_equals_the_naive_recount() {
-        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt")).unwrap();
-        let text = format!("{}<|endoftext|>aaaa aaa  baaa\n\n{}", &text[..6000], &text[6000..9000]);
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt"))
+                .unwrap();
+        let text = format!(
+            "{}<|endoftext|>aaaa aaa  baaa\n\n{}",
+            &text[..6000],
+            &text[6000..9000]
+        );
         let opts = options(256 + 1 + 150);
         let fast = train_on_text(&text, &opts).unwrap();
         let fast: Vec<(Vec<u8>, Vec<u8>)> = fast
             .merges()
             .iter()
-            .map(|m| (fast.token_bytes(m.left).unwrap().to_vec(), fast.token_bytes(m.right).unwrap().to_vec()))
+            .map(|m| {
+                (
+                    fast.token_bytes(m.left).unwrap().to_vec(),
+                    fast.token_bytes(m.right).unwrap().to_vec(),
+                )
+            })
             .collect();
         assert_eq!(fast, naive_merges(&text, &opts.specials, 150));
     }
 
     #[test]
     fn layout_is_bytes_then_specials_then_merges() {
-        let tok = train_on_text("low lower lowest<|endoftext|>newer newest", &options(270)).unwrap();
+        let tok =
+            train_on_text("low lower lowest<|endoftext|>newer newest", &options(270)).unwrap();
         assert_eq!(tok.token_bytes(97), Some(&b"a"[..]));
         assert_eq!(tok.special_id("<|endoftext|>"), Some(256));
         assert_eq!(tok.merges()[0].merged, 257);
@@ -357,15 +447,24 @@ mod tests {
     #[test]
     fn bad_options_and_inputs_are_named() {
         let err = train_on_text("abc", &options(200)).unwrap_err().to_string();
-        assert!(err.contains("vocab size 200") && err.contains("257"), "{err}");
-        let err = train_on_text("<|endoftext|>", &options(300)).unwrap_err().to_string();
+        assert!(
+            err.contains("vocab size 200") && err.contains("257"),
+            "{err}"
+        );
+        let err = train_on_text("<|endoftext|>", &options(300))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no text to train on"), "{err}");
-        let err = train_on_files(&["no/such/file.txt".into()], &options(300)).unwrap_err().to_string();
+        let err = train_on_files(&["no/such/file.txt".into()], &options(300))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no/such/file.txt"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("bin.dat");
         std::fs::write(&binary, [b'a', b'b', 0xFF, 0xFE]).unwrap();
-        let err = train_on_files(&[binary], &options(300)).unwrap_err().to_string();
+        let err = train_on_files(&[binary], &options(300))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bin.dat") && err.contains("offset 2"), "{err}");
     }
 }

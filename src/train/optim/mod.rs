@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{GradientsParams, LearningRate, MultiGradientsParams, Optimizer, SimpleOptimizer};
+use burn::optim::{
+    GradientsParams, LearningRate, MultiGradientsParams, Optimizer, SimpleOptimizer,
+};
 use burn::prelude::*;
 use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
@@ -19,10 +21,10 @@ use burn::tensor::backend::AutodiffBackend;
 use super::control::RunControl;
 use crate::distributed::Exchange;
 
-#[cfg(feature = "ndarray")]
-mod on_ndarray;
 #[cfg(feature = "tch")]
 mod on_libtorch;
+#[cfg(feature = "ndarray")]
+mod on_ndarray;
 
 #[derive(Debug, Clone, Copy)]
 pub struct AdamW {
@@ -58,13 +60,30 @@ impl<B: Backend> SimpleOptimizer<B> for AdamW {
         // Matrices (linear weights, embeddings) decay; biases and norm gains (1-D) do not.
         let decays = D >= 2 && self.weight_decay > 0.0;
         let update = Update::new(self, lr, time, decays);
-        let slot = Slot { param, grad, moment_1, moment_2 };
-        let (param, moment_1, moment_2) = fused_update(slot, update).unwrap_or_else(|slot| update.with_ops(slot));
-        (param, Some(AdamWState { moment_1, moment_2, time }))
+        let slot = Slot {
+            param,
+            grad,
+            moment_1,
+            moment_2,
+        };
+        let (param, moment_1, moment_2) =
+            fused_update(slot, update).unwrap_or_else(|slot| update.with_ops(slot));
+        (
+            param,
+            Some(AdamWState {
+                moment_1,
+                moment_2,
+                time,
+            }),
+        )
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        AdamWState { moment_1: state.moment_1.to_device(device), moment_2: state.moment_2.to_device(device), time: state.time }
+        AdamWState {
+            moment_1: state.moment_1.to_device(device),
+            moment_2: state.moment_2.to_device(device),
+            time: state.time,
+        }
     }
 }
 
@@ -94,7 +113,11 @@ impl Update {
         Self {
             beta1: adamw.beta1,
             beta2: adamw.beta2,
-            decay: if decays { 1.0 - lr * adamw.weight_decay } else { 1.0 },
+            decay: if decays {
+                1.0 - lr * adamw.weight_decay
+            } else {
+                1.0
+            },
             step_size: lr * correction_2 / (1.0 - adamw.beta1.powi(t)),
             epsilon: adamw.epsilon * correction_2,
         }
@@ -102,11 +125,21 @@ impl Update {
 
     /// The update in Burn's tensor operations, for backends without a kernel of their own.
     fn with_ops<B: Backend, const D: usize>(self, slot: Slot<B, D>) -> Updated<B, D> {
-        let Slot { param, grad, moment_1, moment_2 } = slot;
+        let Slot {
+            param,
+            grad,
+            moment_1,
+            moment_2,
+        } = slot;
         let moment_1 = moment_1 * self.beta1 + grad.clone() * (1.0 - self.beta1);
         let moment_2 = moment_2 * self.beta2 + grad.square() * (1.0 - self.beta2);
-        let param = if self.decay != 1.0 { param * self.decay } else { param };
-        let param = param - moment_1.clone() / (moment_2.clone().sqrt() + self.epsilon) * self.step_size;
+        let param = if self.decay != 1.0 {
+            param * self.decay
+        } else {
+            param
+        };
+        let param =
+            param - moment_1.clone() / (moment_2.clone().sqrt() + self.epsilon) * self.step_size;
         (param, moment_1, moment_2)
     }
 }
@@ -124,7 +157,9 @@ pub(crate) type Updated<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor
 
 /// A kernel's results, computed on `IB`, as the `B` they were moved from.
 #[cfg(any(feature = "ndarray", feature = "tch"))]
-fn updated_as<IB: Backend, B: Backend, const D: usize>(updated: [Tensor<IB, D>; 3]) -> Updated<B, D> {
+fn updated_as<IB: Backend, B: Backend, const D: usize>(
+    updated: [Tensor<IB, D>; 3],
+) -> Updated<B, D> {
     match crate::model::fused::moved_as::<_, [Tensor<B, D>; 3]>(updated) {
         Ok([param, moment_1, moment_2]) => (param, moment_1, moment_2),
         Err(_) => unreachable!("a kernel runs only on the backend its slot was moved to"),
@@ -134,7 +169,10 @@ fn updated_as<IB: Backend, B: Backend, const D: usize>(updated: [Tensor<IB, D>; 
 /// The update through a kernel of the backend's own, or the slot back untouched where there is
 /// none. In Burn's operations the update is a dozen passes over the parameter, each into a
 /// fresh tensor; the kernels make six (libtorch) or one (ndarray), writing in place.
-fn fused_update<B: Backend, const D: usize>(slot: Slot<B, D>, update: Update) -> Result<Updated<B, D>, Slot<B, D>> {
+fn fused_update<B: Backend, const D: usize>(
+    slot: Slot<B, D>,
+    update: Update,
+) -> Result<Updated<B, D>, Slot<B, D>> {
     let result = Err(slot);
     #[cfg(feature = "tch")]
     let result = result.or_else(|slot| on_libtorch::update(slot, update));
@@ -160,18 +198,30 @@ pub struct ClippedAdamW<M: AutodiffModule<B>, B: AutodiffBackend> {
 
 impl<M: AutodiffModule<B>, B: AutodiffBackend> ClippedAdamW<M, B> {
     pub fn new(adamw: AdamW, max_norm: f64, grad_accumulation: usize) -> Self {
-        Self { inner: OptimizerAdaptor::from(adamw), max_norm, grad_scale: 1.0 / grad_accumulation as f64, control: None, exchange: None }
+        Self {
+            inner: OptimizerAdaptor::from(adamw),
+            max_norm,
+            grad_scale: 1.0 / grad_accumulation as f64,
+            control: None,
+            exchange: None,
+        }
     }
 
     pub fn with_control(self, control: Arc<RunControl>) -> Self {
-        Self { control: Some(control), ..self }
+        Self {
+            control: Some(control),
+            ..self
+        }
     }
 
     /// A replica of a data-parallel run: each step first averages the gradients over all
     /// replicas (so clipping and the update see the whole step's batch) and settles whether
     /// any replica asked to stop.
     pub fn with_exchange(self, exchange: Arc<Exchange>) -> Self {
-        Self { exchange: Some(exchange), ..self }
+        Self {
+            exchange: Some(exchange),
+            ..self
+        }
     }
 
     /// The replicas' mean gradients, or `None` (the run told why) when the exchange failed.
@@ -213,7 +263,11 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizer<M, B> for ClippedAdamW<
             }
         }
         if factor != 1.0 {
-            module.visit(&mut ScaleGrads::<B> { grads: &mut grads, factor, _b: Default::default() });
+            module.visit(&mut ScaleGrads::<B> {
+                grads: &mut grads,
+                factor,
+                _b: Default::default(),
+            });
         }
         let module = self.inner.step(lr, module, grads);
         if let Some(control) = &self.control {
@@ -237,10 +291,15 @@ impl<M: AutodiffModule<B>, B: AutodiffBackend> Optimizer<M, B> for ClippedAdamW<
 }
 
 /// L2 norm of all gradients of `module`'s parameters taken as one vector.
-pub fn global_norm<M: AutodiffModule<B>, B: AutodiffBackend>(module: &M, grads: &GradientsParams) -> f64 {
+pub fn global_norm<M: AutodiffModule<B>, B: AutodiffBackend>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
     let mut visitor = SquaredNorm::<B> { grads, sum: None };
     module.visit(&mut visitor);
-    visitor.sum.map_or(0.0, |s| s.into_scalar().elem::<f64>().sqrt())
+    visitor
+        .sum
+        .map_or(0.0, |s| s.into_scalar().elem::<f64>().sqrt())
 }
 
 struct SquaredNorm<'a, B: AutodiffBackend> {
@@ -282,18 +341,43 @@ mod tests {
     /// moments that are not zero; and a tensor sharing the parameter's storage (a checkpoint
     /// being written, say) keeps its values.
     fn kernel_matches_ops<B: Backend>(device: &B::Device) {
-        let random = |scale: f64| Tensor::<B, 2>::random([37, 19], burn::tensor::Distribution::Normal(0.0, scale), device);
+        let random = |scale: f64| {
+            Tensor::<B, 2>::random(
+                [37, 19],
+                burn::tensor::Distribution::Normal(0.0, scale),
+                device,
+            )
+        };
         let (param, grad, moment_1) = (random(1.0), random(0.1), random(0.01));
         let moment_2 = random(0.01).abs();
-        let update = Update::new(&AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 }, 1e-3, 7, true);
-        let slot = || Slot { param: param.clone(), grad: grad.clone(), moment_1: moment_1.clone(), moment_2: moment_2.clone() };
+        let update = Update::new(
+            &AdamW {
+                beta1: 0.9,
+                beta2: 0.99,
+                epsilon: 1e-8,
+                weight_decay: 0.1,
+            },
+            1e-3,
+            7,
+            true,
+        );
+        let slot = || Slot {
+            param: param.clone(),
+            grad: grad.clone(),
+            moment_1: moment_1.clone(),
+            moment_2: moment_2.clone(),
+        };
         let before = param.clone().into_data();
         let Ok(fused) = fused_update(slot(), update) else {
             panic!("{} has an AdamW kernel", std::any::type_name::<B>());
         };
         param.clone().into_data().assert_eq(&before, true);
         let by_ops = update.with_ops(slot());
-        for (name, (a, b)) in ["param", "moment_1", "moment_2"].iter().zip([(fused.0, by_ops.0), (fused.1, by_ops.1), (fused.2, by_ops.2)]) {
+        for (name, (a, b)) in ["param", "moment_1", "moment_2"].iter().zip([
+            (fused.0, by_ops.0),
+            (fused.1, by_ops.1),
+            (fused.2, by_ops.2),
+        ]) {
             let diff: f32 = (a - b).abs().max().into_scalar().elem();
             assert!(diff < 1e-6, "{name} differs by {diff}");
         }
@@ -308,15 +392,23 @@ mod tests {
     #[cfg(feature = "tch")]
     #[test]
     fn libtorch_kernel_matches_burns_ops() {
-        kernel_matches_ops::<burn::backend::LibTorch<f32>>(&burn::backend::libtorch::LibTorchDevice::Cpu);
+        kernel_matches_ops::<burn::backend::LibTorch<f32>>(
+            &burn::backend::libtorch::LibTorchDevice::Cpu,
+        );
     }
 
     #[test]
     fn update_is_pytorchs_bias_corrected_step() {
-        let adamw = AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 };
+        let adamw = AdamW {
+            beta1: 0.9,
+            beta2: 0.99,
+            epsilon: 1e-8,
+            weight_decay: 0.1,
+        };
         let u = Update::new(&adamw, 1e-3, 3, false);
         let (m, v) = (0.2_f64, 0.04_f64);
-        let textbook = 1e-3 * (m / (1.0 - 0.9_f64.powi(3))) / ((v / (1.0 - 0.99_f64.powi(3))).sqrt() + 1e-8);
+        let textbook =
+            1e-3 * (m / (1.0 - 0.9_f64.powi(3))) / ((v / (1.0 - 0.99_f64.powi(3))).sqrt() + 1e-8);
         assert!((u.step_size * m / (v.sqrt() + u.epsilon) - textbook).abs() < 1e-15);
         assert_eq!(u.decay, 1.0, "1-D parameters do not decay");
     }

@@ -11,15 +11,22 @@ use super::{Slot, Update, Updated};
 use crate::model::fused::moved_as;
 
 /// [`super::fused_update`] for `LibTorch<E>`, E being any of its float types.
-pub(super) fn update<B: Backend, const D: usize>(slot: Slot<B, D>, update: Update) -> Result<Updated<B, D>, Slot<B, D>> {
+pub(super) fn update<B: Backend, const D: usize>(
+    slot: Slot<B, D>,
+    update: Update,
+) -> Result<Updated<B, D>, Slot<B, D>> {
     update_as::<B, f32, D>(slot, update)
         .or_else(|slot| update_as::<B, f16, D>(slot, update))
         .or_else(|slot| update_as::<B, bf16, D>(slot, update))
 }
 
-fn update_as<B: Backend, E: TchElement, const D: usize>(slot: Slot<B, D>, u: Update) -> Result<Updated<B, D>, Slot<B, D>> {
+fn update_as<B: Backend, E: TchElement, const D: usize>(
+    slot: Slot<B, D>,
+    u: Update,
+) -> Result<Updated<B, D>, Slot<B, D>> {
     let slot: Slot<LibTorch<E>, D> = moved_as(slot)?;
-    let [mut param, grad, mut moment_1, mut moment_2] = [slot.param, slot.grad, slot.moment_1, slot.moment_2].map(writable);
+    let [mut param, grad, mut moment_1, mut moment_2] =
+        [slot.param, slot.grad, slot.moment_1, slot.moment_2].map(writable);
     if u.decay != 1.0 {
         let _ = param.g_mul_scalar_(u.decay);
     }
@@ -28,7 +35,9 @@ fn update_as<B: Backend, E: TchElement, const D: usize>(slot: Slot<B, D>, u: Upd
     let mut denominator = moment_2.sqrt();
     let _ = denominator.g_add_scalar_(u.epsilon);
     let _ = param.addcdiv_(&(&moment_1 * -u.step_size), &denominator);
-    let updated = [param, moment_1, moment_2].map(|t| Tensor::<LibTorch<E>, D>::from_primitive(TensorPrimitive::Float(TchTensor::new(t))));
+    let updated = [param, moment_1, moment_2].map(|t| {
+        Tensor::<LibTorch<E>, D>::from_primitive(TensorPrimitive::Float(TchTensor::new(t)))
+    });
     Ok(super::updated_as(updated))
 }
 
