@@ -12,14 +12,9 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for var in [
-        "LIBTORCH",
-        "LIBTORCH_LIB",
-        "LIBTORCH_USE_PYTORCH",
-        "VIRTUAL_ENV",
-        "PATH",
-        "LIBRARY_PATH",
-    ] {
+    for var in
+        ["LIBTORCH", "LIBTORCH_LIB", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV", "PATH", "LIBRARY_PATH"]
+    {
         println!("cargo:rerun-if-env-changed={var}");
     }
     if std::env::var_os("CARGO_FEATURE_TCMALLOC").is_some() {
@@ -49,15 +44,11 @@ fn link_tcmalloc() {
     // `LIBRARY_PATH` first, for a tcmalloc outside the system's directories.
     let library_path = std::env::var_os("LIBRARY_PATH").unwrap_or_default();
     let system = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
+        "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib",
         "/usr/local/lib",
     ];
-    let dirs: Vec<PathBuf> = std::env::split_paths(&library_path)
-        .chain(system.iter().map(PathBuf::from))
-        .collect();
+    let dirs: Vec<PathBuf> =
+        std::env::split_paths(&library_path).chain(system.iter().map(PathBuf::from)).collect();
     let Some(dir) = dirs.iter().find(|dir| dir.join(TCMALLOC).is_file()) else {
         let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         panic!(
@@ -83,11 +74,7 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(root).join("lib"));
     }
     std::env::var_os("LIBTORCH_USE_PYTORCH")?;
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
-        "python"
-    } else {
-        "python3"
-    };
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
     let out = Command::new(python)
         .args([
             "-c",

@@ -1,6 +1,6 @@
 """MKL against oneDNN for the matrix products of kiln's linear layers on libtorch (tch-cpu).
 
-libtorch's `matmul` calls MKL's SGEMM. kiln's fused linear layer (src/model/fused/on_libtorch.rs)
+libtorch's `matmul` calls MKL's SGEMM. kiln's fused linear layer (src/kernels/libtorch/)
 calls oneDNN instead, through a 1×1 convolution over the rows. This prints both in GFLOP/s for
 the layers of configs/small.toml and configs/gpt2-small-cpu.toml, from the same libtorch that
 kiln links (the venv's PyTorch), so that the choice can be checked on any CPU:

@@ -14,15 +14,17 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::record::Recorder;
-use burn::tensor::backend::AutodiffBackend;
-use kiln::checkpoint::{load_record, CheckpointRecorder};
+use kiln::config::{Activation, NormKind, PositionKind};
 use kiln::data::LmBatch;
 use kiln::generate::{generate, Sampling};
-use kiln::model::{Activation, Gpt, GptConfig, NormKind, PositionKind, Seq2Seq, Seq2SeqConfig};
+use kiln::kernels::{KernelBackend, TrainBackend};
+use kiln::model::{Gpt, GptConfig, Seq2Seq, Seq2SeqConfig};
+use kiln::run::checkpoint::{load_record, CheckpointRecorder};
 use kiln::tokenizer::{CharTokenizer, Tokenizer};
 use kiln::train::{lm_loss, AdamW, ClippedAdamW};
 
 type Reference = burn::backend::NdArray<f32>;
+use burn::backend::ndarray::NdArrayDevice;
 
 const STEPS: usize = 20;
 /// Adam turns gradient noise into full-size steps, so backends drift apart faster at high
@@ -61,18 +63,21 @@ fn corpus() -> &'static (CharTokenizer, Vec<u32>) {
 
 /// Initial weights of `config`, drawn on ndarray and saved as an f32 record.
 fn draw_weights(config: &GptConfig) -> PathBuf {
+    save_drawn(|device| {
+        let model: Gpt<Reference> = config.init(device);
+        // Touch every parameter so the lazily initialised values are the ones saved.
+        let _ = model.forward(Tensor::zeros([1, 2], device));
+        model
+    })
+}
+
+/// The model `draw` makes on ndarray after seeding it, saved as an f32 record.
+fn save_drawn<M: Module<Reference>>(draw: impl FnOnce(&NdArrayDevice) -> M) -> PathBuf {
     let path = tempfile::tempdir().unwrap().keep().join("init.mpk");
     let device = Default::default();
     Reference::seed(&device, 42);
-    let model: Gpt<Reference> = config.init(&device);
-    // Touch every parameter so the lazily initialised values are the ones saved.
-    let _ = model.forward(Tensor::zeros([1, 2], &device));
-    Recorder::<Reference>::record(
-        &CheckpointRecorder::default(),
-        model.into_record(),
-        path.clone(),
-    )
-    .unwrap();
+    let record = draw(&device).into_record();
+    Recorder::<Reference>::record(&CheckpointRecorder::default(), record, path.clone()).unwrap();
     path
 }
 
@@ -81,37 +86,27 @@ fn initial_weights() -> &'static PathBuf {
     WEIGHTS.get_or_init(|| draw_weights(&config()))
 }
 
-fn load<B: Backend>(path: &Path, device: &B::Device) -> Gpt<B> {
+fn load<B: KernelBackend>(path: &Path, device: &B::Device) -> Gpt<B> {
     load_as(&config(), path, device)
 }
 
-fn load_as<B: Backend>(config: &GptConfig, path: &Path, device: &B::Device) -> Gpt<B> {
-    config
-        .init(device)
-        .load_record(load_record::<B, _>(path, device).unwrap())
+fn load_as<B: KernelBackend>(config: &GptConfig, path: &Path, device: &B::Device) -> Gpt<B> {
+    config.init(device).load_record(load_record::<B, _>(path, device).unwrap())
 }
 
 /// Logits of the course model on `B` and on ndarray, from the same weights.
-fn course_logits<B: Backend>(device: &B::Device) -> (Vec<f32>, Vec<f32>) {
+fn course_logits<B: KernelBackend>(device: &B::Device) -> (Vec<f32>, Vec<f32>) {
     static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
     let weights = WEIGHTS.get_or_init(|| draw_weights(&course_config()));
     let run = |model: Gpt<B>| {
-        model
-            .forward(batch::<B>(0, device).inputs)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap()
+        model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap()
     };
     let reference = load_as::<Reference>(&course_config(), weights, &Default::default())
         .forward(batch::<Reference>(0, &Default::default()).inputs)
         .into_data()
         .to_vec()
         .unwrap();
-    (
-        run(load_as::<B>(&course_config(), weights, device)),
-        reference,
-    )
+    (run(load_as::<B>(&course_config(), weights, device)), reference)
 }
 
 /// The encoder-decoder, post-norm with sinusoidal positions as in the paper.
@@ -122,24 +117,12 @@ fn seq2seq_config() -> Seq2SeqConfig {
 /// Teacher-forced logits, then the logits of every step of incremental decoding (KV cache,
 /// cross-attention memory, padded sources), of the seq2seq model on `B`, from weights drawn
 /// on ndarray.
-fn seq2seq_logits<B: Backend>(device: &B::Device) -> Vec<f32> {
+fn seq2seq_logits<B: KernelBackend>(device: &B::Device) -> Vec<f32> {
     static WEIGHTS: OnceLock<PathBuf> = OnceLock::new();
-    let weights = WEIGHTS.get_or_init(|| {
-        let path = tempfile::tempdir().unwrap().keep().join("seq2seq.mpk");
-        let device = Default::default();
-        Reference::seed(&device, 42);
-        let model: Seq2Seq<Reference> = seq2seq_config().init(&device);
-        Recorder::<Reference>::record(
-            &CheckpointRecorder::default(),
-            model.into_record(),
-            path.clone(),
-        )
-        .unwrap();
-        path
-    });
-    let model: Seq2Seq<B> = seq2seq_config()
-        .init(device)
-        .load_record(load_record::<B, _>(weights, device).unwrap());
+    let weights =
+        WEIGHTS.get_or_init(|| save_drawn(|device| seq2seq_config().init::<Reference>(device)));
+    let model: Seq2Seq<B> =
+        seq2seq_config().init(device).load_record(load_record::<B, _>(weights, device).unwrap());
     let ints = |rows: Vec<i64>, width: usize| {
         Tensor::<B, 2, Int>::from_data(
             TensorData::new(rows.clone(), [rows.len() / width, width]),
@@ -162,22 +145,16 @@ fn seq2seq_logits<B: Backend>(device: &B::Device) -> Vec<f32> {
     logits
 }
 
-fn batch<B: Backend>(step: usize, device: &B::Device) -> LmBatch<B> {
+fn batch<B: KernelBackend>(step: usize, device: &B::Device) -> LmBatch<B> {
     let tokens = &corpus().1;
-    let starts: Vec<usize> = (0..BATCH)
-        .map(|i| (step * 7919 + i * 104_729) % (tokens.len() - BLOCK - 1))
-        .collect();
+    let starts: Vec<usize> =
+        (0..BATCH).map(|i| (step * 7919 + i * 104_729) % (tokens.len() - BLOCK - 1)).collect();
     LmBatch::from_starts(tokens, &starts, BLOCK, device)
 }
 
-fn logits<B: Backend>(device: &B::Device) -> Vec<f32> {
+fn logits<B: KernelBackend>(device: &B::Device) -> Vec<f32> {
     let model = load::<B>(initial_weights(), device);
-    model
-        .forward(batch::<B>(0, device).inputs)
-        .into_data()
-        .convert::<f32>()
-        .to_vec()
-        .unwrap()
+    model.forward(batch::<B>(0, device).inputs).into_data().convert::<f32>().to_vec().unwrap()
 }
 
 /// Weights after 300 steps on ndarray: a model that writes something, for comparing greedy text.
@@ -191,14 +168,9 @@ fn trained_weights() -> &'static PathBuf {
 }
 
 /// Losses of `steps` AdamW steps from the initial weights; the final weights go to `out`.
-fn train<B: AutodiffBackend>(device: &B::Device, steps: usize, lr: f64, out: &Path) -> Vec<f32> {
+fn train<B: TrainBackend>(device: &B::Device, steps: usize, lr: f64, out: &Path) -> Vec<f32> {
     let mut model = load::<B>(initial_weights(), device);
-    let adamw = AdamW {
-        beta1: 0.9,
-        beta2: 0.99,
-        epsilon: 1e-8,
-        weight_decay: 0.1,
-    };
+    let adamw = AdamW { beta1: 0.9, beta2: 0.99, epsilon: 1e-8, weight_decay: 0.1 };
     let mut optimizer = ClippedAdamW::<Gpt<B>, B>::new(adamw, 1.0, 1);
     let mut losses = Vec::new();
     for step in 0..steps {
@@ -207,25 +179,16 @@ fn train<B: AutodiffBackend>(device: &B::Device, steps: usize, lr: f64, out: &Pa
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optimizer.step(lr, model, grads);
     }
-    Recorder::<B>::record(
-        &CheckpointRecorder::default(),
-        model.into_record(),
-        out.to_path_buf(),
-    )
-    .unwrap();
+    Recorder::<B>::record(&CheckpointRecorder::default(), model.into_record(), out.to_path_buf())
+        .unwrap();
     losses
 }
 
-fn greedy<B: Backend>(weights: &Path, device: &B::Device) -> String {
+fn greedy<B: KernelBackend>(weights: &Path, device: &B::Device) -> String {
     let (tok, _) = corpus();
     let model = load::<B>(weights, device);
-    let sampling = Sampling {
-        max_new_tokens: 40,
-        temperature: 0.0,
-        top_k: None,
-        top_p: None,
-        seed: 1,
-    };
+    let sampling =
+        Sampling { max_new_tokens: 40, temperature: 0.0, top_k: None, top_p: None, seed: 1 };
     let ids = generate(&model, &tok.encode("ROMEO:\n").unwrap(), &sampling, |_| {}).unwrap();
     tok.decode(&ids)
 }
@@ -237,51 +200,32 @@ fn assert_logits_agree(name: &str, got: &[f32]) {
 fn assert_close(name: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{name}: logits count");
     let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-    let worst = want
-        .iter()
-        .zip(got)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let worst = want.iter().zip(got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     eprintln!(
         "{name}: logits within {:.2e} of ndarray (relative to the largest, {scale:.3})",
         worst / scale
     );
-    assert!(
-        worst / scale <= 1e-4,
-        "{name}: logits differ by {worst} (relative {})",
-        worst / scale
-    );
+    assert!(worst / scale <= 1e-4, "{name}: logits differ by {worst} (relative {})", worst / scale);
 }
 
-fn assert_training_agrees<B: AutodiffBackend>(name: &str, device: &B::Device) {
+fn assert_training_agrees<B: TrainBackend>(name: &str, device: &B::Device) {
     let dir = tempfile::tempdir().unwrap();
-    let (want_weights, got_weights) = (
-        dir.path().join("ndarray.mpk"),
-        dir.path().join(format!("{name}.mpk")),
-    );
+    let (want_weights, got_weights) =
+        (dir.path().join("ndarray.mpk"), dir.path().join(format!("{name}.mpk")));
     let want =
         train::<burn::backend::Autodiff<Reference>>(&Default::default(), STEPS, LR, &want_weights);
     let got = train::<B>(device, STEPS, LR, &got_weights);
     for (step, (a, b)) in want.iter().zip(&got).enumerate() {
-        assert!(
-            (a - b).abs() / a.abs() <= 0.01,
-            "{name}: step {step} loss {b} vs ndarray {a}"
-        );
+        assert!((a - b).abs() / a.abs() <= 0.01, "{name}: step {step} loss {b} vs ndarray {a}");
     }
-    let worst = want
-        .iter()
-        .zip(&got)
-        .map(|(a, b)| (a - b).abs() / a.abs())
-        .fold(0f32, f32::max);
+    let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs() / a.abs()).fold(0f32, f32::max);
     eprintln!(
         "{name}: {STEPS} steps, loss {:.4} → {:.4}, worst step {:.2e} relative to ndarray",
         got[0],
         got[STEPS - 1],
         worst
     );
-    assert!(
-        want[STEPS - 1] < want[0] * 0.85,
-        "the model learns: {want:?}"
-    );
+    assert!(want[STEPS - 1] < want[0] * 0.85, "the model learns: {want:?}");
     let text = greedy::<B::InnerBackend>(trained_weights(), device);
     assert_eq!(
         text,
@@ -291,110 +235,64 @@ fn assert_training_agrees<B: AutodiffBackend>(name: &str, device: &B::Device) {
     eprintln!("{name}: greedy text equal to ndarray's: {text:?}");
 }
 
+/// The agreement tests of one backend, in a module of its own.
+macro_rules! agrees_with_ndarray {
+    ($module:ident, $name:literal, $backend:ty, $device:expr) => {
+        mod $module {
+            use super::*;
+            type B = $backend;
+
+            #[test]
+            fn logits_match_ndarray() {
+                assert_logits_agree($name, &logits::<B>(&$device));
+            }
+
+            #[test]
+            fn course_model_logits_match_ndarray() {
+                let (got, want) = course_logits::<B>(&$device);
+                assert_close(concat!($name, " (rope, rmsnorm, swiglu, post-norm)"), &got, &want);
+            }
+
+            #[test]
+            fn training_and_greedy_text_match_ndarray() {
+                assert_training_agrees::<burn::backend::Autodiff<B>>($name, &$device);
+            }
+
+            #[test]
+            fn seq2seq_logits_match_ndarray() {
+                let want = seq2seq_logits::<Reference>(&Default::default());
+                let got = seq2seq_logits::<B>(&$device);
+                let what = concat!($name, " (seq2seq, teacher forcing and cached decoding)");
+                assert_close(what, &got, &want);
+            }
+        }
+    };
+}
+
 #[cfg(feature = "wgpu")]
-mod wgpu {
-    use super::*;
-    use burn::backend::wgpu::WgpuDevice;
-    type B = burn::backend::Wgpu;
-
-    #[test]
-    fn logits_match_ndarray() {
-        assert_logits_agree("wgpu", &logits::<B>(&WgpuDevice::DefaultDevice));
-    }
-
-    #[test]
-    fn course_model_logits_match_ndarray() {
-        let (got, want) = course_logits::<B>(&WgpuDevice::DefaultDevice);
-        assert_close("wgpu (rope, rmsnorm, swiglu, post-norm)", &got, &want);
-    }
-
-    #[test]
-    fn training_and_greedy_text_match_ndarray() {
-        assert_training_agrees::<burn::backend::Autodiff<B>>("wgpu", &WgpuDevice::DefaultDevice);
-    }
-
-    #[test]
-    fn seq2seq_logits_match_ndarray() {
-        let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close(
-            "wgpu (seq2seq, teacher forcing and cached decoding)",
-            &seq2seq_logits::<B>(&WgpuDevice::DefaultDevice),
-            &want,
-        );
-    }
-}
-
+agrees_with_ndarray!(
+    wgpu,
+    "wgpu",
+    burn::backend::Wgpu,
+    burn::backend::wgpu::WgpuDevice::DefaultDevice
+);
 #[cfg(feature = "tch")]
-mod tch_cpu {
-    use super::*;
-    use burn::backend::libtorch::LibTorchDevice;
-    type B = burn::backend::LibTorch<f32>;
-
-    #[test]
-    fn logits_match_ndarray() {
-        assert_logits_agree("tch-cpu", &logits::<B>(&LibTorchDevice::Cpu));
-    }
-
-    #[test]
-    fn course_model_logits_match_ndarray() {
-        let (got, want) = course_logits::<B>(&LibTorchDevice::Cpu);
-        assert_close("tch-cpu (rope, rmsnorm, swiglu, post-norm)", &got, &want);
-    }
-
-    #[test]
-    fn training_and_greedy_text_match_ndarray() {
-        assert_training_agrees::<burn::backend::Autodiff<B>>("tch-cpu", &LibTorchDevice::Cpu);
-    }
-
-    #[test]
-    fn seq2seq_logits_match_ndarray() {
-        let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close(
-            "tch-cpu (seq2seq, teacher forcing and cached decoding)",
-            &seq2seq_logits::<B>(&LibTorchDevice::Cpu),
-            &want,
-        );
-    }
-}
-
+agrees_with_ndarray!(
+    tch_cpu,
+    "tch-cpu",
+    burn::backend::LibTorch<f32>,
+    burn::backend::libtorch::LibTorchDevice::Cpu
+);
 #[cfg(feature = "flex")]
-mod flex {
-    use super::*;
-    type B = burn::backend::Flex<f32>;
-
-    #[test]
-    fn logits_match_ndarray() {
-        assert_logits_agree("flex", &logits::<B>(&Default::default()));
-    }
-
-    #[test]
-    fn course_model_logits_match_ndarray() {
-        let (got, want) = course_logits::<B>(&Default::default());
-        assert_close("flex (rope, rmsnorm, swiglu, post-norm)", &got, &want);
-    }
-
-    #[test]
-    fn training_and_greedy_text_match_ndarray() {
-        assert_training_agrees::<burn::backend::Autodiff<B>>("flex", &Default::default());
-    }
-
-    #[test]
-    fn seq2seq_logits_match_ndarray() {
-        let want = seq2seq_logits::<Reference>(&Default::default());
-        assert_close(
-            "flex (seq2seq, teacher forcing and cached decoding)",
-            &seq2seq_logits::<B>(&Default::default()),
-            &want,
-        );
-    }
-}
+agrees_with_ndarray!(flex, "flex", burn::backend::Flex<f32>, Default::default());
 
 #[test]
 fn backends_are_picked_by_name_with_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let artifacts = dir.path().to_str().unwrap();
     for backend in ["flex", "wgpu", "tch-cpu"] {
-        if kiln::backend::BackendName::parse(backend).is_err() {
+        if !kiln::config::BackendName::try_from(backend.to_string()).is_ok_and(|b| b.compiled_in())
+        {
             continue;
         }
         let (ok, _, err) = common::kiln(&[
@@ -416,18 +314,10 @@ fn backends_are_picked_by_name_with_clear_errors() {
         assert!(ok, "{backend}: {err}");
         let summary =
             std::fs::read_to_string(dir.path().join(backend).join("summary.json")).unwrap();
-        assert!(
-            summary.contains(&format!("\"backend\": \"{backend}\"")),
-            "{summary}"
-        );
+        assert!(summary.contains(&format!("\"backend\": \"{backend}\"")), "{summary}");
     }
     let (ok, _, err) = common::kiln(&[
-        "--config",
-        "configs/tiny.toml",
-        "--backend",
-        "ndarray",
-        "--set",
-        "backend.precision=bf16",
+        "--config", "configs/tiny.toml", "--backend", "ndarray", "--set", "backend.precision=bf16",
     ]);
     assert!(
         !ok && err.contains("backend.precision = \"bf16\"") && err.contains("ndarray"),

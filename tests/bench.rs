@@ -14,23 +14,13 @@ fn bench_json(args: &[&str]) -> Value {
 #[test]
 fn bench_train_reports_consistent_figures() {
     let r = bench_json(&[
-        "bench",
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--iters",
-        "3",
-        "--warmup",
-        "1",
+        "bench", "train", "--config", "configs/tiny.toml", "--iters", "3", "--warmup", "1",
         "--json",
     ]);
     let ms = r["ms_per_iter"].as_f64().unwrap();
     // tiny.toml: batch 16 × block 32 tokens a step.
     let tokens = r["tokens_per_sec"].as_f64().unwrap() * ms / 1000.0;
-    assert!(
-        (tokens - 16.0 * 32.0).abs() < 1.0,
-        "tokens per step {tokens}: {r}"
-    );
+    assert!((tokens - 16.0 * 32.0).abs() < 1.0, "tokens per step {tokens}: {r}");
     assert!(
         r["flops_per_sec"].as_f64().unwrap() > 0.0 && r["final_loss"].as_f64().unwrap().is_finite(),
         "{r}"
@@ -44,17 +34,8 @@ fn bench_train_reports_consistent_figures() {
 #[test]
 fn bench_train_on_two_devices_reports_scaling() {
     let r = bench_json(&[
-        "bench",
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        "distributed.devices=[0, 1]",
-        "--iters",
-        "3",
-        "--warmup",
-        "1",
-        "--json",
+        "bench", "train", "--config", "configs/tiny.toml", "--set", "distributed.devices=[0, 1]",
+        "--iters", "3", "--warmup", "1", "--json",
     ]);
     let s = &r["scaling"];
     assert_eq!(s["devices"], 2, "{r}");
@@ -65,34 +46,17 @@ fn bench_train_on_two_devices_reports_scaling() {
         "tokens per step on two devices {tokens}: {r}"
     );
     let speedup = s["tokens_per_sec"].as_f64().unwrap() / r["tokens_per_sec"].as_f64().unwrap();
-    assert!(
-        (s["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9,
-        "{r}"
-    );
-    assert!(
-        (s["efficiency"].as_f64().unwrap() - speedup / 2.0).abs() < 1e-9,
-        "{r}"
-    );
+    assert!((s["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9, "{r}");
+    assert!((s["efficiency"].as_f64().unwrap() - speedup / 2.0).abs() < 1e-9, "{r}");
 }
 
 #[test]
 fn bench_generate_times_every_requested_token() {
     let r = bench_json(&[
-        "bench",
-        "generate",
-        "--config",
-        "configs/tiny.toml",
-        "--prompt-tokens",
-        "5",
-        "--max-new-tokens",
-        "20",
-        "--json",
+        "bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "5",
+        "--max-new-tokens", "20", "--json",
     ]);
-    assert_eq!(
-        (r["prompt_tokens"].as_u64(), r["new_tokens"].as_u64()),
-        (Some(5), Some(20)),
-        "{r}"
-    );
+    assert_eq!((r["prompt_tokens"].as_u64(), r["new_tokens"].as_u64()), (Some(5), Some(20)), "{r}");
     let (first, per_token, rate) = (
         r["first_token_ms"].as_f64().unwrap(),
         r["ms_per_token"].as_f64().unwrap(),
@@ -100,36 +64,22 @@ fn bench_generate_times_every_requested_token() {
     );
     // 20 tokens take the first token's time plus 19 cached steps.
     let expected = 20.0 / ((first + 19.0 * per_token) / 1000.0);
-    assert!(
-        (rate - expected).abs() / expected < 1e-6,
-        "tokens/s {rate} vs {expected}: {r}"
-    );
+    assert!((rate - expected).abs() / expected < 1e-6, "tokens/s {rate} vs {expected}: {r}");
     assert!(r["peak_rss_mb"].as_f64().unwrap() > 0.0, "{r}");
 }
 
 #[test]
 fn bench_generate_rejects_a_run_longer_than_the_context() {
     let (ok, _, err) = common::kiln(&[
-        "bench",
-        "generate",
-        "--config",
-        "configs/tiny.toml",
-        "--prompt-tokens",
-        "16",
-        "--max-new-tokens",
-        "17",
+        "bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "16",
+        "--max-new-tokens", "17",
     ]);
     assert!(
         !ok && err.contains("--max-new-tokens 17") && err.contains("model.block_size = 32"),
         "{err}"
     );
     let (ok, _, err) = common::kiln(&[
-        "bench",
-        "generate",
-        "--config",
-        "configs/tiny.toml",
-        "--prompt-tokens",
-        "0",
+        "bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "0",
     ]);
     assert!(!ok && err.contains("--prompt-tokens 0"), "{err}");
 }
@@ -145,31 +95,12 @@ fn tcmalloc_serves_every_malloc_of_the_process() {
         .output()
         .unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
-    let bindings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("symbol `malloc'"))
-        .collect();
-    assert!(
-        !bindings.is_empty(),
-        "the loader logged no binding of malloc:\n{log}"
-    );
-    assert!(
-        bindings.iter().all(|l| l.contains("libtcmalloc_minimal")),
-        "{bindings:#?}"
-    );
+    let bindings: Vec<&str> = log.lines().filter(|l| l.contains("symbol `malloc'")).collect();
+    assert!(!bindings.is_empty(), "the loader logged no binding of malloc:\n{log}");
+    assert!(bindings.iter().all(|l| l.contains("libtcmalloc_minimal")), "{bindings:#?}");
     let r = bench_json(&[
-        "bench",
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--iters",
-        "1",
-        "--warmup",
-        "0",
+        "bench", "train", "--config", "configs/tiny.toml", "--iters", "1", "--warmup", "0",
         "--json",
     ]);
-    assert!(
-        r["allocator"].as_str().unwrap().starts_with("gperftools"),
-        "{r}"
-    );
+    assert!(r["allocator"].as_str().unwrap().starts_with("gperftools"), "{r}");
 }

@@ -28,34 +28,9 @@ static VERDICT_BPE: LazyLock<BpeTokenizer> = LazyLock::new(|| {
 /// contractions, digits, letters from several scripts, specials and any char at all.
 fn tricky_text() -> impl Strategy<Value = String> {
     let pieces = prop::sample::select(vec![
-        " ",
-        "  ",
-        "\n",
-        "\n\n",
-        "\t",
-        "\r\n",
-        "\u{a0}",
-        "\u{3000}",
-        "\u{2028}",
-        "'s",
-        "'ll",
-        "'S",
-        "'",
-        "123",
-        "٣",
-        "abc",
-        "Ünï",
-        "\nA",
-        "a\n",
-        ".\n\nB",
-        " \nx",
-        "日本語",
-        "😀",
-        "!!",
-        "<|endoftext|>",
-        "<pad>",
-        "<|endoftext",
-        "x",
+        " ", "  ", "\n", "\n\n", "\t", "\r\n", "\u{a0}", "\u{3000}", "\u{2028}", "'s", "'ll", "'S",
+        "'", "123", "٣", "abc", "Ünï", "\nA", "a\n", ".\n\nB", " \nx", "日本語", "😀", "!!",
+        "<|endoftext|>", "<pad>", "<|endoftext", "x",
     ]);
     let piece =
         prop_oneof![3 => pieces.prop_map(String::from), 1 => any::<char>().prop_map(String::from)];
@@ -105,23 +80,12 @@ fn gpt2_merges_reproduce_tiktoken() {
     let kiln_gpt2 = TiktokenTokenizer::gpt2_as_bpe().unwrap();
     let tiktoken = TiktokenTokenizer::new("gpt2").unwrap();
     // tinyshakespeare is over the 1 MB at which encoding goes parallel.
-    for file in [
-        "the-verdict.txt",
-        "tinystories_val.txt",
-        "tinyshakespeare.txt",
-    ] {
+    for file in ["the-verdict.txt", "tinystories_val.txt", "tinyshakespeare.txt"] {
         let text = std::fs::read_to_string(repo().join("data").join(file)).unwrap();
-        assert_eq!(
-            kiln_gpt2.encode(&text).unwrap(),
-            tiktoken.encode(&text).unwrap(),
-            "{file}"
-        );
+        assert_eq!(kiln_gpt2.encode(&text).unwrap(), tiktoken.encode(&text).unwrap(), "{file}");
     }
     let odd = "  leading\u{a0}nbsp\t\ttabs 12345 ½ 𝔘𝔫𝔦 'S 's😀😀\r\n\r\n  <|endoftext|>";
-    assert_eq!(
-        kiln_gpt2.encode(odd).unwrap(),
-        tiktoken.encode(odd).unwrap()
-    );
+    assert_eq!(kiln_gpt2.encode(odd).unwrap(), tiktoken.encode(odd).unwrap());
 }
 
 #[test]
@@ -130,26 +94,13 @@ fn train_encode_decode_from_the_command_line() {
     let out = dir.path().join("verdict.json");
     let out_s = out.to_str().unwrap();
     let (ok, _, err) = kiln(&[
-        "tokenizer",
-        "train",
-        "--input",
-        "data/the-verdict.txt",
-        "--vocab-size",
-        "500",
-        "--special",
-        "<|endoftext|>",
-        "--out",
-        out_s,
+        "tokenizer", "train", "--input", "data/the-verdict.txt", "--vocab-size", "500",
+        "--special", "<|endoftext|>", "--out", out_s,
     ]);
     assert!(ok, "{err}");
     assert!(err.contains("vocabulary 500"), "{err}");
     let (ok, ids, err) = kiln(&[
-        "tokenizer",
-        "encode",
-        "--tokenizer",
-        out_s,
-        "--text",
-        "Once upon a time<|endoftext|>",
+        "tokenizer", "encode", "--tokenizer", out_s, "--text", "Once upon a time<|endoftext|>",
     ]);
     assert!(ok, "{err}");
     let ids: Vec<&str> = ids.split_whitespace().collect();
@@ -175,12 +126,8 @@ fn train_encode_decode_from_the_command_line() {
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(repo().join("data/the-verdict.txt")).unwrap();
     let loaded = kiln::tokenizer::load(&out).unwrap();
-    let expected: Vec<u8> = loaded
-        .encode(&text)
-        .unwrap()
-        .iter()
-        .flat_map(|id| id.to_le_bytes())
-        .collect();
+    let expected: Vec<u8> =
+        loaded.encode(&text).unwrap().iter().flat_map(|id| id.to_le_bytes()).collect();
     assert_eq!(std::fs::read(&bin).unwrap(), expected);
 }
 
@@ -190,19 +137,10 @@ fn bad_tokenizer_inputs_get_named_errors() {
     let out = dir.path().join("t.json");
     let out_s = out.to_str().unwrap();
     let (ok, _, err) = kiln(&[
-        "tokenizer",
-        "train",
-        "--input",
-        "data/the-verdict.txt",
-        "--vocab-size",
-        "100",
-        "--out",
+        "tokenizer", "train", "--input", "data/the-verdict.txt", "--vocab-size", "100", "--out",
         out_s,
     ]);
-    assert!(
-        !ok && err.contains("vocab size 100") && err.contains("256"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("vocab size 100") && err.contains("256"), "{err}");
     let empty = dir.path().join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     let (ok, _, err) = kiln(&[
@@ -215,53 +153,21 @@ fn bad_tokenizer_inputs_get_named_errors() {
         "--out",
         out_s,
     ]);
-    assert!(
-        !ok && err.contains("no text to train on") && err.contains("empty.txt"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("no text to train on") && err.contains("empty.txt"), "{err}");
     let (ok, _, err) = kiln(&[
-        "tokenizer",
-        "train",
-        "--input",
-        "no/such.txt",
-        "--vocab-size",
-        "300",
-        "--out",
-        out_s,
+        "tokenizer", "train", "--input", "no/such.txt", "--vocab-size", "300", "--out", out_s,
     ]);
     assert!(!ok && err.contains("no/such.txt"), "{err}");
     let wordpiece = dir.path().join("wp.json");
-    std::fs::write(
-        &wordpiece,
-        r#"{"model": {"type": "WordPiece", "vocab": {"a": 0}}}"#,
-    )
-    .unwrap();
-    let (ok, _, err) = kiln(&[
-        "tokenizer",
-        "encode",
-        "--tokenizer",
-        wordpiece.to_str().unwrap(),
-        "--text",
-        "a",
-    ]);
-    assert!(
-        !ok && err.contains("wp.json") && err.contains("WordPiece"),
-        "{err}"
-    );
+    std::fs::write(&wordpiece, r#"{"model": {"type": "WordPiece", "vocab": {"a": 0}}}"#).unwrap();
+    let (ok, _, err) =
+        kiln(&["tokenizer", "encode", "--tokenizer", wordpiece.to_str().unwrap(), "--text", "a"]);
+    assert!(!ok && err.contains("wp.json") && err.contains("WordPiece"), "{err}");
     let truncated = dir.path().join("cut.json");
     std::fs::write(&truncated, r#"{"model": {"type": "BPE", "vocab": {"#).unwrap();
-    let (ok, _, err) = kiln(&[
-        "tokenizer",
-        "encode",
-        "--tokenizer",
-        truncated.to_str().unwrap(),
-        "--text",
-        "a",
-    ]);
-    assert!(
-        !ok && err.contains("cut.json") && err.contains("not JSON"),
-        "{err}"
-    );
+    let (ok, _, err) =
+        kiln(&["tokenizer", "encode", "--tokenizer", truncated.to_str().unwrap(), "--text", "a"]);
+    assert!(!ok && err.contains("cut.json") && err.contains("not JSON"), "{err}");
 }
 
 /// Texts for the interop checks: prose, whitespace runs, Unicode, specials, numbers.
@@ -279,13 +185,7 @@ fn interop_texts() -> Vec<String> {
     ]
     .map(String::from)
     .into();
-    texts.extend(
-        verdict
-            .lines()
-            .filter(|l| !l.is_empty())
-            .take(40)
-            .map(String::from),
-    );
+    texts.extend(verdict.lines().filter(|l| !l.is_empty()).take(40).map(String::from));
     texts.push(verdict[..3000].to_string());
     texts
 }
@@ -306,16 +206,9 @@ fn hugging_face_reads_kiln_tokenizers() {
     let report = run_python(
         &python,
         "hf_tokenizers.py",
-        &[
-            "check",
-            path.to_str().unwrap(),
-            cases_path.to_str().unwrap(),
-        ],
+        &["check", path.to_str().unwrap(), cases_path.to_str().unwrap()],
     );
-    assert!(
-        report.contains(&format!("{0}/{0} texts", cases.len())),
-        "{report}"
-    );
+    assert!(report.contains(&format!("{0}/{0} texts", cases.len())), "{report}");
 }
 
 /// kiln loads a tokenizer.json that Hugging Face's BpeTrainer wrote and encodes like it.
@@ -355,29 +248,17 @@ fn configs_train_or_load_a_bpe() {
     use kiln::train::{train, TrainOptions};
     let artifacts = tempfile::tempdir().unwrap();
     let sets = [
-        "data.path=data/the-verdict.txt",
-        "data.tokenizer=bpe:train:300",
-        "training.max_iters=20",
+        "data.path=data/the-verdict.txt", "data.tokenizer=bpe:train:300", "training.max_iters=20",
         "training.eval_interval=10",
     ];
-    let summary = train(
-        common::tiny_spec(artifacts.path(), &sets),
-        TrainOptions::default(),
-    )
-    .unwrap()
-    .summary()
-    .unwrap();
-    assert!(
-        summary.final_val_loss < (300f64).ln(),
-        "{}",
-        summary.final_val_loss
-    );
+    let summary = train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default())
+        .unwrap()
+        .summary()
+        .unwrap();
+    assert!(summary.final_val_loss < (300f64).ln(), "{}", summary.final_val_loss);
     let saved = artifacts.path().join("tiny/tokenizer.json");
     let tok = kiln::tokenizer::load(&saved).unwrap();
-    assert_eq!(
-        (tok.vocab_size(), tok.special_id("<|endoftext|>")),
-        (300, Some(256))
-    );
+    assert_eq!((tok.vocab_size(), tok.special_id("<|endoftext|>")), (300, Some(256)));
 
     let spec = format!("data.tokenizer=bpe:{}", saved.display());
     let sets = [
@@ -387,11 +268,7 @@ fn configs_train_or_load_a_bpe() {
         "training.max_iters=10",
         "training.eval_interval=10",
     ];
-    train(
-        common::tiny_spec(artifacts.path(), &sets),
-        TrainOptions::default(),
-    )
-    .unwrap();
+    train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
     let copied = std::fs::read(artifacts.path().join("loaded/tokenizer.json")).unwrap();
     assert_eq!(copied, std::fs::read(&saved).unwrap());
     let run = artifacts.path().join("loaded");

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use kiln::checkpoint::CheckpointState;
-use kiln::run_dir::RunDir;
+use kiln::run::checkpoint::CheckpointState;
+use kiln::run::RunDir;
 use rand::{Rng, SeedableRng};
 
 type B = burn::backend::NdArray<f32>;
@@ -28,28 +28,21 @@ const NEW_CHECKPOINTS_PER_LIFE: usize = 2;
 /// Long enough that 20 kills land before the run ends; dropout on, so that its RNG is
 /// part of what must resume exactly.
 const SETTINGS: [&str; 5] = [
-    "training.max_iters=400",
-    "training.eval_interval=10",
-    "training.eval_iters=2",
-    "model.dropout=0.1",
-    "training.keep_checkpoints=2",
+    "training.max_iters=400", "training.eval_interval=10", "training.eval_iters=2",
+    "model.dropout=0.1", "training.keep_checkpoints=2",
 ];
 
 fn start(artifacts: &Path, name: &str, extra: &[&str]) -> Child {
-    let sets = SETTINGS.iter().map(|s| s.to_string()).chain([
-        format!("run.artifacts_dir={}", artifacts.display()),
-        format!("run.name={name}"),
-    ]);
+    let sets = SETTINGS
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("run.artifacts_dir={}", artifacts.display()), format!("run.name={name}")]);
     common::spawn_tiny_training(sets, extra)
 }
 
 fn finish(child: Child) {
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kiln failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "kiln failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Half-written files a killed writer left behind.
@@ -65,10 +58,7 @@ fn partial_files(run: &Path) -> usize {
 
 /// Every float parameter of a run's final model, as raw bits.
 fn final_weights(run: &Path) -> Vec<u32> {
-    common::final_weights(run)
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
+    common::final_weights(run).iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]
@@ -78,15 +68,10 @@ fn killed_runs_resume_to_the_same_weights() {
     finish(start(artifacts.path(), "reference", &[]));
     let uninterrupted = began.elapsed();
 
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as u64
+    });
     eprintln!("crash harness: CRASH_SEED={seed}");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let run: PathBuf = artifacts.path().join("crashed");
@@ -96,11 +81,8 @@ fn killed_runs_resume_to_the_same_weights() {
         let committed = dir.checkpoint_epochs();
         let resumable = !committed.is_empty();
         resumes += usize::from(resumable);
-        let mut child = start(
-            artifacts.path(),
-            "crashed",
-            &[if resumable { "--resume" } else { "--force" }],
-        );
+        let mut child =
+            start(artifacts.path(), "crashed", &[if resumable { "--resume" } else { "--force" }]);
         let aimed = kills % 2 == 1;
         let deadline = Instant::now()
             + if aimed {
@@ -113,11 +95,7 @@ fn killed_runs_resume_to_the_same_weights() {
             if aimed && partial_files(&dir.checkpoints()) > 0 {
                 break;
             }
-            if dir
-                .checkpoint_epochs()
-                .last()
-                .is_some_and(|&newest| newest >= progress_cap)
-            {
+            if dir.checkpoint_epochs().last().is_some_and(|&newest| newest >= progress_cap) {
                 break;
             }
             std::thread::sleep(Duration::from_micros(if aimed { 50 } else { 5000 }));
@@ -135,52 +113,34 @@ fn killed_runs_resume_to_the_same_weights() {
     }
     let resumable = !dir.checkpoint_epochs().is_empty();
     resumes += usize::from(resumable);
-    finish(start(
-        artifacts.path(),
-        "crashed",
-        &[if resumable { "--resume" } else { "--force" }],
-    ));
+    finish(start(artifacts.path(), "crashed", &[if resumable { "--resume" } else { "--force" }]));
 
     let checkpoints = dir.checkpoint_epochs();
     let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
     for &epoch in &checkpoints {
         let state = CheckpointState::verify(&dir, epoch)
             .unwrap_or_else(|e| panic!("checkpoint {epoch}: {e}"));
-        let model = kiln::train::load_model::<B>(
+        let model = kiln::run::load_gpt::<B>(
             &dir,
             &spec,
             Some(&dir.checkpoint_file("model", epoch)),
             &Default::default(),
         );
-        assert!(
-            model.is_ok(),
-            "checkpoint {epoch} (step {}) does not load",
-            state.step
-        );
+        assert!(model.is_ok(), "checkpoint {epoch} (step {}) does not load", state.step);
     }
-    assert_eq!(
-        partial_files(&run),
-        0,
-        "a resumed run cleans up half-written files"
-    );
+    assert_eq!(partial_files(&run), 0, "a resumed run cleans up half-written files");
     let same = final_weights(&run) == final_weights(&artifacts.path().join("reference"));
     eprintln!(
         "crash harness: {kills} SIGKILLs ({during_write} left a half-written file), {resumes} resumes, \
          {} checkpoints on disk all verified and loaded, final weights bit-identical: {same}",
         checkpoints.len()
     );
-    assert!(
-        same,
-        "final weights differ from the uninterrupted run (seed {seed})"
-    );
+    assert!(same, "final weights differ from the uninterrupted run (seed {seed})");
 }
 
 fn stderr_of(child: Child) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// SIGINT (and SIGTERM, the same handler) ends the run after the current step with a
@@ -197,33 +157,21 @@ fn sigint_checkpoints_and_exits_cleanly() {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
-    assert_eq!(
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
     let (ok, err) = stderr_of(child);
     assert!(ok, "an interrupted run exits 0:\n{err}");
-    assert!(
-        err.contains("stopped at step") && err.contains("--resume"),
-        "{err}"
-    );
+    assert!(err.contains("stopped at step") && err.contains("--resume"), "{err}");
     let newest = *dir.checkpoint_epochs().last().unwrap();
     let state = CheckpointState::verify(&dir, newest).unwrap();
     assert!(
         state.step < 400 && matches!(state.reason.as_str(), "interrupt" | "interval"),
         "{state:?}"
     );
-    assert!(
-        !run.join("model.mpk").exists(),
-        "an interrupted run has no final model"
-    );
+    assert!(!run.join("model.mpk").exists(), "an interrupted run has no final model");
 
     finish(start(artifacts.path(), "interrupted", &["--resume"]));
     finish(start(artifacts.path(), "reference", &[]));
-    assert_eq!(
-        final_weights(&run),
-        final_weights(&artifacts.path().join("reference"))
-    );
+    assert_eq!(final_weights(&run), final_weights(&artifacts.path().join("reference")));
 }
 
 /// A damaged newest checkpoint is reported and the one before it is used; the damaged one is
@@ -259,28 +207,17 @@ fn resume_skips_a_damaged_checkpoint_and_accepts_a_path() {
     );
     assert!(err.contains(&format!("(checkpoint {older})")), "{err}");
     assert!(err.contains("moved to"), "{err}");
-    let set_aside: Vec<_> = std::fs::read_dir(run.join("checkpoints/set-aside"))
-        .unwrap()
-        .collect();
+    let set_aside: Vec<_> = std::fs::read_dir(run.join("checkpoints/set-aside")).unwrap().collect();
     assert_eq!(set_aside.len(), 1);
 
     let path = dir.checkpoint_state(dir.checkpoint_epochs()[0]);
     let (ok, err) = stderr_of(start(
         artifacts.path(),
         "damaged",
-        &[
-            "--resume",
-            path.to_str().unwrap(),
-            "--set",
-            "training.max_iters=60",
-        ],
+        &["--resume", path.to_str().unwrap(), "--set", "training.max_iters=60"],
     ));
     assert!(ok && err.contains("resuming"), "{err}");
-    let (ok, err) = stderr_of(start(
-        artifacts.path(),
-        "damaged",
-        &["--resume", "Cargo.toml"],
-    ));
+    let (ok, err) = stderr_of(start(artifacts.path(), "damaged", &["--resume", "Cargo.toml"]));
     assert!(
         !ok && err.contains("--resume Cargo.toml: expected a checkpoint file of this run"),
         "{err}"
@@ -294,12 +231,7 @@ fn a_diverging_run_stops_with_advice() {
     let child = start(
         artifacts.path(),
         "diverged",
-        &[
-            "--set",
-            "training.learning_rate=1e30",
-            "--set",
-            "training.warmup_iters=0",
-        ],
+        &["--set", "training.learning_rate=1e30", "--set", "training.warmup_iters=0"],
     );
     let (ok, err) = stderr_of(child);
     assert!(!ok, "{err}");

@@ -9,39 +9,27 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use kiln::checkpoint::CheckpointState;
-use kiln::run_dir::RunDir;
+use kiln::run::checkpoint::CheckpointState;
+use kiln::run::RunDir;
 
 type B = burn::backend::NdArray<f32>;
 
 /// Dropout off (ndarray's RNG is one per process, shared by the replicas' threads) and a
 /// short run.
 const SETTINGS: [&str; 4] = [
-    "training.max_iters=40",
-    "training.eval_interval=20",
-    "training.eval_iters=2",
+    "training.max_iters=40", "training.eval_interval=20", "training.eval_iters=2",
     "model.dropout=0.0",
 ];
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn train(artifacts: &Path, extra: &[&str]) {
-    let sets: Vec<&str> = SETTINGS
-        .iter()
-        .copied()
-        .chain(extra.iter().copied())
-        .collect();
+    let sets: Vec<&str> = SETTINGS.iter().copied().chain(extra.iter().copied()).collect();
     let spec = common::tiny_spec(artifacts, &sets);
-    let options = kiln::train::TrainOptions {
-        sample_tokens: 0,
-        ..Default::default()
-    };
+    let options = kiln::train::TrainOptions { sample_tokens: 0, ..Default::default() };
     kiln::train::train(spec, options).expect("training succeeds");
 }
 
@@ -56,29 +44,19 @@ fn two_local_replicas_match_one_device_with_the_doubled_batch() {
     train(dir.path(), &["run.name=single", "training.batch_size=32"]);
     train(
         dir.path(),
-        &[
-            "run.name=replicated",
-            "training.batch_size=16",
-            "distributed.devices=[0, 1]",
-        ],
+        &["run.name=replicated", "training.batch_size=16", "distributed.devices=[0, 1]"],
     );
     let single = common::final_weights(&dir.path().join("single"));
     let replicated = common::final_weights(&dir.path().join("replicated"));
     let diff = max_abs_diff(&single, &replicated);
-    eprintln!(
-        "max |single - replicated| over {} weights after 40 steps: {diff:e}",
-        single.len()
-    );
+    eprintln!("max |single - replicated| over {} weights after 40 steps: {diff:e}", single.len());
     assert!(diff < 1e-3, "weights differ by {diff}");
     let summary = std::fs::read_to_string(dir.path().join("replicated/summary.json")).unwrap();
     assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
 }
 
 /// `kiln train` as node `rank` of two, with node 0 listening on loopback `port` and each
@@ -87,10 +65,7 @@ fn free_port() -> u16 {
 fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]) -> Child {
     let sets = SETTINGS.iter().chain(extra).map(|s| s.to_string()).chain([
         "run.name=nodes".to_string(),
-        format!(
-            "run.artifacts_dir={}",
-            artifacts.join(format!("node{rank}")).display()
-        ),
+        format!("run.artifacts_dir={}", artifacts.join(format!("node{rank}")).display()),
         "training.batch_size=16".to_string(),
         "distributed.nodes=2".to_string(),
         format!("distributed.node_rank={rank}"),
@@ -106,18 +81,12 @@ fn wait_for(mut child: Child, limit: Duration) -> (bool, String) {
         if Instant::now() > deadline {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
-            panic!(
-                "kiln did not exit within {limit:?}:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            panic!("kiln did not exit within {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Two processes on loopback train as two nodes of batch 16: both end with the same final
@@ -133,38 +102,23 @@ fn two_nodes_on_loopback_write_identical_weights() {
     let (ok1, err1) = wait_for(second, Duration::from_secs(60));
     assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
 
-    let (run0, run1) = (
-        dir.path().join("node0/nodes"),
-        dir.path().join("node1/nodes"),
-    );
+    let (run0, run1) = (dir.path().join("node0/nodes"), dir.path().join("node1/nodes"));
     let weights = common::final_weights(&run0);
-    assert!(
-        weights == common::final_weights(&run1),
-        "the nodes' final weights differ"
-    );
+    assert!(weights == common::final_weights(&run1), "the nodes' final weights differ");
     train(dir.path(), &["run.name=single", "training.batch_size=32"]);
     let diff = max_abs_diff(&weights, &common::final_weights(&dir.path().join("single")));
     eprintln!(
         "two nodes: final weights bit-identical; max |single - nodes| over {} weights: {diff:e}",
         weights.len()
     );
-    assert!(
-        diff < 1e-3,
-        "weights differ from one device with the doubled batch by {diff}"
-    );
+    assert!(diff < 1e-3, "weights differ from one device with the doubled batch by {diff}");
 
     for file in ["metrics.jsonl", "summary.json"] {
         assert!(run0.join(file).exists(), "node 0 writes {file}");
         assert!(!run1.join(file).exists(), "node 1 writes no {file}");
     }
-    assert!(
-        !RunDir::new(&run0).checkpoint_epochs().is_empty(),
-        "node 0 writes checkpoints"
-    );
-    assert!(
-        RunDir::new(&run1).checkpoint_epochs().is_empty(),
-        "node 1 writes no checkpoints"
-    );
+    assert!(!RunDir::new(&run0).checkpoint_epochs().is_empty(), "node 0 writes checkpoints");
+    assert!(RunDir::new(&run1).checkpoint_epochs().is_empty(), "node 1 writes no checkpoints");
     let summary = std::fs::read_to_string(run0.join("summary.json")).unwrap();
     assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
 }
@@ -175,20 +129,14 @@ fn two_nodes_on_loopback_write_identical_weights() {
 fn killing_a_node_ends_the_other_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let long = [
-        "training.max_iters=100000",
-        "training.eval_interval=10",
-        "distributed.timeout_secs=5",
-    ];
+    let long =
+        ["training.max_iters=100000", "training.eval_interval=10", "distributed.timeout_secs=5"];
     let first = node(dir.path(), 0, port, &long, &[]);
     let mut second = node(dir.path(), 1, port, &long, &[]);
-    let run0 = RunDir::new(&dir.path().join("node0/nodes"));
+    let run0 = RunDir::new(dir.path().join("node0/nodes"));
     let deadline = Instant::now() + Duration::from_secs(120);
     while run0.checkpoint_epochs().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "node 0 wrote no checkpoint within 2 minutes"
-        );
+        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(100));
     }
     second.kill().unwrap();
@@ -201,10 +149,7 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
         stderr.lines().last().unwrap_or_default()
     );
     assert!(!ok, "node 0 cannot finish without node 1");
-    assert!(
-        took < Duration::from_secs(30),
-        "node 0 took {took:?} to give up"
-    );
+    assert!(took < Duration::from_secs(30), "node 0 took {took:?} to give up");
     assert!(
         stderr.contains("node 1 closed its connection") || stderr.contains("node 1 sent nothing"),
         "{stderr}"
@@ -213,7 +158,7 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
     let spec = kiln::config::RunSpec::read_resolved(&run0.config()).unwrap();
     let newest = *run0.checkpoint_epochs().last().unwrap();
     CheckpointState::verify(&run0, newest).unwrap();
-    kiln::train::load_model::<B>(
+    kiln::run::load_gpt::<B>(
         &run0,
         &spec,
         Some(&run0.checkpoint_file("model", newest)),
@@ -228,37 +173,23 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
 #[test]
 fn interrupted_nodes_resume_from_node_0s_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let long = [
-        "training.max_iters=200",
-        "training.eval_interval=10",
-        "distributed.timeout_secs=60",
-    ];
+    let long =
+        ["training.max_iters=200", "training.eval_interval=10", "distributed.timeout_secs=60"];
     let port = free_port();
     let first = node(dir.path(), 0, port, &long, &[]);
     let second = node(dir.path(), 1, port, &long, &[]);
-    let (run0, run1) = (
-        RunDir::new(&dir.path().join("node0/nodes")),
-        RunDir::new(&dir.path().join("node1/nodes")),
-    );
+    let (run0, run1) =
+        (RunDir::new(dir.path().join("node0/nodes")), RunDir::new(dir.path().join("node1/nodes")));
     let deadline = Instant::now() + Duration::from_secs(120);
     while run0.checkpoint_epochs().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "node 0 wrote no checkpoint within 2 minutes"
-        );
+        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
-    assert_eq!(
-        unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGINT) },
-        0
-    );
+    assert_eq!(unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGINT) }, 0);
     let (ok0, err0) = wait_for(first, Duration::from_secs(60));
     let (ok1, err1) = wait_for(second, Duration::from_secs(60));
-    assert!(
-        ok0 && ok1 && err0.contains("stopped at step"),
-        "node 0:\n{err0}\nnode 1:\n{err1}"
-    );
+    assert!(ok0 && ok1 && err0.contains("stopped at step"), "node 0:\n{err0}\nnode 1:\n{err1}");
     let newest = *run0.checkpoint_epochs().last().unwrap();
     let step = CheckpointState::verify(&run0, newest).unwrap().step;
     assert!(step < 200, "the run was stopped at step {step}");
@@ -283,10 +214,7 @@ fn interrupted_nodes_resume_from_node_0s_checkpoint() {
         wait_for(first, Duration::from_secs(300)).0 && wait_for(second, Duration::from_secs(60)).0
     );
     let resumed = common::final_weights(run0.root());
-    assert!(
-        resumed == common::final_weights(run1.root()),
-        "the resumed nodes' weights differ"
-    );
+    assert!(resumed == common::final_weights(run1.root()), "the resumed nodes' weights differ");
     assert!(
         resumed == common::final_weights(&reference.join("node0/nodes")),
         "resuming at step {step} changed the weights"

@@ -82,10 +82,7 @@ fn config_errors_say_where_and_what_once() {
     let syntax = dir.path().join("syntax.toml");
     std::fs::write(&syntax, "[run]\nname = \"x\"\n[data\npath = \"a\"\n").unwrap();
     let err = error_of(&["train", "--config", s(&syntax)]);
-    assert!(
-        err.contains("syntax.toml") && err.contains("TOML parse error at line 3"),
-        "{err}"
-    );
+    assert!(err.contains("syntax.toml") && err.contains("TOML parse error at line 3"), "{err}");
 
     let unknown = dir.path().join("unknown.toml");
     std::fs::write(
@@ -94,18 +91,11 @@ fn config_errors_say_where_and_what_once() {
     )
     .unwrap();
     let err = error_of(&["train", "--config", s(&unknown)]);
-    assert!(
-        err.contains("unknown field `batchsize`") && err.contains("`batch_size`"),
-        "{err}"
-    );
+    assert!(err.contains("unknown field `batchsize`") && err.contains("`batch_size`"), "{err}");
     assert_eq!(err.matches("unknown field").count(), 1, "said once: {err}");
 
     let err = error_of(&[
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        "training.warmup_iters=1000",
+        "train", "--config", "configs/tiny.toml", "--set", "training.warmup_iters=1000",
     ]);
     assert_eq!(
         err,
@@ -119,11 +109,7 @@ fn data_errors_name_the_file_and_leave_no_run_behind() {
     let artifacts = format!("run.artifacts_dir={}", dir.path().display());
     let cases: [(&str, &[u8], &str); 3] = [
         ("empty.txt", b"", "the file is empty"),
-        (
-            "latin1.txt",
-            b"caf\xe9 ol\xe9\n",
-            "not UTF-8 text (invalid byte at offset 3)",
-        ),
+        ("latin1.txt", b"caf\xe9 ol\xe9\n", "not UTF-8 text (invalid byte at offset 3)"),
         ("short.txt", b"short\n", "needs at least 33"),
     ];
     for (name, bytes, expected) in cases {
@@ -131,33 +117,16 @@ fn data_errors_name_the_file_and_leave_no_run_behind() {
         std::fs::write(&path, bytes).unwrap();
         let data = format!("data.path={}", path.display());
         let err = error_of(&[
-            "train",
-            "--config",
-            "configs/tiny.toml",
-            "--set",
-            &data,
-            "--set",
-            &artifacts,
-            "--sample-tokens",
-            "0",
+            "train", "--config", "configs/tiny.toml", "--set", &data, "--set", &artifacts,
+            "--sample-tokens", "0",
         ]);
         assert!(err.contains(name) && err.contains(expected), "{err}");
     }
     // The failed starts above did not leave a run that blocks the next one.
     let (ok, _, err) = kiln(&[
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--set",
-        &artifacts,
-        "--set",
-        "training.max_iters=2",
-        "--set",
-        "training.eval_interval=1",
-        "--set",
-        "training.warmup_iters=1",
-        "--sample-tokens",
-        "0",
+        "train", "--config", "configs/tiny.toml", "--set", &artifacts, "--set",
+        "training.max_iters=2", "--set", "training.eval_interval=1", "--set",
+        "training.warmup_iters=1", "--sample-tokens", "0",
     ]);
     assert!(ok, "{err}");
 }
@@ -165,13 +134,8 @@ fn data_errors_name_the_file_and_leave_no_run_behind() {
 #[test]
 fn damaged_checkpoints_are_named_with_the_cause() {
     let (narrow, wide) = runs();
-    let err = error_of(&[
-        "generate",
-        "--run",
-        s(narrow),
-        "--checkpoint",
-        s(&wide.join("model.mpk")),
-    ]);
+    let err =
+        error_of(&["generate", "--run", s(narrow), "--checkpoint", s(&wide.join("model.mpk"))]);
     assert!(
         err.contains(
             "parameter wte.weight has shape [65, 64] in the file but [65, 32] in the run's config"
@@ -205,9 +169,7 @@ fn damaged_checkpoints_are_named_with_the_cause() {
     );
 
     let state = run.join("checkpoints/state-1.json");
-    let text = std::fs::read_to_string(&state)
-        .unwrap()
-        .replace("\"version\": 1", "\"version\": 9");
+    let text = std::fs::read_to_string(&state).unwrap().replace("\"version\": 1", "\"version\": 9");
     std::fs::write(&state, text).unwrap();
     let err = error_of(&[
         "train",
@@ -226,10 +188,7 @@ fn damaged_checkpoints_are_named_with_the_cause() {
         "--set",
         "training.eval_interval=10",
     ]);
-    assert!(
-        err.contains("checkpoint format version 9; this kiln reads version 1"),
-        "{err}"
-    );
+    assert!(err.contains("checkpoint format version 9; this kiln reads version 1"), "{err}");
 }
 
 #[test]
@@ -240,10 +199,7 @@ fn a_replaced_tokenizer_is_refused() {
 
     std::fs::write(&tokenizer, r#"{"kind": "tiktoken", "encoding": "gpt2"}"#).unwrap();
     let err = error_of(&["generate", "--run", s(&run)]);
-    assert!(
-        err.contains("a vocabulary of 50257 tokens, but the run's model has 65"),
-        "{err}"
-    );
+    assert!(err.contains("a vocabulary of 50257 tokens, but the run's model has 65"), "{err}");
 
     // Same size, other order: only the checkpoint's hash can tell.
     let value: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -273,14 +229,8 @@ fn generate_flags_are_checked() {
             vec!["--temperature", "-1"],
             "error: --temperature -1: expected a finite number >= 0 (0 means greedy)",
         ),
-        (
-            vec!["--top-p", "0"],
-            "error: --top-p 0: expected a number in (0, 1]",
-        ),
-        (
-            vec!["--top-p", "1.5"],
-            "error: --top-p 1.5: expected a number in (0, 1]",
-        ),
+        (vec!["--top-p", "0"], "error: --top-p 0: expected a number in (0, 1]"),
+        (vec!["--top-p", "1.5"], "error: --top-p 1.5: expected a number in (0, 1]"),
         (
             vec!["--max-new-tokens", "0"],
             "error: --max-new-tokens 0: expected a number from 1 to 1000000",
@@ -305,11 +255,10 @@ fn generate_flags_are_checked() {
 #[test]
 fn a_run_folder_without_room_is_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
-    let run = kiln::run_dir::RunDir::new(dir.path());
+    let run = kiln::run::RunDir::new(dir.path());
     assert!(run.check_room(1024, "a test").is_ok());
-    let err = run
-        .check_room(u64::MAX, "training (two checkpoints and the final model)")
-        .unwrap_err();
+    let err =
+        run.check_room(u64::MAX, "training (two checkpoints and the final model)").unwrap_err();
     assert!(
         err.contains("free on this disk, but training (two checkpoints and the final model) needs"),
         "{err}"

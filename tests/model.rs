@@ -2,15 +2,14 @@
 
 use burn::prelude::*;
 use burn::record::Recorder;
-use kiln::checkpoint::{load_record, CheckpointRecorder};
-use kiln::model::{Activation, Gpt, GptConfig, Norm, NormKind, PositionKind};
+use kiln::config::{Activation, NormKind, PositionKind};
+use kiln::model::{Gpt, GptConfig, Norm};
+use kiln::run::checkpoint::{load_record, CheckpointRecorder};
 
 type B = burn::backend::NdArray<f32>;
 
 fn model(tie: bool) -> Gpt<B> {
-    GptConfig::new(17, 32, 4, 2, 64, 16)
-        .with_tie_embeddings(tie)
-        .init(&Default::default())
+    GptConfig::new(17, 32, 4, 2, 64, 16).with_tie_embeddings(tie).init(&Default::default())
 }
 
 /// Every architecture choice away from GPT-2's, alone and together (the CS336 model).
@@ -19,10 +18,7 @@ fn variants() -> Vec<(&'static str, GptConfig)> {
     vec![
         ("gpt-2", base()),
         ("rope", base().with_positions(PositionKind::Rope)),
-        (
-            "sinusoidal",
-            base().with_positions(PositionKind::Sinusoidal),
-        ),
+        ("sinusoidal", base().with_positions(PositionKind::Sinusoidal)),
         ("rmsnorm", base().with_norm(NormKind::RmsNorm)),
         ("swiglu", base().with_activation(Activation::SwiGlu)),
         ("relu", base().with_activation(Activation::Relu)),
@@ -42,10 +38,7 @@ fn variants() -> Vec<(&'static str, GptConfig)> {
 }
 
 fn tokens(ids: &[i64]) -> Tensor<B, 2, Int> {
-    Tensor::from_data(
-        TensorData::new(ids.to_vec(), [1, ids.len()]),
-        &Default::default(),
-    )
+    Tensor::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &Default::default())
 }
 
 fn values(t: Tensor<B, 3>) -> Vec<f32> {
@@ -57,9 +50,7 @@ fn logits_have_batch_seq_vocab_shape() {
     let batch = Tensor::<B, 2, Int>::zeros([3, 10], &Default::default());
     assert_eq!(model(true).forward(batch).dims(), [3, 10, 17]);
     assert_eq!(
-        model(false)
-            .forward(Tensor::zeros([2, 16], &Default::default()))
-            .dims(),
+        model(false).forward(Tensor::zeros([2, 16], &Default::default())).dims(),
         [2, 16, 17]
     );
 }
@@ -82,21 +73,13 @@ fn variant_parameter_counts() {
     let [base, rope, sinusoidal, rms, swiglu, relu, post, no_qkv_bias, cs336]: [_; 9] =
         counts.try_into().unwrap();
     let positions = 16 * 32;
-    assert_eq!(
-        rope.total,
-        base.total - positions,
-        "RoPE has no position table"
-    );
+    assert_eq!(rope.total, base.total - positions, "RoPE has no position table");
     assert_eq!(
         (sinusoidal.total, sinusoidal.embedding),
         (base.total - positions, 17 * 32),
         "the sinusoidal table is not a parameter"
     );
-    assert_eq!(
-        rms.total,
-        base.total - 5 * 32,
-        "RMSNorm has no beta (2 per layer + ln_f)"
-    );
+    assert_eq!(rms.total, base.total - 5 * 32, "RMSNorm has no beta (2 per layer + ln_f)");
     assert_eq!(
         swiglu.total,
         base.total + 2 * (32 * 64 + 64),
@@ -136,11 +119,8 @@ fn kv_cache_matches_full_recomputation() {
         let mut cache = m.new_cache();
         for chunk in [0..3, 3..5, 5..6, 6..7, 7..8] {
             let last = chunk.end - 1;
-            let got: Vec<f32> = m
-                .forward_cached(tokens(&ids[chunk]), &mut cache)
-                .into_data()
-                .to_vec()
-                .unwrap();
+            let got: Vec<f32> =
+                m.forward_cached(tokens(&ids[chunk]), &mut cache).into_data().to_vec().unwrap();
             let expected = &full[last * 17..(last + 1) * 17];
             assert!(
                 expected.iter().zip(&got).all(|(e, g)| (e - g).abs() < 1e-5),
@@ -172,31 +152,15 @@ fn rope_scores_depend_only_on_relative_position() {
     // rot(q, m) · rot(k, n) is the same for (m, n) = (2, 5) and (9, 12).
     let device = Default::default();
     let rope = burn::nn::RotaryEncodingConfig::new(16, 8).init::<B>(&device);
-    let q = Tensor::<B, 4>::random(
-        [1, 1, 1, 8],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
-    let k = Tensor::<B, 4>::random(
-        [1, 1, 1, 8],
-        burn::tensor::Distribution::Normal(0.0, 1.0),
-        &device,
-    );
+    let q =
+        Tensor::<B, 4>::random([1, 1, 1, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let k =
+        Tensor::<B, 4>::random([1, 1, 1, 8], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
     let score = |m: usize, n: usize| -> f32 {
-        (rope.apply(q.clone(), m) * rope.apply(k.clone(), n))
-            .sum()
-            .into_scalar()
+        (rope.apply(q.clone(), m) * rope.apply(k.clone(), n)).sum().into_scalar()
     };
-    assert!(
-        (score(2, 5) - score(9, 12)).abs() < 1e-4,
-        "{} vs {}",
-        score(2, 5),
-        score(9, 12)
-    );
-    assert!(
-        (score(2, 5) - score(2, 9)).abs() > 1e-4,
-        "another distance gives another score"
-    );
+    assert!((score(2, 5) - score(9, 12)).abs() < 1e-4, "{} vs {}", score(2, 5), score(9, 12));
+    assert!((score(2, 5) - score(2, 9)).abs() > 1e-4, "another distance gives another score");
 }
 
 #[test]
@@ -207,10 +171,7 @@ fn rms_norm_divides_by_the_root_mean_square() {
     let rms = ((1.0f32 + 4.0 + 9.0 + 16.0) / 4.0).sqrt();
     let got: Vec<f32> = norm.forward(x).into_data().to_vec().unwrap();
     let expected = [1.0 / rms, -2.0 / rms, 3.0 / rms, -4.0 / rms];
-    assert!(
-        got.iter().zip(expected).all(|(g, e)| (g - e).abs() < 1e-5),
-        "{got:?}"
-    );
+    assert!(got.iter().zip(expected).all(|(g, e)| (g - e).abs() < 1e-5), "{got:?}");
 }
 
 #[test]
@@ -221,46 +182,26 @@ fn checkpoint_save_load_gives_bit_identical_logits() {
     let original = model(false);
     // Parameters are initialised lazily: run the model first so the record holds the weights used.
     let expected = values(original.forward(input.clone()));
-    Recorder::<B>::record(
-        &CheckpointRecorder::default(),
-        original.into_record(),
-        path.clone(),
-    )
-    .unwrap();
+    Recorder::<B>::record(&CheckpointRecorder::default(), original.into_record(), path.clone())
+        .unwrap();
     let loaded = model(false).load_record(load_record::<B, _>(&path, &Default::default()).unwrap());
     assert_eq!(expected, values(loaded.forward(input)));
-    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(
-        leftovers,
-        vec![std::ffi::OsString::from("model.mpk")],
-        "no temporary files remain"
-    );
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("model.mpk")], "no temporary files remain");
 }
 
 #[test]
 fn truncated_checkpoint_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.mpk");
-    Recorder::<B>::record(
-        &CheckpointRecorder::default(),
-        model(true).into_record(),
-        path.clone(),
-    )
-    .unwrap();
+    Recorder::<B>::record(&CheckpointRecorder::default(), model(true).into_record(), path.clone())
+        .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let result = load_record::<B, <Gpt<B> as Module<B>>::Record>(&path, &Default::default());
-    let err = result
-        .err()
-        .expect("truncated file must not load")
-        .to_string();
-    assert!(
-        err.contains("model.mpk") && err.contains("not a readable kiln model record"),
-        "{err}"
-    );
+    let err = result.err().expect("truncated file must not load").to_string();
+    assert!(err.contains("model.mpk") && err.contains("not a readable kiln model record"), "{err}");
 }
 
 #[test]
@@ -286,10 +227,8 @@ fn attention_weights_are_causal_distributions() {
 #[test]
 fn parameters_round_trip_through_named_values() {
     let source = model(false);
-    let values: std::collections::HashMap<_, _> = kiln::model::param_values(&source)
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect();
+    let values: std::collections::HashMap<_, _> =
+        kiln::model::param_values(&source).into_iter().map(|p| (p.name.clone(), p)).collect();
     let loaded = kiln::model::load_param_values(model(false), values.clone()).unwrap();
     let ids = tokens(&[3, 1, 4, 1, 5]);
     assert_eq!(values_of(&source, &ids), values_of(&loaded, &ids));
@@ -312,16 +251,12 @@ fn values_of(model: &Gpt<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
 #[test]
 fn torch_init_draws_pytorchs_default_weights() {
     let model: Gpt<B> = GptConfig::new(200, 64, 4, 1, 256, 16)
-        .with_init(kiln::model::InitScheme::Torch)
+        .with_init(kiln::config::InitScheme::Torch)
         .with_tie_embeddings(false)
         .init(&Default::default());
     let params = kiln::model::param_values(&model);
-    let get = |name: &str| {
-        params
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("{name}"))
-    };
+    let get =
+        |name: &str| params.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("{name}"));
     let std = |v: &[f32]| {
         let mean = v.iter().sum::<f32>() / v.len() as f32;
         (v.iter().map(|x| (x - mean).powi(2)).sum::<f32>() / v.len() as f32).sqrt()
@@ -335,10 +270,7 @@ fn torch_init_draws_pytorchs_default_weights() {
     ] {
         let values = &get(name).values;
         let bound = 1.0 / fan_in.sqrt();
-        assert!(
-            values.iter().all(|v| v.abs() <= bound),
-            "{name} within ±1/√{fan_in}"
-        );
+        assert!(values.iter().all(|v| v.abs() <= bound), "{name} within ±1/√{fan_in}");
         assert!(
             (std(values) - bound / 3f32.sqrt()).abs() < 0.15 * bound,
             "{name} uniform: std {}",

@@ -6,10 +6,11 @@ mod common;
 
 use burn::prelude::*;
 use common::{config_error, kiln, python_with, repo, run_python};
+use kiln::config::PositionKind;
 use kiln::data::parallel::Specials;
-use kiln::model::{PositionKind, Seq2Seq, Seq2SeqConfig};
+use kiln::model::{Seq2Seq, Seq2SeqConfig};
 use kiln::translate::bleu::{corpus_bleu, tokenize_13a, Smoothing};
-use kiln::translate::{beam_search, greedy, Decoding};
+use kiln::translate::{Decoding, Translator};
 
 type B = burn::backend::NdArray<f32>;
 
@@ -26,10 +27,7 @@ fn model(norm_first: bool, positions: PositionKind) -> Seq2Seq<B> {
 
 fn ints(rows: &[&[i64]]) -> Tensor<B, 2, Int> {
     let width = rows[0].len();
-    Tensor::from_data(
-        TensorData::new(rows.concat(), [rows.len(), width]),
-        &Default::default(),
-    )
+    Tensor::from_data(TensorData::new(rows.concat(), [rows.len(), width]), &Default::default())
 }
 
 fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -38,20 +36,15 @@ fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 fn assert_close(what: &str, got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len(), "{what}: sizes");
-    let worst = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "{what}: differs by {worst}");
 }
 
 #[test]
 fn decoding_step_by_step_through_the_cache_equals_teacher_forcing() {
-    for (norm_first, positions) in [
-        (false, PositionKind::Sinusoidal),
-        (true, PositionKind::Learned),
-    ] {
+    for (norm_first, positions) in
+        [(false, PositionKind::Sinusoidal), (true, PositionKind::Learned)]
+    {
         let model = model(norm_first, positions);
         let source = ints(&[&[5, 6, 7, 8, 2], &[9, 10, 2, 0, 0]]);
         let target = ints(&[&[1, 11, 12, 13], &[1, 14, 15, 16]]);
@@ -74,10 +67,8 @@ fn decoding_step_by_step_through_the_cache_equals_teacher_forcing() {
 fn padding_a_source_changes_nothing() {
     let model = model(false, PositionKind::Sinusoidal);
     let alone = model.forward(ints(&[&[9, 10, 2]]), ints(&[&[1, 14, 15]]));
-    let batched = model.forward(
-        ints(&[&[5, 6, 7, 8, 2], &[9, 10, 2, 0, 0]]),
-        ints(&[&[1, 11, 12], &[1, 14, 15]]),
-    );
+    let batched = model
+        .forward(ints(&[&[5, 6, 7, 8, 2], &[9, 10, 2, 0, 0]]), ints(&[&[1, 11, 12], &[1, 14, 15]]));
     let second = batched.slice([1..2, 0..3, 0..50]);
     assert_close("padded source", &values(second), &values(alone));
 }
@@ -85,42 +76,17 @@ fn padding_a_source_changes_nothing() {
 #[test]
 fn beam_search_of_one_is_greedy_decoding() {
     let model = model(true, PositionKind::Sinusoidal);
-    let specials = Specials {
-        pad: PAD as u32,
-        bos: 1,
-        eos: 2,
-    };
+    let specials = Specials { pad: PAD as u32, bos: 1, eos: 2 };
     let sources: Vec<Vec<u32>> = vec![vec![5, 6, 7, 2], vec![9, 2], vec![11, 12, 13, 14, 15, 2]];
     let sources: Vec<&[u32]> = sources.iter().map(Vec::as_slice).collect();
-    let decoding = Decoding {
-        beam: 1,
-        length_penalty: 0.0,
-        max_len_ratio: 1.5,
-        max_len: 16,
-        batch_size: 8,
-    };
+    let decoding =
+        Decoding { beam: 1, length_penalty: 0.0, max_len_ratio: 1.5, max_len: 16, batch_size: 8 };
     let device = Default::default();
-    let greedy_out = greedy(&model, &sources, specials, &decoding, &device);
-    assert_eq!(
-        beam_search(&model, &sources, specials, &decoding, &device),
-        greedy_out
-    );
-    assert!(
-        greedy_out
-            .iter()
-            .all(|out| out.len() <= 15 && !out.contains(&2)),
-        "{greedy_out:?}"
-    );
-    let wide = beam_search(
-        &model,
-        &sources,
-        specials,
-        &Decoding {
-            beam: 4,
-            ..decoding
-        },
-        &device,
-    );
+    let translator = Translator { model: &model, specials, device: &device };
+    let greedy_out = translator.greedy(&sources, &decoding);
+    assert_eq!(translator.beam_search(&sources, &decoding), greedy_out);
+    assert!(greedy_out.iter().all(|out| out.len() <= 15 && !out.contains(&2)), "{greedy_out:?}");
+    let wide = translator.beam_search(&sources, &Decoding { beam: 4, ..decoding });
     assert_eq!(wide.len(), 3);
 }
 
@@ -158,21 +124,13 @@ fn bleu_equals_sacrebleu() {
         vec!["the dog runs home".into(), "a cat".into()],
         vec!["the dog runs to the house".into(), "a cat sleeps".into()],
     );
-    for (name, (hyps, refs)) in [
-        ("corpus", (hypotheses, references)),
-        ("no 4-gram matches", short),
-    ] {
+    for (name, (hyps, refs)) in [("corpus", (hypotheses, references)), ("no 4-gram matches", short)]
+    {
         let (hyp_path, ref_path) = (dir.path().join("hyp.txt"), dir.path().join("ref.txt"));
-        std::fs::write(
-            &hyp_path,
-            hyps.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )
-        .unwrap();
-        std::fs::write(
-            &ref_path,
-            refs.iter().map(|l| format!("{l}\n")).collect::<String>(),
-        )
-        .unwrap();
+        std::fs::write(&hyp_path, hyps.iter().map(|l| format!("{l}\n")).collect::<String>())
+            .unwrap();
+        std::fs::write(&ref_path, refs.iter().map(|l| format!("{l}\n")).collect::<String>())
+            .unwrap();
         let report = run_python(
             &python,
             "sacrebleu_check.py",
@@ -210,28 +168,14 @@ const NUMBERS: [(&str, &str); 8] = [
 fn number_pairs(count: usize, seed: u64) -> (String, String) {
     let mut state = seed;
     let mut next = |n: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((state >> 33) % n) as usize
     };
     let (mut de, mut en) = (String::new(), String::new());
     for _ in 0..count {
-        let words: Vec<usize> = (0..2 + next(4))
-            .map(|_| next(NUMBERS.len() as u64))
-            .collect();
-        de += &(words
-            .iter()
-            .map(|&w| NUMBERS[w].0)
-            .collect::<Vec<_>>()
-            .join(" ")
-            + "\n");
-        en += &(words
-            .iter()
-            .map(|&w| NUMBERS[w].1)
-            .collect::<Vec<_>>()
-            .join(" ")
-            + "\n");
+        let words: Vec<usize> = (0..2 + next(4)).map(|_| next(NUMBERS.len() as u64)).collect();
+        de += &(words.iter().map(|&w| NUMBERS[w].0).collect::<Vec<_>>().join(" ") + "\n");
+        en += &(words.iter().map(|&w| NUMBERS[w].1).collect::<Vec<_>>().join(" ") + "\n");
     }
     (de, en)
 }
@@ -274,11 +218,8 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
         "training.eval_iters=2".into(),
         "backend.name=ndarray".into(),
     ];
-    let mut args: Vec<String> = vec![
-        "train".into(),
-        "--config".into(),
-        config.display().to_string(),
-    ];
+    let mut args: Vec<String> =
+        vec!["train".into(), "--config".into(), config.display().to_string()];
     for set in &sets {
         args.extend(["--set".into(), set.clone()]);
     }
@@ -286,22 +227,12 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
     let (ok, _, stderr) = kiln(&args);
     assert!(ok, "training failed:\n{stderr}");
     let run = p("artifacts/numbers");
-    for file in [
-        "config.toml",
-        "tokenizer.json",
-        "model.mpk",
-        "metrics.jsonl",
-        "summary.json",
-    ] {
-        assert!(
-            d.join("artifacts/numbers").join(file).is_file(),
-            "{file} missing:\n{stderr}"
-        );
+    for file in ["config.toml", "tokenizer.json", "model.mpk", "metrics.jsonl", "summary.json"] {
+        assert!(d.join("artifacts/numbers").join(file).is_file(), "{file} missing:\n{stderr}");
     }
 
-    let (ok, stdout, stderr) = kiln(&[
-        "eval", "--run", &run, "--split", "test", "--beam", "3", "--json",
-    ]);
+    let (ok, stdout, stderr) =
+        kiln(&["eval", "--run", &run, "--split", "test", "--beam", "3", "--json"]);
     assert!(ok, "eval failed:\n{stderr}");
     let eval: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     eprintln!("{stdout}");
@@ -314,15 +245,8 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
     assert_eq!(stdout, "three one four\neight two\n");
     let input = d.join("input.de");
     std::fs::write(&input, "sieben fünf\n").unwrap();
-    let (ok, stdout, _) = kiln(&[
-        "translate",
-        "--run",
-        &run,
-        "--input",
-        input.to_str().unwrap(),
-        "--beam",
-        "1",
-    ]);
+    let (ok, stdout, _) =
+        kiln(&["translate", "--run", &run, "--input", input.to_str().unwrap(), "--beam", "1"]);
     assert!(ok && stdout == "seven five\n", "{stdout}");
 
     // The run continues from its last checkpoint with a longer schedule.
@@ -334,10 +258,7 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
         "resume failed:\n{stderr}"
     );
     let metrics = std::fs::read_to_string(d.join("artifacts/numbers/metrics.jsonl")).unwrap();
-    assert!(
-        metrics.lines().last().unwrap().contains("\"step\":330"),
-        "{metrics}"
-    );
+    assert!(metrics.lines().last().unwrap().contains("\"step\":330"), "{metrics}");
 
     let (ok, _, stderr) = kiln(&["translate", "--run", &run, "--beam", "0", "eins"]);
     assert!(!ok && stderr.contains("--beam 0"), "{stderr}");
@@ -349,45 +270,27 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
 fn parallel_config_mistakes_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::read_to_string(repo().join("configs/multi30k-cpu.toml")).unwrap();
-    let err = config_error(
-        dir.path(),
-        &base.replace("kind = \"seq2seq\"", "kind = \"gpt\""),
-    );
-    assert!(
-        err.contains("model.kind") && err.contains("parallel"),
-        "{err}"
-    );
+    let err = config_error(dir.path(), &base.replace("kind = \"seq2seq\"", "kind = \"gpt\""));
+    assert!(err.contains("model.kind") && err.contains("parallel"), "{err}");
     let err = config_error(
         dir.path(),
         &base.replace("tokenizer = \"bpe:train:8000\"", "tokenizer = \"char\""),
     );
-    assert!(
-        err.contains("data.tokenizer") && err.contains("<pad>"),
-        "{err}"
-    );
-    let err = config_error(
-        dir.path(),
-        &base.replace("valid_target = \"data/multi30k/val.en.gz\"\n", ""),
-    );
+    assert!(err.contains("data.tokenizer") && err.contains("<pad>"), "{err}");
+    let err =
+        config_error(dir.path(), &base.replace("valid_target = \"data/multi30k/val.en.gz\"\n", ""));
     assert!(err.contains("data.valid_target"), "{err}");
-    let err = config_error(
-        dir.path(),
-        &base.replace("positions = \"sinusoidal\"", "positions = \"rope\""),
-    );
+    let err =
+        config_error(dir.path(), &base.replace("[model]\n", "[model]\npositions = \"rope\"\n"));
     assert!(err.contains("model.positions"), "{err}");
-    let err = config_error(
-        dir.path(),
-        &base.replace("schedule = \"cosine\"", "schedule = \"linear\""),
-    );
+    let err =
+        config_error(dir.path(), &base.replace("schedule = \"cosine\"", "schedule = \"linear\""));
     assert!(err.contains("cosine, noam"), "{err}");
     let err = config_error(
         dir.path(),
         &base.replace("data/multi30k/train.de.gz", "data/multi30k/nope.de.gz"),
     );
-    assert!(
-        err.contains("data.source") && err.contains("nope.de.gz"),
-        "{err}"
-    );
+    assert!(err.contains("data.source") && err.contains("nope.de.gz"), "{err}");
 }
 
 #[test]
@@ -395,10 +298,8 @@ fn misaligned_files_are_named_with_their_line_counts() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("a.de"), "eins\nzwei\n").unwrap();
     std::fs::write(dir.path().join("a.en"), "one\n").unwrap();
-    let files = [
-        ("data.source", dir.path().join("a.de")),
-        ("data.target", dir.path().join("a.en")),
-    ];
+    let files =
+        [("data.source", dir.path().join("a.de")), ("data.target", dir.path().join("a.en"))];
     let err = kiln::data::parallel::read_pairs([
         (files[0].0, files[0].1.as_path()),
         (files[1].0, files[1].1.as_path()),

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use common::kiln;
-use kiln::train::{read_metrics, TrainOptions};
+use kiln::run::read_metrics;
+use kiln::train::TrainOptions;
 
 /// Trains one run at a time: Burn's ndarray backend draws weights and dropout masks from one
 /// RNG per process, so runs trained side by side by parallel tests would interleave their
@@ -16,9 +17,7 @@ fn train(
     options: TrainOptions,
 ) -> anyhow::Result<kiln::train::Outcome> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     kiln::train::train(spec, options)
 }
 
@@ -40,12 +39,7 @@ fn path(p: &Path) -> &str {
 fn tiny_run_learns_and_writes_its_artifacts() {
     let run = trained_run();
     for file in [
-        "config.toml",
-        "tokenizer.json",
-        "tokens.bin",
-        "model.mpk",
-        "metrics.jsonl",
-        "summary.json",
+        "config.toml", "tokenizer.json", "tokens.bin", "model.mpk", "metrics.jsonl", "summary.json",
     ] {
         assert!(run.join(file).is_file(), "{file} missing");
     }
@@ -53,33 +47,21 @@ fn tiny_run_learns_and_writes_its_artifacts() {
     let train_lines: Vec<_> = metrics.iter().filter(|l| l.split == "train").collect();
     assert_eq!(train_lines.len(), 150, "one line per optimizer step");
     assert_eq!(
-        metrics
-            .iter()
-            .filter(|l| l.split == "val")
-            .map(|l| l.step)
-            .collect::<Vec<_>>(),
+        metrics.iter().filter(|l| l.split == "val").map(|l| l.step).collect::<Vec<_>>(),
         vec![50, 100, 150]
     );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     let first = train_lines[0].loss;
     let last_val = summary["final_val_loss"].as_f64().unwrap();
-    assert!(
-        last_val <= 0.7 * first,
-        "loss fell from {first} to only {last_val}"
-    );
-    for key in [
-        "final_train_loss",
-        "val_perplexity",
-        "params",
-        "wall_seconds",
-        "tokens_per_second",
-    ] {
+    assert!(last_val <= 0.7 * first, "loss fell from {first} to only {last_val}");
+    for key in ["final_train_loss", "val_perplexity", "params", "wall_seconds", "tokens_per_second"]
+    {
         assert!(summary[key].as_f64().unwrap() > 0.0, "{key}");
     }
     assert_eq!(summary["backend"], "ndarray");
     // Checkpoints every eval_interval, the last 3 kept.
-    let ckpts = kiln::run_dir::RunDir::new(run).checkpoint_epochs();
+    let ckpts = kiln::run::RunDir::new(run).checkpoint_epochs();
     assert_eq!(ckpts, vec![1, 2, 3]);
 }
 
@@ -88,19 +70,8 @@ fn generate_is_deterministic_per_seed_and_streams_the_prompt() {
     let run = path(trained_run());
     let sample = |seed: &str| {
         kiln(&[
-            "generate",
-            "--run",
-            run,
-            "--prompt",
-            "ROMEO:",
-            "--max-new-tokens",
-            "80",
-            "--temperature",
-            "0.8",
-            "--top-k",
-            "20",
-            "--seed",
-            seed,
+            "generate", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "80",
+            "--temperature", "0.8", "--top-k", "20", "--seed", seed,
         ])
     };
     let (ok, a, err) = sample("7");
@@ -110,17 +81,8 @@ fn generate_is_deterministic_per_seed_and_streams_the_prompt() {
     assert_ne!(sample("8").1, a, "another seed, other text");
     let greedy = |p: &str| {
         kiln(&[
-            "generate",
-            "--run",
-            run,
-            "--prompt",
-            "ROMEO:",
-            "--max-new-tokens",
-            "40",
-            "--temperature",
-            "0",
-            "--top-p",
-            p,
+            "generate", "--run", run, "--prompt", "ROMEO:", "--max-new-tokens", "40",
+            "--temperature", "0", "--top-p", p,
         ])
         .1
     };
@@ -131,10 +93,7 @@ fn generate_is_deterministic_per_seed_and_streams_the_prompt() {
 fn generate_rejects_bad_input_clearly() {
     let run = path(trained_run());
     let (ok, _, err) = kiln(&["generate", "--run", run, "--prompt", "ROMEO: ✓"]);
-    assert!(
-        !ok && err.contains("'✓'") && err.contains("--prompt"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("'✓'") && err.contains("--prompt"), "{err}");
     let (ok, _, err) = kiln(&["generate", "--run", run, "--top-p", "1.5"]);
     assert!(!ok && err.contains("--top-p 1.5"), "{err}");
     let (ok, _, err) = kiln(&["generate", "--run", "/no/such/run"]);
@@ -145,15 +104,8 @@ fn generate_rejects_bad_input_clearly() {
 fn long_prompts_are_cropped_to_the_block() {
     let run = path(trained_run());
     let prompt = "First Citizen: ".repeat(10);
-    let (ok, out, err) = kiln(&[
-        "generate",
-        "--run",
-        run,
-        "--prompt",
-        &prompt,
-        "--max-new-tokens",
-        "50",
-    ]);
+    let (ok, out, err) =
+        kiln(&["generate", "--run", run, "--prompt", &prompt, "--max-new-tokens", "50"]);
     assert!(ok, "{err}");
     assert!(out.len() > prompt.len());
 }
@@ -166,10 +118,7 @@ fn eval_reports_the_summary_val_loss() {
     let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
-    let (a, b) = (
-        eval["val_loss"].as_f64().unwrap(),
-        summary["final_val_loss"].as_f64().unwrap(),
-    );
+    let (a, b) = (eval["val_loss"].as_f64().unwrap(), summary["final_val_loss"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-6, "eval {a} vs summary {b}");
     assert!((eval["val_perplexity"].as_f64().unwrap() - a.exp()).abs() < 1e-6);
 }
@@ -194,61 +143,48 @@ fn inspect_lists_every_parameter_of_runs_and_checkpoints() {
     let ckpt = run.join("checkpoints/model-2.mpk");
     let (ok, out, err) = kiln(&["inspect", path(&ckpt)]);
     assert!(ok, "{err}");
-    assert!(
-        out.contains("step 100 (epoch 2)") && out.contains("total parameters:"),
-        "{out}"
-    );
+    assert!(out.contains("step 100 (epoch 2)") && out.contains("total parameters:"), "{out}");
 
     let foreign = run.join("tokens.bin");
     let (ok, _, err) = kiln(&["inspect", path(&foreign)]);
-    assert!(
-        !ok && err.contains("not a readable kiln model record"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("not a readable kiln model record"), "{err}");
 }
 
 #[test]
 fn existing_run_is_never_overwritten_without_asking() {
     let run = trained_run();
     let artifacts = run.parent().unwrap();
-    let err = train(common::tiny_spec(artifacts, &[]), TrainOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("already holds a run") && err.contains("--resume"),
-        "{err}"
-    );
+    let err =
+        train(common::tiny_spec(artifacts, &[]), TrainOptions::default()).unwrap_err().to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+    // The command line says which flags get past it.
+    let artifacts = format!("run.artifacts_dir={}", artifacts.display());
+    let (ok, _, err) = kiln(&["--config", "configs/tiny.toml", "--set", &artifacts]);
+    assert!(!ok && err.contains("already holds a run"), "{err}");
+    assert!(err.contains("--resume") && err.contains("--force"), "{err}");
 }
 
 #[test]
 fn resume_continues_at_the_saved_step() {
     let artifacts = tempfile::tempdir().unwrap();
     let sets = ["run.name=resume"];
-    train(
-        common::tiny_spec(artifacts.path(), &sets),
-        TrainOptions::default(),
-    )
-    .unwrap();
+    train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default()).unwrap();
     let run = artifacts.path().join("resume");
 
     // Simulate a crash right after the step-50 checkpoint.
-    let dir = kiln::run_dir::RunDir::new(&run);
+    let dir = kiln::run::RunDir::new(&run);
     dir.remove_checkpoint(3).unwrap();
     dir.remove_checkpoint(2).unwrap();
     std::fs::remove_file(run.join("model.mpk")).unwrap();
 
     let options = TrainOptions {
-        resume: Some(kiln::train::Resume::Newest),
+        start: kiln::run::start::StartMode::Resume(kiln::run::Resume::Newest),
         ..Default::default()
     };
     train(common::tiny_spec(artifacts.path(), &sets), options).unwrap();
     let metrics = read_metrics(&run.join("metrics.jsonl"));
     let steps = |split: &str| {
-        metrics
-            .iter()
-            .filter(|l| l.split == split)
-            .map(|l| l.step)
-            .collect::<Vec<_>>()
+        metrics.iter().filter(|l| l.split == split).map(|l| l.step).collect::<Vec<_>>()
     };
     assert_eq!(
         steps("train"),
@@ -262,7 +198,7 @@ fn resume_continues_at_the_saved_step() {
     let uninterrupted = trained_run();
     let reference = read_metrics(&uninterrupted.join("metrics.jsonl"));
     let losses =
-        |m: &[kiln::train::MetricsLine]| m.iter().map(|l| (l.step, l.loss)).collect::<Vec<_>>();
+        |m: &[kiln::run::MetricsLine]| m.iter().map(|l| (l.step, l.loss)).collect::<Vec<_>>();
     assert_eq!(losses(&metrics), losses(&reference));
     assert_eq!(
         final_logits(&run),
@@ -274,38 +210,25 @@ fn resume_continues_at_the_saved_step() {
 /// Logits of a run's final model on a fixed batch, as raw f32 bits.
 fn final_logits(run: &Path) -> Vec<u32> {
     type B = burn::backend::NdArray<f32>;
-    let dir = kiln::run_dir::RunDir::new(run);
+    let dir = kiln::run::RunDir::new(run);
     let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
     let device = Default::default();
-    let (model, _) = kiln::train::load_model::<B>(&dir, &spec, None, &device).unwrap();
+    let (model, _) = kiln::run::load_gpt::<B>(&dir, &spec, None, &device).unwrap();
     let ids: Vec<i64> = (0..32).map(|i| i % 60).collect();
     let tokens = burn::tensor::Tensor::<B, 2, burn::tensor::Int>::from_data(
         burn::tensor::TensorData::new(ids, [1, 32]),
         &device,
     );
-    model
-        .forward(tokens)
-        .into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_bits())
-        .collect()
+    model.forward(tokens).into_data().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
 }
 
 #[test]
 fn cli_reports_config_errors_in_one_line() {
     let (ok, _, err) = kiln(&["--config", "configs/tiny.toml", "--set", "model.n_heads=3"]);
     assert!(!ok);
-    assert_eq!(
-        err.trim(),
-        "error: model.n_heads = 3: expected a divisor of model.d_model (32)"
-    );
+    assert_eq!(err.trim(), "error: model.n_heads = 3: expected a divisor of model.d_model (32)");
     let (ok, _, err) = kiln(&["train", "--config", "configs/no-such.toml"]);
-    assert!(
-        !ok && err.contains("configs/no-such.toml") && err.contains("not found"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("configs/no-such.toml") && err.contains("not found"), "{err}");
 }
 
 #[test]
@@ -314,28 +237,16 @@ fn course_architecture_trains_generates_resumes_and_exports_under_its_own_names(
     // the whole product: training, the KV-cached sampler, eval, export.
     let artifacts = tempfile::tempdir().unwrap();
     let overrides = [
-        "model.positions=rope",
-        "model.norm=rmsnorm",
-        "model.activation=swiglu",
-        "model.bias=false",
-        "model.norm_first=false",
-        "model.tie_embeddings=false",
+        "model.positions=rope", "model.norm=rmsnorm", "model.activation=swiglu",
+        "model.bias=false", "model.norm_first=false", "model.tie_embeddings=false",
     ];
     let spec = common::tiny_spec(artifacts.path(), &overrides);
     train(spec, TrainOptions::default()).unwrap();
     let run = artifacts.path().join("tiny");
     let metrics = read_metrics(&run.join("metrics.jsonl"));
     let first = metrics.iter().find(|l| l.split == "train").unwrap().loss;
-    let last_val = metrics
-        .iter()
-        .rev()
-        .find(|l| l.split == "val")
-        .unwrap()
-        .loss;
-    assert!(
-        last_val <= 0.75 * first,
-        "loss fell from {first} to only {last_val}"
-    );
+    let last_val = metrics.iter().rev().find(|l| l.split == "val").unwrap().loss;
+    assert!(last_val <= 0.75 * first, "loss fell from {first} to only {last_val}");
 
     let (ok, out, err) = kiln(&[
         "generate",
@@ -348,10 +259,7 @@ fn course_architecture_trains_generates_resumes_and_exports_under_its_own_names(
         "--temperature",
         "0",
     ]);
-    assert!(
-        ok && out.starts_with("ROMEO:") && out.chars().count() >= 40,
-        "{err}"
-    );
+    assert!(ok && out.starts_with("ROMEO:") && out.chars().count() >= 40, "{err}");
     let (ok, out, err) = kiln(&["inspect", path(&run)]);
     assert!(
         ok && out.contains("post-norm rmsnorm, swiglu, rope positions, gpt2 init")
@@ -361,19 +269,9 @@ fn course_architecture_trains_generates_resumes_and_exports_under_its_own_names(
 
     let out_dir = artifacts.path().join("export");
     let (ok, _, err) = kiln(&["export", "--run", path(&run), "--out", path(&out_dir)]);
-    assert!(
-        !ok && err.contains("model.positions = rope") && err.contains("--names kiln"),
-        "{err}"
-    );
+    assert!(!ok && err.contains("model.positions = rope") && err.contains("--names kiln"), "{err}");
     assert!(!out_dir.exists(), "a refused export writes nothing");
-    let (ok, _, err) = kiln(&[
-        "export",
-        "--run",
-        path(&run),
-        "--out",
-        path(&out_dir),
-        "--names",
-        "kiln",
-    ]);
+    let (ok, _, err) =
+        kiln(&["export", "--run", path(&run), "--out", path(&out_dir), "--names", "kiln"]);
     assert!(ok && out_dir.join("model.safetensors").is_file(), "{err}");
 }

@@ -10,5 +10,5 @@ type B = burn::backend::NdArray<f32>;
 fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("kiln-fuzz-checkpoint-{}.mpk", std::process::id()));
     std::fs::write(&path, data).expect("temp dir is writable");
-    let _ = kiln::checkpoint::load_record::<B, GptRecord<B>>(&path, &Default::default());
+    let _ = kiln::run::checkpoint::load_record::<B, GptRecord<B>>(&path, &Default::default());
 });

@@ -41,26 +41,20 @@ pub fn run(command: DataCommand) -> Result<()> {
 
 fn show(args: ShowArgs) -> Result<()> {
     let mut spec = crate::config::load(&args.config, &args.overrides)?;
-    super::require_gpt(&spec, "data show")?;
+    crate::run::load::gpt_spec(&spec, "data show")?;
     let (tokenizer, corpus, order) = prepare_in_memory(&mut spec)?;
     if args.stats {
         print_stats(&spec, &corpus, tokenizer.as_ref(), order.starts().len());
         return Ok(());
     }
 
-    let (batch, block) = (spec.training.batch_size, spec.model.block_size);
+    let (batch, block) = (spec.training.batch_size, spec.model.block_size());
     let starts = order.range(0, args.batches * batch);
     let window = |s: usize| &corpus.train[s..s + block + 1];
     let ids = |t: &[u32]| t.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
     let text = |t: &[u32]| escape(&tokenizer.decode(t));
     let mut table = Table::new(&[
-        "batch",
-        "row",
-        "start",
-        "input ids",
-        "target ids",
-        "input text",
-        "target text",
+        "batch", "row", "start", "input ids", "target ids", "input text", "target text",
     ]);
     for (i, &s) in starts.iter().enumerate() {
         let w = window(s);
@@ -95,15 +89,12 @@ fn print_stats(
     let used = used.iter().filter(|&&u| u).count();
     let batch = spec.training.batch_size * spec.training.grad_accumulation;
     let (sampling, per_epoch) = match spec.data.sampling {
-        SamplingMode::Random => (
-            "random",
-            format!("{windows} possible starts, drawn at random"),
-        ),
+        SamplingMode::Random => ("random", format!("{windows} possible starts, drawn at random")),
         SamplingMode::Sliding => (
             "sliding",
             format!(
                 "{windows} (stride {}), {} optimizer steps per pass",
-                spec.data.stride(spec.model.block_size),
+                spec.data.stride(spec.model.block_size()),
                 windows.div_ceil(batch)
             ),
         ),
@@ -112,34 +103,18 @@ fn print_stats(
     let rows = [
         ("corpus", spec.data.path.display().to_string()),
         ("bytes", corpus.source_bytes.to_string()),
-        ("tokenizer", spec.data.tokenizer.clone()),
-        (
-            "tokens",
-            format!(
-                "{tokens} ({} train, {} val)",
-                corpus.train.len(),
-                corpus.val.len()
-            ),
-        ),
-        (
-            "bytes per token",
-            format!("{:.3}", corpus.source_bytes as f64 / tokens.max(1) as f64),
-        ),
+        ("tokenizer", spec.data.tokenizer.to_string()),
+        ("tokens", format!("{tokens} ({} train, {} val)", corpus.train.len(), corpus.val.len())),
+        ("bytes per token", format!("{:.3}", corpus.source_bytes as f64 / tokens.max(1) as f64)),
         ("vocabulary", tokenizer.vocab_size().to_string()),
         (
             "vocabulary used",
-            format!(
-                "{used} ({:.1}%)",
-                100.0 * used as f64 / tokenizer.vocab_size().max(1) as f64
-            ),
+            format!("{used} ({:.1}%)", 100.0 * used as f64 / tokenizer.vocab_size().max(1) as f64),
         ),
         ("sampling", sampling.to_string()),
         ("respect documents", spec.data.respect_documents.to_string()),
         ("windows per epoch", per_epoch),
-        (
-            "window",
-            format!("{} tokens (block_size + 1)", spec.model.block_size + 1),
-        ),
+        ("window", format!("{} tokens (block_size + 1)", spec.model.block_size() + 1)),
     ];
     for (k, v) in rows {
         table.row(vec![k.to_string(), v]);

@@ -4,13 +4,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, ValueEnum};
 
-use crate::backend::{BackendChoice, BackendJob};
-use crate::config::RunSpec;
+use crate::backend::ForwardJob;
 use crate::interop::Names;
-use crate::run_dir::RunDir;
+use crate::kernels::KernelBackend;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -42,25 +40,23 @@ const KILN_TOKENIZER: &str = "kiln_tokenizer.json";
 const KILN_CONFIG: &str = "kiln_config.toml";
 
 pub fn run(args: ExportArgs) -> Result<()> {
-    let (run, spec) = super::open_run(&args.run)?;
-    super::require_gpt(&spec, "export")?;
-    if args.out.join("config.toml").is_file() {
+    let (run, spec) = crate::run::open_run(&args.run)?;
+    crate::run::load::gpt_spec(&spec, "export")?;
+    if crate::run::RunDir::new(&args.out).config().is_file() {
         bail!(
             "--out {}: holds a kiln run (config.toml); export into a folder of its own",
             args.out.display()
         );
     }
     let Format::Safetensors = args.format;
-    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
+    let tokenizer = crate::run::run_tokenizer(&run, &spec)?;
     let eot = tokenizer.special_id(crate::tokenizer::END_OF_TEXT);
     let backend = crate::config::BackendSection {
-        name: crate::backend::CPU.into(),
+        name: crate::config::BackendName::cpu_for_build(),
         ..Default::default()
     };
     let job = Job {
-        run: run.clone(),
-        spec: spec.clone(),
-        checkpoint: args.checkpoint,
+        weights: super::RunWeights { run, spec: spec.clone(), checkpoint: args.checkpoint },
         names: args.names,
         eot,
         out: args.out.clone(),
@@ -70,13 +66,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // Hugging Face reads its own tokenizer.json (kiln's BPE files are in that form); other
     // kinds are kept in kiln's form under a name transformers does not look for.
     let tokenizer_json = tokenizer.to_json();
-    let name = if tokenizer_json.get("model").is_some() {
-        "tokenizer.json"
-    } else {
-        KILN_TOKENIZER
-    };
+    let name =
+        if tokenizer_json.get("model").is_some() { "tokenizer.json" } else { KILN_TOKENIZER };
     crate::tokenizer::save(tokenizer.as_ref(), &args.out.join(name))?;
-    spec.write_resolved(&args.out.join(KILN_CONFIG))?;
+    crate::files::write_atomic(&args.out.join(KILN_CONFIG), spec.to_toml().as_bytes())?;
 
     println!(
         "exported {} ({} tensors) to {}:",
@@ -84,11 +77,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
         exported.tensors,
         args.out.display()
     );
-    for file in exported
-        .files
-        .iter()
-        .chain([&args.out.join(name), &args.out.join(KILN_CONFIG)])
-    {
+    for file in exported.files.iter().chain([&args.out.join(name), &args.out.join(KILN_CONFIG)]) {
         println!("  {}", file.display());
     }
     match args.names {
@@ -108,31 +97,28 @@ pub fn run(args: ExportArgs) -> Result<()> {
 }
 
 struct Job {
-    run: RunDir,
-    spec: RunSpec,
-    checkpoint: Option<PathBuf>,
+    weights: super::RunWeights,
     names: Names,
     eot: Option<u32>,
     out: PathBuf,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<(crate::interop::Exported, PathBuf)>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Self::Output {
-        let (model, source) = crate::train::load_model::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+    fn run<B: KernelBackend>(self, device: B::Device) -> Self::Output {
+        let (model, source) = self.weights.gpt::<B>(&device)?;
         let metadata = HashMap::from([
             ("format".to_string(), "pt".to_string()),
             ("kiln_source".to_string(), source.display().to_string()),
         ]);
         let params = crate::model::param_values(&model);
         let exported = crate::interop::export(
-            params, &self.spec, self.names, self.eot, metadata, &self.out,
-        )?;
+            params, &self.weights.spec, self.names, self.eot, metadata, &self.out,
+        )
+        .map_err(|e| match e {
+            crate::interop::InteropError::NotGpt2(_) => anyhow::anyhow!("{e} (--names kiln)"),
+            other => other.into(),
+        })?;
         Ok((exported, source))
     }
 }

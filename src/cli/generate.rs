@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::backend::{BackendChoice, BackendJob};
-use crate::generate::{generate, Sampling, Utf8Stream};
+use crate::backend::ForwardJob;
+use crate::generate::{generate, Sampling, SamplingError, Utf8Stream};
+use crate::kernels::KernelBackend;
+use crate::run::{open_run, run_tokenizer};
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -38,8 +40,8 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let (run, spec) = super::open_run(&args.run)?;
-    super::require_gpt(&spec, "generate")?;
+    let (run, spec) = open_run(&args.run)?;
+    crate::run::load::gpt_spec(&spec, "generate")?;
     let sampling = Sampling {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -47,18 +49,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         seed: args.seed,
     };
-    sampling.validate()?;
-    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
-    let prompt = tokenizer
-        .encode(&args.prompt)
-        .map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
+    sampling.validate().map_err(as_flag)?;
+    let tokenizer = run_tokenizer(&run, &spec)?;
+    let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
     let backend = args.backend.section(&spec)?;
     crate::backend::dispatch(
         &backend,
         Job {
-            run,
-            spec,
-            checkpoint: args.checkpoint,
+            weights: super::RunWeights { run, spec, checkpoint: args.checkpoint },
             prompt,
             prompt_text: args.prompt,
             sampling,
@@ -67,30 +65,35 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     )?
 }
 
+/// A sampling error named by the flag that set it.
+pub(super) fn as_flag(error: SamplingError) -> anyhow::Error {
+    let message = error.to_string();
+    match message.split_once(" = ") {
+        Some((setting, rest)) => {
+            anyhow::anyhow!("--{} {rest}", setting.replace('_', "-"))
+        }
+        None => anyhow::anyhow!("{message} (--prompt)"),
+    }
+}
+
 struct Job {
-    run: crate::run_dir::RunDir,
-    spec: crate::config::RunSpec,
-    checkpoint: Option<PathBuf>,
+    weights: super::RunWeights,
     prompt: Vec<u32>,
     prompt_text: String,
     sampling: Sampling,
-    tokenizer: Box<dyn crate::tokenizer::Tokenizer>,
+    tokenizer: Box<dyn Tokenizer>,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<()>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<()> {
-        let (model, _) = crate::train::load_model::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<()> {
+        let (model, _) = self.weights.gpt::<B>(&device)?;
         let mut out = Utf8Stream::stdout();
         out.push(self.prompt_text.as_bytes());
         generate(&model, &self.prompt, &self.sampling, |id| {
             out.push(&self.tokenizer.decode_next(id))
-        })?;
+        })
+        .map_err(as_flag)?;
         out.push(b"\n");
         out.finish();
         Ok(())

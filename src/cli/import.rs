@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
 use burn::record::Recorder;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use serde_json::json;
 
-use crate::backend::{BackendChoice, BackendJob};
-use crate::config::RunSpec;
+use crate::backend::ForwardJob;
+use crate::config::TokenizerSpec;
+use crate::config::{ModelSpec, RunSpec};
 use crate::interop::Gpt2Checkpoint;
-use crate::run_dir::RunDir;
-use crate::tokenizer::{Tokenizer, TokenizerSpec};
+use crate::kernels::KernelBackend;
+use crate::run::RunDir;
+use crate::tokenizer::{self, Tokenizer};
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
@@ -50,10 +50,7 @@ pub fn run(args: ImportArgs) -> Result<()> {
         );
     }
     let spec = run_spec(&args.out, &args.from, &tokenizer_spec, &checkpoint)?;
-    let occupied = args
-        .out
-        .read_dir()
-        .is_ok_and(|mut entries| entries.next().is_some());
+    let occupied = args.out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
     if occupied && !args.force {
         bail!(
             "--out {}: already holds files; pass --force to replace them, or choose another folder",
@@ -62,15 +59,10 @@ pub fn run(args: ImportArgs) -> Result<()> {
     }
     // Built in a sibling folder and moved into place at the end, so a failed import neither
     // leaves a half-made run nor loses what --force would replace.
-    let staging = crate::run_dir::temp_sibling(&args.out);
+    let staging = crate::files::temp_sibling(&args.out);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let params = match write_run(
-        &RunDir::new(&staging),
-        &spec,
-        tokenizer.as_ref(),
-        checkpoint,
-    ) {
+    let params = match write_run(&RunDir::new(&staging), &spec, tokenizer.as_ref(), checkpoint) {
         Ok(params) => params,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);
@@ -90,11 +82,11 @@ pub fn run(args: ImportArgs) -> Result<()> {
         "imported {} ({:.1}M parameters: {} layers, d_model {}, {} heads, vocab {}, block {}) into {} with tokenizer {tokenizer_spec}",
         args.from.display(),
         params as f64 / 1e6,
-        m.n_layers,
-        m.d_model,
-        m.n_heads,
+        m.n_layers(),
+        m.d_model(),
+        m.n_heads(),
         vocab,
-        m.block_size,
+        m.block_size(),
         run.root().display()
     );
     println!(
@@ -114,18 +106,14 @@ fn write_run(
     crate::tokenizer::save(tokenizer, &run.tokenizer())
         .with_context(|| format!("writing {}", run.tokenizer().display()))?;
     let backend = crate::config::BackendSection {
-        name: crate::backend::CPU.into(),
+        name: crate::config::BackendName::cpu_for_build(),
         ..Default::default()
     };
     let params = crate::backend::dispatch(
         &backend,
-        Job {
-            run: run.clone(),
-            spec: spec.clone(),
-            checkpoint,
-        },
+        Job { run: run.clone(), spec: spec.clone(), checkpoint },
     )??;
-    spec.write_resolved(&run.config())?;
+    crate::files::write_atomic(&run.config(), spec.to_toml().as_bytes())?;
     Ok(params)
 }
 
@@ -136,18 +124,22 @@ fn choose_tokenizer(
     vocab: usize,
 ) -> Result<(Box<dyn Tokenizer>, String)> {
     if let Some(spec) = arg {
-        let parsed = TokenizerSpec::parse(spec)
-            .map_err(|e| anyhow::anyhow!("--tokenizer {spec:?}: expected {e}"))?;
+        let parsed =
+            TokenizerSpec::parse(spec).map_err(|e| anyhow::anyhow!("--tokenizer {spec:?}: {e}"))?;
         if !matches!(parsed, TokenizerSpec::Tiktoken(_) | TokenizerSpec::Bpe(_)) {
-            bail!("--tokenizer {spec:?}: that tokenizer is fitted on a corpus; pass tiktoken:<encoding> or bpe:<tokenizer.json>");
+            bail!(
+                "--tokenizer {spec:?}: that tokenizer is fitted on a corpus; pass \
+                 tiktoken:<encoding> or bpe:<tokenizer.json>"
+            );
         }
-        return Ok((parsed.build("", Default::default())?, spec.to_string()));
+        let tokenizer = tokenizer::build(&parsed, "", Default::default())?;
+        return Ok((tokenizer, spec.to_string()));
     }
     let hf = from.join("tokenizer.json");
     let kiln = from.join("kiln_tokenizer.json");
     let gpt2 = || -> Result<(Box<dyn Tokenizer>, String)> {
         Ok((
-            TokenizerSpec::Tiktoken("gpt2".into()).build("", Default::default())?,
+            tokenizer::build(&TokenizerSpec::Tiktoken("gpt2".into()), "", Default::default())?,
             "tiktoken:gpt2".into(),
         ))
     };
@@ -190,28 +182,23 @@ fn run_spec(
     tokenizer: &str,
     checkpoint: &Gpt2Checkpoint,
 ) -> Result<RunSpec> {
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| !n.is_empty());
+    let name = out.file_name().and_then(|n| n.to_str()).filter(|n| !n.is_empty());
     let Some(name) = name else {
-        bail!(
-            "--out {}: expected a directory path such as artifacts/gpt2",
-            out.display()
-        )
+        bail!("--out {}: expected a directory path such as artifacts/gpt2", out.display())
     };
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let value = json!({
-        "run": { "name": name, "artifacts_dir": parent },
-        "data": { "path": from.join(crate::interop::WEIGHTS_FILE), "tokenizer": tokenizer },
-        "model": checkpoint.model,
-        "training": { "batch_size": 8, "max_iters": 1000, "learning_rate": 3e-4, "eval_interval": 100, "eval_iters": 20 },
-    });
-    let spec: RunSpec =
-        serde_json::from_value(value).context("building the imported run's config")?;
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let model = ModelSpec::Gpt(checkpoint.model.clone());
+    let text = format!(
+        "[run]\nname = {name:?}\nartifacts_dir = {:?}\n\
+         [data]\npath = {:?}\ntokenizer = {tokenizer:?}\n\
+         [training]\nbatch_size = 8\nmax_iters = 1000\nlearning_rate = 3e-4\n\
+         eval_interval = 100\neval_iters = 20\n\
+         [model]\n{}",
+        parent.display().to_string(),
+        from.join(crate::interop::WEIGHTS_FILE).display().to_string(),
+        toml::to_string(&model).context("writing the imported run's [model]")?,
+    );
+    let spec = RunSpec::from_toml(&text, "the imported run's config")?;
     crate::config::validate_shape(&spec)?;
     Ok(spec)
 }
@@ -222,10 +209,10 @@ struct Job {
     checkpoint: Gpt2Checkpoint,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<usize>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<usize> {
-        let model = crate::train::gpt_config(&self.spec).init::<B::InnerBackend>(&device);
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<usize> {
+        let model = crate::train::gpt_config(&self.spec)?.init::<B>(&device);
         let source = self.checkpoint.weights;
         let model =
             crate::model::load_param_values(model, self.checkpoint.params).map_err(|e| {
@@ -235,8 +222,8 @@ impl BackendJob for Job {
                 )
             })?;
         let path = self.run.final_model();
-        Recorder::<B::InnerBackend>::record(
-            &crate::checkpoint::CheckpointRecorder::default(),
+        Recorder::<B>::record(
+            &crate::run::checkpoint::CheckpointRecorder::default(),
             model.clone().into_record(),
             path.clone(),
         )

@@ -3,16 +3,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::{BackendChoice, BackendJob};
-use crate::checkpoint::CheckpointState;
-use crate::config::{ModelKind, ModelSection, RunSpec};
-use crate::model::ParamCounts;
-use crate::run_dir::RunDir;
-use crate::train::{load_model, read_metrics, MetricsLine, Summary};
+use crate::backend::ForwardJob;
+use crate::config::{BackendName, BackendSection, ModelKind, ModelSpec, RunSpec};
+use crate::kernels::KernelBackend;
+use crate::model::{ParamCounts, Seq2SeqConfig};
+use crate::run::load::seq2seq_spec;
+use crate::run::{read_metrics, CheckpointState, MetricsLine, RunDir, Summary};
 
 #[cfg(test)]
 mod tests {
@@ -65,22 +64,11 @@ impl WeightStats {
     fn of(values: &[f32]) -> Self {
         let n = values.len().max(1) as f64;
         let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = values
-            .iter()
-            .map(|&v| (v as f64 - mean).powi(2))
-            .sum::<f64>()
-            / n;
+        let var = values.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         let (min, max) = values
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-                (lo.min(v), hi.max(v))
-            });
-        Self {
-            mean,
-            std: var.sqrt(),
-            min,
-            max,
-        }
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        Self { mean, std: var.sqrt(), min, max }
     }
 }
 
@@ -98,7 +86,7 @@ struct Report {
     total_untied: usize,
     non_embedding_params: usize,
     size_mb: f64,
-    model: ModelSection,
+    model: ModelSpec,
     last_train: Option<MetricsLine>,
     last_val: Option<MetricsLine>,
 }
@@ -116,35 +104,19 @@ pub fn run(args: InspectArgs) -> Result<()> {
     let (run_path, file) = if args.path.is_dir() {
         (args.path.clone(), None)
     } else if args.path.is_file() {
-        (
-            super::run_of_checkpoint(&args.path)?,
-            Some(args.path.clone()),
-        )
+        (crate::run::run_of_checkpoint(&args.path)?, Some(args.path.clone()))
     } else {
-        anyhow::bail!(
-            "{}: no such run directory or checkpoint file",
-            args.path.display()
-        );
+        anyhow::bail!("{}: no such run directory or checkpoint file", args.path.display());
     };
-    let (run, spec) = super::open_run(&run_path)?;
-    let report = crate::backend::dispatch(
-        &cpu(),
-        Job {
-            run,
-            spec,
-            file,
-            weights: args.weights,
-        },
-    )??;
+    let (run, spec) = crate::run::open_run(&run_path)?;
+    let source = super::RunWeights { run, spec, checkpoint: file };
+    let report = crate::backend::dispatch(&cpu(), Job { source, weights: args.weights })??;
     show(&report, args.json)
 }
 
 /// Reading a record or building a model to count needs no GPU: any CPU backend will do.
-fn cpu() -> crate::config::BackendSection {
-    crate::config::BackendSection {
-        name: crate::backend::CPU.into(),
-        ..Default::default()
-    }
+fn cpu() -> BackendSection {
+    BackendSection { name: BackendName::cpu_for_build(), ..Default::default() }
 }
 
 fn show(report: &Report, json: bool) -> Result<()> {
@@ -159,22 +131,15 @@ fn show(report: &Report, json: bool) -> Result<()> {
 fn inspect_config(args: &InspectArgs) -> Result<()> {
     // The model is built on the CPU whatever the config trains on, so a config for a backend
     // this binary lacks can still be looked at.
-    let overrides = [
-        vec![format!("backend.name={}", crate::backend::CPU)],
-        args.overrides.clone(),
-    ]
-    .concat();
+    let overrides =
+        [vec![format!("backend.name={}", BackendName::cpu_for_build())], args.overrides.clone()]
+            .concat();
     let mut spec = crate::config::load(&args.path, &overrides)?;
-    let pad = match spec.model.kind {
+    let pad = match spec.model.kind() {
         ModelKind::Gpt => crate::train::fit_tokenizer(&mut spec).map(|_| None)?,
         ModelKind::Seq2Seq => Some(crate::train::fit_seq2seq_tokenizer(&mut spec)?.pad),
     };
-    let job = ConfigJob {
-        spec,
-        pad,
-        file: args.path.clone(),
-        weights: args.weights,
-    };
+    let job = ConfigJob { spec, pad, file: args.path.clone(), weights: args.weights };
     let report = crate::backend::dispatch(&cpu(), job)??;
     show(&report, args.json)
 }
@@ -187,26 +152,22 @@ struct ConfigJob {
     weights: bool,
 }
 
-impl BackendJob for ConfigJob {
+impl ForwardJob for ConfigJob {
     type Output = Result<Report>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<Report> {
         let (spec, weights) = (&self.spec, self.weights);
         let table = match self.pad {
             None => {
-                let model = crate::train::gpt_config(spec).init::<B::InnerBackend>(&device);
+                let model = crate::train::gpt_config(spec)?.init::<B>(&device);
                 report(&model, model.param_counts(), spec, weights)
             }
             Some(pad) => {
-                let model =
-                    crate::train::seq2seq_config(spec, pad).init::<B::InnerBackend>(&device);
+                let config = Seq2SeqConfig::from_spec(seq2seq_spec(spec)?, spec.vocab_size(), pad);
+                let model = config.init::<B>(&device);
                 report(&model, model.param_counts(), spec, weights)
             }
         };
-        Ok(Report {
-            file: self.file.display().to_string(),
-            file_bytes: None,
-            ..table
-        })
+        Ok(Report { file: self.file.display().to_string(), file_bytes: None, ..table })
     }
 }
 
@@ -231,8 +192,8 @@ fn report<B: burn::prelude::Backend, M: burn::module::Module<B>>(
         .collect();
     let bytes: usize = params.iter().map(|p| p.count * dtype_bytes(&p.dtype)).sum();
     // The output head is d_model × vocab whether it is its own matrix or the embedding's.
-    let head = spec.model.d_model * spec.vocab_size();
-    let (total_tied, total_untied) = match spec.model.tie_embeddings {
+    let head = spec.model.d_model() * spec.vocab_size();
+    let (total_tied, total_untied) = match spec.model.tie_embeddings() {
         true => (counts.total, counts.total + head),
         false => (counts.total - head, counts.total),
     };
@@ -254,41 +215,27 @@ fn report<B: burn::prelude::Backend, M: burn::module::Module<B>>(
 }
 
 struct Job {
-    run: RunDir,
-    spec: RunSpec,
-    file: Option<PathBuf>,
+    source: super::RunWeights,
+    /// Show each parameter's statistics.
     weights: bool,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<Report>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Report> {
-        let (spec, file) = (&self.spec, self.file.as_deref());
-        let (table, path) = match spec.model.kind {
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<Report> {
+        let (source, spec) = (&self.source, &self.source.spec);
+        let (table, path) = match spec.model.kind() {
             ModelKind::Gpt => {
-                let (model, path) = load_model::<B::InnerBackend>(&self.run, spec, file, &device)?;
-                (
-                    report(&model, model.param_counts(), spec, self.weights),
-                    path,
-                )
+                let (model, path) = source.gpt::<B>(&device)?;
+                (report(&model, model.param_counts(), spec, self.weights), path)
             }
             ModelKind::Seq2Seq => {
-                let tokenizer = crate::train::run_tokenizer(&self.run, spec)?;
-                let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(
-                    &self.run,
-                    spec,
-                    tokenizer.as_ref(),
-                    file,
-                    &device,
-                )?;
-                (
-                    report(&model, model.param_counts(), spec, self.weights),
-                    path,
-                )
+                let (model, path, _) = source.seq2seq::<B>(&device)?;
+                (report(&model, model.param_counts(), spec, self.weights), path)
             }
         };
-        let (step, epoch) = position(&self.run, &path);
-        let metrics = read_metrics(&self.run.metrics());
+        let (step, epoch) = position(&source.run, &path);
+        let metrics = read_metrics(&source.run.metrics());
         let upto = |split: &str| {
             metrics
                 .iter()
@@ -346,59 +293,36 @@ fn dtype_bytes(dtype: &str) -> usize {
 }
 
 fn print_table(r: &Report) {
-    let width = r
-        .params
-        .iter()
-        .map(|p| p.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(9);
+    let width = r.params.iter().map(|p| p.name.len()).max().unwrap_or(4).max(9);
     println!("{}", r.file);
     let stats_header = match r.params.iter().any(|p| p.stats.is_some()) {
-        true => format!(
-            "  {:>10}  {:>10}  {:>10}  {:>10}",
-            "mean", "std", "min", "max"
-        ),
+        true => format!("  {:>10}  {:>10}  {:>10}  {:>10}", "mean", "std", "min", "max"),
         false => String::new(),
     };
-    println!(
-        "{:<width$}  {:<16}  {:>12}  dtype{stats_header}",
-        "parameter", "shape", "count"
-    );
+    println!("{:<width$}  {:<16}  {:>12}  dtype{stats_header}", "parameter", "shape", "count");
     for p in &r.params {
         let shape = format!("{:?}", p.shape);
         let stats = p.stats.as_ref().map_or(String::new(), |s| {
-            format!(
-                "  {:>10.4}  {:>10.4}  {:>10.4}  {:>10.4}",
-                s.mean, s.std, s.min, s.max
-            )
+            format!("  {:>10.4}  {:>10.4}  {:>10.4}  {:>10.4}", s.mean, s.std, s.min, s.max)
         });
-        println!(
-            "{:<width$}  {:<16}  {:>12}  {:<5}{stats}",
-            p.name, shape, p.count, p.dtype
-        );
+        println!("{:<width$}  {:<16}  {:>12}  {:<5}{stats}", p.name, shape, p.count, p.dtype);
     }
     println!();
-    let other = match r.model.tie_embeddings {
+    let other = match r.model.tie_embeddings() {
         true => format!("{} with an untied output head", thousands(r.total_untied)),
-        false => format!(
-            "{} with the output head tied to the token embedding",
-            thousands(r.total_tied)
-        ),
+        false => {
+            format!("{} with the output head tied to the token embedding", thousands(r.total_tied))
+        }
     };
-    println!(
-        "total parameters:    {} ({other})",
-        thousands(r.total_params)
-    );
+    println!("total parameters:    {} ({other})", thousands(r.total_params));
     println!(
         "without embeddings:  {} (token and position tables left out)",
         thousands(r.non_embedding_params)
     );
     match r.file_bytes {
-        Some(bytes) => println!(
-            "size:                {:.2} MB in memory, {bytes} bytes on disk",
-            r.size_mb
-        ),
+        Some(bytes) => {
+            println!("size:                {:.2} MB in memory, {bytes} bytes on disk", r.size_mb)
+        }
         None => println!("size:                {:.2} MB in memory (f32)", r.size_mb),
     }
     println!("model:               {}", r.model.describe());

@@ -1,8 +1,6 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
 mod bench;
-mod bench_generate;
-mod bench_tokenizer;
 mod data;
 mod eval;
 mod export;
@@ -20,15 +18,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::config::RunSpec;
-use crate::run_dir::RunDir;
+use crate::config::{BackendName, BackendSection, Precision, RunSpec};
+use crate::kernels::KernelBackend;
+use crate::model::{Gpt, Seq2Seq};
+use crate::run::RunDir;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "kiln",
-    version,
-    about = "Train Transformer language models from scratch on Burn"
-)]
+#[command(name = "kiln", version, about = "Train Transformer language models from scratch on Burn")]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -96,69 +93,54 @@ struct BackendArg {
 }
 
 impl BackendArg {
-    /// `--set` overrides with this one added last (for commands that load a config).
+    /// Overrides with this one added last (for commands that load a config).
     fn add_to(&self, overrides: &[String]) -> Vec<String> {
         let mut all = overrides.to_vec();
-        all.extend(
-            self.backend
-                .as_ref()
-                .map(|name| format!("backend.name={name}")),
-        );
+        all.extend(self.backend.as_ref().map(|name| format!("backend.name={name}")));
         all
     }
 
     /// A run's `[backend]` section with the override applied and checked.
-    fn section(&self, spec: &RunSpec) -> Result<crate::config::BackendSection> {
+    fn section(&self, spec: &RunSpec) -> Result<BackendSection> {
         let mut section = spec.backend.clone();
         if let Some(name) = &self.backend {
-            section.name = name.clone();
+            section.name = BackendName::try_from(name.clone())
+                .map_err(|e| anyhow::anyhow!("--backend {name}: {e}"))?;
+            if !section.name.compiled_in() {
+                anyhow::bail!(
+                    "--backend {name}: not compiled into this binary; rebuild with \
+                     `cargo build --release --features {}`",
+                    section.name.feature()
+                );
+            }
+            if !section.name.precisions().contains(&section.precision) {
+                section.precision = Precision::F32;
+            }
         }
-        crate::backend::BackendChoice::from_section(&section)?;
         Ok(section)
     }
 }
 
-/// Commands built for the GPT refuse a seq2seq config or run, pointing to those that take it.
-fn require_gpt(spec: &RunSpec, command: &str) -> Result<()> {
-    if spec.model.kind == crate::config::ModelKind::Seq2Seq {
-        anyhow::bail!(
-            "kiln {command} works on GPT models, and this one is model.kind = \"seq2seq\"; \
-             for an encoder-decoder use kiln train, translate, eval or inspect"
-        );
-    }
-    Ok(())
+/// A run and the weights of it to load: the checkpoint file given, else its final model
+/// (else its newest checkpoint).
+struct RunWeights {
+    run: RunDir,
+    spec: RunSpec,
+    checkpoint: Option<PathBuf>,
 }
 
-/// A run directory and its resolved config.
-fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
-    let run = RunDir::new(dir);
-    if !run.config().is_file() {
-        anyhow::bail!(
-            "{}: not a kiln run directory (no config.toml); pass a directory under artifacts/",
-            dir.display()
-        );
+impl RunWeights {
+    fn gpt<B: KernelBackend>(&self, device: &B::Device) -> Result<(Gpt<B>, PathBuf)> {
+        crate::run::load_gpt(&self.run, &self.spec, self.checkpoint.as_deref(), device)
     }
-    let spec = RunSpec::read_resolved(&run.config())?;
-    Ok((run, spec))
-}
 
-/// For a checkpoint file inside a run (`<run>/model.mpk`, `<run>/checkpoints/model-N.mpk`),
-/// the run directory it belongs to.
-fn run_of_checkpoint(file: &Path) -> Result<PathBuf> {
-    let parent = file.parent().unwrap_or(Path::new("."));
-    let dir = if parent.file_name().is_some_and(|n| n == "checkpoints") {
-        parent.parent().unwrap_or(parent)
-    } else {
-        parent
-    };
-    if !dir.join("config.toml").is_file() {
-        anyhow::bail!(
-            "{}: cannot find the run it belongs to (expected config.toml in {})",
-            file.display(),
-            dir.display()
-        );
+    /// The seq2seq model, and the run's tokenizer with it.
+    fn seq2seq<B: KernelBackend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(Seq2Seq<B>, PathBuf, Box<dyn Tokenizer>)> {
+        crate::run::load_seq2seq(&self.run, &self.spec, self.checkpoint.as_deref(), device)
     }
-    Ok(dir.to_path_buf())
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 
-use crate::backend::{BackendChoice, BackendJob};
+use crate::backend::ForwardJob;
 use crate::config::RunSpec;
+use crate::kernels::KernelBackend;
 use crate::plot::{Curves, Heatmap};
-use crate::run_dir::RunDir;
+use crate::run::RunDir;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Args)]
@@ -94,18 +94,15 @@ pub fn run(args: PlotArgs) -> Result<()> {
 fn curves(args: CurvesArgs) -> Result<()> {
     let mut runs = Vec::new();
     for dir in &args.runs {
-        let (run, spec) = super::open_run(dir)?;
-        let metrics = crate::train::read_metrics(&run.metrics());
+        let (run, spec) = crate::run::open_run(dir)?;
+        let metrics = crate::run::read_metrics(&run.metrics());
         if metrics.is_empty() {
             bail!(
                 "{}: no metrics yet (metrics.jsonl is missing or empty)",
                 run.metrics().display()
             );
         }
-        runs.push(Curves {
-            label: spec.run.name.clone(),
-            metrics,
-        });
+        runs.push(Curves { label: spec.run.name.clone(), metrics });
     }
     let out = args.out.unwrap_or_else(|| args.runs[0].clone());
     std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
@@ -117,25 +114,14 @@ fn curves(args: CurvesArgs) -> Result<()> {
 
 fn positions(args: PositionsArgs) -> Result<()> {
     if args.d_model == 0 || !args.d_model.is_multiple_of(2) {
-        bail!(
-            "--d-model {}: expected a positive even number",
-            args.d_model
-        );
+        bail!("--d-model {}: expected a positive even number", args.d_model);
     }
     if args.len == 0 {
         bail!("--len 0: expected at least one position");
     }
     let values = crate::model::sinusoidal_positions(args.len, args.d_model);
     let label_every = |n: usize, every: usize| {
-        (0..n)
-            .map(|i| {
-                if i % every == 0 {
-                    i.to_string()
-                } else {
-                    String::new()
-                }
-            })
-            .collect()
+        (0..n).map(|i| if i % every == 0 { i.to_string() } else { String::new() }).collect()
     };
     let map = Heatmap {
         title: format!(
@@ -158,47 +144,31 @@ fn positions(args: PositionsArgs) -> Result<()> {
 }
 
 fn attention(args: AttentionArgs) -> Result<()> {
-    let (run, spec) = super::open_run(&args.run)?;
-    super::require_gpt(&spec, "plot attention")?;
-    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
-    let tokens = tokenizer
-        .encode(&args.text)
-        .map_err(|e| anyhow::anyhow!("--text: {e}"))?;
-    let block = spec.model.block_size;
+    let (run, spec) = crate::run::open_run(&args.run)?;
+    crate::run::load::gpt_spec(&spec, "plot attention")?;
+    let tokenizer = crate::run::run_tokenizer(&run, &spec)?;
+    let tokens = tokenizer.encode(&args.text).map_err(|e| anyhow::anyhow!("--text: {e}"))?;
+    let block = spec.model.block_size();
     if tokens.is_empty() || tokens.len() > block {
-        bail!(
-            "--text: {} tokens; expected between 1 and model.block_size = {block}",
-            tokens.len()
-        );
+        bail!("--text: {} tokens; expected between 1 and model.block_size = {block}", tokens.len());
     }
-    let layers = spec.model.n_layers;
+    let layers = spec.model.n_layers();
     let layer = args.layer.unwrap_or(layers - 1);
     if layer >= layers {
         bail!("--layer {layer}: the model has layers 0 to {}", layers - 1);
     }
-    if let Some(head) = args.head.filter(|&h| h >= spec.model.n_heads) {
-        bail!(
-            "--head {head}: the model has heads 0 to {}",
-            spec.model.n_heads - 1
-        );
+    if let Some(head) = args.head.filter(|&h| h >= spec.model.n_heads()) {
+        bail!("--head {head}: the model has heads 0 to {}", spec.model.n_heads() - 1);
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let head = args.head.map(|h| format!("-head{h}")).unwrap_or_default();
-        run.root().join(format!("attention-layer{layer}{head}.png"))
-    });
+    let out = args.out.clone().unwrap_or_else(|| run.attention_plot(layer, args.head));
     let backend = args.backend.section(&spec)?;
     let job = AttentionJob {
-        run,
-        spec,
-        checkpoint: args.checkpoint,
+        weights: super::RunWeights { run, spec, checkpoint: args.checkpoint },
         tokens: tokens.clone(),
         layer,
     };
     let weights = crate::backend::dispatch(&backend, job)??; // [heads][query][key]
-    let labels: Vec<String> = tokens
-        .iter()
-        .map(|&t| token_label(tokenizer.as_ref(), t))
-        .collect();
+    let labels: Vec<String> = tokens.iter().map(|&t| token_label(tokenizer.as_ref(), t)).collect();
     let heads: Vec<usize> = match args.head {
         Some(h) => vec![h],
         None => (0..weights.len()).collect(),
@@ -223,10 +193,7 @@ fn attention(args: AttentionArgs) -> Result<()> {
 
 /// A token as an axis label: whitespace made visible, long tokens shortened.
 fn token_label(tokenizer: &dyn Tokenizer, id: u32) -> String {
-    let text = tokenizer
-        .decode(&[id])
-        .replace('\n', "\\n")
-        .replace(' ', "·");
+    let text = tokenizer.decode(&[id]).replace('\n', "\\n").replace(' ', "·");
     if text.chars().count() > 12 {
         format!("{}…", text.chars().take(11).collect::<String>())
     } else {
@@ -235,32 +202,23 @@ fn token_label(tokenizer: &dyn Tokenizer, id: u32) -> String {
 }
 
 struct AttentionJob {
-    run: RunDir,
-    spec: RunSpec,
-    checkpoint: Option<PathBuf>,
+    weights: super::RunWeights,
     tokens: Vec<u32>,
     layer: usize,
 }
 
-impl BackendJob for AttentionJob {
+impl ForwardJob for AttentionJob {
     type Output = Result<Vec<Vec<Vec<f32>>>>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Self::Output {
-        let (model, _) = crate::train::load_model::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+    fn run<B: KernelBackend>(self, device: B::Device) -> Self::Output {
+        let (model, _) = self.weights.gpt::<B>(&device)?;
         Ok(model.attention_weights(&self.tokens, self.layer, &device))
     }
 }
 
 /// Writes `loss.png` and `lr.png` for a finished run; a failure is reported, not fatal.
 pub fn after_training(run: &RunDir, spec: &RunSpec) {
-    let curves = Curves {
-        label: spec.run.name.clone(),
-        metrics: crate::train::read_metrics(&run.metrics()),
-    };
+    let curves =
+        Curves { label: spec.run.name.clone(), metrics: crate::run::read_metrics(&run.metrics()) };
     match crate::plot::training_curves(&[curves], false, run.root()) {
         Ok(files) => {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

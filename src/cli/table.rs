@@ -10,10 +10,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(header: &[&str]) -> Self {
-        Self {
-            header: header.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Self { header: header.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -40,19 +37,12 @@ impl Table {
             .collect();
         let mut out = String::new();
         for (i, cells) in lines.enumerate() {
-            let padded: Vec<String> = cells
-                .iter()
-                .zip(&widths)
-                .map(|(s, &w)| format!("{s:<w$}"))
-                .collect();
+            let padded: Vec<String> =
+                cells.iter().zip(&widths).map(|(s, &w)| format!("{s:<w$}")).collect();
             out += padded.join("  ").trim_end();
             out.push('\n');
             if i == 0 {
-                out += &widths
-                    .iter()
-                    .map(|&w| "-".repeat(w))
-                    .collect::<Vec<_>>()
-                    .join("  ");
+                out += &widths.iter().map(|&w| "-".repeat(w)).collect::<Vec<_>>().join("  ");
                 out.push('\n');
             }
         }
@@ -75,9 +65,6 @@ mod tests {
         t.row(vec!["7".into(), "hello".into()]);
         t.row(vec!["1234".into(), "a".into()]);
         assert_eq!(t.render(false), "id\tpiece\n7\thello\n1234\ta\n");
-        assert_eq!(
-            t.render(true),
-            "id    piece\n----  -----\n7     hello\n1234  a\n"
-        );
+        assert_eq!(t.render(true), "id    piece\n----  -----\n7     hello\n1234  a\n");
     }
 }

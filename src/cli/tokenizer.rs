@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 
 use super::table::{escape, Table};
+use crate::config::TokenizerSpec;
 use crate::tokenizer::bpe::train::{train_on_files, BpeTrainOptions};
-use crate::tokenizer::{self, Tokenizer, TokenizerSpec};
+use crate::tokenizer::{self, FitOptions, Tokenizer};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenizerCommand {
@@ -104,11 +105,8 @@ pub fn run(command: TokenizerCommand) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let options = BpeTrainOptions {
-        vocab_size: args.vocab_size,
-        specials: args.specials,
-        progress: true,
-    };
+    let options =
+        BpeTrainOptions { vocab_size: args.vocab_size, specials: args.specials, progress: true };
     let start = Instant::now();
     let tok = train_on_files(&args.input, &options)?;
     let seconds = start.elapsed().as_secs_f64();
@@ -116,12 +114,8 @@ fn train(args: TrainArgs) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     tokenizer::save(&tok, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    let bytes: u64 = args
-        .input
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+    let bytes: u64 =
+        args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     eprintln!(
         "kiln: trained on {bytes} bytes in {seconds:.2}s: vocabulary {} (256 bytes + {} special + {} merges) -> {}",
         tok.vocab_size(),
@@ -139,10 +133,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
     let tokenizer = args.source.open(&[])?;
     let (Some(input), Some(out)) = (&args.text.input, &args.out) else {
         let ids = tokenizer.encode(args.text.text.as_deref().unwrap_or_default())?;
-        println!(
-            "{}",
-            ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
-        );
+        println!("{}", ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" "));
         return Ok(());
     };
     let file =
@@ -155,7 +146,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
         .expect("valid template"),
     );
     let start = Instant::now();
-    let mut writer = crate::run_dir::AtomicFile::create(out)
+    let mut writer = crate::files::AtomicFile::create(out)
         .with_context(|| format!("--out {}", out.display()))?;
     let mut tokens = 0usize;
     let read = tokenizer::encode_reader(
@@ -169,9 +160,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
         },
     )
     .with_context(|| format!("--input {}", input.display()))?;
-    writer
-        .commit()
-        .with_context(|| format!("--out {}", out.display()))?;
+    writer.commit().with_context(|| format!("--out {}", out.display()))?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(
@@ -185,15 +174,8 @@ fn encode(args: EncodeArgs) -> Result<()> {
 
 fn decode(args: DecodeArgs) -> Result<()> {
     let tokenizer = args.source.open(&[])?;
-    if let Some(id) = args
-        .ids
-        .iter()
-        .find(|&&id| id as usize >= tokenizer.vocab_size())
-    {
-        bail!(
-            "--ids: {id} is outside the vocabulary (ids 0..{})",
-            tokenizer.vocab_size()
-        );
+    if let Some(id) = args.ids.iter().find(|&&id| id as usize >= tokenizer.vocab_size()) {
+        bail!("--ids: {id} is outside the vocabulary (ids 0..{})", tokenizer.vocab_size());
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(&tokenizer.decode_bytes(&args.ids))?;
@@ -230,25 +212,30 @@ impl TokenizerSource {
     pub fn open(&self, overrides: &[String]) -> Result<Box<dyn Tokenizer>> {
         if let Some(config) = &self.config {
             let spec = crate::config::load(config, overrides)?;
-            super::require_gpt(&spec, "tokenizer show --config")?;
+            crate::run::load::gpt_spec(&spec, "tokenizer show --config")?;
             let text = crate::data::read_text(&spec.data.path)?;
-            return Ok(TokenizerSpec::parse(&spec.data.tokenizer)?
-                .build(&text, spec.data.fit_options())?);
+            let fit = FitOptions::of(&spec.data);
+            return Ok(tokenizer::build(&spec.data.tokenizer, &text, fit)?);
         }
         let name = self.tokenizer.as_deref().unwrap_or_default();
         let path = Path::new(name);
         if path.is_dir() {
-            return Ok(tokenizer::load(
-                &crate::run_dir::RunDir::new(path).tokenizer(),
-            )?);
+            return Ok(tokenizer::load(&crate::run::RunDir::new(path).tokenizer())?);
         }
         if path.is_file() {
             return Ok(tokenizer::load(path)?);
         }
         match TokenizerSpec::parse(name) {
-            Ok(spec @ (TokenizerSpec::Tiktoken(_) | TokenizerSpec::Bpe(_))) => Ok(spec.build("", Default::default())?),
-            Ok(_) => bail!("--tokenizer {name}: this tokenizer is fitted on a corpus; pass --config, or a trained tokenizer.json"),
-            Err(e) => bail!("--tokenizer {name:?}: not a file or run directory, and not a tokenizer name ({e})"),
+            Ok(spec @ (TokenizerSpec::Tiktoken(_) | TokenizerSpec::Bpe(_))) => {
+                Ok(tokenizer::build(&spec, "", Default::default())?)
+            }
+            Ok(_) => bail!(
+                "--tokenizer {name}: this tokenizer is fitted on a corpus; pass --config, or a \
+                 trained tokenizer.json"
+            ),
+            Err(e) => bail!(
+                "--tokenizer {name:?}: not a file or run directory, and not a tokenizer name ({e})"
+            ),
         }
     }
 }

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::train::{train, Outcome, Resume, TrainOptions};
+use crate::run::start::{Resume, StartMode};
+use crate::run::{RunDir, RunError};
+use crate::train::{train, Outcome, TrainOptions};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
@@ -37,18 +39,35 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
     };
     let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
-    let resume = args
-        .resume
-        .map(|path| path.map_or(Resume::Newest, Resume::From));
-    let options = TrainOptions {
-        resume,
-        force: args.force,
-        sample_tokens: args.sample_tokens,
+    let start = match (args.resume, args.force) {
+        (Some(path), _) => StartMode::Resume(path.map_or(Resume::Newest, Resume::From)),
+        (None, true) => StartMode::Over,
+        (None, false) => StartMode::New,
     };
-    let run = crate::run_dir::RunDir::of(&spec);
+    let options = TrainOptions { start, sample_tokens: args.sample_tokens };
+    let run = RunDir::of(&spec);
+    let outcome = train(spec.clone(), options).map_err(with_flags)?;
     // Only node 0 writes metrics, so only node 0 has curves to plot.
-    if let (Outcome::Finished(_), 0) = (train(spec.clone(), options)?, spec.distributed.node_rank) {
+    if let (Outcome::Finished(_), 0) = (outcome, spec.distributed.node_rank) {
         super::plot::after_training(&run, &spec);
     }
     Ok(())
+}
+
+/// A run folder's refusal with the flags that get past it.
+fn with_flags(error: anyhow::Error) -> anyhow::Error {
+    let hint = match error.downcast_ref::<RunError>() {
+        Some(RunError::Exists { .. }) => "pass --resume to continue it, --force to delete it and \
+             start over, or --set run.name=<new name>"
+            .to_string(),
+        Some(RunError::NothingToResume { .. } | RunError::NoCheckpoint { .. }) => {
+            "train without --resume (add --force to start over)".to_string()
+        }
+        Some(RunError::Finished { max_iters, .. }) => {
+            format!("e.g. --resume --set training.max_iters={}", 2 * max_iters)
+        }
+        Some(RunError::NotItsCheckpoint { .. }) => return anyhow::anyhow!("--resume {error}"),
+        _ => return error,
+    };
+    anyhow::anyhow!("{error}; {hint}")
 }

@@ -4,11 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 
-use crate::backend::{BackendChoice, BackendJob};
+use crate::backend::ForwardJob;
 use crate::config::ModelKind;
+use crate::kernels::KernelBackend;
 use crate::translate::{translate, Decoding};
 
 #[derive(Debug, Args)]
@@ -55,10 +55,7 @@ impl DecodingArgs {
             bail!("--beam 0: expected a beam size of at least 1 (1 decodes greedily)");
         }
         if !(self.length_penalty >= 0.0 && self.length_penalty.is_finite()) {
-            bail!(
-                "--length-penalty {}: expected a number >= 0, such as 0.6",
-                self.length_penalty
-            );
+            bail!("--length-penalty {}: expected a number >= 0, such as 0.6", self.length_penalty);
         }
         if !(self.max_len_ratio > 0.0 && self.max_len_ratio.is_finite()) {
             bail!(
@@ -80,8 +77,8 @@ impl DecodingArgs {
 }
 
 pub fn run(args: TranslateArgs) -> Result<()> {
-    let (run, spec) = super::open_run(&args.run)?;
-    if spec.model.kind != ModelKind::Seq2Seq {
+    let (run, spec) = crate::run::open_run(&args.run)?;
+    if spec.model.kind() != ModelKind::Seq2Seq {
         bail!("{}: a GPT run; translate needs a seq2seq run (model.kind = \"seq2seq\"); use kiln generate for a GPT", args.run.display());
     }
     let sentences = match &args.input {
@@ -91,16 +88,12 @@ pub fn run(args: TranslateArgs) -> Result<()> {
         }
         None => args.sentences.clone(),
     };
-    let decoding = args
-        .decoding
-        .decoding(args.decoding.beam, spec.model.block_size)?;
+    let decoding = args.decoding.decoding(args.decoding.beam, spec.model.block_size())?;
     let backend = args.backend.section(&spec)?;
     let outputs = crate::backend::dispatch(
         &backend,
         Job {
-            run,
-            spec,
-            checkpoint: args.checkpoint,
+            weights: super::RunWeights { run, spec, checkpoint: args.checkpoint },
             sentences,
             decoding,
         },
@@ -113,31 +106,16 @@ pub fn run(args: TranslateArgs) -> Result<()> {
 }
 
 struct Job {
-    run: crate::run_dir::RunDir,
-    spec: crate::config::RunSpec,
-    checkpoint: Option<PathBuf>,
+    weights: super::RunWeights,
     sentences: Vec<String>,
     decoding: Decoding,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<Vec<String>>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Vec<String>> {
-        let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
-        let (model, _) = crate::train::load_seq2seq::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            tokenizer.as_ref(),
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<Vec<String>> {
+        let (model, _, tokenizer) = self.weights.seq2seq::<B>(&device)?;
         let sentences: Vec<&str> = self.sentences.iter().map(String::as_str).collect();
-        translate(
-            &model,
-            tokenizer.as_ref(),
-            &sentences,
-            &self.decoding,
-            &device,
-        )
+        translate(&model, tokenizer.as_ref(), &sentences, &self.decoding, &device)
     }
 }

@@ -1,26 +1,35 @@
-//! Run configuration: TOML file, then `KILN_<SECTION>__<KEY>` environment variables, then
-//! `--set section.key=value` overrides, deserialized strictly and validated.
+//! Run configuration: a TOML file, then `KILN_<SECTION>__<KEY>` environment variables, then
+//! `section.key=value` overrides, read into typed sections and validated once.
+//!
+//! This module is the bottom of kiln: it imports nothing else of the crate. Every choice is
+//! an enum ([`choices`]), every model kind has its own section with its own defaults
+//! ([`model`]), and a value of the wrong type is refused with its key, never converted.
 
+pub mod choices;
+mod layers;
+pub mod model;
 mod validate;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use choices::{
+    Activation, BackendName, DataKind, InitScheme, ModelKind, NormKind, PositionKind, Precision,
+    SamplingMode, ScheduleKind, TokenizerSpec, TIKTOKEN_ENCODINGS,
+};
+pub use layers::{load, load_with_env};
+pub use model::{GptSpec, ModelSpec, Seq2SeqSpec};
 pub use validate::{validate, validate_shape};
 
 /// Everything a run needs, as resolved from all layers. Written to `<run>/config.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RunSpec {
-    #[serde(default)]
     pub run: RunSection,
     pub data: DataSection,
-    pub model: ModelSection,
+    pub model: ModelSpec,
     pub training: TrainingSection,
-    #[serde(default)]
     pub backend: BackendSection,
-    #[serde(default)]
     pub distributed: DistributedSection,
 }
 
@@ -36,21 +45,9 @@ pub struct RunSection {
     pub artifacts_dir: PathBuf,
 }
 
-impl Default for RunSection {
-    fn default() -> Self {
-        Self {
-            name: String::new(),
-            seed: defaults::seed(),
-            artifacts_dir: defaults::artifacts_dir(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    /// `text`: one corpus for a language model; `parallel`: aligned source/target lines for
-    /// a seq2seq model.
     #[serde(default)]
     pub kind: DataKind,
     /// `text`: the UTF-8 corpus, relative to the working directory.
@@ -73,9 +70,8 @@ pub struct DataSection {
     pub test_source: Option<PathBuf>,
     #[serde(default)]
     pub test_target: Option<PathBuf>,
-    /// `char`, `tiktoken:gpt2`, `tiktoken:cl100k_base` or `tiktoken:o200k_base`.
     #[serde(default = "defaults::tokenizer")]
-    pub tokenizer: String,
+    pub tokenizer: TokenizerSpec,
     /// Fraction of the token stream (its tail) held out for validation.
     #[serde(default = "defaults::val_fraction")]
     pub val_fraction: f64,
@@ -97,14 +93,6 @@ pub struct DataSection {
     pub respect_documents: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DataKind {
-    #[default]
-    Text,
-    Parallel,
-}
-
 /// One split of a parallel corpus: its source and target files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Split {
@@ -123,17 +111,6 @@ impl Split {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SamplingMode {
-    /// Windows at uniformly random starts, as nanoGPT's `get_batch`.
-    #[default]
-    Random,
-    /// Every window at a multiple of `stride`, shuffled once per pass, as Raschka's
-    /// `GPTDatasetV1`.
-    Sliding,
-}
-
 impl DataSection {
     pub fn stride(&self, block_size: usize) -> usize {
         self.stride.unwrap_or(block_size)
@@ -144,131 +121,14 @@ impl DataSection {
     pub fn pair_files(&self, split: Split) -> Option<[(&'static str, &Path); 2]> {
         let (source, target, keys) = match split {
             Split::Train => (&self.source, &self.target, ["data.source", "data.target"]),
-            Split::Valid => (
-                &self.valid_source,
-                &self.valid_target,
-                ["data.valid_source", "data.valid_target"],
-            ),
-            Split::Test => (
-                &self.test_source,
-                &self.test_target,
-                ["data.test_source", "data.test_target"],
-            ),
+            Split::Valid => {
+                (&self.valid_source, &self.valid_target, ["data.valid_source", "data.valid_target"])
+            }
+            Split::Test => {
+                (&self.test_source, &self.test_target, ["data.test_source", "data.test_target"])
+            }
         };
         Some([(keys[0], source.as_deref()?), (keys[1], target.as_deref()?)])
-    }
-
-    pub fn fit_options(&self) -> crate::tokenizer::FitOptions {
-        crate::tokenizer::FitOptions {
-            allow_unknown: self.allow_unknown,
-            min_count: self.min_count,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    /// A decoder-only language model.
-    Gpt,
-    /// An encoder-decoder translation model, trained on `data.kind = "parallel"`.
-    Seq2Seq,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    #[serde(default = "defaults::model_kind")]
-    pub kind: ModelKind,
-    /// Filled in from the tokenizer; may be set larger (e.g. padded to a multiple of 64).
-    #[serde(default)]
-    pub vocab_size: Option<usize>,
-    pub d_model: usize,
-    pub n_heads: usize,
-    /// GPT blocks; for seq2seq, encoder layers.
-    pub n_layers: usize,
-    /// Seq2seq decoder layers; defaults to `n_layers`.
-    #[serde(default)]
-    pub n_decoder_layers: Option<usize>,
-    /// Feed-forward width; defaults to 4 * d_model.
-    #[serde(default)]
-    pub d_ff: Option<usize>,
-    pub block_size: usize,
-    #[serde(default)]
-    pub dropout: f64,
-    /// Biases on the linear layers and LayerNorms.
-    #[serde(default = "defaults::yes")]
-    pub bias: bool,
-    /// Bias on the query/key/value projection; defaults to `bias`.
-    #[serde(default)]
-    pub qkv_bias: Option<bool>,
-    #[serde(default = "defaults::yes")]
-    pub tie_embeddings: bool,
-    /// Feed-forward network: `gelu` (exact), `gelu_tanh` (GPT-2's approximation), `relu` or `swiglu`.
-    #[serde(default)]
-    pub activation: crate::model::Activation,
-    /// `layernorm` or `rmsnorm`.
-    #[serde(default)]
-    pub norm: crate::model::NormKind,
-    /// Pre-norm blocks (`true`, GPT-2) or post-norm (`false`, the original Transformer).
-    #[serde(default = "defaults::yes")]
-    pub norm_first: bool,
-    /// The normalisation's epsilon.
-    #[serde(default = "defaults::norm_eps")]
-    pub norm_eps: f64,
-    /// `learned`, `sinusoidal` or `rope`.
-    #[serde(default)]
-    pub positions: crate::model::PositionKind,
-    /// RoPE's base θ.
-    #[serde(default = "defaults::rope_theta")]
-    pub rope_theta: f64,
-    /// How new weights are drawn: `gpt2` or `torch` (PyTorch's defaults).
-    #[serde(default)]
-    pub init: crate::model::InitScheme,
-}
-
-impl ModelSection {
-    pub const DEFAULT_ROPE_THETA: f64 = 10000.0;
-
-    pub fn d_ff(&self) -> usize {
-        self.d_ff.unwrap_or(4 * self.d_model)
-    }
-
-    pub fn n_decoder_layers(&self) -> usize {
-        self.n_decoder_layers.unwrap_or(self.n_layers)
-    }
-
-    pub fn qkv_bias(&self) -> bool {
-        self.qkv_bias.unwrap_or(self.bias)
-    }
-
-    /// One line for people: the architecture choices as the config spells them.
-    pub fn describe(&self) -> String {
-        let layers = match self.kind {
-            ModelKind::Gpt => format!("gpt, {} layers", self.n_layers),
-            ModelKind::Seq2Seq => format!(
-                "seq2seq, {}+{} layers",
-                self.n_layers,
-                self.n_decoder_layers()
-            ),
-        };
-        format!(
-            "{layers}, vocab {}, d_model {}, {} heads, d_ff {}, block {}, dropout {}, bias {} (qkv {}), tied {}, {} {}, {}, {} positions, {} init",
-            self.vocab_size.map_or("?".into(), |v| v.to_string()),
-            self.d_model,
-            self.n_heads,
-            self.d_ff(),
-            self.block_size,
-            self.dropout,
-            self.bias,
-            self.qkv_bias(),
-            self.tie_embeddings,
-            if self.norm_first { "pre-norm" } else { "post-norm" },
-            spelled(&self.norm),
-            spelled(&self.activation),
-            spelled(&self.positions),
-            spelled(&self.init),
-        )
     }
 }
 
@@ -303,10 +163,9 @@ pub struct TrainingSection {
     /// How many checkpoints to keep on disk (the newest ones).
     #[serde(default = "defaults::keep_checkpoints")]
     pub keep_checkpoints: usize,
-    /// The learning-rate shape after warmup: `cosine` (down to `min_lr` at `max_iters`) or
-    /// `noam` (∝ 1/√step, "Attention Is All You Need").
+    /// The learning-rate shape after warmup.
     #[serde(default)]
-    pub schedule: crate::train::ScheduleKind,
+    pub schedule: ScheduleKind,
     /// Seq2seq: the probability mass ε spread over the whole vocabulary in the training
     /// targets (0.1 in the paper); validation losses are unsmoothed.
     #[serde(default)]
@@ -327,29 +186,39 @@ impl TrainingSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSection {
-    /// `ndarray`, `wgpu`, `tch-cpu` or `cuda`; defaults to cuda when compiled in, else ndarray.
-    #[serde(default = "defaults::backend")]
-    pub name: String,
+    /// Defaults to cuda when compiled in, else the first CPU backend compiled in.
+    #[serde(default = "BackendName::default_for_build")]
+    pub name: BackendName,
     /// GPU index for wgpu and cuda.
     #[serde(default)]
     pub device: usize,
     /// Float precision: `f32`, or `f16` / `bf16` where the backend runs them (libtorch).
-    #[serde(default = "defaults::precision")]
-    pub precision: String,
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 impl Default for BackendSection {
     fn default() -> Self {
-        Self {
-            name: defaults::backend(),
-            device: 0,
-            precision: defaults::precision(),
-        }
+        Self { name: BackendName::default_for_build(), device: 0, precision: Precision::F32 }
     }
 }
 
-/// Data-parallel training: one replica of the model per local device and node; see
-/// [`crate::distributed`]. The defaults are one device on one machine.
+impl BackendSection {
+    /// `ndarray`, `tch-cpu bf16`, `cuda:1 f16`…
+    pub fn describe(&self) -> String {
+        let mut s = self.name.to_string();
+        if matches!(self.name, BackendName::Wgpu | BackendName::Cuda) && self.device > 0 {
+            s += &format!(":{}", self.device);
+        }
+        if self.precision != Precision::F32 {
+            s += &format!(" {}", self.precision);
+        }
+        s
+    }
+}
+
+/// Data-parallel training: one replica of the model per local device and node. The
+/// defaults are one device on one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
@@ -394,14 +263,13 @@ impl DistributedSection {
     pub fn replicas(&self) -> usize {
         self.local_replicas() * self.nodes
     }
-}
 
-/// A config value as a config file spells it (`rmsnorm`, `swiglu`).
-pub(crate) fn spelled<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
+    /// The port of `coordinator` when it is a `host:port`.
+    pub fn coordinator_port(&self) -> Option<u16> {
+        let (host, port) = self.coordinator.rsplit_once(':')?;
+        (!host.is_empty()).then_some(())?;
+        port.parse().ok()
+    }
 }
 
 mod defaults {
@@ -413,23 +281,11 @@ mod defaults {
     pub fn artifacts_dir() -> PathBuf {
         PathBuf::from("artifacts")
     }
-    pub fn tokenizer() -> String {
-        "char".into()
+    pub fn tokenizer() -> super::TokenizerSpec {
+        super::TokenizerSpec::Char
     }
     pub fn val_fraction() -> f64 {
         0.1
-    }
-    pub fn model_kind() -> super::ModelKind {
-        super::ModelKind::Gpt
-    }
-    pub fn yes() -> bool {
-        true
-    }
-    pub fn norm_eps() -> f64 {
-        1e-5
-    }
-    pub fn rope_theta() -> f64 {
-        super::ModelSection::DEFAULT_ROPE_THETA
     }
     pub fn weight_decay() -> f64 {
         0.1
@@ -449,193 +305,47 @@ mod defaults {
     pub fn keep_checkpoints() -> usize {
         3
     }
-    pub fn backend() -> String {
-        crate::backend::DEFAULT.to_string()
-    }
-    pub fn precision() -> String {
-        "f32".into()
-    }
     pub fn distributed_timeout() -> u64 {
         300
     }
 }
 
-/// Errors a user can cause through a config file, the environment or `--set`.
+/// Errors a user can cause through a config file, the environment or an override.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    // Not marked as a `source`: the message already holds it, and `{:#}` would repeat it.
     #[error("cannot read config {file}: {reason}")]
-    Load {
-        file: PathBuf,
-        reason: ::config::ConfigError,
-    },
-    #[error("--set {given:?}: expected section.key=value, e.g. --set training.learning_rate=3e-4")]
+    Load { file: PathBuf, reason: String },
+    #[error("override {given:?}: expected section.key=value, e.g. training.learning_rate=3e-4")]
     BadOverride { given: String },
+    /// A value serde could not read as its key's type, or a key no section has.
+    #[error("{key}{value}: {reason} (in {origin})")]
+    Field { origin: String, key: String, value: String, reason: String },
     #[error("{key} = {value}: expected {expected}")]
-    Invalid {
-        key: &'static str,
-        value: String,
-        expected: String,
-    },
-    #[error("cannot write {path}: {reason}")]
-    Write {
-        path: PathBuf,
-        reason: std::io::Error,
-    },
-}
-
-/// Reads `file`, layers the environment and the `--set` overrides on top, and validates.
-pub fn load(file: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
-    load_with_env(file, overrides, std::env::vars())
-}
-
-/// As [`load`], with the environment given explicitly (tests use this).
-pub fn load_with_env(
-    file: &Path,
-    overrides: &[String],
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<RunSpec, ConfigError> {
-    let load_err = |reason| ConfigError::Load {
-        file: file.to_path_buf(),
-        reason,
-    };
-    if !file.is_file() {
-        return Err(load_err(::config::ConfigError::Message(
-            "file not found".into(),
-        )));
-    }
-    // Only `KILN_<SECTION>__<KEY>` names a setting: other `KILN_` variables (the set-up
-    // script's `KILN_VENV`, a test harness's seed) belong to other tools.
-    let env_map: ::config::Map<String, String> = env
-        .into_iter()
-        .filter(|(k, _)| {
-            k.strip_prefix("KILN_")
-                .is_some_and(|key| key.contains("__"))
-        })
-        .collect();
-    let mut builder = ::config::Config::builder()
-        .add_source(::config::File::from(file).format(::config::FileFormat::Toml))
-        .add_source(
-            ::config::Environment::with_prefix("KILN")
-                .prefix_separator("_")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(env_map)),
-        );
-    for given in overrides {
-        let (key, value) = parse_override(given)?;
-        builder = builder.set_override(key, value).map_err(load_err)?;
-    }
-    let mut spec: RunSpec = builder
-        .build()
-        .and_then(|c| c.try_deserialize())
-        .map_err(load_err)?;
-    if spec.run.name.is_empty() {
-        spec.run.name = file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-    }
-    validate(&spec)?;
-    Ok(spec)
-}
-
-/// `section.key=value` → (`section.key`, typed value). Numbers and booleans are parsed so
-/// that they deserialize into numeric and boolean fields.
-fn parse_override(given: &str) -> Result<(String, ::config::Value), ConfigError> {
-    let bad = || ConfigError::BadOverride {
-        given: given.to_string(),
-    };
-    let (key, raw) = given.split_once('=').ok_or_else(bad)?;
-    let key = key.trim();
-    if !key.contains('.') || key.starts_with('.') || key.ends_with('.') {
-        return Err(bad());
-    }
-    let raw = raw.trim();
-    let value = match raw.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        Some(items) => items
-            .split(',')
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .map(scalar)
-            .collect::<Vec<_>>()
-            .into(),
-        None => scalar(raw),
-    };
-    Ok((key.to_string(), value))
-}
-
-/// A `--set` value that is not a list: an integer, float, boolean or string.
-fn scalar(raw: &str) -> ::config::Value {
-    if let Ok(i) = raw.parse::<i64>() {
-        i.into()
-    } else if let Ok(f) = raw.parse::<f64>() {
-        f.into()
-    } else if let Ok(b) = raw.parse::<bool>() {
-        b.into()
-    } else {
-        raw.trim_matches('"').to_string().into()
-    }
+    Invalid { key: &'static str, value: String, expected: String },
 }
 
 impl RunSpec {
     /// Reads a resolved config written by a previous run (no layering, still validated
     /// apart from the data file, which a finished run no longer needs).
     pub fn read_resolved(path: &Path) -> Result<Self, ConfigError> {
-        let load_err = |msg: String| ConfigError::Load {
-            file: path.to_path_buf(),
-            reason: ::config::ConfigError::Message(msg),
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| load_err(e.to_string()))?;
-        let spec: RunSpec = toml::from_str(&text).map_err(|e| load_err(e.to_string()))?;
+        let spec = layers::read_resolved(path)?;
         validate::validate_shape(&spec)?;
         Ok(spec)
     }
 
-    pub fn write_resolved(&self, path: &Path) -> Result<(), ConfigError> {
-        let text = toml::to_string_pretty(self).expect("RunSpec always serializes to TOML");
-        crate::run_dir::write_atomic(path, text.as_bytes()).map_err(|reason| ConfigError::Write {
-            path: path.to_path_buf(),
-            reason,
-        })
+    /// A config from TOML text, taken as written (no environment, no overrides);
+    /// `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        layers::from_text(text, origin)
     }
 
-    /// Whether `other` describes the same model (an unset vocab_size matches any).
-    pub fn model_matches(&self, other: &RunSpec) -> bool {
-        let mut theirs = other.model.clone();
-        if theirs.vocab_size.is_none() {
-            theirs.vocab_size = self.model.vocab_size;
-        }
-        self.model == theirs
+    /// The resolved config as `config.toml` holds it.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a RunSpec always serializes to TOML")
     }
 
+    /// The vocabulary size, once resolved from the tokenizer.
     pub fn vocab_size(&self) -> usize {
-        self.model
-            .vocab_size
-            .expect("vocab_size is resolved from the tokenizer before use")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn override_values_are_typed() {
-        let (k, v) = parse_override("training.learning_rate=3e-4").unwrap();
-        assert_eq!(k, "training.learning_rate");
-        assert_eq!(v.into_float().unwrap(), 3e-4);
-        let (_, v) = parse_override("model.bias=false").unwrap();
-        assert!(!v.into_bool().unwrap());
-        assert!(parse_override("learning_rate=1").is_err());
-        assert!(parse_override("training.learning_rate").is_err());
-        let (_, v) = parse_override("distributed.devices=[0, 1]").unwrap();
-        let items: Vec<i64> = v
-            .into_array()
-            .unwrap()
-            .into_iter()
-            .map(|i| i.into_int().unwrap())
-            .collect();
-        assert_eq!(items, [0, 1]);
+        self.model.vocab_size().expect("vocab_size is resolved from the tokenizer before use")
     }
 }

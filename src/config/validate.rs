@@ -1,14 +1,10 @@
 //! Value checks that serde cannot express. Every failure names the key, the value and what
 //! was expected.
 
-use super::{ConfigError, DataKind, ModelKind, RunSpec, Split};
+use super::{BackendSection, ConfigError, DataKind, ModelSpec, PositionKind, RunSpec, Split};
 
 fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        expected: expected.into(),
-    }
+    ConfigError::Invalid { key, value: value.to_string(), expected: expected.into() }
 }
 
 fn positive(key: &'static str, value: usize) -> Result<(), ConfigError> {
@@ -44,29 +40,28 @@ pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
 /// A seq2seq model on parallel data, a GPT on text; both files of every pair given.
 fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
     let data = &spec.data;
-    match (spec.model.kind, data.kind) {
-        (ModelKind::Gpt, DataKind::Text) => {
-            if data.path.as_os_str().is_empty() {
-                return Err(invalid("data.path", "\"\"", "the text corpus to train on"));
+    let seq2seq =
+        match (&spec.model, data.kind) {
+            (ModelSpec::Gpt(_), DataKind::Text) => {
+                if data.path.as_os_str().is_empty() {
+                    return Err(invalid("data.path", "\"\"", "the text corpus to train on"));
+                }
+                return Ok(());
             }
-            return Ok(());
-        }
-        (ModelKind::Seq2Seq, DataKind::Parallel) => {}
-        (ModelKind::Gpt, DataKind::Parallel) => {
-            return Err(invalid(
+            (ModelSpec::Seq2Seq(seq2seq), DataKind::Parallel) => seq2seq,
+            (ModelSpec::Gpt(_), DataKind::Parallel) => return Err(invalid(
                 "model.kind",
                 "\"gpt\"",
                 "\"seq2seq\" for data.kind = \"parallel\" (a GPT trains on data.kind = \"text\")",
-            ))
-        }
-        (ModelKind::Seq2Seq, DataKind::Text) => {
-            return Err(invalid(
-                "data.kind",
-                "\"text\"",
-                "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\"",
-            ))
-        }
-    }
+            )),
+            (ModelSpec::Seq2Seq(_), DataKind::Text) => {
+                return Err(invalid(
+                    "data.kind",
+                    "\"text\"",
+                    "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\"",
+                ))
+            }
+        };
     if data.pair_files(Split::Train).is_none() {
         return Err(invalid(
             "data.source",
@@ -75,48 +70,31 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
     for (given, keys) in [
-        (
-            [&data.valid_source, &data.valid_target],
-            ["data.valid_source", "data.valid_target"],
-        ),
-        (
-            [&data.test_source, &data.test_target],
-            ["data.test_source", "data.test_target"],
-        ),
+        ([&data.valid_source, &data.valid_target], ["data.valid_source", "data.valid_target"]),
+        ([&data.test_source, &data.test_target], ["data.test_source", "data.test_target"]),
     ] {
         if given[0].is_some() != given[1].is_some() {
-            let (missing, present) = if given[0].is_none() {
-                (keys[0], keys[1])
-            } else {
-                (keys[1], keys[0])
-            };
-            return Err(invalid(
-                missing,
-                "nothing",
-                format!("a file to pair with {present}"),
-            ));
+            let (missing, present) =
+                if given[0].is_none() { (keys[0], keys[1]) } else { (keys[1], keys[0]) };
+            return Err(invalid(missing, "nothing", format!("a file to pair with {present}")));
         }
     }
-    if !matches!(
-        crate::tokenizer::TokenizerSpec::parse(&data.tokenizer),
-        Ok(crate::tokenizer::TokenizerSpec::BpeTrain { .. }
-            | crate::tokenizer::TokenizerSpec::Bpe(_))
-    ) {
+    if !data.tokenizer.is_bpe() {
         return Err(invalid(
             "data.tokenizer",
-            format!("{:?}", data.tokenizer),
-            "\"bpe:train:<vocab size>\" (a joint BPE with <pad>, <bos> and <eos>) or \"bpe:<tokenizer.json>\" that has them, for parallel data",
+            format!("{:?}", data.tokenizer.to_string()),
+            "\"bpe:train:<vocab size>\" (a joint BPE with <pad>, <bos> and <eos>) or \
+             \"bpe:<tokenizer.json>\" that has them, for parallel data",
         ));
     }
-    let m = &spec.model;
-    if m.positions == crate::model::PositionKind::Rope {
+    if seq2seq.positions == PositionKind::Rope {
         return Err(invalid(
             "model.positions",
             "\"rope\"",
             "\"sinusoidal\" or \"learned\" for a seq2seq model",
         ));
     }
-    if let Some(n) = m.n_decoder_layers {
+    if let Some(n) = seq2seq.n_decoder_layers {
         positive("model.n_decoder_layers", n)?;
     }
     Ok(())
@@ -124,86 +102,82 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
 
 /// Checks that need nothing but the config itself.
 pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
+    validate_run_and_data(spec)?;
+    validate_model(&spec.model)?;
+    validate_training(spec)?;
+    validate_task(spec)?;
+    validate_backend(&spec.backend)?;
+    validate_distributed(spec)
+}
+
+fn validate_run_and_data(spec: &RunSpec) -> Result<(), ConfigError> {
     let run = &spec.run;
     if run.name.is_empty() || run.name.contains(['/', '\\']) || run.name.starts_with('.') {
-        return Err(invalid(
-            "run.name",
-            format!("{:?}", run.name),
-            "a plain directory name",
-        ));
+        return Err(invalid("run.name", format!("{:?}", run.name), "a plain directory name"));
     }
-
     let data = &spec.data;
     if !(data.val_fraction > 0.0 && data.val_fraction < 1.0) {
-        return Err(invalid(
-            "data.val_fraction",
-            data.val_fraction,
-            "a number in (0, 1)",
-        ));
+        return Err(invalid("data.val_fraction", data.val_fraction, "a number in (0, 1)"));
     }
-    crate::tokenizer::TokenizerSpec::parse(&data.tokenizer).map_err(|e| {
-        invalid(
-            "data.tokenizer",
-            format!("{:?}", data.tokenizer),
-            e.to_string(),
-        )
-    })?;
     positive("data.min_count", data.min_count)?;
     if let Some(stride) = data.stride {
         positive("data.stride", stride)?;
     }
+    Ok(())
+}
 
-    let m = &spec.model;
-    positive("model.d_model", m.d_model)?;
-    positive("model.n_heads", m.n_heads)?;
-    positive("model.n_layers", m.n_layers)?;
-    positive("model.block_size", m.block_size)?;
-    positive("model.d_ff", m.d_ff())?;
-    if !m.d_model.is_multiple_of(m.n_heads) {
+fn validate_model(model: &ModelSpec) -> Result<(), ConfigError> {
+    let (d_model, n_heads) = (model.d_model(), model.n_heads());
+    positive("model.d_model", d_model)?;
+    positive("model.n_heads", n_heads)?;
+    positive("model.n_layers", model.n_layers())?;
+    positive("model.block_size", model.block_size())?;
+    positive("model.d_ff", model.d_ff())?;
+    if !d_model.is_multiple_of(n_heads) {
         return Err(invalid(
             "model.n_heads",
-            m.n_heads,
-            format!("a divisor of model.d_model ({})", m.d_model),
+            n_heads,
+            format!("a divisor of model.d_model ({d_model})"),
         ));
     }
-    if !(0.0..1.0).contains(&m.dropout) {
-        return Err(invalid(
-            "model.dropout",
-            m.dropout,
-            "a probability in [0, 1)",
-        ));
-    }
-    if let Some(v) = m.vocab_size {
+    if let Some(v) = model.vocab_size() {
         positive("model.vocab_size", v)?;
     }
-    if !(m.norm_eps > 0.0 && m.norm_eps < 1.0) {
+    let (dropout, norm_eps) = match model {
+        ModelSpec::Gpt(m) => (m.dropout, m.norm_eps),
+        ModelSpec::Seq2Seq(m) => (m.dropout, m.norm_eps),
+    };
+    if !(0.0..1.0).contains(&dropout) {
+        return Err(invalid("model.dropout", dropout, "a probability in [0, 1)"));
+    }
+    if !(norm_eps > 0.0 && norm_eps < 1.0) {
+        return Err(invalid("model.norm_eps", norm_eps, "a small positive number such as 1e-5"));
+    }
+    match model {
+        ModelSpec::Gpt(m) if m.positions == PositionKind::Rope => validate_rope(m),
+        _ => Ok(()),
+    }
+}
+
+fn validate_rope(m: &super::GptSpec) -> Result<(), ConfigError> {
+    let head_dim = m.d_model / m.n_heads;
+    if !head_dim.is_multiple_of(2) {
         return Err(invalid(
-            "model.norm_eps",
-            m.norm_eps,
-            "a small positive number such as 1e-5",
+            "model.positions",
+            "\"rope\"",
+            format!(
+                "an even head size for rotary pairs; d_model / n_heads = {} / {} = {head_dim}",
+                m.d_model, m.n_heads
+            ),
         ));
     }
-    if m.positions == crate::model::PositionKind::Rope {
-        let head_dim = m.d_model / m.n_heads;
-        if !head_dim.is_multiple_of(2) {
-            return Err(invalid(
-                "model.positions",
-                "\"rope\"",
-                format!(
-                    "an even head size for rotary pairs; d_model / n_heads = {} / {} = {head_dim}",
-                    m.d_model, m.n_heads
-                ),
-            ));
-        }
-        if !(m.rope_theta > 1.0 && m.rope_theta.is_finite()) {
-            return Err(invalid(
-                "model.rope_theta",
-                m.rope_theta,
-                "a base above 1, such as 10000",
-            ));
-        }
+    if !(m.rope_theta > 1.0 && m.rope_theta.is_finite()) {
+        return Err(invalid("model.rope_theta", m.rope_theta, "a base above 1, such as 10000"));
     }
+    Ok(())
+}
 
+fn validate_training(spec: &RunSpec) -> Result<(), ConfigError> {
     let t = &spec.training;
     positive("training.batch_size", t.batch_size)?;
     positive("training.max_iters", t.max_iters)?;
@@ -212,21 +186,11 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     positive("training.eval_iters", t.eval_iters)?;
     positive("training.keep_checkpoints", t.keep_checkpoints)?;
     if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
-        return Err(invalid(
-            "training.learning_rate",
-            t.learning_rate,
-            "a positive number",
-        ));
+        return Err(invalid("training.learning_rate", t.learning_rate, "a positive number"));
     }
     if !(t.min_lr >= 0.0 && t.min_lr <= t.learning_rate) {
-        return Err(invalid(
-            "training.min_lr",
-            t.min_lr,
-            format!(
-                "a number in [0, training.learning_rate = {}]",
-                t.learning_rate
-            ),
-        ));
+        let expected = format!("a number in [0, training.learning_rate = {}]", t.learning_rate);
+        return Err(invalid("training.min_lr", t.min_lr, expected));
     }
     if t.warmup_iters > t.max_iters {
         return Err(invalid(
@@ -236,11 +200,7 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
     if !(t.weight_decay >= 0.0 && t.weight_decay.is_finite()) {
-        return Err(invalid(
-            "training.weight_decay",
-            t.weight_decay,
-            "a number >= 0",
-        ));
+        return Err(invalid("training.weight_decay", t.weight_decay, "a number >= 0"));
     }
     for (key, beta) in [("training.beta1", t.beta1), ("training.beta2", t.beta2)] {
         if !(0.0..1.0).contains(&beta) {
@@ -249,31 +209,49 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     }
     if !(t.grad_clip >= 0.0 && t.grad_clip.is_finite()) {
         return Err(invalid(
-            "training.grad_clip",
-            t.grad_clip,
-            "a number >= 0 (0 disables clipping)",
+            "training.grad_clip", t.grad_clip, "a number >= 0 (0 disables clipping)",
         ));
     }
     let every = t.checkpoint_interval();
     if every == 0 || !every.is_multiple_of(t.eval_interval) {
-        return Err(invalid(
-            "training.checkpoint_interval",
-            every,
-            format!("a positive multiple of training.eval_interval ({}): checkpoints are taken after validation", t.eval_interval),
-        ));
+        let expected = format!(
+            "a positive multiple of training.eval_interval ({}): checkpoints are taken after \
+             validation",
+            t.eval_interval
+        );
+        return Err(invalid("training.checkpoint_interval", every, expected));
     }
-
     if !(0.0..1.0).contains(&t.label_smoothing) {
         return Err(invalid(
-            "training.label_smoothing",
-            t.label_smoothing,
-            "a probability in [0, 1), such as 0.1",
+            "training.label_smoothing", t.label_smoothing, "a probability in [0, 1), such as 0.1",
         ));
     }
-    validate_task(spec)?;
+    Ok(())
+}
 
-    crate::backend::BackendChoice::from_section(&spec.backend)?;
-    validate_distributed(spec)
+/// A backend compiled into this binary, in a precision it runs.
+fn validate_backend(backend: &BackendSection) -> Result<(), ConfigError> {
+    let name = backend.name;
+    if !name.compiled_in() {
+        return Err(invalid(
+            "backend.name",
+            format!("{:?}", name.as_str()),
+            format!(
+                "a backend compiled into this binary; rebuild with `cargo run --release \
+                 --features {} -- …`",
+                name.feature()
+            ),
+        ));
+    }
+    if !name.precisions().contains(&backend.precision) {
+        let can: Vec<&str> = name.precisions().iter().map(|p| p.as_str()).collect();
+        return Err(invalid(
+            "backend.precision",
+            format!("{:?}", backend.precision.as_str()),
+            format!("a precision the {name} backend runs: {}", can.join(", ")),
+        ));
+    }
+    Ok(())
 }
 
 /// A consistent `[distributed]` section, on a build and a model that can use it.
@@ -303,17 +281,18 @@ fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
         return Err(invalid(
             "distributed.devices",
             format!("{:?} on {} node(s)", d.devices, d.nodes),
-            "one device on one node: this kiln was built without the `distributed` feature (cargo build --release --features distributed)",
+            "one device on one node: this kiln was built without the `distributed` feature \
+             (cargo build --release --features distributed)",
         ));
     }
-    if spec.model.kind != ModelKind::Gpt {
+    if spec.model.as_gpt().is_none() {
         return Err(invalid(
             "distributed.devices",
             format!("{:?}", d.devices),
             "one device and one node: data-parallel training covers model.kind = \"gpt\"",
         ));
     }
-    if d.nodes > 1 && crate::distributed::port_of(&d.coordinator).is_none() {
+    if d.nodes > 1 && d.coordinator_port().is_none() {
         return Err(invalid(
             "distributed.coordinator",
             format!("{:?}", d.coordinator),

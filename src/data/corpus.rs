@@ -1,11 +1,11 @@
-//! The corpus encoded once into a token file cached in the run dir, split train/val.
+//! The corpus encoded once into a cached token file, split train/val.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::run_dir::{sha256_hex, write_atomic, RunDir};
+use crate::files::{sha256_hex, write_atomic};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,33 +13,29 @@ pub enum DataError {
     #[error("data.path = {path:?}: {reason}")]
     Source { path: PathBuf, reason: String },
     #[error("data.path = {path:?}: the {split} split has {tokens} tokens, but model.block_size = {block_size} needs at least {need}; use a longer corpus, a smaller block_size or a different data.val_fraction")]
-    TooShort {
-        path: PathBuf,
-        split: &'static str,
-        tokens: usize,
-        block_size: usize,
-        need: usize,
-    },
+    TooShort { path: PathBuf, split: &'static str, tokens: usize, block_size: usize, need: usize },
     #[error("token cache {path}: {reason}; delete it and train again")]
     Cache { path: PathBuf, reason: String },
 }
 
 /// The UTF-8 text of a corpus file.
 pub fn read_text(path: &Path) -> Result<String, DataError> {
-    let err = |reason: String| DataError::Source {
-        path: path.into(),
-        reason,
-    };
+    let err = |reason: String| DataError::Source { path: path.into(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if bytes.is_empty() {
         return Err(err("the file is empty".into()));
     }
     String::from_utf8(bytes).map_err(|e| {
-        err(format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        ))
+        err(format!("not UTF-8 text (invalid byte at offset {})", e.utf8_error().valid_up_to()))
     })
+}
+
+/// Where a corpus's tokens are cached: the token file (u16 or u32 little-endian) and its
+/// provenance (JSON).
+#[derive(Debug, Clone)]
+pub struct TokenCache {
+    pub tokens: PathBuf,
+    pub meta: PathBuf,
 }
 
 /// Provenance of `tokens.bin`: reused only when the source and tokenizer are unchanged.
@@ -64,13 +60,13 @@ pub struct Corpus {
 }
 
 impl Corpus {
-    /// Encodes `text` (the contents of `source`), or reuses the run's token file when it
-    /// was made from the same bytes with the same tokenizer, and splits it.
+    /// Encodes `text` (the contents of `source`), or reuses the cached tokens when they were
+    /// made from the same bytes with the same tokenizer, and splits it.
     pub fn prepare(
         source: &Path,
         text: &str,
         tokenizer: &dyn Tokenizer,
-        run: &RunDir,
+        cache: &TokenCache,
         val_fraction: f64,
         block_size: usize,
     ) -> Result<Self, DataError> {
@@ -87,29 +83,16 @@ impl Corpus {
             tokenizer_sha256: sha256_hex(
                 &serde_json::to_vec(&tokenizer.to_json()).expect("JSON values serialize"),
             ),
-            bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 {
-                2
-            } else {
-                4
-            },
+            bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
             tokens: 0,
         };
-        let tokens = match read_cache(run, &meta)? {
+        let tokens = match read_cache(cache, &meta)? {
             Some(tokens) => tokens,
             None => {
-                let tokens =
-                    encode_with_spinner(tokenizer, text).map_err(|e| DataError::Source {
-                        path: source.into(),
-                        reason: e.to_string(),
-                    })?;
-                write_cache(
-                    run,
-                    TokenFileMeta {
-                        tokens: tokens.len(),
-                        ..meta
-                    },
-                    &tokens,
-                )?;
+                let tokens = encode_with_spinner(tokenizer, text).map_err(|e| {
+                    DataError::Source { path: source.into(), reason: e.to_string() }
+                })?;
+                write_cache(cache, TokenFileMeta { tokens: tokens.len(), ..meta }, &tokens)?;
                 tokens
             }
         };
@@ -124,24 +107,24 @@ impl Corpus {
         val_fraction: f64,
         block_size: usize,
     ) -> Result<Self, DataError> {
-        let tokens = encode_with_spinner(tokenizer, text).map_err(|e| DataError::Source {
-            path: source.into(),
-            reason: e.to_string(),
-        })?;
+        let tokens = encode_with_spinner(tokenizer, text)
+            .map_err(|e| DataError::Source { path: source.into(), reason: e.to_string() })?;
         Self::split(tokens, source, val_fraction, block_size, text.len())
     }
 
-    /// The token file of a finished run (for `eval`), without the source text.
-    pub fn from_run(run: &RunDir, val_fraction: f64, block_size: usize) -> Result<Self, DataError> {
-        let meta_path = run.tokens_meta();
-        let cache_err = |reason: String| DataError::Cache {
-            path: meta_path.clone(),
-            reason,
-        };
-        let meta: TokenFileMeta = std::fs::read(&meta_path)
-            .map_err(|e| cache_err(e.to_string()))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| cache_err(e.to_string())))?;
-        let tokens = read_tokens(&run.tokens(), &meta)?;
+    /// The cached tokens of a finished run (for `eval`), without the source text.
+    pub fn from_cache(
+        cache: &TokenCache,
+        val_fraction: f64,
+        block_size: usize,
+    ) -> Result<Self, DataError> {
+        let meta_path = cache.meta.clone();
+        let cache_err = |reason: String| DataError::Cache { path: meta_path.clone(), reason };
+        let meta: TokenFileMeta =
+            std::fs::read(&meta_path)
+                .map_err(|e| cache_err(e.to_string()))
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| cache_err(e.to_string())))?;
+        let tokens = read_tokens(&cache.tokens, &meta)?;
         Self::split(tokens, &meta.source, val_fraction, block_size, 0)
     }
 
@@ -186,28 +169,22 @@ fn encode_with_spinner(
     tokens
 }
 
-fn read_cache(run: &RunDir, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, DataError> {
-    let Ok(bytes) = std::fs::read(run.tokens_meta()) else {
+fn read_cache(cache: &TokenCache, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, DataError> {
+    let Ok(bytes) = std::fs::read(&cache.meta) else {
         return Ok(None);
     };
     let Ok(meta) = serde_json::from_slice::<TokenFileMeta>(&bytes) else {
         return Ok(None);
     };
-    let same = TokenFileMeta {
-        tokens: meta.tokens,
-        ..wanted.clone()
-    };
+    let same = TokenFileMeta { tokens: meta.tokens, ..wanted.clone() };
     if meta != same {
         return Ok(None);
     }
-    read_tokens(&run.tokens(), &meta).map(Some)
+    read_tokens(&cache.tokens, &meta).map(Some)
 }
 
 fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError> {
-    let err = |reason: String| DataError::Cache {
-        path: path.into(),
-        reason,
-    };
+    let err = |reason: String| DataError::Cache { path: path.into(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     if bytes.len() != meta.tokens * meta.bytes_per_token {
         return Err(err(format!(
@@ -218,35 +195,22 @@ fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError>
         )));
     }
     Ok(match meta.bytes_per_token {
-        2 => bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]) as u32)
-            .collect(),
-        4 => bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
+        2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
+        4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         n => return Err(err(format!("unsupported token width {n}"))),
     })
 }
 
-fn write_cache(run: &RunDir, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), DataError> {
+fn write_cache(cache: &TokenCache, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), DataError> {
     let bytes: Vec<u8> = match meta.bytes_per_token {
-        2 => tokens
-            .iter()
-            .flat_map(|&t| (t as u16).to_le_bytes())
-            .collect(),
+        2 => tokens.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect(),
         _ => tokens.iter().flat_map(|&t| t.to_le_bytes()).collect(),
     };
-    let io = |path: PathBuf| {
-        move |e: std::io::Error| DataError::Cache {
-            path,
-            reason: e.to_string(),
-        }
-    };
-    write_atomic(&run.tokens(), &bytes).map_err(io(run.tokens()))?;
+    let io =
+        |path: PathBuf| move |e: std::io::Error| DataError::Cache { path, reason: e.to_string() };
+    write_atomic(&cache.tokens, &bytes).map_err(io(cache.tokens.clone()))?;
     let json = serde_json::to_vec_pretty(&meta).expect("token metadata serializes");
-    write_atomic(&run.tokens_meta(), &json).map_err(io(run.tokens_meta()))
+    write_atomic(&cache.meta, &json).map_err(io(cache.meta.clone()))
 }
 
 #[cfg(test)]
@@ -259,14 +223,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("corpus.txt");
         std::fs::write(&source, "abcdefghij".repeat(20)).unwrap();
-        let run = RunDir::new(dir.path().join("run"));
-        std::fs::create_dir_all(run.root()).unwrap();
+        let run = TokenCache {
+            tokens: dir.path().join("tokens.bin"),
+            meta: dir.path().join("tokens.json"),
+        };
         let tok = CharTokenizer::fit("abcdefghij", false);
         let text = std::fs::read_to_string(&source).unwrap();
         let first = Corpus::prepare(&source, &text, &tok, &run, 0.1, 8).unwrap();
         assert_eq!((first.train.len(), first.val.len()), (180, 20));
         assert_eq!(&first.train[..3], &[0, 1, 2]);
-        let cached = Corpus::from_run(&run, 0.1, 8).unwrap();
+        let cached = Corpus::from_cache(&run, 0.1, 8).unwrap();
         assert_eq!(cached.val, first.val);
     }
 
@@ -274,14 +240,13 @@ mod tests {
     fn too_short_corpus_names_the_split_and_block_size() {
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("tiny.txt");
-        let run = RunDir::new(dir.path());
+        let run = TokenCache {
+            tokens: dir.path().join("tokens.bin"),
+            meta: dir.path().join("tokens.json"),
+        };
         let tok = CharTokenizer::fit("abcdefghij", false);
-        let err = Corpus::prepare(&source, "abcdefghij", &tok, &run, 0.5, 8)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("block_size = 8") && err.contains("needs at least 9"),
-            "{err}"
-        );
+        let err =
+            Corpus::prepare(&source, "abcdefghij", &tok, &run, 0.5, 8).unwrap_err().to_string();
+        assert!(err.contains("block_size = 8") && err.contains("needs at least 9"), "{err}");
     }
 }

@@ -1,5 +1,5 @@
-//! Burn `DataLoader`s over a token stream: random training windows and fixed validation
-//! windows. A window is `block_size + 1` tokens: inputs are the first `block_size`, targets
+//! Burn `DataLoader`s over a token stream for training: windows drawn in the run's order,
+//! resumable at any micro-batch (the validation windows are [`super::validation`]'s). A window is `block_size + 1` tokens: inputs are the first `block_size`, targets
 //! the last `block_size` (the one-token shift).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
 use burn::prelude::*;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 
-use super::windows::{WindowOrder, WindowStarts};
+use super::batches::{Batcher, IndexIter};
+use super::windows::WindowOrder;
 
 /// A batch of windows. `inputs`, `targets`: `[batch, block_size]`.
 #[derive(Debug, Clone)]
@@ -36,10 +35,21 @@ impl<B: Backend> LmBatch<B> {
         }
         let tensor =
             |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [batch, block_size]), device);
-        Self {
-            inputs: tensor(inputs),
-            targets: tensor(targets),
-        }
+        Self { inputs: tensor(inputs), targets: tensor(targets) }
+    }
+}
+
+/// Windows of `block_size + 1` tokens of a stream, by their starts.
+#[derive(Clone)]
+pub struct Windows {
+    pub tokens: Arc<[u32]>,
+    pub block_size: usize,
+}
+
+impl<B: Backend> Batcher<B> for Windows {
+    type Batch = LmBatch<B>;
+    fn batch(&self, starts: &[usize], device: &B::Device) -> LmBatch<B> {
+        LmBatch::from_starts(&self.tokens, starts, self.block_size, device)
     }
 }
 
@@ -48,14 +58,11 @@ pub type StopCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// The micro-batches of a run, each a function of its run-wide index alone.
 pub trait MicroBatches<B: Backend>: Clone + Send + Sync + 'static {
-    type Batch: Send + 'static;
-    /// Micro-batches `first..first + count`, in order.
-    fn range(
-        &self,
-        first: usize,
-        count: usize,
-        device: &B::Device,
-    ) -> Box<dyn DataLoaderIterator<Self::Batch>>;
+    /// What makes a batch of the indices.
+    type Batcher: Batcher<B, Batch: 'static>;
+    fn batcher(&self) -> Self::Batcher;
+    /// The indices of micro-batches `first..first + count`, in order.
+    fn indices(&self, first: usize, count: usize) -> Vec<Vec<usize>>;
     /// Items (windows, sentence pairs) in a micro-batch.
     fn batch_size(&self) -> usize;
     /// The seed the data order is drawn from; the backend's dropout seeds derive from it.
@@ -93,33 +100,15 @@ pub struct WindowBatches {
     block_size: usize,
 }
 
-impl WindowBatches {
-    /// The window starts of micro-batches `first..first + count`.
-    fn starts(&self, first: usize, count: usize) -> Vec<Vec<usize>> {
-        let starts = self
-            .order
-            .range(first * self.batch_size, count * self.batch_size);
-        starts
-            .chunks(self.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect()
-    }
-}
-
 impl<B: Backend> MicroBatches<B> for WindowBatches {
-    type Batch = LmBatch<B>;
-    fn range(
-        &self,
-        first: usize,
-        count: usize,
-        device: &B::Device,
-    ) -> Box<dyn DataLoaderIterator<LmBatch<B>>> {
-        Box::new(WindowIter::new(
-            self.tokens.clone(),
-            self.starts(first, count),
-            self.block_size,
-            device.clone(),
-        ))
+    type Batcher = Windows;
+    fn batcher(&self) -> Windows {
+        Windows { tokens: self.tokens.clone(), block_size: self.block_size }
+    }
+    /// The window starts of micro-batches `first..first + count`.
+    fn indices(&self, first: usize, count: usize) -> Vec<Vec<usize>> {
+        let starts = self.order.range(first * self.batch_size, count * self.batch_size);
+        starts.chunks(self.batch_size).map(<[usize]>::to_vec).collect()
     }
     fn batch_size(&self) -> usize {
         self.batch_size
@@ -140,12 +129,7 @@ impl<B: Backend> TrainWindows<B> {
         device: B::Device,
     ) -> Self {
         TrainBatches::of(
-            WindowBatches {
-                tokens,
-                order,
-                batch_size,
-                block_size,
-            },
+            WindowBatches { tokens, order, batch_size, block_size },
             first_epoch,
             epochs,
             device,
@@ -155,7 +139,7 @@ impl<B: Backend> TrainWindows<B> {
     /// The window starts of every batch in `epoch`.
     pub fn epoch_starts(&self, epoch: usize) -> Vec<Vec<usize>> {
         let (first, batches) = self.epoch(epoch);
-        self.source.starts(first, batches)
+        MicroBatches::<B>::indices(&self.source, first, batches)
     }
 }
 
@@ -176,19 +160,13 @@ impl<B: Backend, S: MicroBatches<B>> TrainBatches<B, S> {
     /// `i` is the run's micro-batch `i · replicas + rank`, so replicas never see the same data
     /// and together see what a single device with a `replicas` times larger batch would.
     pub fn for_replica(self, rank: usize, replicas: usize) -> Self {
-        Self {
-            replica: (rank, replicas),
-            ..self
-        }
+        Self { replica: (rank, replicas), ..self }
     }
 
     /// Ends an epoch early, at a boundary of `grad_accumulation` micro-batches, once `stop`
     /// says so.
     pub fn with_stop(self, stop: StopCheck, grad_accumulation: usize) -> Self {
-        Self {
-            stop: Some((stop, grad_accumulation.max(1))),
-            ..self
-        }
+        Self { stop: Some((stop, grad_accumulation.max(1))), ..self }
     }
 
     fn epoch(&self, epoch: usize) -> (usize, usize) {
@@ -200,21 +178,22 @@ impl<B: Backend, S: MicroBatches<B>> TrainBatches<B, S> {
     }
 }
 
-impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B, S> {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<S::Batch> + 'a> {
+/// The batches a [`MicroBatches`] makes.
+type BatchOf<B, S> = <<S as MicroBatches<B>>::Batcher as Batcher<B>>::Batch;
+
+impl<B: Backend, S: MicroBatches<B>> DataLoader<B, BatchOf<B, S>> for TrainBatches<B, S> {
+    /// A replica's share of the epoch: of every `replicas` micro-batches in a row, the
+    /// `rank`-th (all of them for a run on one device).
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<BatchOf<B, S>> + 'a> {
         let epoch = self.next_epoch.fetch_add(1, Ordering::SeqCst);
         let (first, count) = self.epoch(epoch);
         let (rank, replicas) = self.replica;
-        let batches = Box::new(Strided {
-            batches: self
-                .source
-                .range(first * replicas, count * replicas, &self.device),
-            rank,
-            replicas,
-        });
+        let all = self.source.indices(first * replicas, count * replicas);
+        let mine = all.into_iter().skip(rank).step_by(replicas).collect();
+        let batches = IndexIter::new(self.source.batcher(), mine, self.device.clone());
         let seed = self.source.seed();
-        Box::new(TrainIter::<B, S::Batch> {
-            batches,
+        Box::new(TrainIter::<B, BatchOf<B, S>> {
+            batches: Box::new(batches),
             device: self.device.clone(),
             first,
             served: 0,
@@ -228,23 +207,17 @@ impl<B: Backend, S: MicroBatches<B>> DataLoader<B, S::Batch> for TrainBatches<B,
         self.epochs.first().map_or(0, |&(_, len)| len) * self.source.batch_size()
     }
 
-    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, S::Batch>> {
-        Arc::new(Self {
-            device: device.clone(),
-            ..self.clone()
-        })
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, BatchOf<B, S>>> {
+        Arc::new(Self { device: device.clone(), ..self.clone() })
     }
 
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, S::Batch>> {
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, BatchOf<B, S>>> {
         let epochs: Vec<(usize, usize)> = self
             .epochs
             .iter()
             .map(|&(first, len)| (first + start, len.min(end).saturating_sub(start)))
             .collect();
-        Arc::new(Self {
-            epochs: epochs.into(),
-            ..self.clone()
-        })
+        Arc::new(Self { epochs: epochs.into(), ..self.clone() })
     }
 }
 
@@ -264,7 +237,7 @@ impl<B: Backend, T> Iterator for TrainIter<B, T> {
     type Item = T;
     fn next(&mut self) -> Option<T> {
         if let Some((stop, accumulation)) = &self.stop {
-            if self.served % accumulation == 0 && stop() {
+            if self.served.is_multiple_of(*accumulation) && stop() {
                 return None;
             }
         }
@@ -285,210 +258,15 @@ impl<B: Backend, T> DataLoaderIterator<T> for TrainIter<B, T> {
     }
 }
 
-/// A replica's share of the run's micro-batches: of every `replicas` in a row, the `rank`-th
-/// (all of them for a run on one device). One `range` call serves the whole epoch, so the data
-/// order is drawn once per epoch, not once per micro-batch.
-struct Strided<T> {
-    batches: Box<dyn DataLoaderIterator<T>>,
-    rank: usize,
-    replicas: usize,
-}
-
-impl<T> Iterator for Strided<T> {
-    type Item = T;
-    fn next(&mut self) -> Option<T> {
-        let mut kept = None;
-        for i in 0..self.replicas {
-            let batch = self.batches.next()?;
-            if i == self.rank {
-                kept = Some(batch);
-            }
-        }
-        kept
-    }
-}
-
-impl<T> DataLoaderIterator<T> for Strided<T> {
-    fn progress(&self) -> Progress {
-        self.batches.progress()
-    }
-}
-
 /// The backend seed for micro-batch `index` of a run: its own stream, apart from the data's.
 fn micro_batch_seed(seed: u64, index: usize) -> u64 {
     super::windows::mix(seed ^ 0xD2_0A_0C_5E_ED, index as u64)
 }
 
-/// The same `count` validation windows every time, so validation losses are comparable.
-#[derive(Clone)]
-pub struct FixedWindows<B: Backend> {
-    tokens: Arc<[u32]>,
-    starts: Arc<[Vec<usize>]>,
-    block_size: usize,
-    /// When it says stop, a validation pass yields nothing (the run is ending).
-    skip_when: Option<StopCheck>,
-    device: B::Device,
-}
-
-impl<B: Backend> FixedWindows<B> {
-    /// `count` batches of windows drawn at random from `allowed`, the same for a given seed.
-    pub fn new(
-        tokens: Arc<[u32]>,
-        allowed: &WindowStarts,
-        batch_size: usize,
-        block_size: usize,
-        count: usize,
-        seed: u64,
-        device: B::Device,
-    ) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(0x5EED_0F_7A11));
-        let starts: Vec<Vec<usize>> = (0..count)
-            .map(|_| allowed.sample(&mut rng, batch_size))
-            .collect();
-        Self {
-            tokens,
-            starts: starts.into(),
-            block_size,
-            skip_when: None,
-            device,
-        }
-    }
-
-    pub fn skip_when(self, stop: StopCheck) -> Self {
-        Self {
-            skip_when: Some(stop),
-            ..self
-        }
-    }
-
-    /// Every non-overlapping window of the stream, in order, `batch_size` to a batch (the
-    /// last batch may be smaller): the whole split, for a full evaluation.
-    pub fn tiling(
-        tokens: Arc<[u32]>,
-        batch_size: usize,
-        block_size: usize,
-        device: B::Device,
-    ) -> Self {
-        let windows: Vec<usize> = (0..tokens.len().saturating_sub(block_size))
-            .step_by(block_size)
-            .collect();
-        let starts: Vec<Vec<usize>> = windows
-            .chunks(batch_size.max(1))
-            .map(<[usize]>::to_vec)
-            .collect();
-        Self {
-            tokens,
-            starts: starts.into(),
-            block_size,
-            skip_when: None,
-            device,
-        }
-    }
-
-    /// Number of batches and of predicted tokens.
-    pub fn size(&self) -> (usize, usize) {
-        (
-            self.starts.len(),
-            self.starts.iter().map(Vec::len).sum::<usize>() * self.block_size,
-        )
-    }
-
-    /// All batches, for evaluation outside the Learner.
-    pub fn batches(&self) -> impl Iterator<Item = LmBatch<B>> + '_ {
-        self.starts
-            .iter()
-            .map(|s| LmBatch::from_starts(&self.tokens, s, self.block_size, &self.device))
-    }
-}
-
-impl<B: Backend> DataLoader<B, LmBatch<B>> for FixedWindows<B> {
-    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<LmBatch<B>> + 'a> {
-        let skip = self.skip_when.as_ref().is_some_and(|stop| stop());
-        let starts = if skip {
-            Vec::new()
-        } else {
-            self.starts.to_vec()
-        };
-        Box::new(WindowIter::new(
-            self.tokens.clone(),
-            starts,
-            self.block_size,
-            self.device.clone(),
-        ))
-    }
-
-    fn num_items(&self) -> usize {
-        self.starts.iter().map(Vec::len).sum()
-    }
-
-    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
-        Arc::new(Self {
-            device: device.clone(),
-            ..self.clone()
-        })
-    }
-
-    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, LmBatch<B>>> {
-        let end = end.min(self.starts.len());
-        let starts: Vec<Vec<usize>> = self.starts[start.min(end)..end].to_vec();
-        Arc::new(Self {
-            starts: starts.into(),
-            ..self.clone()
-        })
-    }
-}
-
-struct WindowIter<B: Backend> {
-    tokens: Arc<[u32]>,
-    starts: std::vec::IntoIter<Vec<usize>>,
-    block_size: usize,
-    device: B::Device,
-    done: usize,
-    total: usize,
-}
-
-impl<B: Backend> WindowIter<B> {
-    fn new(
-        tokens: Arc<[u32]>,
-        starts: Vec<Vec<usize>>,
-        block_size: usize,
-        device: B::Device,
-    ) -> Self {
-        let total = starts.iter().map(Vec::len).sum();
-        Self {
-            tokens,
-            starts: starts.into_iter(),
-            block_size,
-            device,
-            done: 0,
-            total,
-        }
-    }
-}
-
-impl<B: Backend> Iterator for WindowIter<B> {
-    type Item = LmBatch<B>;
-    fn next(&mut self) -> Option<LmBatch<B>> {
-        let starts = self.starts.next()?;
-        self.done += starts.len();
-        Some(LmBatch::from_starts(
-            &self.tokens,
-            &starts,
-            self.block_size,
-            &self.device,
-        ))
-    }
-}
-
-impl<B: Backend> DataLoaderIterator<LmBatch<B>> for WindowIter<B> {
-    fn progress(&self) -> Progress {
-        Progress::new(self.done, self.total)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::WindowStarts;
     type B = burn::backend::NdArray<f32>;
 
     fn tokens() -> Arc<[u32]> {
@@ -507,10 +285,8 @@ mod tests {
 
     #[test]
     fn epochs_are_reproducible_and_distinct() {
-        let order = WindowOrder::Random {
-            starts: WindowStarts::new(&tokens(), 8, 1, None),
-            seed: 7,
-        };
+        let order =
+            WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
         let loader = TrainWindows::<B>::new(
             tokens(),
             order.clone(),
@@ -521,43 +297,23 @@ mod tests {
             Default::default(),
         );
         // Resumed after micro-batch 3, in the middle of epoch 2: its epoch 3 holds the rest.
-        let resumed = TrainWindows::<B>::new(
-            tokens(),
-            order,
-            3,
-            8,
-            3,
-            &[(3, 1), (4, 1)],
-            Default::default(),
-        );
+        let resumed =
+            TrainWindows::<B>::new(tokens(), order, 3, 8, 3, &[(3, 1), (4, 1)], Default::default());
         assert_eq!(loader.epoch_starts(2)[1..], resumed.epoch_starts(3)[..]);
         assert_eq!(loader.epoch_starts(3), resumed.epoch_starts(4));
         assert_ne!(loader.epoch_starts(1), loader.epoch_starts(2));
         assert_eq!(loader.epoch_starts(3).len(), 1);
         let first: Vec<_> = DataLoader::iter(&loader).collect();
         assert_eq!(first.len(), 2);
-        assert!(loader
-            .epoch_starts(1)
-            .iter()
-            .flatten()
-            .all(|&s| s + 8 < 100));
+        assert!(loader.epoch_starts(1).iter().flatten().all(|&s| s + 8 < 100));
     }
 
     #[test]
     fn replicas_split_a_larger_batch_between_them() {
-        let order = WindowOrder::Random {
-            starts: WindowStarts::new(&tokens(), 8, 1, None),
-            seed: 7,
-        };
-        let single = TrainWindows::<B>::new(
-            tokens(),
-            order.clone(),
-            4,
-            8,
-            1,
-            &[(0, 3)],
-            Default::default(),
-        );
+        let order =
+            WindowOrder::Random { starts: WindowStarts::new(&tokens(), 8, 1, None), seed: 7 };
+        let single =
+            TrainWindows::<B>::new(tokens(), order.clone(), 4, 8, 1, &[(0, 3)], Default::default());
         let replica = |rank| {
             let loader = TrainWindows::<B>::new(
                 tokens(),

@@ -26,11 +26,8 @@ impl WindowStarts {
         let window = block_size + 1;
         let stride = stride.max(1);
         let Some(separator) = separator else {
-            let count = if tokens.len() < window {
-                0
-            } else {
-                (tokens.len() - window) / stride + 1
-            };
+            let count =
+                if tokens.len() < window { 0 } else { (tokens.len() - window) / stride + 1 };
             return Self::Strided { stride, count };
         };
         let mut starts = Vec::new();
@@ -43,11 +40,7 @@ impl WindowStarts {
             } else {
                 continue;
             };
-            starts.extend(
-                (doc_start..)
-                    .step_by(stride)
-                    .take_while(|s| s + window <= doc_end),
-            );
+            starts.extend((doc_start..).step_by(stride).take_while(|s| s + window <= doc_end));
             doc_start = doc_end;
         }
         Self::Listed(starts.into())
@@ -74,9 +67,7 @@ impl WindowStarts {
 
     /// `count` starts drawn uniformly at random.
     pub fn sample(&self, rng: &mut StdRng, count: usize) -> Vec<usize> {
-        (0..count)
-            .map(|_| self.get(rng.random_range(0..self.len())))
-            .collect()
+        (0..count).map(|_| self.get(rng.random_range(0..self.len()))).collect()
     }
 }
 
@@ -176,29 +167,20 @@ mod tests {
 
     #[test]
     fn shuffled_passes_visit_every_window_once() {
-        let starts = WindowStarts::Strided {
-            stride: 2,
-            count: 10,
-        };
+        let starts = WindowStarts::Strided { stride: 2, count: 10 };
         let order = WindowOrder::Shuffled { starts, seed: 3 };
         let mut first_pass = order.range(0, 10);
         assert_ne!(first_pass, (0..10).map(|i| 2 * i).collect::<Vec<_>>());
         first_pass.sort_unstable();
         assert_eq!(first_pass, (0..10).map(|i| 2 * i).collect::<Vec<_>>());
-        assert_eq!(
-            order.range(7, 6),
-            [order.range(7, 3), order.range(10, 3)].concat()
-        );
+        assert_eq!(order.range(7, 6), [order.range(7, 3), order.range(10, 3)].concat());
         assert_ne!(order.range(10, 10), order.range(0, 10));
     }
 
     #[test]
     fn random_order_is_reproducible_across_blocks() {
         let order = WindowOrder::Random {
-            starts: WindowStarts::Strided {
-                stride: 1,
-                count: 100,
-            },
+            starts: WindowStarts::Strided { stride: 1, count: 100 },
             seed: 1,
         };
         let whole = order.range(4000, 200);

@@ -78,10 +78,7 @@ impl NodeLink {
         incoming.resize(values.len(), 0.0);
         for i in 0..self.peers.len() {
             read_floats(&mut self.peers[i], &mut incoming).map_err(|e| self.peer_error(i, e))?;
-            values
-                .iter_mut()
-                .zip(&incoming)
-                .for_each(|(value, other)| *value += other);
+            values.iter_mut().zip(&incoming).for_each(|(value, other)| *value += other);
         }
         self.incoming = incoming;
         let nodes = self.nodes as f32;
@@ -120,13 +117,8 @@ fn host(
     let listener = TcpListener::bind(address).with_context(|| {
         format!("distributed.coordinator = {address:?}: node 0 cannot listen there (it must be an address of this machine, with a free port)")
     })?;
-    listener
-        .set_nonblocking(true)
-        .context("configuring the coordinator's socket")?;
-    eprintln!(
-        "kiln: node 0 waits at {address} for {} other node(s)",
-        section.nodes - 1
-    );
+    listener.set_nonblocking(true).context("configuring the coordinator's socket")?;
+    eprintln!("kiln: node 0 waits at {address} for {} other node(s)", section.nodes - 1);
     let deadline = Instant::now() + timeout;
     let mut spokes: Vec<Option<TcpStream>> = (1..section.nodes).map(|_| None).collect();
     while spokes.iter().any(Option::is_none) {
@@ -142,9 +134,8 @@ fn host(
             },
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if Instant::now() > deadline {
-                    let missing: Vec<usize> = (1..section.nodes)
-                        .filter(|rank| spokes[rank - 1].is_none())
-                        .collect();
+                    let missing: Vec<usize> =
+                        (1..section.nodes).filter(|rank| spokes[rank - 1].is_none()).collect();
                     bail!(
                         "node 0 waited {}s at distributed.coordinator = {address:?}, but node(s) {missing:?} did not join \
                          (distributed.timeout_secs): start kiln on every node with the same config and its own distributed.node_rank",
@@ -175,10 +166,7 @@ fn admit(
     let hello: Hello = read_message(&mut stream)?;
     let rank = hello.node_rank;
     let refused = if rank == 0 || rank > spokes.len() {
-        Some(format!(
-            "its distributed.node_rank = {rank} is not one of 1..{}",
-            spokes.len()
-        ))
+        Some(format!("its distributed.node_rank = {rank} is not one of 1..{}", spokes.len()))
     } else if spokes[rank - 1].is_some() {
         Some(format!(
             "node {rank} has joined already: two nodes have distributed.node_rank = {rank}"
@@ -188,12 +176,7 @@ fn admit(
             format!("{key} is {theirs} on node {rank} but {ours} on node 0; every node needs the same config apart from node_rank, and the same checkpoint to resume from")
         })
     };
-    write_message(
-        &mut stream,
-        &Welcome {
-            refused: refused.clone(),
-        },
-    )?;
+    write_message(&mut stream, &Welcome { refused: refused.clone() })?;
     match refused {
         Some(why) => bail!("{why}"),
         None => Ok((rank, stream)),
@@ -225,14 +208,8 @@ fn join(
         }
     };
     configure(&hub, timeout)?;
-    write_message(
-        &mut hub,
-        &Hello {
-            node_rank: rank,
-            agreement: agreement.clone(),
-        },
-    )
-    .context("greeting node 0")?;
+    write_message(&mut hub, &Hello { node_rank: rank, agreement: agreement.clone() })
+        .context("greeting node 0")?;
     let welcome: Welcome =
         read_message(&mut hub).context("waiting for node 0 to accept this node")?;
     if let Some(why) = welcome.refused {
@@ -254,11 +231,7 @@ fn first_difference(ours: &Value, theirs: &Value, path: &str) -> Option<(String,
         (Value::Object(a), Value::Object(b)) => {
             let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             keys.into_iter().find_map(|key| {
-                let path = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
+                let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
                 first_difference(
                     a.get(key).unwrap_or(&Value::Null),
                     b.get(key).unwrap_or(&Value::Null),
@@ -370,21 +343,12 @@ mod tests {
         two.timeout_secs = 2;
         let hub = std::thread::spawn({
             let two = two.clone();
-            move || {
-                NodeLink::connect(&two, &ours)
-                    .err()
-                    .map(|e| format!("{e:#}"))
-            }
+            move || NodeLink::connect(&two, &ours).err().map(|e| format!("{e:#}"))
         });
         two.node_rank = 1;
-        let refused = NodeLink::connect(&two, &theirs)
-            .err()
-            .map(|e| format!("{e:#}"))
-            .unwrap_or_default();
-        assert!(
-            refused.contains("model.d_model is 32 on node 1 but 64 on node 0"),
-            "{refused}"
-        );
+        let refused =
+            NodeLink::connect(&two, &theirs).err().map(|e| format!("{e:#}")).unwrap_or_default();
+        assert!(refused.contains("model.d_model is 32 on node 1 but 64 on node 0"), "{refused}");
         let waited = hub.join().unwrap().unwrap_or_default();
         assert!(waited.contains("node(s) [1] did not join"), "{waited}");
     }

@@ -9,20 +9,35 @@ use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::kernels::KernelBackend;
 use crate::model::Gpt;
 
+/// A sampling setting out of range, by its name in [`Sampling`].
 #[derive(Debug, thiserror::Error)]
 pub enum SamplingError {
-    #[error("--max-new-tokens {0}: expected a number from 1 to {MAX_NEW_TOKENS}")]
+    #[error("max_new_tokens = {0}: expected a number from 1 to {MAX_NEW_TOKENS}")]
     MaxNewTokens(usize),
-    #[error("--temperature {0}: expected a finite number >= 0 (0 means greedy)")]
+    #[error("temperature = {0}: expected a finite number >= 0 (0 means greedy)")]
     Temperature(f64),
-    #[error("--top-k 0: expected at least 1 (leave it out to sample from the whole vocabulary)")]
+    #[error("top_k = 0: expected at least 1 (leave it out to sample from the whole vocabulary)")]
     TopK,
-    #[error("--top-p {0}: expected a number in (0, 1]")]
+    #[error("top_p = {0}: expected a number in (0, 1]")]
     TopP(f64),
-    #[error("the prompt is empty: give at least one token of text with --prompt")]
+    #[error("the prompt is empty: give at least one token of text")]
     EmptyPrompt,
+}
+
+impl SamplingError {
+    /// The setting it is about, as [`Sampling`] names it.
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::MaxNewTokens(_) => "max_new_tokens",
+            Self::Temperature(_) => "temperature",
+            Self::TopK => "top_k",
+            Self::TopP(_) => "top_p",
+            Self::EmptyPrompt => "prompt",
+        }
+    }
 }
 
 pub const MAX_NEW_TOKENS: usize = 1_000_000;
@@ -58,7 +73,7 @@ impl Sampling {
 /// Generates up to `max_new_tokens` after `prompt`, calling `on_token` as each one is chosen.
 /// A prompt longer than the model's block size is cropped from the left; once the context
 /// is full, every step sees the last `block_size` tokens, as in nanoGPT.
-pub fn generate<B: Backend>(
+pub fn generate<B: KernelBackend>(
     model: &Gpt<B>,
     prompt: &[u32],
     sampling: &Sampling,
@@ -71,10 +86,8 @@ pub fn generate<B: Backend>(
     let block_size = model.block_size();
     let device = model.devices().into_iter().next().unwrap_or_default();
     let tensor = |ids: &[u32]| {
-        let data = TensorData::new(
-            ids.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-            [1, ids.len()],
-        );
+        let data =
+            TensorData::new(ids.iter().map(|&t| t as i64).collect::<Vec<_>>(), [1, ids.len()]);
         Tensor::<B, 2, Int>::from_data(data, &device)
     };
 
@@ -84,11 +97,7 @@ pub fn generate<B: Backend>(
     let mut rng = StdRng::seed_from_u64(sampling.seed);
     let mut generated = Vec::with_capacity(sampling.max_new_tokens);
     for i in 0..sampling.max_new_tokens {
-        let row: Vec<f32> = logits
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .unwrap_or_default();
+        let row: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap_or_default();
         let next = sample(&row, sampling, &mut rng);
         on_token(next);
         generated.push(next);
@@ -155,13 +164,7 @@ fn argmax(logits: &[f32]) -> u32 {
     logits
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| {
-            if l > best.1 {
-                (i, l)
-            } else {
-                best
-            }
-        })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &l)| if l > best.1 { (i, l) } else { best })
         .0 as u32
 }
 
@@ -173,19 +176,13 @@ pub struct Utf8Stream<W: Write> {
 
 impl Utf8Stream<std::io::Stdout> {
     pub fn stdout() -> Self {
-        Self {
-            out: std::io::stdout(),
-            pending: Vec::new(),
-        }
+        Self { out: std::io::stdout(), pending: Vec::new() }
     }
 }
 
 impl<W: Write> Utf8Stream<W> {
     pub fn new(out: W) -> Self {
-        Self {
-            out,
-            pending: Vec::new(),
-        }
+        Self { out, pending: Vec::new() }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -197,17 +194,13 @@ impl<W: Write> Utf8Stream<W> {
             Err(_) => self.pending.len(),
         };
         let ready: Vec<u8> = self.pending.drain(..valid).collect();
-        let _ = self
-            .out
-            .write_all(String::from_utf8_lossy(&ready).as_bytes());
+        let _ = self.out.write_all(String::from_utf8_lossy(&ready).as_bytes());
         let _ = self.out.flush();
     }
 
     pub fn finish(mut self) -> W {
         let rest = std::mem::take(&mut self.pending);
-        let _ = self
-            .out
-            .write_all(String::from_utf8_lossy(&rest).as_bytes());
+        let _ = self.out.write_all(String::from_utf8_lossy(&rest).as_bytes());
         let _ = self.out.flush();
         self.out
     }
@@ -218,13 +211,7 @@ mod tests {
     use super::*;
 
     fn sampling(temperature: f64, top_k: Option<usize>, top_p: Option<f64>) -> Sampling {
-        Sampling {
-            max_new_tokens: 1,
-            temperature,
-            top_k,
-            top_p,
-            seed: 0,
-        }
+        Sampling { max_new_tokens: 1, temperature, top_k, top_p, seed: 0 }
     }
 
     #[test]
@@ -240,31 +227,24 @@ mod tests {
     }
 
     #[test]
-    fn bad_settings_are_rejected_with_the_flag_name() {
+    fn bad_settings_are_rejected_with_the_setting_name() {
         assert!(sampling(-1.0, None, None)
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--temperature"));
+            .contains("temperature ="));
         assert!(sampling(1.0, None, Some(1.5))
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--top-p"));
+            .contains("top_p ="));
         assert!(sampling(1.0, Some(0), None)
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--top-k"));
-        let zero = Sampling {
-            max_new_tokens: 0,
-            ..sampling(1.0, None, None)
-        };
-        assert!(zero
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("--max-new-tokens"));
+            .contains("top_k ="));
+        let zero = Sampling { max_new_tokens: 0, ..sampling(1.0, None, None) };
+        assert!(zero.validate().unwrap_err().to_string().contains("max_new_tokens ="));
     }
 
     #[test]

@@ -4,12 +4,13 @@
 //! positions over the encoder's output.
 
 use burn::module::Initializer;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, RotaryEncoding};
+use burn::nn::{Dropout, DropoutConfig, Embedding, Linear, LinearConfig, RotaryEncoding};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 
-use super::normal;
+use super::{normal, Sublayers};
+use crate::kernels::{KernelBackend, LinearWeights};
 
 /// A linear layer with N(0, std) weights and zero bias, as GPT-2 initialises them, or with
 /// PyTorch's default U(±1/√d_in) weights and bias when `std` is `None`.
@@ -31,26 +32,24 @@ pub(crate) fn linear<B: Backend>(
     layer
 }
 
-/// `x: [batch, seq, d_in]` through `layer` (`d_in → d_out`) as one `[batch·seq, d_in]` matmul.
-///
-/// A 3-D matmul runs on ndarray as one small GEMM per batch row, each repacking the whole
-/// weight matrix; flattened, it is one GEMM. libtorch flattens by itself.
-pub(crate) fn project<B: Backend>(layer: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
-    flat_linear(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+/// `x: [..., d_in]` through `layer` (`d_in → d_out`).
+pub(crate) fn project<B: KernelBackend, const D: usize>(
+    layer: &Linear<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    <B as KernelBackend>::linear(x, LinearWeights::of(layer))
 }
 
-/// `x: [batch, seq, d_in]` · `weight: [d_in, d_out]` (+ `bias`) as one 2-D matmul.
-pub(crate) fn flat_linear<B: Backend>(
+/// Logits of `x: [batch, seq, d_model]`: through `lm_head`, or, tied, through the token
+/// embedding `[vocab, d_model]` read as the head's transposed weight.
+pub(crate) fn logits<B: KernelBackend>(
     x: Tensor<B, 3>,
-    weight: Tensor<B, 2>,
-    bias: Option<Tensor<B, 1>>,
+    lm_head: Option<&Linear<B>>,
+    embedding: &Embedding<B>,
 ) -> Tensor<B, 3> {
-    let [batch, seq, d_in] = x.dims();
-    let d_out = weight.dims()[1];
-    let x = x.reshape([batch * seq, d_in]);
-    let y = super::fused::linear(&x, &weight, bias.as_ref())
-        .unwrap_or_else(|| burn::tensor::module::linear(x, weight, bias));
-    y.reshape([batch, seq, d_out])
+    let tied = || LinearWeights { weight: embedding.weight.val().transpose(), bias: None };
+    let layer = lm_head.map_or_else(tied, LinearWeights::of);
+    <B as KernelBackend>::linear(x, layer)
 }
 
 #[derive(Module, Debug)]
@@ -69,41 +68,18 @@ pub struct LayerCache<B: Backend> {
     pub values: Tensor<B, 4>,
 }
 
-/// How a [`SelfAttention`] or [`CrossAttention`] is built besides its widths.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionOptions {
-    /// Bias on the fused query/key/value projection.
-    pub qkv_bias: bool,
-    /// Bias on the output projection.
-    pub proj_bias: bool,
-    pub dropout: f64,
-    /// Init std of the projections, the output one scaled down for deep residual stacks;
-    /// `None` for PyTorch's defaults.
-    pub std: Option<f64>,
-    pub proj_std: Option<f64>,
-}
-
 impl<B: Backend> SelfAttention<B> {
-    pub fn new(
-        d_model: usize,
-        n_heads: usize,
-        options: AttentionOptions,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(d_model: usize, n_heads: usize, options: &Sublayers, device: &B::Device) -> Self {
         Self {
             c_attn: linear(d_model, 3 * d_model, options.qkv_bias, options.std, device),
-            c_proj: linear(
-                d_model,
-                d_model,
-                options.proj_bias,
-                options.proj_std,
-                device,
-            ),
+            c_proj: linear(d_model, d_model, options.bias, options.proj_std, device),
             resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,
         }
     }
+}
 
+impl<B: KernelBackend> SelfAttention<B> {
     /// The fused projection `qkv: [batch, seq, 3 * d_model]` of positions `start..start + seq`
     /// → queries, keys and values, `[batch, n_heads, seq, head_dim]` each.
     ///
@@ -115,10 +91,7 @@ impl<B: Backend> SelfAttention<B> {
         rotary: Option<&RotaryEncoding<B>>,
         start: usize,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
-        let mut qkv = qkv
-            .chunk(3, 2)
-            .into_iter()
-            .map(|t| split_heads(t, self.n_heads));
+        let mut qkv = qkv.chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
@@ -154,39 +127,36 @@ impl<B: Backend> SelfAttention<B> {
         rotary: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let [batch, seq, _] = x.dims();
-        let x_device = x.device();
         let qkv = project(&self.c_attn, x);
-        if rotary.is_none() && cache.is_none() {
-            if let Some(y) = super::fused::causal_self_attention(&qkv, self.n_heads) {
-                return self.resid_dropout.forward(project(&self.c_proj, y));
-            }
-        }
-        let start = cache
-            .as_ref()
-            .and_then(|slot| slot.as_ref())
-            .map_or(0, |past| past.keys.dims()[2]);
-        let (q, mut k, mut v) = self.split(qkv, rotary, start);
+        let y = match (rotary, cache) {
+            (None, None) => B::causal_self_attention(qkv, self.n_heads),
+            (rotary, cache) => self.attend(qkv, rotary, cache),
+        };
+        self.resid_dropout.forward(project(&self.c_proj, y))
+    }
 
+    /// Causal attention of `qkv` with rotary positions or a cache: `[batch, seq, d_model]`.
+    fn attend(
+        &self,
+        qkv: Tensor<B, 3>,
+        rotary: Option<&RotaryEncoding<B>>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, _] = qkv.dims();
+        let device = qkv.device();
+        let start =
+            cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
+        let (q, mut k, mut v) = self.split(qkv, rotary, start);
         if let Some(slot) = cache {
             if let Some(past) = slot.take() {
                 k = Tensor::cat(vec![past.keys, k], 2);
                 v = Tensor::cat(vec![past.values, v], 2);
             }
-            *slot = Some(LayerCache {
-                keys: k.clone(),
-                values: v.clone(),
-            });
+            *slot = Some(LayerCache { keys: k.clone(), values: v.clone() });
         }
-
-        let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &x_device);
-        let options = AttentionModuleOptions {
-            is_causal,
-            ..Default::default()
-        };
-        let y = attention(q, k, v, None, mask.map(as_bias), options); // [batch, n_heads, seq, head_dim]
-        self.resid_dropout
-            .forward(project(&self.c_proj, merge_heads(y)))
+        let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &device);
+        let options = AttentionModuleOptions { is_causal, ..Default::default() };
+        merge_heads(attention(q, k, v, None, mask.map(as_bias), options))
     }
 
     /// The encoder's attention: `x: [batch, seq, d_model]` → `[batch, seq, d_model]`, every
@@ -200,8 +170,7 @@ impl<B: Backend> SelfAttention<B> {
         let (q, k, v) = self.split(project(&self.c_attn, x), None, 0);
         let bias = key_padding_bias(padding, q.dims());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout
-            .forward(project(&self.c_proj, merge_heads(y)))
+        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 
@@ -218,27 +187,18 @@ pub struct CrossAttention<B: Backend> {
 }
 
 impl<B: Backend> CrossAttention<B> {
-    pub fn new(
-        d_model: usize,
-        n_heads: usize,
-        options: AttentionOptions,
-        device: &B::Device,
-    ) -> Self {
+    pub fn new(d_model: usize, n_heads: usize, options: &Sublayers, device: &B::Device) -> Self {
         Self {
             c_q: linear(d_model, d_model, options.qkv_bias, options.std, device),
             c_kv: linear(d_model, 2 * d_model, options.qkv_bias, options.std, device),
-            c_proj: linear(
-                d_model,
-                d_model,
-                options.proj_bias,
-                options.proj_std,
-                device,
-            ),
+            c_proj: linear(d_model, d_model, options.bias, options.proj_std, device),
             resid_dropout: DropoutConfig::new(options.dropout).init(),
             n_heads,
         }
     }
+}
 
+impl<B: KernelBackend> CrossAttention<B> {
     /// Keys and values of `memory: [batch, src, d_model]`, computed once per source and
     /// reused for every decoding step.
     pub fn memory(&self, memory: Tensor<B, 3>) -> LayerCache<B> {
@@ -264,26 +224,21 @@ impl<B: Backend> CrossAttention<B> {
         let bias = key_padding_bias(source_padding, q.dims());
         let (k, v) = (memory.keys.clone(), memory.values.clone());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
-        self.resid_dropout
-            .forward(project(&self.c_proj, merge_heads(y)))
+        self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
     }
 }
 
 impl<B: Backend> LayerCache<B> {
     /// The cache of the batch rows `rows` (beam search keeps the surviving hypotheses).
     pub fn select(self, rows: Tensor<B, 1, Int>) -> Self {
-        Self {
-            keys: self.keys.select(0, rows.clone()),
-            values: self.values.select(0, rows),
-        }
+        Self { keys: self.keys.select(0, rows.clone()), values: self.values.select(0, rows) }
     }
 }
 
 /// `[batch, seq, n_heads * head_dim]` → `[batch, n_heads, seq, head_dim]`.
 fn split_heads<B: Backend>(t: Tensor<B, 3>, n_heads: usize) -> Tensor<B, 4> {
     let [batch, seq, d_model] = t.dims();
-    t.reshape([batch, seq, n_heads, d_model / n_heads])
-        .swap_dims(1, 2)
+    t.reshape([batch, seq, n_heads, d_model / n_heads]).swap_dims(1, 2)
 }
 
 /// `[batch, n_heads, seq, head_dim]` → `[batch, seq, n_heads * head_dim]`.
@@ -301,8 +256,7 @@ fn key_padding_bias<B: Backend>(
     let keys = padding.dims()[1];
     let bias = Tensor::<B, 2>::zeros([batch, keys], &padding.device())
         .mask_fill(padding.clone(), f32::NEG_INFINITY);
-    bias.reshape([batch, 1, 1, keys])
-        .expand([batch, heads, queries, keys])
+    bias.reshape([batch, 1, 1, keys]).expand([batch, heads, queries, keys])
 }
 
 /// A mask (true where attention is not allowed) as an additive bias: -inf there, else 0.
@@ -332,23 +286,15 @@ fn causal_mask<B: Backend>(
     if seq == 1 {
         return (None, false);
     }
-    (
-        Some(
-            ahead_mask::<B>(seq, keys, device)
-                .reshape([1, 1, seq, keys])
-                .expand(shape),
-        ),
-        false,
-    )
+    (Some(ahead_mask::<B>(seq, keys, device).reshape([1, 1, seq, keys]).expand(shape)), false)
 }
 
 /// `[seq, keys]`, true where key j lies after the position of query i, the last `seq` of
 /// `keys` positions (query i sits at `keys - seq + i`).
 fn ahead_mask<B: Backend>(seq: usize, keys: usize, device: &B::Device) -> Tensor<B, 2, Bool> {
     let past = (keys - seq) as i64;
-    let rows = Tensor::<B, 1, Int>::arange(0..seq as i64, device)
-        .reshape([seq, 1])
-        .add_scalar(past);
+    let rows =
+        Tensor::<B, 1, Int>::arange(0..seq as i64, device).reshape([seq, 1]).add_scalar(past);
     let cols = Tensor::<B, 1, Int>::arange(0..keys as i64, device).reshape([1, keys]);
     cols.expand([seq, keys]).greater(rows.expand([seq, keys]))
 }

@@ -15,11 +15,11 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use super::attention::{linear, AttentionOptions, LayerCache, SelfAttention};
-use super::mlp::{Activation, MlpOptions};
-use super::norm::{Norm, NormKind};
-use super::positions::PositionKind;
-use super::{normal, InitScheme, Mlp};
+use super::attention::{linear, LayerCache, SelfAttention};
+use super::norm::Norm;
+use super::{normal, Mlp, Sublayers};
+use crate::config::{Activation, GptSpec, InitScheme, NormKind, PositionKind};
+use crate::kernels::KernelBackend;
 
 #[derive(Config, Debug)]
 pub struct GptConfig {
@@ -69,18 +69,15 @@ pub struct Block<B: Backend> {
     norm_first: bool,
 }
 
-impl<B: Backend> Block<B> {
+impl<B: KernelBackend> Block<B> {
     fn forward(
         &self,
         x: Tensor<B, 3>,
         rope: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let x = self
-            .ln_1
-            .residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
-        self.ln_2
-            .residual(x, self.norm_first, |h| self.mlp.forward(h))
+        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
+        self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 
     /// What the attention of this block sees: its input, normalised first in pre-norm blocks.
@@ -128,10 +125,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     /// Number of positions cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |c| c.keys.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,39 +134,49 @@ impl<B: Backend> KvCache<B> {
 }
 
 impl GptConfig {
+    /// The model a `[model]` section of kind `gpt` describes, with the tokenizer's vocabulary.
+    pub fn from_spec(spec: &GptSpec, vocab_size: usize) -> Self {
+        Self::new(
+            vocab_size,
+            spec.d_model,
+            spec.n_heads,
+            spec.n_layers,
+            spec.d_ff(),
+            spec.block_size,
+        )
+        .with_dropout(spec.dropout)
+        .with_bias(spec.bias)
+        .with_qkv_bias(spec.qkv_bias())
+        .with_tie_embeddings(spec.tie_embeddings)
+        .with_activation(spec.activation)
+        .with_norm(spec.norm)
+        .with_norm_first(spec.norm_first)
+        .with_norm_eps(spec.norm_eps)
+        .with_positions(spec.positions)
+        .with_rope_theta(spec.rope_theta)
+        .with_init(spec.init)
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
         let ln = || Norm::new(self.norm, self.d_model, self.bias, self.norm_eps, device);
-        // GPT-2: residual projections get std 0.02 / sqrt(2 * n_layers), one per residual add.
         let gpt2 = self.init == InitScheme::Gpt2;
-        let std = gpt2.then_some(0.02);
-        let proj_std = gpt2.then(|| 0.02 / ((2 * self.n_layers) as f64).sqrt());
-        let mlp = MlpOptions {
-            bias: self.bias,
-            dropout: self.dropout,
-            std,
-            proj_std,
-            activation: self.activation,
-        };
-        let attn = AttentionOptions {
+        let sublayers = Sublayers {
             qkv_bias: self.qkv_bias,
-            proj_bias: self.bias,
-            dropout: self.dropout,
-            std,
-            proj_std,
+            ..Sublayers::new(self.init, self.n_layers, self.bias, self.dropout, self.activation)
         };
         let blocks = (0..self.n_layers)
             .map(|_| Block {
                 ln_1: ln(),
-                attn: SelfAttention::new(self.d_model, self.n_heads, attn, device),
+                attn: SelfAttention::new(self.d_model, self.n_heads, &sublayers, device),
                 ln_2: ln(),
-                mlp: Mlp::new(self.d_model, self.d_ff, mlp, device),
+                mlp: Mlp::new(self.d_model, self.d_ff, &sublayers, device),
                 norm_first: self.norm_first,
             })
             .collect();
         let embedding = |n| match gpt2 {
-            true => EmbeddingConfig::new(n, self.d_model)
-                .with_initializer(normal(0.02))
-                .init(device),
+            true => {
+                EmbeddingConfig::new(n, self.d_model).with_initializer(normal(0.02)).init(device)
+            }
             false => EmbeddingConfig::new(n, self.d_model).init(device),
         };
         let positions = self.positions;
@@ -181,11 +185,7 @@ impl GptConfig {
             wpe: (positions == PositionKind::Learned).then(|| embedding(self.block_size)),
             sinusoids: (positions == PositionKind::Sinusoidal)
                 .then(|| super::positions::sinusoid_table(self.block_size, self.d_model, device)),
-            token_scale: if gpt2 {
-                (self.d_model as f64).sqrt()
-            } else {
-                1.0
-            },
+            token_scale: if gpt2 { (self.d_model as f64).sqrt() } else { 1.0 },
             rope: (positions == PositionKind::Rope).then(|| {
                 RotaryEncodingConfig::new(self.block_size, self.d_model / self.n_heads)
                     .with_theta(self.rope_theta as f32)
@@ -195,7 +195,7 @@ impl GptConfig {
             blocks,
             ln_f: ln(),
             lm_head: (!self.tie_embeddings)
-                .then(|| linear(self.d_model, self.vocab_size, false, std, device)),
+                .then(|| linear(self.d_model, self.vocab_size, false, sublayers.std, device)),
             block_size: self.block_size,
         }
     }
@@ -214,11 +214,11 @@ impl<B: Backend> Gpt<B> {
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache {
-            layers: vec![None; self.blocks.len()],
-        }
+        KvCache { layers: vec![None; self.blocks.len()] }
     }
+}
 
+impl<B: KernelBackend> Gpt<B> {
     /// `tokens: [batch, seq]` → logits `[batch, seq, vocab]`.
     pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let hidden = self.hidden(tokens, 0, None);
@@ -286,10 +286,7 @@ impl<B: Backend> Gpt<B> {
             Some(table) => {
                 let d_model = table.dims()[1];
                 x * self.token_scale
-                    + table
-                        .clone()
-                        .slice([offset..offset + seq, 0..d_model])
-                        .unsqueeze::<3>()
+                    + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
             }
             None => x,
         }
@@ -325,19 +322,6 @@ impl<B: Backend> Gpt<B> {
 
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => super::attention::project(head, x),
-            None => {
-                let table = self.wte.weight.val(); // [vocab, d_model]
-                let [batch, seq, d_model] = x.dims();
-                if batch * seq == 1 {
-                    // One decoding step: `table · x` reads the table as stored, where
-                    // `x · tableᵀ` makes ndarray copy the transposed table for every token.
-                    let vocab = table.dims()[0];
-                    return table.matmul(x.reshape([d_model, 1])).reshape([1, 1, vocab]);
-                }
-                super::attention::flat_linear(x, table.transpose(), None)
-            }
-        }
+        super::attention::logits(x, self.lm_head.as_ref(), &self.wte)
     }
 }

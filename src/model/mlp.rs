@@ -3,29 +3,12 @@
 
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::prelude::*;
-use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
-use serde::{Deserialize, Serialize};
+use burn::tensor::activation::{gelu_approximate, relu, silu};
 
 use super::attention::{linear, project};
-
-/// The nonlinearity between the two projections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum Activation {
-    /// `x · Φ(x)` with the exact Gaussian CDF (PyTorch's `nn.GELU()`).
-    #[default]
-    Gelu,
-    /// GELU's tanh approximation, which GPT-2 was trained with (`gelu_new` in transformers).
-    GeluTanh,
-    /// `max(0, x)`, the original Transformer's.
-    Relu,
-    /// A SiLU-gated linear unit: a third projection, `c_gate`, whose SiLU scales `c_fc`'s
-    /// output element-wise. Usually run with `d_ff` ≈ 8/3 · d_model to keep the parameter
-    /// count of a 4 · d_model GELU network.
-    SwiGlu,
-}
-
-super::config_choice!(Activation { "gelu" => Gelu, "gelu_tanh" => GeluTanh, "relu" => Relu, "swiglu" => SwiGlu });
+use super::Sublayers;
+use crate::config::Activation;
+use crate::kernels::KernelBackend;
 
 #[derive(Module, Debug)]
 pub struct Mlp<B: Backend> {
@@ -38,20 +21,8 @@ pub struct Mlp<B: Backend> {
     activation: Activation,
 }
 
-/// How an [`Mlp`] is built besides its widths.
-#[derive(Debug, Clone, Copy)]
-pub struct MlpOptions {
-    pub bias: bool,
-    pub dropout: f64,
-    /// Init std of the projections, the output one scaled down for deep residual stacks;
-    /// `None` for PyTorch's defaults.
-    pub std: Option<f64>,
-    pub proj_std: Option<f64>,
-    pub activation: Activation,
-}
-
 impl<B: Backend> Mlp<B> {
-    pub fn new(d_model: usize, d_ff: usize, shape: MlpOptions, device: &B::Device) -> Self {
+    pub fn new(d_model: usize, d_ff: usize, shape: &Sublayers, device: &B::Device) -> Self {
         Self {
             c_fc: linear(d_model, d_ff, shape.bias, shape.std, device),
             c_gate: (shape.activation == Activation::SwiGlu)
@@ -61,14 +32,13 @@ impl<B: Backend> Mlp<B> {
             activation: shape.activation,
         }
     }
+}
 
+impl<B: KernelBackend> Mlp<B> {
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let hidden = match (self.activation, &self.c_gate) {
-            (Activation::Gelu, _) => {
-                let h = project(&self.c_fc, x);
-                super::fused::gelu(&h).unwrap_or_else(|| gelu(h))
-            }
+            (Activation::Gelu, _) => <B as KernelBackend>::gelu(project(&self.c_fc, x)),
             (Activation::GeluTanh, _) => gelu_approximate(project(&self.c_fc, x)),
             (Activation::Relu, _) => relu(project(&self.c_fc, x)),
             (Activation::SwiGlu, Some(gate)) => {

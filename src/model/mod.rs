@@ -1,221 +1,71 @@
-//! Model definitions, generic over `B: Backend`.
-
-/// A config choice's spellings, the one table serde reads and writes through
-/// (`#[serde(try_from = "String", into = "String")]`); a wrong one gets an error that lists
-/// them all (serde's own would name the Rust enum instead).
-macro_rules! config_choice {
-    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
-        impl From<$ty> for String {
-            fn from(value: $ty) -> String {
-                match value {
-                    $($ty::$variant => $name.to_string(),)+
-                }
-            }
-        }
-
-        impl TryFrom<String> for $ty {
-            type Error = String;
-            fn try_from(value: String) -> Result<Self, String> {
-                match value.as_str() {
-                    $($name => Ok($ty::$variant),)+
-                    _ => Err(format!("{value:?} is not one of: {}", [$($name),+].join(", "))),
-                }
-            }
-        }
-    };
-}
-pub(crate) use config_choice;
+//! The two Transformers, written like the papers: GPT (decoder-only) and the encoder-decoder
+//! of "Attention Is All You Need", from attention, feed-forward, norm and position pieces.
+//!
+//! The structs are generic over `B: Backend`; their forward passes over
+//! [`B: KernelBackend`](crate::kernels::KernelBackend), whose methods are the only place a
+//! backend's own fast paths enter. Each model's Burn config is built from its config section
+//! in one place ([`GptConfig::from_spec`], [`Seq2SeqConfig::from_spec`]).
 
 mod attention;
-pub(crate) mod fused;
 mod gpt;
 mod mlp;
 mod norm;
+mod params;
 mod positions;
 mod seq2seq;
 
-pub use attention::{AttentionOptions, CrossAttention, LayerCache, SelfAttention};
+pub use attention::{CrossAttention, LayerCache, SelfAttention};
 pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
-pub use mlp::{Activation, Mlp};
-pub use norm::{Norm, NormKind};
-pub use positions::{sinusoidal_positions, PositionKind};
+pub use mlp::Mlp;
+pub use norm::Norm;
+pub use params::{
+    f32_values, load_param_values, named_params, param_values, NamedParam, ParamValues,
+};
+pub use positions::sinusoidal_positions;
 pub use seq2seq::{DecoderState, Memory, Seq2Seq, Seq2SeqConfig, Seq2SeqRecord};
 
-use std::collections::HashMap;
+use burn::module::Initializer;
 
-use burn::module::{Initializer, Module, ModuleMapper, ModuleVisitor, Param};
-use burn::prelude::{Backend, Tensor, TensorData};
+use crate::config::{Activation, InitScheme};
 
 /// GPT-2 / nanoGPT initialisation: N(0, std).
 pub(crate) fn normal(std: f64) -> Initializer {
     Initializer::Normal { mean: 0.0, std }
 }
 
-/// How a new model's weights are drawn.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum InitScheme {
-    /// GPT-2 / nanoGPT: weights N(0, 0.02), residual projections N(0, 0.02/√(2·n_layers)),
-    /// zero biases.
-    #[default]
-    Gpt2,
-    /// PyTorch's defaults, which a course model gets when it does not initialise its own:
-    /// linear weights and biases U(±1/√fan_in), embeddings N(0, 1). Burn's defaults are the same.
-    Torch,
+/// How the attention and feed-forward sublayers of a model are built besides their widths.
+#[derive(Debug, Clone, Copy)]
+pub struct Sublayers {
+    /// Biases on the output and feed-forward projections.
+    pub bias: bool,
+    /// Biases on the query, key and value projections.
+    pub qkv_bias: bool,
+    pub dropout: f64,
+    pub activation: Activation,
+    /// Init std of the projections, the output ones scaled down for deep residual stacks;
+    /// `None` for PyTorch's defaults.
+    pub std: Option<f64>,
+    pub proj_std: Option<f64>,
 }
 
-config_choice!(InitScheme { "gpt2" => Gpt2, "torch" => Torch });
-
-/// One float parameter of a module: its dotted path (`blocks.0.attn.c_attn.weight`), shape
-/// and element type.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct NamedParam {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub dtype: String,
-}
-
-/// One float parameter with its values, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ParamValues {
-    pub name: String,
-    pub shape: Vec<usize>,
-    pub values: Vec<f32>,
-}
-
-/// Every float parameter of `module`, in visiting order.
-pub fn named_params<B: Backend, M: Module<B>>(module: &M) -> Vec<NamedParam> {
-    let mut table = ParamTable {
-        path: Vec::new(),
-        params: Vec::new(),
-        with_values: false,
-        values: Vec::new(),
-    };
-    module.visit(&mut table);
-    table.params
-}
-
-/// Every float parameter of `module` with its values, in visiting order.
-pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamValues> {
-    let mut table = ParamTable {
-        path: Vec::new(),
-        params: Vec::new(),
-        with_values: true,
-        values: Vec::new(),
-    };
-    module.visit(&mut table);
-    table
-        .params
-        .into_iter()
-        .zip(table.values)
-        .map(|(p, values)| ParamValues {
-            name: p.name,
-            shape: p.shape,
-            values,
-        })
-        .collect()
-}
-
-/// `module` with every float parameter replaced by the entry of `values` of the same name.
-/// Every parameter must have one, of its shape, and every entry must be used.
-pub fn load_param_values<B: Backend, M: Module<B>>(
-    module: M,
-    values: HashMap<String, ParamValues>,
-) -> Result<M, String> {
-    let mut loader = ParamLoader {
-        path: Vec::new(),
-        values,
-        problems: Vec::new(),
-    };
-    let module = module.map(&mut loader);
-    let mut unused: Vec<&String> = loader.values.keys().collect();
-    unused.sort();
-    if let Some(name) = unused.first() {
-        loader.problems.push(format!(
-            "tensor {name} has no place in the configured model ({} such)",
-            unused.len()
-        ));
-    }
-    match loader.problems.is_empty() {
-        true => Ok(module),
-        false => Err(loader.problems.join("; ")),
-    }
-}
-
-/// A tensor's values as f32, whatever float type the backend keeps them in.
-pub(crate) fn f32_values(data: TensorData) -> Vec<f32> {
-    data.convert::<f32>()
-        .into_vec()
-        .expect("data converted to f32 reads back as f32")
-}
-
-/// The dotted name of the parameter at `path` (Burn's containers add empty segments).
-fn dotted(path: &[String]) -> String {
-    path.iter()
-        .filter(|p| !p.is_empty())
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-struct ParamTable {
-    path: Vec<String>,
-    params: Vec<NamedParam>,
-    with_values: bool,
-    /// One entry per parameter when `with_values`, else empty.
-    values: Vec<Vec<f32>>,
-}
-
-impl<B: Backend> ModuleVisitor<B> for ParamTable {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        let tensor = param.val();
-        let (shape, dtype) = (tensor.dims().to_vec(), format!("{:?}", tensor.dtype()));
-        if self.with_values {
-            self.values.push(f32_values(tensor.into_data()));
+impl Sublayers {
+    /// With `init`: GPT-2's draws projections from N(0, 0.02) and the output projections from
+    /// N(0, 0.02/√(2·layers)), one per residual add; PyTorch's leaves them to Burn's defaults.
+    pub fn new(
+        init: InitScheme,
+        layers: usize,
+        bias: bool,
+        dropout: f64,
+        activation: Activation,
+    ) -> Self {
+        let gpt2 = init == InitScheme::Gpt2;
+        Self {
+            bias,
+            qkv_bias: bias,
+            dropout,
+            activation,
+            std: gpt2.then_some(0.02),
+            proj_std: gpt2.then(|| 0.02 / ((2 * layers) as f64).sqrt()),
         }
-        self.params.push(NamedParam {
-            name: dotted(&self.path),
-            shape,
-            dtype,
-        });
-    }
-}
-
-struct ParamLoader {
-    path: Vec<String>,
-    values: HashMap<String, ParamValues>,
-    problems: Vec<String>,
-}
-
-impl<B: Backend> ModuleMapper<B> for ParamLoader {
-    fn enter_module(&mut self, name: &str, _: &str) {
-        self.path.push(name.to_string());
-    }
-    fn exit_module(&mut self, _: &str, _: &str) {
-        self.path.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let name = dotted(&self.path);
-        let want = param.val().dims().to_vec();
-        match self.values.remove(&name) {
-            None => self
-                .problems
-                .push(format!("no tensor for parameter {name} {want:?}")),
-            Some(p) if p.shape != want => self.problems.push(format!(
-                "parameter {name} has shape {:?} in the file but {want:?} in the model",
-                p.shape
-            )),
-            Some(p) => {
-                return param
-                    .map(|t| Tensor::from_data(TensorData::new(p.values, p.shape), &t.device()));
-            }
-        }
-        param
     }
 }

@@ -6,20 +6,9 @@
 
 use burn::module::{Initializer, Param};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
-use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum NormKind {
-    /// `(x - mean) / sqrt(var + eps) · gamma + beta` over the features (GPT-2).
-    #[default]
-    LayerNorm,
-    /// `x / sqrt(mean(x²) + eps) · gamma`: no centring, no bias (LLaMA, CS336).
-    RmsNorm,
-}
-
-super::config_choice!(NormKind { "layernorm" => LayerNorm, "rmsnorm" => RmsNorm });
+use crate::config::NormKind;
+use crate::kernels::{KernelBackend, LayerNorm};
 
 #[derive(Module, Debug)]
 pub struct Norm<B: Backend> {
@@ -47,7 +36,9 @@ impl<B: Backend> Norm<B> {
             kind,
         }
     }
+}
 
+impl<B: KernelBackend> Norm<B> {
     /// A residual sublayer `f` around this norm: `x + f(norm(x))` pre-norm (GPT-2), or
     /// `norm(x + f(x))` post-norm ("Attention Is All You Need").
     pub fn residual(
@@ -64,23 +55,18 @@ impl<B: Backend> Norm<B> {
 
     /// `[…, d_model]` → `[…, d_model]`, normalised over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let gamma = self.gamma.val();
         match self.kind {
             NormKind::LayerNorm => {
-                let (gamma, beta) = (self.gamma.val(), self.beta.as_ref().map(|b| b.val()));
-                if let Some(y) = super::fused::layer_norm(&x, &gamma, beta.as_ref(), self.epsilon) {
-                    return y;
-                }
-                // The backend's fused kernel, as Burn's own `LayerNorm` uses.
-                Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
-                    x.into_primitive().tensor(),
-                    gamma.into_primitive().tensor(),
-                    beta.map(|b| b.into_primitive().tensor()),
-                    self.epsilon,
-                )))
+                let beta = self.beta.as_ref().map(|b| b.val());
+                <B as KernelBackend>::layer_norm(
+                    x,
+                    LayerNorm { gamma, beta, epsilon: self.epsilon },
+                )
             }
             NormKind::RmsNorm => {
                 let rms = (x.clone().square().mean_dim(D - 1) + self.epsilon).sqrt();
-                x / rms * self.gamma.val().unsqueeze()
+                x / rms * gamma.unsqueeze()
             }
         }
     }

@@ -1,21 +1,5 @@
-//! How a model knows where a token is: a learned table, the fixed sinusoidal table, or
-//! rotary embeddings of queries and keys.
-
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum PositionKind {
-    /// A trained `[block_size, d_model]` table added to the token embeddings (GPT-2).
-    #[default]
-    Learned,
-    /// [`sinusoidal_positions`], added to the token embeddings; nothing to train.
-    Sinusoidal,
-    /// RoPE (Su et al. 2021): queries and keys rotated by position inside attention.
-    Rope,
-}
-
-super::config_choice!(PositionKind { "learned" => Learned, "sinusoidal" => Sinusoidal, "rope" => Rope });
+//! The fixed sinusoidal position table of "Attention Is All You Need" (learned tables and
+//! rotary embeddings are Burn's `Embedding` and `RotaryEncoding`).
 
 /// The sinusoidal encoding of "Attention Is All You Need", `[len][d_model]`:
 /// `PE[pos, 2i] = sin(pos / 10000^(2i / d_model))`, `PE[pos, 2i + 1] = cos(…)` (same angle).
@@ -28,11 +12,7 @@ pub fn sinusoidal_positions(len: usize, d_model: usize) -> Vec<Vec<f32>> {
                 .map(|dim| {
                     let pair = (dim / 2 * 2) as f64;
                     let angle = pos as f64 / 10000f64.powf(pair / d_model as f64);
-                    (if dim % 2 == 0 {
-                        angle.sin()
-                    } else {
-                        angle.cos()
-                    }) as f32
+                    (if dim % 2 == 0 { angle.sin() } else { angle.cos() }) as f32
                 })
                 .collect()
         })
@@ -46,10 +26,7 @@ pub(crate) fn sinusoid_table<B: burn::prelude::Backend>(
     device: &B::Device,
 ) -> burn::prelude::Tensor<B, 2> {
     let table: Vec<f32> = sinusoidal_positions(len, d_model).concat();
-    burn::prelude::Tensor::from_data(
-        burn::prelude::TensorData::new(table, [len, d_model]),
-        device,
-    )
+    burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(table, [len, d_model]), device)
 }
 
 #[cfg(test)]

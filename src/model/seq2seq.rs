@@ -14,11 +14,11 @@
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear};
 use burn::prelude::*;
 
-use super::attention::{linear, AttentionOptions, CrossAttention, LayerCache, SelfAttention};
-use super::mlp::{Activation, MlpOptions};
-use super::norm::{Norm, NormKind};
-use super::positions::PositionKind;
-use super::{normal, InitScheme, Mlp};
+use super::attention::{linear, CrossAttention, LayerCache, SelfAttention};
+use super::norm::Norm;
+use super::{normal, Mlp, Sublayers};
+use crate::config::{Activation, InitScheme, NormKind, PositionKind, Seq2SeqSpec};
+use crate::kernels::KernelBackend;
 
 #[derive(Config, Debug)]
 pub struct Seq2SeqConfig {
@@ -65,14 +65,12 @@ pub struct EncoderLayer<B: Backend> {
     norm_first: bool,
 }
 
-impl<B: Backend> EncoderLayer<B> {
+impl<B: KernelBackend> EncoderLayer<B> {
     /// `[batch, src, d_model]` → `[batch, src, d_model]`.
     fn forward(&self, x: Tensor<B, 3>, padding: &Tensor<B, 2, Bool>) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| {
-            self.attn.forward_bidirectional(h, padding)
-        });
-        self.ln_2
-            .residual(x, self.norm_first, |h| self.mlp.forward(h))
+        let x =
+            self.ln_1.residual(x, self.norm_first, |h| self.attn.forward_bidirectional(h, padding));
+        self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 }
 
@@ -87,7 +85,7 @@ pub struct DecoderLayer<B: Backend> {
     norm_first: bool,
 }
 
-impl<B: Backend> DecoderLayer<B> {
+impl<B: KernelBackend> DecoderLayer<B> {
     /// `[batch, seq, d_model]` → `[batch, seq, d_model]`; with a cache, `x` holds only the
     /// positions after the cached ones.
     fn forward(
@@ -97,15 +95,11 @@ impl<B: Backend> DecoderLayer<B> {
         layer: usize,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let x = self
-            .ln_1
-            .residual(x, self.norm_first, |h| self.attn.forward(h, None, cache));
+        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, None, cache));
         let x = self.ln_2.residual(x, self.norm_first, |h| {
-            self.cross
-                .forward(h, &memory.layers[layer], &memory.padding)
+            self.cross.forward(h, &memory.layers[layer], &memory.padding)
         });
-        self.ln_3
-            .residual(x, self.norm_first, |h| self.mlp.forward(h))
+        self.ln_3.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 }
 
@@ -147,10 +141,7 @@ pub struct DecoderState<B: Backend> {
 impl<B: Backend> DecoderState<B> {
     /// Target positions decoded so far.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |c| c.keys.dims()[2])
+        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
     }
 
     pub fn is_empty(&self) -> bool {
@@ -172,51 +163,57 @@ impl<B: Backend> DecoderState<B> {
 }
 
 impl Seq2SeqConfig {
+    /// The model a `[model]` section of kind `seq2seq` describes, with the tokenizer's
+    /// vocabulary and padding token.
+    pub fn from_spec(spec: &Seq2SeqSpec, vocab_size: usize, pad_id: u32) -> Self {
+        Self::new(
+            vocab_size,
+            spec.d_model,
+            spec.n_heads,
+            spec.n_layers,
+            spec.n_decoder_layers(),
+            spec.d_ff(),
+            spec.block_size,
+            pad_id as usize,
+        )
+        .with_dropout(spec.dropout)
+        .with_bias(spec.bias)
+        .with_tie_embeddings(spec.tie_embeddings)
+        .with_activation(spec.activation)
+        .with_norm(spec.norm)
+        .with_norm_first(spec.norm_first)
+        .with_norm_eps(spec.norm_eps)
+        .with_positions(spec.positions)
+        .with_init(spec.init)
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> Seq2Seq<B> {
         let ln = || Norm::new(self.norm, self.d_model, self.bias, self.norm_eps, device);
-        let gpt2 = self.init == InitScheme::Gpt2;
-        let std = gpt2.then_some(0.02);
-        let proj_std = gpt2
-            .then(|| 0.02 / ((2 * (self.n_encoder_layers + self.n_decoder_layers)) as f64).sqrt());
-        let mlp = MlpOptions {
-            bias: self.bias,
-            dropout: self.dropout,
-            std,
-            proj_std,
-            activation: self.activation,
-        };
-        let attn = AttentionOptions {
-            qkv_bias: self.bias,
-            proj_bias: self.bias,
-            dropout: self.dropout,
-            std,
-            proj_std,
-        };
+        let layers = self.n_encoder_layers + self.n_decoder_layers;
+        let sublayers = Sublayers::new(self.init, layers, self.bias, self.dropout, self.activation);
         let (d, heads) = (self.d_model, self.n_heads);
         let encoder = (0..self.n_encoder_layers)
             .map(|_| EncoderLayer {
                 ln_1: ln(),
-                attn: SelfAttention::new(d, heads, attn, device),
+                attn: SelfAttention::new(d, heads, &sublayers, device),
                 ln_2: ln(),
-                mlp: Mlp::new(d, self.d_ff, mlp, device),
+                mlp: Mlp::new(d, self.d_ff, &sublayers, device),
                 norm_first: self.norm_first,
             })
             .collect();
         let decoder = (0..self.n_decoder_layers)
             .map(|_| DecoderLayer {
                 ln_1: ln(),
-                attn: SelfAttention::new(d, heads, attn, device),
+                attn: SelfAttention::new(d, heads, &sublayers, device),
                 ln_2: ln(),
-                cross: CrossAttention::new(d, heads, attn, device),
+                cross: CrossAttention::new(d, heads, &sublayers, device),
                 ln_3: ln(),
-                mlp: Mlp::new(d, self.d_ff, mlp, device),
+                mlp: Mlp::new(d, self.d_ff, &sublayers, device),
                 norm_first: self.norm_first,
             })
             .collect();
         let embedding = |n| {
-            EmbeddingConfig::new(n, d)
-                .with_initializer(normal((d as f64).powf(-0.5)))
-                .init(device)
+            EmbeddingConfig::new(n, d).with_initializer(normal((d as f64).powf(-0.5))).init(device)
         };
         let learned = self.positions == PositionKind::Learned;
         Seq2Seq {
@@ -230,7 +227,8 @@ impl Seq2SeqConfig {
             enc_ln_f: ln(),
             decoder,
             dec_ln_f: ln(),
-            lm_head: (!self.tie_embeddings).then(|| linear(d, self.vocab_size, false, std, device)),
+            lm_head: (!self.tie_embeddings)
+                .then(|| linear(d, self.vocab_size, false, sublayers.std, device)),
             max_len: self.max_len,
             pad_id: self.pad_id,
         }
@@ -246,13 +244,22 @@ impl<B: Backend> Seq2Seq<B> {
         self.pad_id
     }
 
+    /// Parameters in all, and in the embedding tables.
+    pub fn param_counts(&self) -> super::ParamCounts {
+        let tables = [Some(&self.wte), self.enc_wpe.as_ref(), self.dec_wpe.as_ref()];
+        super::ParamCounts {
+            total: self.num_params(),
+            embedding: tables.iter().flatten().map(|t| t.num_params()).sum(),
+        }
+    }
+}
+
+impl<B: KernelBackend> Seq2Seq<B> {
     /// Teacher forcing: `source: [batch, src]`, `target_in: [batch, tgt]` (the target shifted
     /// right, starting with `<bos>`) → logits `[batch, tgt, vocab]` of the next target token.
     pub fn forward(&self, source: Tensor<B, 2, Int>, target_in: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let memory = self.encode(source);
-        let mut x = self
-            .dropout
-            .forward(self.embed(target_in, self.dec_wpe.as_ref(), 0));
+        let mut x = self.dropout.forward(self.embed(target_in, self.dec_wpe.as_ref(), 0));
         for (i, layer) in self.decoder.iter().enumerate() {
             x = layer.forward(x, &memory, i, None);
         }
@@ -262,27 +269,18 @@ impl<B: Backend> Seq2Seq<B> {
     /// `source: [batch, src]` → the memory the decoder attends over.
     pub fn encode(&self, source: Tensor<B, 2, Int>) -> Memory<B> {
         let padding = source.clone().equal_elem(self.pad_id as i64);
-        let mut x = self
-            .dropout
-            .forward(self.embed(source, self.enc_wpe.as_ref(), 0));
+        let mut x = self.dropout.forward(self.embed(source, self.enc_wpe.as_ref(), 0));
         for layer in &self.encoder {
             x = layer.forward(x, &padding);
         }
         let hidden = self.enc_ln_f.forward(x);
-        let layers = self
-            .decoder
-            .iter()
-            .map(|layer| layer.cross.memory(hidden.clone()))
-            .collect();
+        let layers = self.decoder.iter().map(|layer| layer.cross.memory(hidden.clone())).collect();
         Memory { layers, padding }
     }
 
     /// A decoding state over `memory` with no target position yet.
     pub fn start_decoding(&self, memory: Memory<B>) -> DecoderState<B> {
-        DecoderState {
-            memory,
-            layers: vec![None; self.decoder.len()],
-        }
+        DecoderState { memory, layers: vec![None; self.decoder.len()] }
     }
 
     /// Feeds one target token per row, `tokens: [batch, 1]`, at the next position and returns
@@ -331,10 +329,7 @@ impl<B: Backend> Seq2Seq<B> {
                 x + table.forward(positions)
             }
             (None, Some(table)) => {
-                x + table
-                    .clone()
-                    .slice([offset..offset + seq, 0..d_model])
-                    .unsqueeze::<3>()
+                x + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
             }
             (None, None) => unreachable!("a seq2seq model has learned or sinusoidal positions"),
         }
@@ -342,22 +337,6 @@ impl<B: Backend> Seq2Seq<B> {
 
     /// `[batch, seq, d_model]` → logits `[batch, seq, vocab]`.
     fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        match &self.lm_head {
-            Some(head) => super::attention::project(head, x),
-            None => super::attention::flat_linear(x, self.wte.weight.val().transpose(), None),
-        }
-    }
-
-    /// Parameters in all, and in the embedding tables.
-    pub fn param_counts(&self) -> super::ParamCounts {
-        let tables = [
-            Some(&self.wte),
-            self.enc_wpe.as_ref(),
-            self.dec_wpe.as_ref(),
-        ];
-        super::ParamCounts {
-            total: self.num_params(),
-            embedding: tables.iter().flatten().map(|t| t.num_params()).sum(),
-        }
+        super::attention::logits(x, self.lm_head.as_ref(), &self.wte)
     }
 }

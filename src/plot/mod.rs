@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 
-use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::ranged1d::{SegmentValue, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::train::MetricsLine;
+use crate::run::MetricsLine;
 
 const FONT: &str = "sans-serif";
 
@@ -20,10 +21,7 @@ pub struct PlotError {
 }
 
 fn plot_error(path: &Path) -> impl Fn(String) -> PlotError + '_ {
-    move |reason| PlotError {
-        path: path.to_path_buf(),
-        reason,
-    }
+    move |reason| PlotError { path: path.to_path_buf(), reason }
 }
 
 /// Registers the embedded font once per process; plotters looks fonts up by family name.
@@ -109,11 +107,7 @@ pub fn training_curves(
             color: val,
             emphasis: true,
         });
-        let label = if several {
-            run.label.clone()
-        } else {
-            "learning rate".into()
-        };
+        let label = if several { run.label.clone() } else { "learning rate".into() };
         lr.push(Series {
             label,
             points: points(run, "train", |l| l.lr),
@@ -123,23 +117,9 @@ pub fn training_curves(
     }
     let loss_path = out_dir.join("loss.png");
     let y_desc = if log_y { "loss (log scale)" } else { "loss" };
-    line_chart(
-        &loss_path,
-        "Loss",
-        y_desc,
-        |v| format!("{v:.2}"),
-        &loss,
-        log_y,
-    )?;
+    line_chart(&loss_path, "Loss", y_desc, |v| format!("{v:.2}"), &loss, log_y)?;
     let lr_path = out_dir.join("lr.png");
-    line_chart(
-        &lr_path,
-        "Learning rate",
-        "learning rate",
-        |v| format!("{v:.1e}"),
-        &lr,
-        false,
-    )?;
+    line_chart(&lr_path, "Learning rate", "learning rate", |v| format!("{v:.1e}"), &lr, false)?;
     Ok(vec![loss_path, lr_path])
 }
 
@@ -168,38 +148,38 @@ fn line_chart(
     let root = BitMapBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
     let mut builder = ChartBuilder::on(&root);
-    builder
-        .caption(title, (FONT, 26))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(80);
+    builder.caption(title, (FONT, 26)).margin(16).x_label_area_size(48).y_label_area_size(80);
     let drawn = if log_y {
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_max, (y_min * 0.95..y_max * 1.05).log_scale())
-            .map_err(|e| err(e.to_string()))?;
-        let mut mesh = chart.configure_mesh();
-        mesh.x_desc("step")
-            .y_desc(y_desc)
-            .label_style((FONT, 15))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&y_format);
-        mesh.draw().map_err(|e| err(e.to_string()))?;
-        draw_lines(&mut chart, series, log_y)
+        let y_range = (y_min * 0.95..y_max * 1.05).log_scale();
+        let chart = builder.build_cartesian_2d(0f64..x_max, y_range);
+        draw_chart(chart.map_err(|e| err(e.to_string()))?, y_desc, y_format, series, log_y)
     } else {
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_max, y_min - pad..y_max + pad)
-            .map_err(|e| err(e.to_string()))?;
-        let mut mesh = chart.configure_mesh();
-        mesh.x_desc("step")
-            .y_desc(y_desc)
-            .label_style((FONT, 15))
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&y_format);
-        mesh.draw().map_err(|e| err(e.to_string()))?;
-        draw_lines(&mut chart, series, log_y)
+        let chart = builder.build_cartesian_2d(0f64..x_max, y_min - pad..y_max + pad);
+        draw_chart(chart.map_err(|e| err(e.to_string()))?, y_desc, y_format, series, log_y)
     };
     drawn.map_err(&err)?;
     root.present().map_err(|e| err(e.to_string()))
+}
+
+/// The axes with their labels, then the lines.
+fn draw_chart<'a, Y>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>,
+    y_desc: &str,
+    y_format: fn(&f64) -> String,
+    series: &[Series],
+    log_y: bool,
+) -> Result<(), String>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc("step")
+        .y_desc(y_desc)
+        .label_style((FONT, 15))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&y_format);
+    mesh.draw().map_err(|e| e.to_string())?;
+    draw_lines(&mut chart, series, log_y)
 }
 
 fn draw_lines<'a, X, Y>(
@@ -212,11 +192,8 @@ where
     Y: Ranged<ValueType = f64>,
 {
     for s in series.iter().filter(|s| !s.points.is_empty()) {
-        let points = s
-            .points
-            .iter()
-            .copied()
-            .filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
+        let points =
+            s.points.iter().copied().filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
         let color = s.color;
         let width = if s.emphasis { 3 } else { 1 };
         chart
@@ -261,26 +238,21 @@ pub fn heatmaps(
 ) -> Result<(), PlotError> {
     let err = plot_error(path);
     let values = maps.iter().flat_map(|m| m.values.iter().flatten()).copied();
-    let (lo, hi) = values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
+    let (lo, hi) =
+        values.fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
     if !lo.is_finite() || !hi.is_finite() {
         return Err(err("nothing to draw (empty or non-finite values)".into()));
     }
     let hi = if hi > lo { hi } else { lo + 1.0 };
     let columns = columns.clamp(1, maps.len().max(1));
     let rows = maps.len().div_ceil(columns);
-    let cells = maps
-        .first()
-        .map_or(1, |m| m.x_labels.len().max(m.y_labels.len()));
+    let cells = maps.first().map_or(1, |m| m.x_labels.len().max(m.y_labels.len()));
     let panel = (cells as u32 * 22).clamp(360, 900);
     let size = (panel * columns as u32 + 110, panel * rows as u32 + 50);
     register_font();
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-    let root = root
-        .titled(title, (FONT, 24))
-        .map_err(|e| err(e.to_string()))?;
+    let root = root.titled(title, (FONT, 24)).map_err(|e| err(e.to_string()))?;
     let (grid, bar) = root.split_horizontally(size.0 - 110);
     for (area, map) in grid.split_evenly((rows, columns)).iter().zip(maps) {
         heatmap_panel(area, map, lo, hi).map_err(&err)?;
@@ -301,14 +273,7 @@ fn heatmap_panel(
 ) -> Result<(), String> {
     let (rows, cols) = (map.values.len(), map.values.first().map_or(0, Vec::len));
     let label_size = |labels: &[String]| {
-        labels
-            .iter()
-            .map(|l| l.chars().count())
-            .max()
-            .unwrap_or(1)
-            .clamp(2, 12) as u32
-            * 8
-            + 30
+        labels.iter().map(|l| l.chars().count()).max().unwrap_or(1).clamp(2, 12) as u32 * 8 + 30
     };
     let mut chart = ChartBuilder::on(area)
         .caption(&map.title, (FONT, 18))
@@ -331,11 +296,7 @@ fn heatmap_panel(
         .y_labels(rows)
         .x_desc(&map.x_desc)
         .y_desc(&map.y_desc)
-        .x_label_style(
-            (FONT, font_size)
-                .into_font()
-                .transform(FontTransform::Rotate90),
-        )
+        .x_label_style((FONT, font_size).into_font().transform(FontTransform::Rotate90))
         .y_label_style((FONT, font_size))
         .axis_desc_style((FONT, 14))
         .x_label_formatter(&|v| label(&map.x_labels, v, false))
@@ -353,9 +314,7 @@ fn heatmap_panel(
     };
     chart
         .draw_series(
-            (0..rows)
-                .flat_map(|r| (0..cols).map(move |c| (c, r)))
-                .map(|(c, r)| cell(c, r)),
+            (0..rows).flat_map(|r| (0..cols).map(move |c| (c, r))).map(|(c, r)| cell(c, r)),
         )
         .map_err(|e| e.to_string())?;
     Ok(())
@@ -387,10 +346,7 @@ fn colour_bar(
     chart
         .draw_series((0..steps).map(|i| {
             let v = lo + band * i as f32;
-            Rectangle::new(
-                [(0.0, v), (1.0, v + band)],
-                viridis(v + band / 2.0, lo, hi).filled(),
-            )
+            Rectangle::new([(0.0, v), (1.0, v + band)], viridis(v + band / 2.0, lo, hi).filled())
         }))
         .map_err(|e| e.to_string())?;
     Ok(())

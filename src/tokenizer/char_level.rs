@@ -13,24 +13,15 @@ pub struct CharTokenizer {
 
 impl CharTokenizer {
     pub fn fit(corpus: &str, allow_unknown: bool) -> Self {
-        let chars: Vec<char> = corpus
-            .chars()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let chars: Vec<char> = corpus.chars().collect::<BTreeSet<_>>().into_iter().collect();
         Self::from_chars(chars, allow_unknown).expect("a set of chars has no duplicates")
     }
 
     pub fn from_chars(chars: Vec<char>, unk: bool) -> Result<Self, TokenizerError> {
-        let ids: HashMap<char, u32> = chars
-            .iter()
-            .enumerate()
-            .map(|(i, &c)| (c, i as u32))
-            .collect();
+        let ids: HashMap<char, u32> =
+            chars.iter().enumerate().map(|(i, &c)| (c, i as u32)).collect();
         if ids.len() != chars.len() {
-            return Err(TokenizerError::BadSpec(
-                "char vocabulary has duplicate characters".into(),
-            ));
+            return Err(TokenizerError::BadSpec("char vocabulary has duplicate characters".into()));
         }
         let unk = unk.then_some(chars.len() as u32);
         Ok(Self { chars, ids, unk })
@@ -52,12 +43,7 @@ impl Tokenizer for CharTokenizer {
     fn decode_bytes(&self, ids: &[u32]) -> Vec<u8> {
         let text: String = ids
             .iter()
-            .map(|&id| {
-                self.chars
-                    .get(id as usize)
-                    .copied()
-                    .unwrap_or(char::REPLACEMENT_CHARACTER)
-            })
+            .map(|&id| self.chars.get(id as usize).copied().unwrap_or(char::REPLACEMENT_CHARACTER))
             .collect();
         text.into_bytes()
     }
@@ -67,11 +53,8 @@ impl Tokenizer for CharTokenizer {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        TokenizerFile::Char {
-            chars: self.chars.iter().collect(),
-            unk: self.unk.is_some(),
-        }
-        .to_json()
+        TokenizerFile::Char { chars: self.chars.iter().collect(), unk: self.unk.is_some() }
+            .to_json()
     }
 }
 

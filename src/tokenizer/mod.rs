@@ -6,9 +6,11 @@ mod char_level;
 mod tiktoken;
 mod word;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::config::{DataSection, TokenizerSpec};
 
 pub use bpe::pretokenize::EncodeStreamError;
 pub use bpe::BpeTokenizer;
@@ -50,20 +52,6 @@ pub trait Tokenizer: Send + Sync {
     }
 }
 
-/// What a config's `data.tokenizer` string asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenizerSpec {
-    Char,
-    Word,
-    Tiktoken(String),
-    /// A byte-level BPE `tokenizer.json` (kiln's or Hugging Face's).
-    Bpe(PathBuf),
-    /// Byte-level BPE trained on the run's corpus to this vocabulary size.
-    BpeTrain {
-        vocab_size: usize,
-    },
-}
-
 /// How tokenizers fitted on the corpus (`char`, `word`) treat rare and unseen symbols.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FitOptions {
@@ -73,55 +61,37 @@ pub struct FitOptions {
     pub min_count: usize,
 }
 
-impl TokenizerSpec {
-    pub fn parse(spec: &str) -> Result<Self, TokenizerError> {
-        match spec.split_once(':') {
-            None if spec == "char" => Ok(Self::Char),
-            None if spec == "word" => Ok(Self::Word),
-            Some(("tiktoken", enc)) if tiktoken::ENCODINGS.contains(&enc) => Ok(Self::Tiktoken(enc.into())),
-            Some(("bpe", rest)) => match rest.split_once(':') {
-                Some(("train", n)) => match n.parse::<usize>() {
-                    Ok(vocab_size) if vocab_size > 256 => Ok(Self::BpeTrain { vocab_size }),
-                    _ => Err(TokenizerError::BadSpec(format!(
-                        "\"bpe:train:<vocab size>\" with a vocab size above 256 (bytes + <|endoftext|>), not {n:?}"
-                    ))),
-                },
-                _ if !rest.is_empty() => Ok(Self::Bpe(rest.into())),
-                _ => Err(TokenizerError::BadSpec("\"bpe:<path to tokenizer.json>\" or \"bpe:train:<vocab size>\"".into())),
-            },
-            _ => Err(TokenizerError::BadSpec(format!(
-                "\"char\", \"word\", \"tiktoken:<encoding>\" with encoding one of {}, \"bpe:<tokenizer.json>\" or \"bpe:train:<vocab size>\"",
-                tiktoken::ENCODINGS.join(", ")
-            ))),
-        }
-    }
-
-    /// Builds the tokenizer for `corpus` (fitting the vocabulary where the kind needs it).
-    pub fn build(
-        &self,
-        corpus: &str,
-        fit: FitOptions,
-    ) -> Result<Box<dyn Tokenizer>, TokenizerError> {
-        Ok(match self {
-            Self::Char => Box::new(CharTokenizer::fit(corpus, fit.allow_unknown)),
-            Self::Word => Box::new(WordTokenizer::fit(corpus, fit.min_count.max(1))),
-            Self::Tiktoken(enc) => Box::new(TiktokenTokenizer::new(enc)?),
-            Self::Bpe(path) => load(path)?,
-            Self::BpeTrain { vocab_size } => {
-                let options = bpe::train::BpeTrainOptions {
-                    vocab_size: *vocab_size,
-                    specials: vec![END_OF_TEXT.to_string()],
-                    progress: true,
-                };
-                Box::new(
-                    bpe::train::train_on_text(corpus, &options)
-                        .map_err(|e| TokenizerError::BadSpec(e.to_string()))?,
-                )
-            }
-        })
+impl FitOptions {
+    /// The options a `[data]` section sets.
+    pub fn of(data: &DataSection) -> Self {
+        Self { allow_unknown: data.allow_unknown, min_count: data.min_count }
     }
 }
 
+/// The tokenizer `spec` names, fitted on `corpus` where its kind needs it.
+pub fn build(
+    spec: &TokenizerSpec,
+    corpus: &str,
+    fit: FitOptions,
+) -> Result<Box<dyn Tokenizer>, TokenizerError> {
+    Ok(match spec {
+        TokenizerSpec::Char => Box::new(CharTokenizer::fit(corpus, fit.allow_unknown)),
+        TokenizerSpec::Word => Box::new(WordTokenizer::fit(corpus, fit.min_count.max(1))),
+        TokenizerSpec::Tiktoken(enc) => Box::new(TiktokenTokenizer::new(enc)?),
+        TokenizerSpec::Bpe(path) => load(path)?,
+        TokenizerSpec::BpeTrain { vocab_size } => {
+            let options = bpe::train::BpeTrainOptions {
+                vocab_size: *vocab_size,
+                specials: vec![END_OF_TEXT.to_string()],
+                progress: true,
+            };
+            Box::new(
+                bpe::train::train_on_text(corpus, &options)
+                    .map_err(|e| TokenizerError::BadSpec(e.to_string()))?,
+            )
+        }
+    })
+}
 /// The on-disk form of a tokenizer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
@@ -171,9 +141,7 @@ pub(crate) fn encode_blocks(
 ) -> Result<u64, EncodeStreamError> {
     let mut blocks = bpe::pretokenize::TextBlocks::new(reader, block);
     while let Some(text) = blocks.next_block()? {
-        let ids = tokenizer
-            .encode(&text)
-            .map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
+        let ids = tokenizer.encode(&text).map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
         sink(&ids, text.len()).map_err(EncodeStreamError::Io)?;
     }
     Ok(blocks.bytes_read())
@@ -187,16 +155,13 @@ impl TokenizerFile {
 
 pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(&tokenizer.to_json()).expect("JSON values serialize");
-    crate::run_dir::write_atomic(path, &json)
+    crate::files::write_atomic(path, &json)
 }
 
 /// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face byte-level BPE
 /// (`"model"`).
 pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
-    let err = |reason: String| TokenizerError::File {
-        path: path.display().to_string(),
-        reason,
-    };
+    let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let value: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
@@ -216,32 +181,4 @@ pub fn from_json(value: serde_json::Value) -> Result<Box<dyn Tokenizer>, String>
     }
     let file: TokenizerFile = serde_json::from_value(value).map_err(|e| e.to_string())?;
     file.into_tokenizer().map_err(|e| e.to_string())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn specs_parse() {
-        assert_eq!(TokenizerSpec::parse("char").unwrap(), TokenizerSpec::Char);
-        assert_eq!(
-            TokenizerSpec::parse("tiktoken:gpt2").unwrap(),
-            TokenizerSpec::Tiktoken("gpt2".into())
-        );
-        assert!(TokenizerSpec::parse("tiktoken:nope").is_err());
-        assert!(TokenizerSpec::parse("bytes").is_err());
-        assert_eq!(
-            TokenizerSpec::parse("bpe:train:10000").unwrap(),
-            TokenizerSpec::BpeTrain { vocab_size: 10000 }
-        );
-        assert_eq!(
-            TokenizerSpec::parse("bpe:a/t.json").unwrap(),
-            TokenizerSpec::Bpe("a/t.json".into())
-        );
-        let err = TokenizerSpec::parse("bpe:train:ten")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("\"ten\""), "{err}");
-    }
 }

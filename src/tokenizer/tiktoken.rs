@@ -6,8 +6,8 @@ use tiktoken_rs::CoreBPE;
 
 use super::{BpeTokenizer, Tokenizer, TokenizerError, TokenizerFile};
 
-pub const ENCODINGS: &[&str] = &["gpt2", "cl100k_base", "o200k_base"];
 use super::END_OF_TEXT;
+use crate::config::TIKTOKEN_ENCODINGS as ENCODINGS;
 
 pub struct TiktokenTokenizer {
     encoding: String,
@@ -37,27 +37,16 @@ impl TiktokenTokenizer {
             .flat_map(|s| bpe.encode_with_special_tokens(s))
             .max()
             .map_or(0, |id| id as usize + 1);
-        let gaps = (0..vocab_size as u32)
-            .filter(|&id| !is_token(bpe, id))
-            .collect();
-        Ok(Self {
-            encoding: encoding.to_string(),
-            bpe,
-            vocab_size,
-            gaps,
-        })
+        let gaps = (0..vocab_size as u32).filter(|&id| !is_token(bpe, id)).collect();
+        Ok(Self { encoding: encoding.to_string(), bpe, vocab_size, gaps })
     }
 
     /// The GPT-2 encoding as a [`BpeTokenizer`] with explicit merges (tiktoken's ranks are
     /// the merge order), e.g. to compare encoders on the same vocabulary.
     pub fn gpt2_as_bpe() -> Result<BpeTokenizer, TokenizerError> {
         let gpt2 = Self::new("gpt2")?;
-        let special = gpt2
-            .special_id(END_OF_TEXT)
-            .expect("gpt2 has <|endoftext|>");
-        let tokens = (0..gpt2.vocab_size as u32)
-            .map(|id| gpt2.decode_bytes(&[id]))
-            .collect();
+        let special = gpt2.special_id(END_OF_TEXT).expect("gpt2 has <|endoftext|>");
+        let tokens = (0..gpt2.vocab_size as u32).map(|id| gpt2.decode_bytes(&[id])).collect();
         BpeTokenizer::from_ranked_tokens(tokens, vec![(END_OF_TEXT.to_string(), special)])
             .map_err(|reason| TokenizerError::BadSpec(format!("tiktoken gpt2 as BPE: {reason}")))
     }
@@ -68,9 +57,7 @@ impl TiktokenTokenizer {
 fn is_token(bpe: &CoreBPE, id: u32) -> bool {
     match bpe.decode(vec![id]) {
         Ok(_) => true,
-        Err(e) => e
-            .to_string()
-            .starts_with("Unable to decode into a valid UTF-8"),
+        Err(e) => e.to_string().starts_with("Unable to decode into a valid UTF-8"),
     }
 }
 
@@ -96,10 +83,7 @@ impl Tokenizer for TiktokenTokenizer {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        TokenizerFile::Tiktoken {
-            encoding: self.encoding.clone(),
-        }
-        .to_json()
+        TokenizerFile::Tiktoken { encoding: self.encoding.clone() }.to_json()
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
@@ -131,9 +115,6 @@ mod tests {
         assert_eq!(cl100k.vocab_size(), 100277);
         assert!(cl100k.gaps.contains(&100256));
         assert_eq!(cl100k.decode(&[100256, 1_000_000]), "\u{FFFD}\u{FFFD}");
-        assert_eq!(
-            TiktokenTokenizer::new("o200k_base").unwrap().vocab_size(),
-            200019
-        );
+        assert_eq!(TiktokenTokenizer::new("o200k_base").unwrap().vocab_size(), 200019);
     }
 }

@@ -34,11 +34,7 @@ pub fn split_words(text: &str) -> Vec<&str> {
         last = sep.end();
     }
     pieces.push(&text[last..]);
-    pieces
-        .into_iter()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect()
+    pieces.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
 }
 
 impl WordTokenizer {
@@ -65,15 +61,10 @@ impl WordTokenizer {
                 "word vocabulary must end with {END_OF_TEXT:?} and {UNKNOWN:?}"
             )));
         }
-        let ids: HashMap<String, u32> = words
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.clone(), i as u32))
-            .collect();
+        let ids: HashMap<String, u32> =
+            words.iter().enumerate().map(|(i, w)| (w.clone(), i as u32)).collect();
         if ids.len() != n {
-            return Err(TokenizerError::BadSpec(
-                "word vocabulary has duplicate entries".into(),
-            ));
+            return Err(TokenizerError::BadSpec("word vocabulary has duplicate entries".into()));
         }
         Ok(Self { words, ids })
     }
@@ -122,10 +113,7 @@ impl Tokenizer for WordTokenizer {
     }
 
     fn to_json(&self) -> serde_json::Value {
-        TokenizerFile::Word {
-            words: self.words.clone(),
-        }
-        .to_json()
+        TokenizerFile::Word { words: self.words.clone() }.to_json()
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
@@ -140,10 +128,7 @@ mod tests {
     #[test]
     fn splits_like_the_book() {
         let pieces = split_words("Hello, world. Is this-- a test?");
-        assert_eq!(
-            pieces,
-            ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"]
-        );
+        assert_eq!(pieces, ["Hello", ",", "world", ".", "Is", "this", "--", "a", "test", "?"]);
     }
 
     #[test]

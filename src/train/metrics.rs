@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -14,9 +14,9 @@ use burn::train::metric::{
     Metric, MetricAttributes, MetricDefinition, MetricId, MetricMetadata, MetricName, Numeric,
     NumericAttributes, NumericEntry, SerializedEntry,
 };
-use serde::{Deserialize, Serialize};
 
 use super::step::LmStats;
+use crate::run::MetricsLine;
 
 pub const LOSS: &str = "Loss";
 pub const LEARNING_RATE: &str = "Learning Rate";
@@ -31,10 +31,7 @@ pub struct LossMetric {
 
 impl LossMetric {
     pub fn new() -> Self {
-        Self {
-            name: Arc::new(LOSS.into()),
-            state: NumericMetricState::new(),
-        }
+        Self { name: Arc::new(LOSS.into()), state: NumericMetricState::new() }
     }
 }
 
@@ -44,11 +41,7 @@ impl Metric for LossMetric {
         self.name.clone()
     }
     fn attributes(&self) -> MetricAttributes {
-        NumericAttributes {
-            unit: None,
-            higher_is_better: false,
-        }
-        .into()
+        NumericAttributes { unit: None, higher_is_better: false }.into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
         // Weighted by tokens: seq2seq batches differ in size, and an epoch's loss is per token.
@@ -83,12 +76,7 @@ pub struct TokensPerSecond {
 
 impl TokensPerSecond {
     pub fn new() -> Self {
-        Self {
-            name: Arc::new(TOKENS_PER_SEC.into()),
-            started: None,
-            tokens: 0,
-            rate: 0.0,
-        }
+        Self { name: Arc::new(TOKENS_PER_SEC.into()), started: None, tokens: 0, rate: 0.0 }
     }
 }
 
@@ -98,11 +86,7 @@ impl Metric for TokensPerSecond {
         self.name.clone()
     }
     fn attributes(&self) -> MetricAttributes {
-        NumericAttributes {
-            unit: Some("tok/s".into()),
-            higher_is_better: true,
-        }
-        .into()
+        NumericAttributes { unit: Some("tok/s".into()), higher_is_better: true }.into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
         // The first batch of an epoch only starts the clock; its tokens were produced before.
@@ -129,47 +113,6 @@ impl Numeric for TokensPerSecond {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    pub step: usize,
-    pub split: String,
-    pub loss: f64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub lr: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub tokens_per_sec: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub perplexity: Option<f64>,
-}
-
-/// Reads `metrics.jsonl`, skipping lines it cannot parse (a line cut by a crash).
-pub fn read_metrics(path: &Path) -> Vec<MetricsLine> {
-    let Ok(file) = File::open(path) else {
-        return Vec::new();
-    };
-    BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .filter_map(|l| serde_json::from_str(&l).ok())
-        .collect()
-}
-
-/// Keeps only the lines up to `step` (used when resuming from a checkpoint taken there).
-pub fn truncate_metrics(path: &Path, step: usize) -> std::io::Result<()> {
-    // Kept lines are copied byte for byte: re-serializing could change float digits.
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
-        .collect();
-    let mut text = kept.join("\n");
-    if !text.is_empty() {
-        text.push('\n');
-    }
-    crate::run_dir::write_atomic(path, text.as_bytes())
-}
-
 /// The latest figures of a run, shared between the logger and the trainer.
 #[derive(Debug, Default, Clone)]
 pub struct LatestMetrics {
@@ -178,30 +121,12 @@ pub struct LatestMetrics {
     pub tokens_per_sec: Option<f64>,
 }
 
-/// Logs nothing: what replicas other than the first of a data-parallel run hand Burn, whose
-/// default would write files into the run directory.
-pub struct SilentLogger;
-
-impl MetricLogger for SilentLogger {
-    fn log(&mut self, _: MetricsUpdate, _: usize, _: &Split) {}
-    fn read_numeric(
-        &mut self,
-        name: &str,
-        epoch: usize,
-        _: &Split,
-    ) -> Result<Vec<NumericEntry>, String> {
-        Err(format!(
-            "this replica keeps no metrics; {name} of epoch {epoch} is not queryable"
-        ))
-    }
-    fn log_metric_definition(&mut self, _: MetricDefinition) {}
-    fn log_epoch_summary(&mut self, _: EpochSummary) {}
-}
-
 /// A Burn `MetricLogger` that appends one JSON line per optimizer step (split `train`) and
-/// per validation (split `val`).
+/// per validation (split `val`); without a file it keeps count and writes nothing, as the
+/// replicas other than the first of a data-parallel run do (Burn's default logger would write
+/// files into the run directory).
 pub struct JsonlLogger {
-    file: File,
+    file: Option<File>,
     names: HashMap<MetricId, String>,
     grad_accumulation: usize,
     /// Optimizer steps done, counted here because Burn's epoch numbers restart on resume.
@@ -223,22 +148,30 @@ impl JsonlLogger {
         latest: Arc<Mutex<LatestMetrics>>,
     ) -> std::io::Result<Self> {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self {
-            file,
+        Ok(Self { file: Some(file), grad_accumulation, step: start_step, latest, ..Self::silent() })
+    }
+
+    /// A logger that writes nothing.
+    pub fn silent() -> Self {
+        Self {
+            file: None,
             names: HashMap::new(),
-            grad_accumulation,
-            step: start_step,
+            grad_accumulation: 1,
+            step: 0,
             micro_batches: 0,
             window_loss: 0.0,
             val_sum: 0.0,
             val_count: 0,
-            latest,
-        })
+            latest: Default::default(),
+        }
     }
 
     fn write(&mut self, line: &MetricsLine) {
+        let Some(file) = &mut self.file else {
+            return;
+        };
         let json = serde_json::to_string(line).expect("metrics lines serialize");
-        if let Err(e) = writeln!(self.file, "{json}") {
+        if let Err(e) = writeln!(file, "{json}") {
             log::error!("cannot append to metrics.jsonl: {e}");
         }
     }
@@ -248,10 +181,7 @@ impl JsonlLogger {
             .entries_numeric
             .iter()
             .filter_map(|u| {
-                Some((
-                    self.names.get(&u.entry.metric_id)?.clone(),
-                    u.numeric_entry.current(),
-                ))
+                Some((self.names.get(&u.entry.metric_id)?.clone(), u.numeric_entry.current()))
             })
             .collect()
     }
@@ -260,11 +190,10 @@ impl JsonlLogger {
 impl JsonlLogger {
     /// The tokens behind the loss of an update (its weight in the epoch's mean).
     fn loss_tokens(&self, update: &MetricsUpdate) -> usize {
-        let entry = update.entries_numeric.iter().find(|u| {
-            self.names
-                .get(&u.entry.metric_id)
-                .is_some_and(|n| n == LOSS)
-        });
+        let entry = update
+            .entries_numeric
+            .iter()
+            .find(|u| self.names.get(&u.entry.metric_id).is_some_and(|n| n == LOSS));
         match entry.map(|u| &u.numeric_entry) {
             Some(NumericEntry::Aggregated { count, .. }) => (*count).max(1),
             _ => 1,

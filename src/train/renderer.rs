@@ -121,15 +121,13 @@ impl MetricsRendererTraining for ProgressRenderer {
             return;
         };
         if progress.items_processed < progress.items_total || self.val_loss.1 == 0 {
-            self.bar
-                .set_message(format!("{} | validating", self.message()));
+            self.bar.set_message(format!("{} | validating", self.message()));
             return;
         }
         let val = self.val_loss.0 / self.val_loss.1 as f64;
         let train = self.epoch_train_loss.0 / self.epoch_train_loss.1.max(1) as f64;
         let step = self.step();
-        self.bar
-            .suspend(|| eprintln!("step {step}: train loss {train:.4}, val loss {val:.4}"));
+        self.bar.suspend(|| eprintln!("step {step}: train loss {train:.4}, val loss {val:.4}"));
         self.last_val = Some(val);
         self.val_loss = (0.0, 0);
         self.epoch_train_loss = (0.0, 0);

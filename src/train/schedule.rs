@@ -6,21 +6,8 @@
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::optim::LearningRate;
 use burn::tensor::backend::Backend;
-use serde::{Deserialize, Serialize};
 
-/// What follows the warmup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub enum ScheduleKind {
-    /// Half a cosine from `max_lr` down to `min_lr` at `decay_iters`, then `min_lr`.
-    #[default]
-    Cosine,
-    /// `max_lr · √(warmup / step)`: the paper's `d_model^-0.5 · min(step^-0.5,
-    /// step · warmup^-1.5)` with its peak, reached at the end of warmup, named `max_lr`.
-    Noam,
-}
-
-crate::model::config_choice!(ScheduleKind { "cosine" => Cosine, "noam" => Noam });
+use crate::config::{ScheduleKind, TrainingSection};
 
 #[derive(Debug, Clone)]
 pub struct WarmupSchedule {
@@ -55,6 +42,12 @@ impl WarmupSchedule {
 
     pub fn with_kind(self, kind: ScheduleKind) -> Self {
         Self { kind, ..self }
+    }
+
+    /// The training section's schedule.
+    pub fn of(t: &TrainingSection) -> Self {
+        Self::new(t.learning_rate, t.min_lr, t.warmup_iters, t.max_iters, t.grad_accumulation)
+            .with_kind(t.schedule)
     }
 
     /// Learning rate at optimizer step `it` (0-based).

@@ -2,46 +2,23 @@
 //! `<eos>` fitted on both sides of the training pairs, pairs bucketed by length, and the
 //! same Learner wiring, checkpoints and summary as the GPT.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use burn::prelude::*;
-use burn::tensor::backend::AutodiffBackend;
 
-use super::{announce, seq2seq_loss, start_run, Fit, Outcome, TrainOptions};
-use crate::backend::BackendChoice;
-use crate::config::{DataSection, RunSpec, Split};
-use crate::data::parallel::{self, encode_pairs, read_pairs, BOS, EOS, PAD};
+use super::learner::Plan;
+use super::step::seq2seq_loss;
+use super::task::{Loaders, Task};
+use crate::config::{DataSection, RunSpec, Split, TokenizerSpec};
+use crate::data::parallel::{encode_pairs, read_pairs, BOS, EOS, PAD};
 use crate::data::{FixedPairs, PairBatches, PairTokens, Seq2SeqBatch, Specials, TrainBatches};
 use crate::distributed::Replica;
-use crate::model::{Seq2Seq, Seq2SeqConfig};
-use crate::run_dir::RunDir;
-use crate::tokenizer::{bpe, Tokenizer, TokenizerSpec};
-
-/// The model a seq2seq config describes, its vocabulary resolved and `pad` from the tokenizer.
-pub fn seq2seq_config(spec: &RunSpec, pad: u32) -> Seq2SeqConfig {
-    let m = &spec.model;
-    Seq2SeqConfig::new(
-        spec.vocab_size(),
-        m.d_model,
-        m.n_heads,
-        m.n_layers,
-        m.n_decoder_layers(),
-        m.d_ff(),
-        m.block_size,
-        pad as usize,
-    )
-    .with_dropout(m.dropout)
-    .with_bias(m.bias)
-    .with_tie_embeddings(m.tie_embeddings)
-    .with_activation(m.activation)
-    .with_norm(m.norm)
-    .with_norm_first(m.norm_first)
-    .with_norm_eps(m.norm_eps)
-    .with_positions(m.positions)
-    .with_init(m.init)
-}
+use crate::kernels::{KernelBackend, TrainBackend};
+use crate::model::{ParamCounts, Seq2Seq, Seq2SeqConfig};
+use crate::run::load::seq2seq_spec;
+use crate::run::Started;
+use crate::tokenizer::{bpe, Tokenizer};
 
 /// One split of a run's parallel corpus: the sentences as written and the pairs that fit
 /// the model (both sides at most `model.block_size` tokens).
@@ -103,7 +80,7 @@ fn encode_split(
         Some([(source, _), (target, _)]) => [source, target],
         None => ["data.source", "data.target"],
     };
-    let max_len = spec.model.block_size;
+    let max_len = spec.model.block_size();
     let encoded = encode_pairs(tokenizer, specials, &text, keys)?;
     let fitting: Vec<PairTokens> = encoded.into_iter().filter(|p| p.len() <= max_len).collect();
     let too_long = text.len() - fitting.len();
@@ -116,34 +93,34 @@ fn encode_split(
         );
     }
     let (sources, targets) = text.into_iter().unzip();
-    Ok(PairSplit {
-        sources,
-        targets,
-        pairs: fitting.into(),
-        too_long,
-    })
+    Ok(PairSplit { sources, targets, pairs: fitting.into(), too_long })
 }
 
 /// A joint vocabulary for both languages: `bpe:train:N` fits a byte-level BPE on every
 /// training source and target with `<pad>`, `<bos>` and `<eos>` as its specials;
 /// `bpe:<file>` loads one that has them.
 fn fit_joint_bpe(data: &DataSection, train: &[(String, String)]) -> Result<Box<dyn Tokenizer>> {
-    let tokenizer: Box<dyn Tokenizer> = match TokenizerSpec::parse(&data.tokenizer)? {
+    let tokenizer: Box<dyn Tokenizer> = match &data.tokenizer {
         TokenizerSpec::BpeTrain { vocab_size } => {
-            let mut text = String::with_capacity(train.iter().map(|(s, t)| s.len() + t.len() + 2).sum());
+            let size = train.iter().map(|(s, t)| s.len() + t.len() + 2).sum();
+            let mut text = String::with_capacity(size);
             for (source, target) in train {
                 for line in [source, target] {
                     text.push_str(line);
                     text.push('\n');
                 }
             }
-            let options = bpe::train::BpeTrainOptions { vocab_size, specials: [PAD, BOS, EOS].map(String::from).to_vec(), progress: true };
+            let options = bpe::train::BpeTrainOptions {
+                vocab_size: *vocab_size,
+                specials: [PAD, BOS, EOS].map(String::from).to_vec(),
+                progress: true,
+            };
             Box::new(bpe::train::train_on_text(&text, &options)?)
         }
-        TokenizerSpec::Bpe(path) => crate::tokenizer::load(&path)?,
-        _ => bail!(
-            "data.tokenizer = {:?}: expected \"bpe:train:<vocab size>\" or \"bpe:<tokenizer.json>\" for parallel data",
-            data.tokenizer
+        TokenizerSpec::Bpe(path) => crate::tokenizer::load(path)?,
+        other => bail!(
+            "data.tokenizer = \"{other}\": expected \"bpe:train:<vocab size>\" or \
+             \"bpe:<tokenizer.json>\" for parallel data"
         ),
     };
     Specials::of(tokenizer.as_ref())?;
@@ -156,120 +133,155 @@ pub fn fit_seq2seq_tokenizer(spec: &mut RunSpec) -> Result<Specials> {
     let train = text_pairs(&spec.data, Split::Train)?
         .context("a parallel config names its training files")?;
     let tokenizer = fit_joint_bpe(&spec.data, &train)?;
-    super::resolve_vocab(spec, tokenizer.as_ref())?;
+    crate::run::start::resolve_vocab(spec, tokenizer.as_ref())?;
     Ok(Specials::of(tokenizer.as_ref())?)
 }
 
-pub(super) fn run<B: AutodiffBackend>(
-    mut spec: RunSpec,
-    options: TrainOptions,
+/// An encoder-decoder's training and validation pairs, encoded with the run's tokenizer.
+pub struct Seq2SeqTask<B: TrainBackend> {
+    train: PairSplit,
+    valid: PairSplit,
+    specials: Specials,
     device: B::Device,
-    backend: BackendChoice,
-) -> Result<Outcome> {
-    let train_text = text_pairs(&spec.data, Split::Train)?
-        .context("data.source and data.target: expected the training files of a parallel corpus")?;
-    let valid_text = text_pairs(&spec.data, Split::Valid)?
-        .context("data.source and data.target: expected the training files of a parallel corpus")?;
-    let data = spec.data.clone();
-    let started = start_run::<B>(&mut spec, &options, &device, || {
-        fit_joint_bpe(&data, &train_text)
-    })?;
-    let (run, tokenizer) = (&started.run, started.tokenizer.as_ref());
-    let specials = Specials::of(tokenizer)?;
-    let train = encode_split(&spec, tokenizer, Split::Train, train_text)?;
-    let valid = encode_split(&spec, tokenizer, Split::Valid, valid_text)?;
+}
 
-    let t = spec.training.clone();
-    let model: Seq2Seq<B> = seq2seq_config(&spec, specials.pad).init(&device);
-    let counts = model.param_counts();
-    let target_tokens: usize = train.pairs.iter().map(|p| p.target.len() - 1).sum();
-    let left_out = match train.too_long + valid.too_long {
-        0 => String::new(),
-        n => format!(
-            " | {n} pairs longer than model.block_size = {} left out",
-            spec.model.block_size
-        ),
-    };
-    let data = format!(
-        "{} train pairs ({target_tokens} target tokens) / {} val pairs{left_out}",
-        train.pairs.len(),
-        valid.pairs.len()
-    );
-    announce(run, &backend, counts, &data)?;
+/// The training and validation pairs as read.
+pub struct TextPairs {
+    train: Vec<(String, String)>,
+    valid: Vec<(String, String)>,
+}
 
-    let plan = Fit::plan(&spec, run, started.resume_from.as_ref())?;
-    let batches = PairBatches::new(
-        train.pairs.clone(),
-        t.batch_size,
-        specials.pad,
-        spec.run.seed,
-    )
-    .with_label_smoothing(t.label_smoothing);
-    let passes = (t.max_iters * t.grad_accumulation) as f64 / batches.per_pass().max(1) as f64;
-    let train_loader =
-        TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone())
-            .with_stop(plan.stop(), t.grad_accumulation);
-    let valid_loader = FixedPairs::<B::InnerBackend>::new(
-        valid.pairs.clone(),
-        t.batch_size,
-        t.eval_iters,
-        specials.pad,
-        device.clone(),
-    )
-    .skip_when(plan.stop());
-    let Some((model, wall_seconds)) = plan.launch(
-        Replica::SOLE,
-        None,
-        model,
-        Arc::new(train_loader),
-        Arc::new(valid_loader),
-    )?
-    else {
-        return Ok(Outcome::Interrupted {
-            step: plan.control.steps(),
-        });
-    };
+impl<B: TrainBackend> Task<B> for Seq2SeqTask<B> {
+    type Raw = TextPairs;
+    type Model = Seq2Seq<B>;
 
-    let final_val_loss = seq2seq_mean_loss(
-        &model,
-        FixedPairs::new(
-            valid.pairs.clone(),
+    fn read(spec: &RunSpec) -> Result<TextPairs> {
+        let files = "data.source and data.target: expected the training files of a parallel corpus";
+        let train = text_pairs(&spec.data, Split::Train)?.context(files)?;
+        let valid = text_pairs(&spec.data, Split::Valid)?.context(files)?;
+        Ok(TextPairs { train, valid })
+    }
+
+    fn fit_tokenizer(raw: &TextPairs, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
+        fit_joint_bpe(&spec.data, &raw.train)
+    }
+
+    fn encode(
+        raw: TextPairs,
+        spec: &RunSpec,
+        started: &Started,
+        device: &B::Device,
+    ) -> Result<Self> {
+        let tokenizer = started.tokenizer.as_ref();
+        Ok(Self {
+            train: encode_split(spec, tokenizer, Split::Train, raw.train)?,
+            valid: encode_split(spec, tokenizer, Split::Valid, raw.valid)?,
+            specials: Specials::of(tokenizer)?,
+            device: device.clone(),
+        })
+    }
+
+    fn describe(&self, spec: &RunSpec) -> String {
+        let left_out = match self.train.too_long + self.valid.too_long {
+            0 => String::new(),
+            n => format!(
+                " | {n} pairs longer than model.block_size = {} left out",
+                spec.model.block_size()
+            ),
+        };
+        format!(
+            "{} train pairs ({} target tokens) / {} val pairs{left_out}",
+            self.train.pairs.len(),
+            self.target_tokens(),
+            self.valid.pairs.len()
+        )
+    }
+
+    fn init_model(&self, spec: &RunSpec, device: &B::Device) -> Result<(Seq2Seq<B>, ParamCounts)> {
+        let config =
+            Seq2SeqConfig::from_spec(seq2seq_spec(spec)?, spec.vocab_size(), self.specials.pad);
+        let model: Seq2Seq<B> = config.init(device);
+        let counts = model.param_counts();
+        Ok((model, counts))
+    }
+
+    fn loaders(&self, plan: &Plan, _: Replica, device: &B::Device) -> Loaders<B, Seq2Seq<B>> {
+        let spec = plan.spec;
+        let (t, pad) = (&spec.training, self.specials.pad);
+        let batches = PairBatches::new(self.train.pairs.clone(), t.batch_size, pad, spec.run.seed)
+            .with_label_smoothing(t.label_smoothing);
+        let train =
+            TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone())
+                .with_stop(plan.stop(), t.grad_accumulation);
+        let pairs = self.valid.pairs.clone();
+        let valid = FixedPairs::<B::InnerBackend>::new(
+            pairs,
             t.batch_size,
-            0,
-            specials.pad,
+            t.eval_iters,
+            pad,
             device.clone(),
         )
-        .batches(),
-    );
-    let tokens_seen = (target_tokens as f64 * passes) as usize;
-    let summary = plan.finish(final_val_loss, counts, wall_seconds, tokens_seen, &backend)?;
-    if options.sample_tokens > 0 {
-        print_translations(&model, tokenizer, &valid, &device)?;
+        .skip_when(plan.stop());
+        (Arc::new(train), Arc::new(valid))
     }
-    Ok(Outcome::Finished(summary))
+
+    fn final_val_loss(
+        &self,
+        model: &Seq2Seq<B::InnerBackend>,
+        spec: &RunSpec,
+        device: &B::Device,
+    ) -> f64 {
+        let (pairs, pad) = (self.valid.pairs.clone(), self.specials.pad);
+        let all = FixedPairs::new(pairs, spec.training.batch_size, 0, pad, device.clone());
+        seq2seq_mean_loss(model, all.batches())
+    }
+
+    /// Target tokens of all the passes over the training pairs the run makes.
+    fn tokens_seen(&self, spec: &RunSpec) -> usize {
+        let t = &spec.training;
+        let batches = PairBatches::new(
+            self.train.pairs.clone(),
+            t.batch_size,
+            self.specials.pad,
+            spec.run.seed,
+        );
+        let passes = (t.max_iters * t.grad_accumulation) as f64 / batches.per_pass().max(1) as f64;
+        (self.target_tokens() as f64 * passes) as usize
+    }
+
+    fn show_samples(
+        &self,
+        model: &Seq2Seq<B::InnerBackend>,
+        tokenizer: &dyn Tokenizer,
+        _: &RunSpec,
+        _: usize,
+        _: &B::Device,
+    ) -> Result<()> {
+        print_translations(model, tokenizer, &self.valid, &self.device)
+    }
+}
+
+impl<B: TrainBackend> Seq2SeqTask<B> {
+    fn target_tokens(&self) -> usize {
+        self.train.pairs.iter().map(|p| p.target.len() - 1).sum()
+    }
 }
 
 /// Mean per-token loss (unsmoothed) of `model` over `batches`, weighted by target tokens.
-pub fn seq2seq_mean_loss<B: Backend>(
+pub fn seq2seq_mean_loss<B: KernelBackend>(
     model: &Seq2Seq<B>,
     batches: impl Iterator<Item = Seq2SeqBatch<B>>,
 ) -> f64 {
     let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
         let tokens = batch.target_tokens;
-        let batch = Seq2SeqBatch {
-            label_smoothing: 0.0,
-            ..batch
-        };
-        (
-            sum + seq2seq_loss(model, &batch).into_scalar().elem::<f64>() * tokens as f64,
-            n + tokens,
-        )
+        let batch = Seq2SeqBatch { label_smoothing: 0.0, ..batch };
+        (sum + seq2seq_loss(model, &batch).into_scalar().elem::<f64>() * tokens as f64, n + tokens)
     });
     sum / n.max(1) as f64
 }
 
 /// A few validation sentences translated greedily, with their references.
-fn print_translations<B: Backend>(
+fn print_translations<B: KernelBackend>(
     model: &Seq2Seq<B>,
     tokenizer: &dyn Tokenizer,
     valid: &PairSplit,
@@ -283,22 +295,4 @@ fn print_translations<B: Backend>(
         eprintln!("  {source}\n  → {output}\n  ({reference})");
     }
     Ok(())
-}
-
-/// The model of a seq2seq run: a given checkpoint file, else the final model, else the
-/// newest checkpoint. Returns the model and the file it came from.
-pub fn load_seq2seq<B: Backend>(
-    run: &RunDir,
-    spec: &RunSpec,
-    tokenizer: &dyn Tokenizer,
-    file: Option<&Path>,
-    device: &B::Device,
-) -> Result<(Seq2Seq<B>, PathBuf)> {
-    let specials = parallel::Specials::of(tokenizer)?;
-    super::load_weights(
-        run,
-        seq2seq_config(spec, specials.pad).init(device),
-        file,
-        device,
-    )
 }

@@ -63,10 +63,7 @@ static PATTERNS: LazyLock<[(Regex, &'static str); 4]> = LazyLock::new(|| {
 
 /// sacreBLEU's `13a` tokenization of one segment, tokens joined by single spaces.
 pub fn tokenize_13a(line: &str) -> String {
-    let mut line = line
-        .replace("<skipped>", "")
-        .replace("-\n", "")
-        .replace('\n', " ");
+    let mut line = line.replace("<skipped>", "").replace("-\n", "").replace('\n', " ");
     if line.contains('&') {
         line = line
             .replace("&quot;", "\"")
@@ -78,10 +75,7 @@ pub fn tokenize_13a(line: &str) -> String {
     for (pattern, replacement) in PATTERNS.iter() {
         line = pattern.replace_all(&line, *replacement).into_owned();
     }
-    line.split(python_whitespace)
-        .filter(|t| !t.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    line.split(python_whitespace).filter(|t| !t.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// What Python's `str.split()` splits on: Unicode whitespace plus the four ASCII separators.
@@ -95,11 +89,7 @@ pub fn corpus_bleu(
     references: &[impl AsRef<str>],
     smoothing: Smoothing,
 ) -> Bleu {
-    assert_eq!(
-        hypotheses.len(),
-        references.len(),
-        "one reference per hypothesis"
-    );
+    assert_eq!(hypotheses.len(), references.len(), "one reference per hypothesis");
     let (mut correct, mut total) = ([0usize; 4], [0usize; 4]);
     let (mut hyp_len, mut ref_len) = (0, 0);
     for (hyp, reference) in hypotheses.iter().zip(references) {
@@ -143,13 +133,7 @@ fn score(
         (true, _) => (1.0 - ref_len as f64 / hyp_len as f64).exp(),
     };
     let mut precisions = [0.0; 4];
-    let blank = Bleu {
-        score: 0.0,
-        precisions,
-        brevity_penalty,
-        hyp_len,
-        ref_len,
-    };
+    let blank = Bleu { score: 0.0, precisions, brevity_penalty, hyp_len, ref_len };
     if correct.iter().all(|&c| c == 0) {
         return blank;
     }
@@ -170,11 +154,7 @@ fn score(
     // sacreBLEU's `my_log`: log 0 is a huge negative number, so the score is 0.
     let log = |p: f64| if p == 0.0 { -9_999_999_999.0 } else { p.ln() };
     let score = brevity_penalty * (precisions.iter().map(|&p| log(p)).sum::<f64>() / 4.0).exp();
-    Bleu {
-        score,
-        precisions,
-        ..blank
-    }
+    Bleu { score, precisions, ..blank }
 }
 
 #[cfg(test)]
@@ -183,10 +163,7 @@ mod tests {
 
     #[test]
     fn tokenizes_as_13a() {
-        assert_eq!(
-            tokenize_13a("A man, in a \"red\" hat."),
-            "A man , in a \" red \" hat ."
-        );
+        assert_eq!(tokenize_13a("A man, in a \"red\" hat."), "A man , in a \" red \" hat .");
         assert_eq!(
             tokenize_13a("It costs 3.50, or 1,000-2 &amp; more!"),
             "It costs 3.50 , or 1,000 - 2 & more !"
@@ -195,10 +172,7 @@ mod tests {
 
     #[test]
     fn identical_corpus_scores_100_and_empty_scores_0() {
-        let refs = [
-            "A dog runs across the green field .",
-            "Two men are talking outside a shop .",
-        ];
+        let refs = ["A dog runs across the green field .", "Two men are talking outside a shop ."];
         assert!((corpus_bleu(&refs, &refs, Smoothing::Exp).score - 100.0).abs() < 1e-9);
         assert_eq!(corpus_bleu(&["", ""], &refs, Smoothing::Exp).score, 0.0);
     }

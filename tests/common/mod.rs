@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use kiln::config::RunSpec;
-use kiln::run_dir::RunDir;
+use kiln::run::RunDir;
 
 /// The repository root (tests run with it as the working directory).
 pub fn repo() -> PathBuf {
@@ -28,14 +28,13 @@ pub fn final_weights(run: &Path) -> Vec<f32> {
     struct Values(Vec<f32>);
     impl ModuleVisitor<B> for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.0
-                .extend(param.val().into_data().to_vec::<f32>().unwrap());
+            self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
         }
     }
     let dir = RunDir::new(run);
     let spec = RunSpec::read_resolved(&dir.config()).unwrap();
     let (model, _) =
-        kiln::train::load_model::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default())
+        kiln::run::load_gpt::<B>(&dir, &spec, Some(&dir.final_model()), &Default::default())
             .unwrap();
     let mut values = Values(Vec::new());
     model.visit(&mut values);
@@ -54,24 +53,16 @@ pub fn config_error(dir: &Path, text: &str) -> String {
 
 /// A valid config with the data path made absolute, for mutation in error tests.
 pub fn valid_config_text() -> String {
-    std::fs::read_to_string(repo().join("configs/tiny.toml"))
-        .unwrap()
-        .replace(
-            "data/tinyshakespeare.txt",
-            &repo()
-                .join("data/tinyshakespeare.txt")
-                .display()
-                .to_string(),
-        )
+    std::fs::read_to_string(repo().join("configs/tiny.toml")).unwrap().replace(
+        "data/tinyshakespeare.txt",
+        &repo().join("data/tinyshakespeare.txt").display().to_string(),
+    )
 }
 
 /// Runs the kiln binary in the repository root: (success, stdout, stderr).
 pub fn kiln(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).current_dir(repo()).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -82,15 +73,9 @@ pub fn kiln(args: &[&str]) -> (bool, String, String) {
 /// `kiln train` on `configs/tiny.toml` in the background, with each of `sets` as a `--set`
 /// and `flags` after them; stderr is piped for the test to read.
 pub fn spawn_tiny_training(sets: impl IntoIterator<Item = String>, flags: &[&str]) -> Child {
-    let mut args: Vec<String> = [
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--sample-tokens",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"]
+        .map(String::from)
+        .to_vec();
     for set in sets {
         args.extend(["--set".to_string(), set]);
     }
@@ -108,14 +93,8 @@ pub fn spawn_tiny_training(sets: impl IntoIterator<Item = String>, flags: &[&str
 /// on PATH.
 pub fn python_with(module: &str) -> PathBuf {
     let venv = repo().join(".venv/bin/python");
-    let python = if venv.is_file() {
-        venv
-    } else {
-        "python3".into()
-    };
-    let probe = Command::new(&python)
-        .args(["-c", &format!("import {module}")])
-        .output();
+    let python = if venv.is_file() { venv } else { "python3".into() };
+    let probe = Command::new(&python).args(["-c", &format!("import {module}")]).output();
     assert!(
         probe.is_ok_and(|o| o.status.success()),
         "{} cannot import {module}: run scripts/setup-venv.sh",
@@ -126,11 +105,8 @@ pub fn python_with(module: &str) -> PathBuf {
 
 /// Runs `tests/<script>` with `python`, returning its stdout; fails the test on a non-zero exit.
 pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
-    let out = Command::new(python)
-        .arg(repo().join("tests").join(script))
-        .args(args)
-        .output()
-        .unwrap();
+    let out =
+        Command::new(python).arg(repo().join("tests").join(script)).args(args).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -138,4 +114,10 @@ pub fn run_python(python: &Path, script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Fails, showing `text`, unless it holds every one of `parts`.
+pub fn assert_mentions(text: &str, parts: &[&str]) {
+    let missing: Vec<&&str> = parts.iter().filter(|p| !text.contains(**p)).collect();
+    assert!(missing.is_empty(), "{missing:?} not in:\n{text}");
 }

@@ -6,16 +6,16 @@ mod seq2seq;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use crate::backend::{BackendChoice, BackendJob};
+use crate::backend::ForwardJob;
 use crate::config::{ModelKind, RunSpec};
 use crate::data::{Corpus, DataError, FixedWindows};
-use crate::run_dir::RunDir;
+use crate::kernels::KernelBackend;
+use crate::run::RunDir;
 use crate::tokenizer::Tokenizer;
-use crate::train::{load_model, mean_loss, val_windows};
+use crate::train::{mean_loss, val_windows};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -59,10 +59,14 @@ struct EvalResult {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let (run, spec) = super::open_run(&args.run)?;
-    if spec.model.kind == ModelKind::Seq2Seq {
+    let (run, spec) = crate::run::open_run(&args.run)?;
+    if spec.model.kind() == ModelKind::Seq2Seq {
         if let Some(data) = &args.data {
-            bail!("--data {}: a seq2seq run is scored on its data.valid_*/test_* files; --data is for GPT runs", data.display());
+            bail!(
+                "--data {}: a seq2seq run is scored on its data.valid_*/test_* files; --data is \
+                 for GPT runs",
+                data.display()
+            );
         }
         return seq2seq::run(args, run, spec);
     }
@@ -75,17 +79,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.hypotheses.is_some() {
         bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
     }
-    let tokenizer = crate::train::run_tokenizer(&run, &spec)?;
+    let tokenizer = crate::run::run_tokenizer(&run, &spec)?;
     let corpus = gpt_corpus(&run, &spec, tokenizer.as_ref(), args.data.as_deref())?;
     let backend = args.backend.section(&spec)?;
-    let job = Job {
-        run,
-        spec,
-        tokenizer,
-        corpus,
-        checkpoint: args.checkpoint,
-        full: args.full,
-    };
+    let weights = super::RunWeights { run, spec, checkpoint: args.checkpoint };
+    let job = Job { weights, tokenizer, corpus, full: args.full };
     let result = crate::backend::dispatch(&backend, job)??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -93,10 +91,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         println!("model:          {}", result.model);
         println!("val loss:       {:.4}", result.val_loss);
         println!("val perplexity: {:.3}", result.val_perplexity);
-        println!(
-            "evaluated on:   {} batches, {} tokens",
-            result.batches, result.tokens
-        );
+        println!("evaluated on:   {} batches, {} tokens", result.batches, result.tokens);
     }
     Ok(())
 }
@@ -108,16 +103,18 @@ fn gpt_corpus(
     tokenizer: &dyn Tokenizer,
     data: Option<&Path>,
 ) -> Result<Corpus> {
-    let (val_fraction, block_size) = (spec.data.val_fraction, spec.model.block_size);
+    let (val_fraction, block_size) = (spec.data.val_fraction, spec.model.block_size());
     let Some(path) = data else {
-        if !run.tokens_meta().is_file() {
+        let cache = run.token_cache();
+        if !cache.meta.is_file() {
             bail!(
-                "{}: the run has no encoded corpus ({} is missing; a run made by `kiln import` has none); pass --data FILE to score the validation split of a text file",
+                "{}: the run has no encoded corpus ({} is missing; a run made by `kiln import` \
+                 has none); pass --data FILE to score the validation split of a text file",
                 run.root().display(),
-                run.tokens_meta().display()
+                cache.meta.display()
             );
         }
-        return Ok(Corpus::from_run(run, val_fraction, block_size)?);
+        return Ok(Corpus::from_cache(&cache, val_fraction, block_size)?);
     };
     // The data errors name `data.path`, which is not what the user gave here.
     let named = |e: DataError| match e {
@@ -129,34 +126,28 @@ fn gpt_corpus(
 }
 
 struct Job {
-    run: RunDir,
-    spec: RunSpec,
+    weights: super::RunWeights,
     tokenizer: Box<dyn Tokenizer>,
     corpus: Corpus,
-    checkpoint: Option<PathBuf>,
     full: bool,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<EvalResult>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<EvalResult> {
-        let (model, path) = load_model::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
-        let separator = crate::train::document_separator(&self.spec, self.tokenizer.as_ref())?;
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<EvalResult> {
+        let (model, path) = self.weights.gpt::<B>(&device)?;
+        let spec = &self.weights.spec;
+        let separator = crate::train::document_separator(spec, self.tokenizer.as_ref())?;
         let windows = if self.full {
-            let (t, m) = (&self.spec.training, &self.spec.model);
+            let (t, m) = (&spec.training, &spec.model);
             FixedWindows::tiling(
                 self.corpus.val.clone(),
                 t.batch_size,
-                m.block_size,
+                m.block_size(),
                 device.clone(),
             )
         } else {
-            val_windows::<B::InnerBackend>(&self.spec, &self.corpus, separator, &device)?
+            val_windows::<B>(spec, &self.corpus, separator, &device)?
         };
         let val_loss = mean_loss(&model, windows.batches());
         let (batches, tokens) = windows.size();

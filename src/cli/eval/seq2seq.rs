@@ -4,15 +4,15 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::backend::AutodiffBackend;
 use serde::Serialize;
 
 use super::EvalArgs;
-use crate::backend::{BackendChoice, BackendJob};
+use crate::backend::ForwardJob;
 use crate::config::{RunSpec, Split};
 use crate::data::parallel::Specials;
 use crate::data::FixedPairs;
-use crate::run_dir::RunDir;
+use crate::kernels::KernelBackend;
+use crate::run::RunDir;
 use crate::translate::bleu::{corpus_bleu, Bleu, Smoothing};
 use crate::translate::{translate, Decoding};
 
@@ -49,16 +49,12 @@ pub(super) fn run(args: EvalArgs, run: RunDir, spec: RunSpec) -> Result<()> {
             run.config().display()
         );
     }
-    let greedy = args.decoding.decoding(1, spec.model.block_size)?;
-    let beam = args
-        .decoding
-        .decoding(args.decoding.beam, spec.model.block_size)?;
+    let greedy = args.decoding.decoding(1, spec.model.block_size())?;
+    let beam = args.decoding.decoding(args.decoding.beam, spec.model.block_size())?;
     let backend = args.backend.section(&spec)?;
     let job = Job {
-        run,
-        spec,
+        weights: super::super::RunWeights { run, spec, checkpoint: args.checkpoint },
         split,
-        checkpoint: args.checkpoint,
         greedy,
         beam,
         hypotheses: args.hypotheses,
@@ -81,51 +77,35 @@ pub(super) fn run(args: EvalArgs, run: RunDir, spec: RunSpec) -> Result<()> {
 }
 
 struct Job {
-    run: RunDir,
-    spec: RunSpec,
+    weights: super::super::RunWeights,
     split: Split,
-    checkpoint: Option<PathBuf>,
     greedy: Decoding,
     beam: Decoding,
     hypotheses: Option<PathBuf>,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<Seq2SeqEval>;
-    fn run<B: AutodiffBackend>(self, device: B::Device, _: BackendChoice) -> Result<Seq2SeqEval> {
-        let tokenizer = crate::train::run_tokenizer(&self.run, &self.spec)?;
-        let (model, path) = crate::train::load_seq2seq::<B::InnerBackend>(
-            &self.run,
-            &self.spec,
-            tokenizer.as_ref(),
-            self.checkpoint.as_deref(),
-            &device,
-        )?;
-        let data = crate::train::pair_split(&self.spec, tokenizer.as_ref(), self.split)?
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<Seq2SeqEval> {
+        let (model, path, tokenizer) = self.weights.seq2seq::<B>(&device)?;
+        let spec = &self.weights.spec;
+        let data = crate::train::pair_split(spec, tokenizer.as_ref(), self.split)?
             .context("the config names no such split")?;
         let pad = Specials::of(tokenizer.as_ref())?.pad;
-        let batches = FixedPairs::new(
-            data.pairs.clone(),
-            self.spec.training.batch_size,
-            0,
-            pad,
-            device.clone(),
-        );
+        let batches =
+            FixedPairs::new(data.pairs.clone(), spec.training.batch_size, 0, pad, device.clone());
         let loss = crate::train::seq2seq_mean_loss(&model, batches.batches());
 
         let sources: Vec<&str> = data.sources.iter().map(String::as_str).collect();
         let score = |decoding: &Decoding| -> Result<(Bleu, Vec<String>)> {
             let outputs = translate(&model, tokenizer.as_ref(), &sources, decoding, &device)?;
-            Ok((
-                corpus_bleu(&outputs, &data.targets, Smoothing::Exp),
-                outputs,
-            ))
+            Ok((corpus_bleu(&outputs, &data.targets, Smoothing::Exp), outputs))
         };
         let (greedy, _) = score(&self.greedy)?;
         let (beam, outputs) = score(&self.beam)?;
         if let Some(path) = &self.hypotheses {
             let text: String = outputs.iter().map(|line| format!("{line}\n")).collect();
-            crate::run_dir::write_atomic(path, text.as_bytes())
+            crate::files::write_atomic(path, text.as_bytes())
                 .with_context(|| format!("writing --hypotheses {}", path.display()))?;
         }
         Ok(Seq2SeqEval {

@@ -123,11 +123,7 @@ enum HfMerge {
 
 /// Reads a Hugging Face byte-level BPE `tokenizer.json`; the error says what does not fit.
 pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
-    let kind = value
-        .pointer("/model/type")
-        .and_then(Value::as_str)
-        .unwrap_or("(none)")
-        .to_string();
+    let kind = value.pointer("/model/type").and_then(Value::as_str).unwrap_or("(none)").to_string();
     if kind != "BPE" {
         return Err(format!(
             "model type {kind:?}: kiln reads byte-level BPE tokenizers only (model.type = \"BPE\")"
@@ -136,7 +132,16 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
     let file: HfFile = serde_json::from_value(value)
         .map_err(|e| format!("not a Hugging Face tokenizer.json: {e}"))?;
     check_pipeline(&file)?;
-    let model = file.model;
+    check_model(&file.model)?;
+    let specials: Vec<(String, u32)> =
+        file.added_tokens.iter().map(|t| (t.content.clone(), t.id)).collect();
+    let tokens = token_bytes(&file.model, &specials)?;
+    let merges = merges(&file.model)?;
+    BpeTokenizer::new(tokens, merges, specials, file.model.ignore_merges)
+}
+
+/// No BPE dropout and no word prefixes or suffixes, which byte-level BPE does not use.
+fn check_model(model: &HfModel) -> Result<(), String> {
     if model.dropout.is_some_and(|p| p > 0.0) {
         return Err(
             "model.dropout is set; kiln encodes deterministically and does not support BPE dropout"
@@ -144,32 +149,28 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
         );
     }
     for (key, value) in [
-        (
-            "continuing_subword_prefix",
-            &model.continuing_subword_prefix,
-        ),
+        ("continuing_subword_prefix", &model.continuing_subword_prefix),
         ("end_of_word_suffix", &model.end_of_word_suffix),
     ] {
         if value.as_deref().is_some_and(|v| !v.is_empty()) {
-            return Err(format!(
-                "model.{key} = {value:?}: byte-level BPE files have none"
-            ));
+            return Err(format!("model.{key} = {value:?}: byte-level BPE files have none"));
         }
     }
+    Ok(())
+}
 
-    let table = byte_chars();
-    let mut char_bytes = std::collections::HashMap::new();
-    for (b, &c) in table.iter().enumerate() {
-        char_bytes.insert(c, b as u8);
-    }
+/// Every id's bytes: vocab entries spelled in byte-level characters, specials as written.
+fn token_bytes(model: &HfModel, specials: &[(String, u32)]) -> Result<Vec<Vec<u8>>, String> {
+    let char_bytes: std::collections::HashMap<char, u8> =
+        byte_chars().iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
     let n = model
         .vocab
         .values()
-        .chain(file.added_tokens.iter().map(|t| &t.id))
+        .chain(specials.iter().map(|(_, id)| id))
         .max()
         .map_or(0, |&id| id as usize + 1);
     // Ids are dense in real files; a stray huge id must not make kiln allocate for it.
-    let entries = model.vocab.len() + file.added_tokens.len();
+    let entries = model.vocab.len() + specials.len();
     if n > entries {
         return Err(format!(
             "token id {} is out of range: the file has {entries} vocab and added tokens",
@@ -177,11 +178,6 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
         ));
     }
     let mut tokens: Vec<Vec<u8>> = vec![Vec::new(); n];
-    let specials: Vec<(String, u32)> = file
-        .added_tokens
-        .iter()
-        .map(|t| (t.content.clone(), t.id))
-        .collect();
     for (text, &id) in &model.vocab {
         if specials.iter().any(|&(_, s)| s == id) {
             continue;
@@ -194,11 +190,15 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
                 format!("vocab entry {text:?} (id {id}) is not spelled in byte-level characters")
             })?;
     }
-    for (text, id) in &specials {
+    for (text, id) in specials {
         tokens[*id as usize] = text.as_bytes().to_vec();
     }
+    Ok(tokens)
+}
 
-    let merges = model
+/// The merges, by rank, as ids of the vocab.
+fn merges(model: &HfModel) -> Result<Vec<Merge>, String> {
+    model
         .merges
         .iter()
         .enumerate()
@@ -209,37 +209,25 @@ pub fn from_json(value: Value) -> Result<BpeTokenizer, String> {
                     .ok_or_else(|| format!("merge {rank} {s:?} is not \"left right\""))?,
                 HfMerge::Pair([l, r]) => (l.as_str(), r.as_str()),
             };
-            let id =
-                |t: &str| {
-                    model.vocab.get(t).copied().ok_or_else(|| {
-                        format!("merge {rank} uses {t:?}, which is not in the vocab")
-                    })
-                };
-            Ok(Merge {
-                left: id(left)?,
-                right: id(right)?,
-                merged: id(&format!("{left}{right}"))?,
-            })
+            let id = |t: &str| {
+                let found = model.vocab.get(t).copied();
+                found.ok_or_else(|| format!("merge {rank} uses {t:?}, which is not in the vocab"))
+            };
+            Ok(Merge { left: id(left)?, right: id(right)?, merged: id(&format!("{left}{right}"))? })
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    BpeTokenizer::new(tokens, merges, specials, model.ignore_merges)
+        .collect()
 }
 
 /// Only the pipeline kiln implements: no normalizer, the GPT-2 ByteLevel pre-tokenizer.
 fn check_pipeline(file: &HfFile) -> Result<(), String> {
     if let Some(normalizer) = file.normalizer.as_ref().filter(|n| !n.is_null()) {
-        let kind = normalizer
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("?");
+        let kind = normalizer.get("type").and_then(Value::as_str).unwrap_or("?");
         return Err(format!("normalizer {kind:?}: kiln applies no normalizer; byte-level BPE files have \"normalizer\": null"));
     }
     let pre = file.pre_tokenizer.as_ref().filter(|p| !p.is_null());
     let kind = pre.and_then(|p| p.get("type")).and_then(Value::as_str);
     let flag = |key: &str, default: bool| {
-        pre.and_then(|p| p.get(key))
-            .and_then(Value::as_bool)
-            .unwrap_or(default)
+        pre.and_then(|p| p.get(key)).and_then(Value::as_bool).unwrap_or(default)
     };
     if kind != Some("ByteLevel") || !flag("use_regex", true) || flag("add_prefix_space", false) {
         return Err(format!(
@@ -286,18 +274,13 @@ mod tests {
     #[test]
     fn other_models_and_pipelines_are_refused() {
         let err = from_json(json!({"model": {"type": "WordPiece", "vocab": {}}})).unwrap_err();
-        assert!(
-            err.contains("\"WordPiece\"") && err.contains("byte-level BPE"),
-            "{err}"
-        );
+        assert!(err.contains("\"WordPiece\"") && err.contains("byte-level BPE"), "{err}");
         let err = from_json(json!({"model": {"type": "BPE", "vocab": {}, "merges": []},
             "pre_tokenizer": {"type": "Whitespace"}}))
         .unwrap_err();
         assert!(err.contains("Whitespace"), "{err}");
-        let err = from_json(
-            json!({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
-            "pre_tokenizer": {"type": "ByteLevel"}}),
-        )
+        let err = from_json(json!({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+            "pre_tokenizer": {"type": "ByteLevel"}}))
         .unwrap_err();
         assert!(err.contains("byte 0x00 has no token"), "{err}");
         let err = from_json(

@@ -76,9 +76,7 @@ impl BpeTokenizer {
         let mut ranks = FxHashMap::default();
         for (rank, m) in merges.iter().enumerate() {
             if m.left >= n || m.right >= n || m.merged >= n {
-                return Err(format!(
-                    "merge {rank} refers to an id outside the vocabulary of {n}"
-                ));
+                return Err(format!("merge {rank} refers to an id outside the vocabulary of {n}"));
             }
             let joined = [&tokens[m.left as usize][..], &tokens[m.right as usize][..]].concat();
             if joined != tokens[m.merged as usize] {
@@ -87,14 +85,9 @@ impl BpeTokenizer {
                     m.merged, m.left, m.right
                 ));
             }
-            ranks
-                .entry((m.left, m.right))
-                .or_insert((rank as u32, m.merged));
+            ranks.entry((m.left, m.right)).or_insert((rank as u32, m.merged));
         }
-        if let Some((text, id)) = specials
-            .iter()
-            .find(|(text, id)| *id >= n || text.is_empty())
-        {
+        if let Some((text, id)) = specials.iter().find(|(text, id)| *id >= n || text.is_empty()) {
             return Err(format!(
                 "special token {text:?} has id {id}, outside the vocabulary of {n} (or is empty)"
             ));
@@ -110,15 +103,7 @@ impl BpeTokenizer {
         });
         let texts: Vec<String> = specials.iter().map(|(t, _)| t.clone()).collect();
         let special_matcher = SpecialMatcher::new(&texts)?;
-        Ok(Self {
-            tokens,
-            byte_ids,
-            merges,
-            ranks,
-            special_matcher,
-            specials,
-            whole_pieces,
-        })
+        Ok(Self { tokens, byte_ids, merges, ranks, special_matcher, specials, whole_pieces })
     }
 
     /// A tokenizer whose ids are merge ranks, as tiktoken's: each multi-byte token is the
@@ -137,14 +122,8 @@ impl BpeTokenizer {
             let [left, right] = parts[..] else {
                 return Err(format!("token {id} is not the merge of two earlier tokens"));
             };
-            tok.ranks
-                .entry((left, right))
-                .or_insert((tok.merges.len() as u32, id));
-            tok.merges.push(Merge {
-                left,
-                right,
-                merged: id,
-            });
+            tok.ranks.entry((left, right)).or_insert((tok.merges.len() as u32, id));
+            tok.merges.push(Merge { left, right, merged: id });
         }
         Ok(tok)
     }
@@ -211,9 +190,7 @@ impl BpeTokenizer {
                 .windows(2)
                 .enumerate()
                 .filter_map(|(pos, w)| {
-                    self.ranks
-                        .get(&(w[0], w[1]))
-                        .map(|&(rank, merged)| (rank, pos, merged))
+                    self.ranks.get(&(w[0], w[1])).map(|&(rank, merged)| (rank, pos, merged))
                 })
                 .min();
             let Some((_, pos, merged)) = best else { return };
@@ -269,12 +246,7 @@ impl BpeTokenizer {
         }
         let chunks = pretokenize::chunks(text, PARALLEL_BYTES / 4);
         let parts: Vec<Vec<u32>> = chunks
-            .par_chunks(
-                chunks
-                    .len()
-                    .div_ceil(rayon::current_num_threads() * 4)
-                    .max(1),
-            )
+            .par_chunks(chunks.len().div_ceil(rayon::current_num_threads() * 4).max(1))
             .map(|group| {
                 let mut cache = FxHashMap::default();
                 let mut out = Vec::new();
@@ -320,10 +292,7 @@ impl Tokenizer for BpeTokenizer {
     }
 
     fn special_id(&self, token: &str) -> Option<u32> {
-        self.specials
-            .iter()
-            .find(|(text, _)| text == token)
-            .map(|&(_, id)| id)
+        self.specials.iter().find(|(text, _)| text == token).map(|&(_, id)| id)
     }
 }
 
@@ -337,21 +306,9 @@ mod tests {
         tokens.push(b"<|endoftext|>".to_vec());
         tokens.extend([b"ab".to_vec(), b"abc".to_vec(), b"aa".to_vec()]);
         let merges = vec![
-            Merge {
-                left: 97,
-                right: 98,
-                merged: 257,
-            },
-            Merge {
-                left: 257,
-                right: 99,
-                merged: 258,
-            },
-            Merge {
-                left: 97,
-                right: 97,
-                merged: 259,
-            },
+            Merge { left: 97, right: 98, merged: 257 },
+            Merge { left: 257, right: 99, merged: 258 },
+            Merge { left: 97, right: 97, merged: 259 },
         ];
         BpeTokenizer::new(tokens, merges, vec![("<|endoftext|>".into(), 256)], false).unwrap()
     }
@@ -361,10 +318,7 @@ mod tests {
         let tok = toy();
         assert_eq!(tok.encode("abc").unwrap(), vec![258]);
         assert_eq!(tok.encode("aaab").unwrap(), vec![259, 257]);
-        assert_eq!(
-            tok.encode("abc<|endoftext|>aaa").unwrap(),
-            vec![258, 256, 259, 97]
-        );
+        assert_eq!(tok.encode("abc<|endoftext|>aaa").unwrap(), vec![258, 256, 259, 97]);
         assert_eq!(tok.decode(&[258, 256, 259]), "abc<|endoftext|>aa");
     }
 
@@ -395,17 +349,10 @@ mod tests {
 
     #[test]
     fn a_merge_must_concatenate_its_halves() {
-        let tokens: Vec<Vec<u8>> = (0..=255u8)
-            .map(|b| vec![b])
-            .chain([b"xy".to_vec()])
-            .collect();
+        let tokens: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).chain([b"xy".to_vec()]).collect();
         let err = BpeTokenizer::new(
             tokens,
-            vec![Merge {
-                left: 97,
-                right: 98,
-                merged: 256,
-            }],
+            vec![Merge { left: 97, right: 98, merged: 256 }],
             vec![],
             false,
         )

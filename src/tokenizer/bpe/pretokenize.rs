@@ -41,17 +41,12 @@ impl<'t> Iterator for PreTokens<'t> {
         }
         // Every character is whitespace, a letter, a number or something else, so a match
         // always starts at `pos`.
-        let found = PATTERN
-            .find_at(text, self.pos)
-            .map_or(text.len(), |m| m.end());
+        let found = PATTERN.find_at(text, self.pos).map_or(text.len(), |m| m.end());
         let mut end = found;
         let piece = &text[self.pos..end];
         let mut chars = piece.chars();
         let last = chars.next_back().filter(|c| c.is_whitespace());
-        let followed_by_text = text[end..]
-            .chars()
-            .next()
-            .is_some_and(|c| !c.is_whitespace());
+        let followed_by_text = text[end..].chars().next().is_some_and(|c| !c.is_whitespace());
         // `\s+(?!\S)`: a whitespace run of two or more characters before text leaves its
         // last character to the next piece.
         if let (Some(last), true, Some(_)) = (last, followed_by_text, chars.next()) {
@@ -86,19 +81,13 @@ impl SpecialMatcher {
             .match_kind(MatchKind::LeftmostLongest)
             .build(specials)
             .map_err(|e| format!("cannot match {} special token(s): {e}", specials.len()))?;
-        Ok(Self {
-            matcher: Some(matcher),
-        })
+        Ok(Self { matcher: Some(matcher) })
     }
 
     /// `text` cut at its special tokens.
     pub fn segments<'t>(&self, text: &'t str) -> Vec<Segment<'t>> {
         let Some(matcher) = &self.matcher else {
-            return if text.is_empty() {
-                vec![]
-            } else {
-                vec![Segment::Text(text)]
-            };
+            return if text.is_empty() { vec![] } else { vec![Segment::Text(text)] };
         };
         let mut segments = Vec::new();
         let mut last = 0;
@@ -171,13 +160,7 @@ pub enum EncodeStreamError {
 
 impl<R: Read> TextBlocks<R> {
     pub fn new(reader: R, block: usize) -> Self {
-        Self {
-            reader,
-            block: block.max(1),
-            pending: Vec::new(),
-            offset: 0,
-            done: false,
-        }
+        Self { reader, block: block.max(1), pending: Vec::new(), offset: 0, done: false }
     }
 
     /// Bytes handed out so far.
@@ -223,10 +206,7 @@ mod tests {
     #[test]
     fn gpt2_pieces() {
         assert_eq!(split("Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            split("I'll go  now\n\nOK"),
-            ["I", "'ll", " go", " ", " now", "\n", "\n", "OK"]
-        );
+        assert_eq!(split("I'll go  now\n\nOK"), ["I", "'ll", " go", " ", " now", "\n", "\n", "OK"]);
         assert_eq!(split("x   "), ["x", "   "]);
         assert_eq!(split("a 123!? ü"), ["a", " 123", "!?", " ü"]);
     }
@@ -236,12 +216,7 @@ mod tests {
         let m = SpecialMatcher::new(&["<|a|>".into(), "<|a|><|b|>".into()]).unwrap();
         assert_eq!(
             m.segments("x<|a|><|b|>y<|a|>"),
-            [
-                Segment::Text("x"),
-                Segment::Special(1),
-                Segment::Text("y"),
-                Segment::Special(0)
-            ]
+            [Segment::Text("x"), Segment::Special(1), Segment::Text("y"), Segment::Special(0)]
         );
     }
 

@@ -67,10 +67,7 @@ impl RunControl {
 
     /// A replica of a data-parallel run: stops follow [`RunControl::agree_stop`].
     pub fn replicated(self) -> Self {
-        Self {
-            replicated: true,
-            ..self
-        }
+        Self { replicated: true, ..self }
     }
 
     /// What this replica alone would stop for: a signal, or a failed checkpoint write.
@@ -109,10 +106,7 @@ impl RunControl {
 
     pub fn diverged(&self, grad_norm: f64) {
         let mut divergence = self.divergence.lock().expect("divergence lock");
-        divergence.get_or_insert(Divergence {
-            step: self.steps() + 1,
-            grad_norm,
-        });
+        divergence.get_or_insert(Divergence { step: self.steps() + 1, grad_norm });
     }
 
     pub fn divergence(&self) -> Option<Divergence> {
@@ -127,10 +121,7 @@ impl RunControl {
         match self.interrupter.get_message() {
             Some(message) => Some(message),
             None if self.stop_agreed() => None,
-            None => self
-                .interrupter
-                .should_stop()
-                .then(|| "unknown reason".into()),
+            None => self.interrupter.should_stop().then(|| "unknown reason".into()),
         }
     }
 

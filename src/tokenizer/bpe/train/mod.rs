@@ -11,17 +11,18 @@
 //!    pushed again with the current count when it reaches the top (lazy updates keep the
 //!    heap small: only new pairs are pushed during a merge).
 
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
+
+mod merge;
 
 use super::pretokenize::{self, pre_tokens, Segment, SpecialMatcher, TextBlocks};
-use super::{BpeTokenizer, Merge};
+use super::BpeTokenizer;
+use merge::merge;
 
 #[derive(Debug, Clone)]
 pub struct BpeTrainOptions {
@@ -36,11 +37,7 @@ pub struct BpeTrainOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BpeTrainError {
     #[error("vocab size {vocab_size} is too small: a byte-level BPE needs at least 256 byte tokens + {specials} special token(s) = {min}")]
-    VocabTooSmall {
-        vocab_size: usize,
-        specials: usize,
-        min: usize,
-    },
+    VocabTooSmall { vocab_size: usize, specials: usize, min: usize },
     #[error("special token #{index} is empty or repeated: {token:?}")]
     BadSpecial { index: usize, token: String },
     #[error("{path}: {reason}")]
@@ -67,11 +64,7 @@ pub fn train_on_files(
     let matcher = check_options(options)?;
     let sizes: Vec<u64> = paths
         .iter()
-        .map(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.len())
-                .map_err(|e| input_err(p, e.to_string()))
-        })
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(|e| input_err(p, e.to_string())))
         .collect::<Result<_, _>>()?;
     let bar = bar(
         options.progress,
@@ -83,38 +76,26 @@ pub fn train_on_files(
         let file = File::open(path).map_err(|e| input_err(path, e.to_string()))?;
         let mut blocks = TextBlocks::new(file, 16 << 20);
         loop {
-            let block = blocks
-                .next_block()
-                .map_err(|e| input_err(path, e.to_string()))?;
+            let block = blocks.next_block().map_err(|e| input_err(path, e.to_string()))?;
             let Some(text) = block else { break };
             counts.add(&text, &matcher);
             bar.inc(text.len() as u64);
         }
     }
     bar.finish_and_clear();
-    let what = paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
+    let what = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     merge(counts, options, &what)
 }
 
 fn input_err(path: &Path, reason: String) -> BpeTrainError {
-    BpeTrainError::Input {
-        path: path.into(),
-        reason,
-    }
+    BpeTrainError::Input { path: path.into(), reason }
 }
 
 /// Checks the options; returns the matcher of their special tokens.
 fn check_options(options: &BpeTrainOptions) -> Result<SpecialMatcher, BpeTrainError> {
     for (index, token) in options.specials.iter().enumerate() {
         if token.is_empty() || options.specials[..index].contains(token) {
-            return Err(BpeTrainError::BadSpecial {
-                index,
-                token: token.clone(),
-            });
+            return Err(BpeTrainError::BadSpecial { index, token: token.clone() });
         }
     }
     let min = 256 + options.specials.len();
@@ -139,7 +120,7 @@ fn bar(show: bool, len: u64, template: &str) -> ProgressBar {
 /// How often each distinct pre-token occurs.
 #[derive(Default)]
 struct PreTokenCounts {
-    counts: FxHashMap<Box<str>, u64>,
+    pub(super) counts: FxHashMap<Box<str>, u64>,
 }
 
 impl PreTokenCounts {
@@ -178,180 +159,13 @@ impl PreTokenCounts {
     }
 }
 
-struct Word {
-    ids: Vec<u32>,
-    count: u64,
-}
-
-type Pair = (u32, u32);
-
-/// A heap entry: the most frequent pair first, then the greatest (left bytes, right bytes).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Candidate {
-    count: u64,
-    left: Rc<[u8]>,
-    right: Rc<[u8]>,
-    pair: Pair,
-}
-
-/// The merge loop of step 3.
-fn merge(
-    counts: PreTokenCounts,
-    options: &BpeTrainOptions,
-    what: &str,
-) -> Result<BpeTokenizer, BpeTrainError> {
-    let mut words: Vec<Word> = counts
-        .counts
-        .into_iter()
-        .map(|(piece, count)| Word {
-            ids: piece.bytes().map(u32::from).collect(),
-            count,
-        })
-        .collect();
-    if words.is_empty() {
-        return Err(BpeTrainError::EmptyCorpus {
-            what: what.to_string(),
-        });
-    }
-    let mut tokens: Vec<Rc<[u8]>> = (0..=255u8).map(|b| Rc::from(&[b][..])).collect();
-    tokens.extend(options.specials.iter().map(|s| Rc::from(s.as_bytes())));
-    let mut ids_of_merged: FxHashMap<Rc<[u8]>, u32> = FxHashMap::default();
-    let mut merges: Vec<Merge> = Vec::new();
-
-    let mut pair_counts: FxHashMap<Pair, u64> = FxHashMap::default();
-    let mut pair_words: FxHashMap<Pair, FxHashSet<u32>> = FxHashMap::default();
-    for (w, word) in words.iter().enumerate() {
-        for pair in word.ids.windows(2).map(|p| (p[0], p[1])) {
-            *pair_counts.entry(pair).or_default() += word.count;
-            pair_words.entry(pair).or_default().insert(w as u32);
-        }
-    }
-    let candidate = |tokens: &[Rc<[u8]>], pair: Pair, count: u64| Candidate {
-        count,
-        left: tokens[pair.0 as usize].clone(),
-        right: tokens[pair.1 as usize].clone(),
-        pair,
-    };
-    let mut heap: BinaryHeap<Candidate> = pair_counts
-        .iter()
-        .map(|(&pair, &count)| candidate(&tokens, pair, count))
-        .collect();
-
-    let target = options.vocab_size - tokens.len();
-    let bar = bar(
-        options.progress,
-        target as u64,
-        "merges {bar:40} {pos}/{len} eta {eta}",
-    );
-    while tokens.len() < options.vocab_size {
-        let Some(top) = heap.pop() else { break };
-        let current = pair_counts.get(&top.pair).copied().unwrap_or(0);
-        if current != top.count {
-            // Counts of existing pairs only fall, and a fall is not pushed: the entry comes
-            // back with its count corrected. (A rise always pushes, leaving a stale low entry.)
-            if current > 0 && current < top.count {
-                heap.push(Candidate {
-                    count: current,
-                    ..top
-                });
-            }
-            continue;
-        }
-        let pair = top.pair;
-        let joined: Rc<[u8]> = [&top.left[..], &top.right[..]].concat().into();
-        let merged = *ids_of_merged.entry(joined.clone()).or_insert_with(|| {
-            tokens.push(joined);
-            bar.inc(1);
-            (tokens.len() - 1) as u32
-        });
-        merges.push(Merge {
-            left: pair.0,
-            right: pair.1,
-            merged,
-        });
-        pair_counts.remove(&pair);
-
-        let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
-        for w in pair_words.remove(&pair).unwrap_or_default() {
-            let word = &mut words[w as usize];
-            if !rewrite(word, pair, merged, &mut deltas) {
-                continue;
-            }
-            for p in word
-                .ids
-                .windows(2)
-                .filter(|p| p[0] == merged || p[1] == merged)
-            {
-                pair_words.entry((p[0], p[1])).or_default().insert(w);
-            }
-        }
-        for (p, delta) in deltas {
-            if delta == 0 || p == pair {
-                continue;
-            }
-            let count = pair_counts.entry(p).or_default();
-            *count = (*count as i64 + delta) as u64;
-            if *count == 0 {
-                pair_counts.remove(&p);
-            } else if delta > 0 {
-                heap.push(candidate(&tokens, p, *count));
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let tokens = tokens.iter().map(|t| t.to_vec()).collect();
-    let specials = options
-        .specials
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.clone(), 256 + i as u32))
-        .collect();
-    BpeTokenizer::new(tokens, merges, specials, false).map_err(|reason| BpeTrainError::Input {
-        path: what.into(),
-        reason,
-    })
-}
-
-/// Replaces each occurrence of `pair` in `word` (left to right) by `merged`, recording the
-/// change of every pair count. False when the word does not hold the pair.
-fn rewrite(word: &mut Word, pair: Pair, merged: u32, deltas: &mut FxHashMap<Pair, i64>) -> bool {
-    let ids = &word.ids;
-    if !ids.windows(2).any(|p| (p[0], p[1]) == pair) {
-        return false;
-    }
-    let count = word.count as i64;
-    for p in ids.windows(2) {
-        *deltas.entry((p[0], p[1])).or_default() -= count;
-    }
-    let mut out = Vec::with_capacity(ids.len());
-    let mut i = 0;
-    while i < ids.len() {
-        if i + 1 < ids.len() && (ids[i], ids[i + 1]) == pair {
-            out.push(merged);
-            i += 2;
-        } else {
-            out.push(ids[i]);
-            i += 1;
-        }
-    }
-    for p in out.windows(2) {
-        *deltas.entry((p[0], p[1])).or_default() += count;
-    }
-    word.ids = out;
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tokenizer::Tokenizer;
 
     fn options(vocab_size: usize) -> BpeTrainOptions {
-        BpeTrainOptions {
-            vocab_size,
-            specials: vec!["<|endoftext|>".into()],
-            progress: false,
-        }
+        BpeTrainOptions { vocab_size, specials: vec!["<|endoftext|>".into()], progress: false }
     }
 
     /// The textbook algorithm: recount every pair before every merge.
@@ -361,9 +175,7 @@ mod tests {
         for segment in matcher.segments(text) {
             if let Segment::Text(t) = segment {
                 for piece in pre_tokens(t) {
-                    *words
-                        .entry(piece.bytes().map(|b| vec![b]).collect())
-                        .or_default() += 1;
+                    *words.entry(piece.bytes().map(|b| vec![b]).collect()).or_default() += 1;
                 }
             }
         }
@@ -375,9 +187,7 @@ mod tests {
                     *pairs.entry((p[0].clone(), p[1].clone())).or_default() += n;
                 }
             }
-            let Some((best, _)) = pairs
-                .into_iter()
-                .max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
+            let Some((best, _)) = pairs.into_iter().max_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)))
             else {
                 break;
             };
@@ -411,11 +221,7 @@ mod tests {
         let text =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/the-verdict.txt"))
                 .unwrap();
-        let text = format!(
-            "{}<|endoftext|>aaaa aaa  baaa\n\n{}",
-            &text[..6000],
-            &text[6000..9000]
-        );
+        let text = format!("{}<|endoftext|>aaaa aaa  baaa\n\n{}", &text[..6000], &text[6000..9000]);
         let opts = options(256 + 1 + 150);
         let fast = train_on_text(&text, &opts).unwrap();
         let fast: Vec<(Vec<u8>, Vec<u8>)> = fast
@@ -447,24 +253,16 @@ mod tests {
     #[test]
     fn bad_options_and_inputs_are_named() {
         let err = train_on_text("abc", &options(200)).unwrap_err().to_string();
-        assert!(
-            err.contains("vocab size 200") && err.contains("257"),
-            "{err}"
-        );
-        let err = train_on_text("<|endoftext|>", &options(300))
-            .unwrap_err()
-            .to_string();
+        assert!(err.contains("vocab size 200") && err.contains("257"), "{err}");
+        let err = train_on_text("<|endoftext|>", &options(300)).unwrap_err().to_string();
         assert!(err.contains("no text to train on"), "{err}");
-        let err = train_on_files(&["no/such/file.txt".into()], &options(300))
-            .unwrap_err()
-            .to_string();
+        let err =
+            train_on_files(&["no/such/file.txt".into()], &options(300)).unwrap_err().to_string();
         assert!(err.contains("no/such/file.txt"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("bin.dat");
         std::fs::write(&binary, [b'a', b'b', 0xFF, 0xFE]).unwrap();
-        let err = train_on_files(&[binary], &options(300))
-            .unwrap_err()
-            .to_string();
+        let err = train_on_files(&[binary], &options(300)).unwrap_err().to_string();
         assert!(err.contains("bin.dat") && err.contains("offset 2"), "{err}");
     }
 }

@@ -20,8 +20,9 @@ use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn::train::metric::store::EventStoreClient;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use crate::run_dir::{commit_temp, sha256_file, temp_sibling, write_atomic, RunDir};
-use crate::train::RunControl;
+use super::control::RunControl;
+use super::RunDir;
+use crate::files::{commit_temp, sha256_file, temp_sibling, write_atomic};
 
 /// The records of one checkpoint, besides its state file.
 pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
@@ -36,19 +37,9 @@ pub enum CheckpointError {
     #[error("{path}: {reason}")]
     State { path: PathBuf, reason: String },
     #[error("{path}: parameter {name} has shape {file:?} in the file but {config:?} in the run's config; is the checkpoint from another run or model size?")]
-    Shape {
-        path: PathBuf,
-        name: String,
-        file: Vec<usize>,
-        config: Vec<usize>,
-    },
+    Shape { path: PathBuf, name: String, file: Vec<usize>, config: Vec<usize> },
     #[error("checkpoint {epoch} (step {step}) is damaged: {file} {problem}")]
-    Damaged {
-        epoch: usize,
-        step: usize,
-        file: String,
-        problem: String,
-    },
+    Damaged { epoch: usize, step: usize, file: String, problem: String },
     #[error("{0}")]
     NotFound(String),
 }
@@ -69,10 +60,7 @@ type Inner = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 impl CheckpointRecorder {
     pub fn for_journal(journal: CheckpointJournal) -> Self {
-        Self {
-            dir: Some(journal.run.checkpoints()),
-            journal: Some(journal),
-        }
+        Self { dir: Some(journal.run.checkpoints()), journal: Some(journal) }
     }
 
     fn target(&self, path: &Path) -> PathBuf {
@@ -127,10 +115,7 @@ pub fn load_record<B: Backend, R: Record<B>>(
         )));
     }
     let load = || Recorder::<B>::load(&CheckpointRecorder::default(), path.to_path_buf(), device);
-    let err = |reason: String| CheckpointError::Load {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let err = |reason: String| CheckpointError::Load { path: path.to_path_buf(), reason };
     // Burn 0.21 panics on some damaged records (a parameter id that does not parse); found by
     // the `checkpoint` fuzz target.
     match catch_quietly(load) {
@@ -198,10 +183,7 @@ pub struct CheckpointState {
 
 impl CheckpointState {
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
-        let err = |reason: String| CheckpointError::State {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let err = |reason: String| CheckpointError::State { path: path.to_path_buf(), reason };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("not a checkpoint state file ({e})")))?;
@@ -213,9 +195,7 @@ impl CheckpointState {
                 )))
             }
             None => {
-                return Err(err(
-                    "no \"version\" field: not a kiln checkpoint state file".into(),
-                ))
+                return Err(err("no \"version\" field: not a kiln checkpoint state file".into()))
             }
         }
         serde_json::from_value(value).map_err(|e| err(format!("not a checkpoint state file ({e})")))
@@ -224,10 +204,8 @@ impl CheckpointState {
     /// Fails unless the run's `tokenizer.json` is the file this checkpoint was taken with.
     pub fn check_tokenizer(&self, run: &RunDir) -> Result<(), CheckpointError> {
         let path = run.tokenizer();
-        let actual = sha256_file(&path).map_err(|e| CheckpointError::State {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let actual = sha256_file(&path)
+            .map_err(|e| CheckpointError::State { path: path.clone(), reason: e.to_string() })?;
         if actual != self.tokenizer_sha256 {
             let reason = format!(
                 "changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
@@ -279,10 +257,11 @@ impl Latest {
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
+
+/// A checkpoint asked for: its state and the records written so far.
+type Pending = (CheckpointState, Vec<String>);
 
 /// Completes checkpoints once all their records are written (see the module comment).
 #[derive(Debug, Clone)]
@@ -290,35 +269,24 @@ pub struct CheckpointJournal {
     run: RunDir,
     keep: usize,
     /// Checkpoints asked for and not yet complete: their state and the records written so far.
-    pending: Arc<Mutex<HashMap<usize, (CheckpointState, Vec<String>)>>>,
+    pending: Arc<Mutex<HashMap<usize, Pending>>>,
 }
 
 impl CheckpointJournal {
     pub fn new(run: RunDir, keep: usize) -> Self {
-        Self {
-            run,
-            keep: keep.max(1),
-            pending: Default::default(),
-        }
+        Self { run, keep: keep.max(1), pending: Default::default() }
     }
 
     /// Records that checkpoint `state.epoch` is being written.
     fn expect(&self, state: CheckpointState) {
-        self.pending
-            .lock()
-            .expect("journal lock")
-            .insert(state.epoch, (state, Vec::new()));
+        self.pending.lock().expect("journal lock").insert(state.epoch, (state, Vec::new()));
     }
 
     /// Called by the recorder after `path` (`<kind>-<epoch>.mpk`) is on disk.
     fn record_written(&self, path: &Path) -> std::io::Result<()> {
-        let stem = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        let Some((kind, epoch)) = stem
-            .rsplit_once('-')
-            .and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?)))
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let Some((kind, epoch)) =
+            stem.rsplit_once('-').and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?)))
         else {
             return Ok(());
         };
@@ -340,11 +308,7 @@ impl CheckpointJournal {
         }
         let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
         write_atomic(&self.run.checkpoint_state(epoch), &json)?;
-        let latest = serde_json::to_vec(&Latest {
-            epoch,
-            step: state.step,
-        })
-        .expect("serializes");
+        let latest = serde_json::to_vec(&Latest { epoch, step: state.step }).expect("serializes");
         write_atomic(&self.run.latest_checkpoint(), &latest)?;
         self.prune(epoch)
     }
@@ -352,12 +316,7 @@ impl CheckpointJournal {
     /// Removes all but the newest `keep` complete checkpoints; `newest` always stays.
     fn prune(&self, newest: usize) -> std::io::Result<()> {
         let complete = self.run.checkpoint_epochs();
-        for &old in complete
-            .iter()
-            .filter(|&&e| e != newest)
-            .rev()
-            .skip(self.keep - 1)
-        {
+        for &old in complete.iter().filter(|&&e| e != newest).rev().skip(self.keep - 1) {
             self.run.remove_checkpoint(old)?;
         }
         Ok(())

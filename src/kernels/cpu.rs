@@ -22,9 +22,7 @@ const ROWS_PER_BLOCK: usize = 64;
 
 /// `x·Φ(x)` into `y` and its derivative `Φ(x) + x·φ(x)` into `derivative`, for each of `x`.
 pub(super) fn gelu_and_derivative(x: &[f32], y: &mut [f32], derivative: &mut [f32]) {
-    let blocks = x
-        .par_chunks(ELEMENTS_PER_BLOCK)
-        .zip(y.par_chunks_mut(ELEMENTS_PER_BLOCK));
+    let blocks = x.par_chunks(ELEMENTS_PER_BLOCK).zip(y.par_chunks_mut(ELEMENTS_PER_BLOCK));
     blocks
         .zip(derivative.par_chunks_mut(ELEMENTS_PER_BLOCK))
         .for_each(|((x, y), derivative)| gelu_block(x, y, derivative));
@@ -37,13 +35,7 @@ pub(super) fn gelu_and_derivative(x: &[f32], y: &mut [f32], derivative: &mut [f3
 /// 1.5e-7 of erfc; φ(x) = e^(−z²)/√(2π) shares its exponential.
 fn gelu_block(x: &[f32], y: &mut [f32], derivative: &mut [f32]) {
     const P: f32 = 0.327_591_1;
-    const A: [f32; 5] = [
-        0.254_829_6,
-        -0.284_496_74,
-        1.421_413_7,
-        -1.453_152_1,
-        1.061_405_4,
-    ];
+    const A: [f32; 5] = [0.254_829_6, -0.284_496_74, 1.421_413_7, -1.453_152_1, 1.061_405_4];
     const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
     for ((&x, y), derivative) in x.iter().zip(y).zip(derivative) {
         let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
@@ -73,22 +65,14 @@ pub(super) fn layer_norm(
 ) -> RowStats {
     let d = gamma.len();
     let rows = x.len() / d;
-    let mut stats = RowStats {
-        mean: vec![0.0; rows],
-        rstd: vec![0.0; rows],
-    };
-    let blocks = x
-        .par_chunks(ROWS_PER_BLOCK * d)
-        .zip(y.par_chunks_mut(ROWS_PER_BLOCK * d));
+    let mut stats = RowStats { mean: vec![0.0; rows], rstd: vec![0.0; rows] };
+    let blocks = x.par_chunks(ROWS_PER_BLOCK * d).zip(y.par_chunks_mut(ROWS_PER_BLOCK * d));
     let blocks = blocks
         .zip(stats.mean.par_chunks_mut(ROWS_PER_BLOCK))
         .zip(stats.rstd.par_chunks_mut(ROWS_PER_BLOCK));
     blocks.for_each(|(((x, y), mean), rstd)| {
-        for (((x, y), mean), rstd) in x
-            .chunks_exact(d)
-            .zip(y.chunks_exact_mut(d))
-            .zip(mean)
-            .zip(rstd)
+        for (((x, y), mean), rstd) in
+            x.chunks_exact(d).zip(y.chunks_exact_mut(d)).zip(mean).zip(rstd)
         {
             *mean = sum(x) / d as f32;
             for (y, &x) in y.iter_mut().zip(x) {
@@ -126,10 +110,7 @@ pub(super) fn layer_norm_backward(
 ) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let block = ROWS_PER_BLOCK * d;
-    let blocks = x
-        .chunks(block)
-        .zip(grad.chunks(block))
-        .zip(dx.chunks_mut(block));
+    let blocks = x.chunks(block).zip(grad.chunks(block)).zip(dx.chunks_mut(block));
     let blocks: Vec<_> = blocks
         .zip(stats.mean.chunks(ROWS_PER_BLOCK))
         .zip(stats.rstd.chunks(ROWS_PER_BLOCK))
@@ -164,12 +145,8 @@ fn layer_norm_backward_block(
     let d = gamma.len();
     let (mut dgamma, mut dbeta, mut x_hat, mut g) =
         (vec![0.0; d], vec![0.0; d], vec![0.0; d], vec![0.0; d]);
-    for ((((x, grad), dx), &mean), &rstd) in x
-        .chunks_exact(d)
-        .zip(grad.chunks_exact(d))
-        .zip(dx.chunks_exact_mut(d))
-        .zip(mean)
-        .zip(rstd)
+    for ((((x, grad), dx), &mean), &rstd) in
+        x.chunks_exact(d).zip(grad.chunks_exact(d)).zip(dx.chunks_exact_mut(d)).zip(mean).zip(rstd)
     {
         for i in 0..d {
             x_hat[i] = (x[i] - mean) * rstd;
@@ -204,9 +181,7 @@ pub(super) fn cross_entropy(
         .map(|((logits, targets), log_sum_exp)| {
             let mut loss = 0.0;
             for ((row, &target), lse) in logits.chunks_exact(vocab).zip(targets).zip(log_sum_exp) {
-                let max = row
-                    .iter()
-                    .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
                 let exps: f32 = row.iter().map(|&x| exp_nonpositive(x - max)).sum();
                 *lse = max + exps.ln();
                 loss += *lse - row[target];
@@ -214,10 +189,7 @@ pub(super) fn cross_entropy(
             loss
         })
         .collect();
-    Some((
-        partial_sums.iter().sum::<f32>() / targets.len() as f32,
-        log_sum_exp,
-    ))
+    Some((partial_sums.iter().sum::<f32>() / targets.len() as f32, log_sum_exp))
 }
 
 /// Cross-entropy's backward: `scale · (softmax(row) − onehot(target))` into `dlogits`, with
@@ -267,13 +239,8 @@ pub(super) fn exp_nonpositive(v: f32) -> f32 {
         + 0.166_666_65)
         * r
         + 0.5;
-    let two_to_k = f32::from_bits(
-        shifted
-            .to_bits()
-            .wrapping_sub(ROUND.to_bits())
-            .wrapping_add(127)
-            << 23,
-    );
+    let two_to_k =
+        f32::from_bits(shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     (p * r * r + r + 1.0) * two_to_k
 }
 
@@ -310,19 +277,16 @@ mod tests {
     #[test]
     fn cross_entropy_and_its_gradient_match_f64() {
         let (rows, vocab) = (150, 7);
-        let logits: Vec<f32> = (0..rows * vocab)
-            .map(|i| 4.0 * ((i * 37 % 101) as f32 / 101.0 - 0.5))
-            .collect();
+        let logits: Vec<f32> =
+            (0..rows * vocab).map(|i| 4.0 * ((i * 37 % 101) as f32 / 101.0 - 0.5)).collect();
         let targets: Vec<usize> = (0..rows).map(|r| r * 5 % vocab).collect();
         let (loss, lse) = cross_entropy(&logits, &targets, vocab).expect("targets below vocab");
         let mut dlogits = vec![0.0; logits.len()];
         cross_entropy_backward(&logits, &targets, &lse, 0.5 / rows as f32, &mut dlogits);
         let mut expected_loss = 0.0;
         for r in 0..rows {
-            let row: Vec<f64> = logits[r * vocab..(r + 1) * vocab]
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
+            let row: Vec<f64> =
+                logits[r * vocab..(r + 1) * vocab].iter().map(|&x| x as f64).collect();
             let norm: f64 = row.iter().map(|x| x.exp()).sum();
             expected_loss += norm.ln() - row[targets[r]];
             for (i, x) in row.iter().enumerate() {

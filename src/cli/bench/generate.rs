@@ -8,21 +8,21 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use serde::Serialize;
 
-use super::bench::{allocator, describe_rss, peak_rss_mb};
-use crate::backend::{BackendChoice, BackendJob};
+use super::common::{allocator, describe_rss, peak_rss_mb, BenchConfig};
+use crate::backend::ForwardJob;
 use crate::config::RunSpec;
 use crate::generate::{generate, Sampling};
+use crate::kernels::KernelBackend;
 use crate::model::Gpt;
 use crate::train::{fit_tokenizer, gpt_config};
 
 #[derive(Debug, Args)]
 pub struct GenerateBenchArgs {
     #[command(flatten)]
-    config: super::bench::BenchConfig,
+    config: BenchConfig,
     /// Prompt length in tokens, taken from the start of the corpus.
     #[arg(long, default_value_t = 16)]
     prompt_tokens: usize,
@@ -53,7 +53,7 @@ struct GenerateBench {
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
     let mut spec = args.config.load("bench generate")?;
     let (text, tokenizer) = fit_tokenizer(&mut spec)?;
-    let block = spec.model.block_size;
+    let block = spec.model.block_size();
     if args.prompt_tokens == 0 || args.prompt_tokens + args.max_new_tokens > block {
         bail!(
             "--prompt-tokens {} + --max-new-tokens {}: expected at least one prompt token and at most model.block_size = {block} in all, so that every step uses the cache",
@@ -61,15 +61,9 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
             args.max_new_tokens
         );
     }
-    let head = text
-        .char_indices()
-        .nth(64 * args.prompt_tokens)
-        .map_or(text.len(), |(i, _)| i);
-    let prompt: Vec<u32> = tokenizer
-        .encode(&text[..head])?
-        .into_iter()
-        .take(args.prompt_tokens)
-        .collect();
+    let head = text.char_indices().nth(64 * args.prompt_tokens).map_or(text.len(), |(i, _)| i);
+    let prompt: Vec<u32> =
+        tokenizer.encode(&text[..head])?.into_iter().take(args.prompt_tokens).collect();
     if prompt.len() < args.prompt_tokens {
         bail!(
             "--prompt-tokens {}: {} holds only {} tokens",
@@ -86,14 +80,7 @@ pub fn run(args: GenerateBenchArgs) -> Result<()> {
         seed: spec.run.seed,
     };
     let backend = spec.backend.clone();
-    let result = crate::backend::dispatch(
-        &backend,
-        Job {
-            spec,
-            prompt,
-            sampling,
-        },
-    )??;
+    let result = crate::backend::dispatch(&backend, Job { spec, prompt, sampling })??;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -119,39 +106,33 @@ struct Job {
     sampling: Sampling,
 }
 
-impl BackendJob for Job {
+impl ForwardJob for Job {
     type Output = Result<GenerateBench>;
-    fn run<B: AutodiffBackend>(
-        self,
-        device: B::Device,
-        backend: BackendChoice,
-    ) -> Result<GenerateBench> {
+    fn run<B: KernelBackend>(self, device: B::Device) -> Result<GenerateBench> {
         B::seed(&device, self.spec.run.seed);
-        let model: Gpt<B::InnerBackend> = gpt_config(&self.spec).init(&device);
+        let model: Gpt<B> = gpt_config(&self.spec)?.init(&device);
         // Untimed: first-use allocations and kernel compilation.
-        let warm_up = Sampling {
-            max_new_tokens: 4,
-            ..self.sampling.clone()
-        };
-        generate(&model, &self.prompt, &warm_up, |_| {})?;
+        let warm_up = Sampling { max_new_tokens: 4, ..self.sampling.clone() };
+        generate(&model, &self.prompt, &warm_up, |_| {}).map_err(crate::cli::generate::as_flag)?;
 
         let started = Instant::now();
         let mut first_token = None;
         let generated = generate(&model, &self.prompt, &self.sampling, |_| {
             first_token.get_or_insert_with(|| started.elapsed());
-        })?;
+        })
+        .map_err(crate::cli::generate::as_flag)?;
         let total = started.elapsed().as_secs_f64();
         let first = first_token.map_or(total, |t| t.as_secs_f64());
 
         let m = &self.spec.model;
         let counts = model.param_counts();
-        let weight_flops = 2.0 * (counts.total - m.block_size * m.d_model) as f64;
+        let weight_flops = 2.0 * (counts.total - m.block_size() * m.d_model()) as f64;
         let attention_flops: f64 = (self.prompt.len()..self.prompt.len() + generated.len())
-            .map(|t| 4.0 * (m.n_layers * m.d_model * t) as f64)
+            .map(|t| 4.0 * (m.n_layers() * m.d_model() * t) as f64)
             .sum();
         let flops = weight_flops * (self.prompt.len() + generated.len()) as f64 + attention_flops;
         Ok(GenerateBench {
-            backend: backend.describe(),
+            backend: self.spec.backend.describe(),
             params: counts.total,
             prompt_tokens: self.prompt.len(),
             new_tokens: generated.len(),

@@ -1,4 +1,8 @@
-//! The layout of `artifacts/<run>/`. Only this module builds paths inside a run.
+//! The run layer: it owns `artifacts/<run>/`. Only this module builds paths inside a run;
+//! it creates and resumes runs ([`start`]), writes and verifies checkpoints
+//! ([`checkpoint`]), holds the metrics file format ([`metrics`]) and the control a running
+//! training shares with its loaders and optimizer ([`control`]), and loads a run's model and
+//! tokenizer for the commands that only read it ([`load`]).
 //!
 //! ```text
 //! artifacts/<run>/
@@ -15,9 +19,24 @@
 //!   experiment.log           Burn's log
 //! ```
 
+pub mod checkpoint;
+pub mod control;
+pub mod load;
+pub mod metrics;
+pub mod start;
+
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::config::RunSpec;
+use crate::data::TokenCache;
+use crate::files::{is_temp_name, write_atomic};
+
+pub use checkpoint::{CheckpointError, CheckpointState};
+pub use control::RunControl;
+pub use load::{load_gpt, load_seq2seq, open_run, run_of_checkpoint, run_tokenizer};
+pub use metrics::{read_metrics, MetricsLine};
+pub use start::{Resume, RunError, Started, Summary};
 
 #[derive(Debug, Clone)]
 pub struct RunDir {
@@ -30,7 +49,7 @@ impl RunDir {
     }
 
     /// The directory of the run `spec` describes: `<run.artifacts_dir>/<run.name>`.
-    pub fn of(spec: &crate::config::RunSpec) -> Self {
+    pub fn of(spec: &RunSpec) -> Self {
         Self::new(spec.run.artifacts_dir.join(&spec.run.name))
     }
 
@@ -43,11 +62,9 @@ impl RunDir {
     pub fn tokenizer(&self) -> PathBuf {
         self.root.join("tokenizer.json")
     }
-    pub fn tokens(&self) -> PathBuf {
-        self.root.join("tokens.bin")
-    }
-    pub fn tokens_meta(&self) -> PathBuf {
-        self.root.join("tokens.json")
+    /// `tokens.bin` and its provenance `tokens.json`.
+    pub fn token_cache(&self) -> TokenCache {
+        TokenCache { tokens: self.root.join("tokens.bin"), meta: self.root.join("tokens.json") }
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
@@ -72,6 +89,16 @@ impl RunDir {
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
     }
+    /// The folder Burn's Learner makes for checkpoints of its own; kiln writes them to
+    /// [`RunDir::checkpoints`] and removes it.
+    pub fn learner_checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+    /// `kiln plot attention`'s picture of `layer` (of one `head`, or all).
+    pub fn attention_plot(&self, layer: usize, head: Option<usize>) -> PathBuf {
+        let head = head.map(|h| format!("-head{h}")).unwrap_or_default();
+        self.root.join(format!("attention-layer{layer}{head}.png"))
+    }
 
     /// Epochs for which a complete checkpoint (model, optimizer, scheduler, state) exists,
     /// oldest first.
@@ -83,15 +110,10 @@ impl RunDir {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("state-")?
-                    .strip_suffix(".json")?
-                    .parse()
-                    .ok()
+                name.strip_prefix("state-")?.strip_suffix(".json")?.parse().ok()
             })
             .filter(|&epoch| {
-                crate::checkpoint::RECORDS
-                    .iter()
-                    .all(|k| self.checkpoint_file(k, epoch).is_file())
+                checkpoint::RECORDS.iter().all(|k| self.checkpoint_file(k, epoch).is_file())
             })
             .collect();
         epochs.sort_unstable();
@@ -102,7 +124,7 @@ impl RunDir {
     /// half-deleted checkpoint is never listed as complete.
     pub fn remove_checkpoint(&self, epoch: usize) -> std::io::Result<()> {
         remove_if_exists(&self.checkpoint_state(epoch))?;
-        for kind in crate::checkpoint::RECORDS {
+        for kind in checkpoint::RECORDS {
             remove_if_exists(&self.checkpoint_file(kind, epoch))?;
         }
         Ok(())
@@ -113,7 +135,7 @@ impl RunDir {
 pub fn checkpoint_epoch(path: &Path) -> Option<usize> {
     let stem = path.file_stem()?.to_str()?;
     let (kind, epoch) = stem.rsplit_once('-')?;
-    (kind == "state" || crate::checkpoint::RECORDS.contains(&kind)).then_some(())?;
+    (kind == "state" || checkpoint::RECORDS.contains(&kind)).then_some(())?;
     epoch.parse().ok()
 }
 
@@ -148,11 +170,7 @@ impl RunDir {
                 continue;
             };
             for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
-                if path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(is_temp_name)
-                {
+                if path.file_name().and_then(|n| n.to_str()).is_some_and(is_temp_name) {
                     remove_if_exists(&path)?;
                     removed += 1;
                 }
@@ -165,7 +183,10 @@ impl RunDir {
     pub fn check_room(&self, bytes: u64, what: &str) -> Result<(), String> {
         let probe = self.root().join(".kiln-write-test");
         write_atomic(&probe, b"kiln").and_then(|_| fs::remove_file(&probe)).map_err(|e| {
-            format!("{}: cannot write into the run folder ({e}); choose a writable run.artifacts_dir", self.root().display())
+            format!(
+                "{}: cannot write into the run folder ({e}); choose a writable run.artifacts_dir",
+                self.root().display()
+            )
         })?;
         let free = fs4::available_space(self.root())
             .map_err(|e| format!("{}: cannot read free space ({e})", self.root().display()))?;
@@ -181,36 +202,6 @@ impl RunDir {
     }
 }
 
-/// Hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Hex SHA-256 of a file, read in 1 MB pieces.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / (1u64 << 30) as f64),
@@ -219,91 +210,9 @@ fn human_bytes(bytes: u64) -> String {
     }
 }
 
-fn is_temp_name(name: &str) -> bool {
-    name.starts_with('.') && name.contains("-partial")
-}
-
 fn remove_if_exists(path: &Path) -> std::io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
-}
-
-/// Writes `bytes` to `path` so that a crash leaves either the old file or the new one:
-/// temporary file in the same directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = temp_sibling(path);
-    {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    commit_temp(&tmp, path)
-}
-
-/// A file written in pieces that appears at its path only when complete: it is written to a
-/// temporary sibling and renamed by [`AtomicFile::commit`]; dropped uncommitted, it is removed.
-pub struct AtomicFile {
-    writer: Option<std::io::BufWriter<fs::File>>,
-    tmp: PathBuf,
-    path: PathBuf,
-}
-
-impl AtomicFile {
-    pub fn create(path: &Path) -> std::io::Result<Self> {
-        let tmp = temp_sibling(path);
-        let writer = std::io::BufWriter::new(fs::File::create(&tmp)?);
-        Ok(Self {
-            writer: Some(writer),
-            tmp,
-            path: path.to_path_buf(),
-        })
-    }
-
-    pub fn commit(mut self) -> std::io::Result<()> {
-        let writer = self.writer.take().expect("an AtomicFile commits once");
-        writer
-            .into_inner()
-            .map_err(|e| e.into_error())?
-            .sync_all()?;
-        commit_temp(&self.tmp, &self.path)
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.writer.as_mut().expect("not yet committed").write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.writer.as_mut().expect("not yet committed").flush()
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.writer.take().is_some() {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// A hidden file next to `path` to write into before [`commit_temp`]. It has no extension
-/// of its own, so writers that set one (Burn's recorders) keep it recognisable.
-pub fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{}-partial", name.replace('.', "_")))
-}
-
-/// Fsyncs `tmp`, renames it onto `path` and fsyncs the directory.
-pub fn commit_temp(tmp: &Path, path: &Path) -> std::io::Result<()> {
-    fs::File::open(tmp)?.sync_all()?;
-    fs::rename(tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }

@@ -16,8 +16,8 @@ use clap::Args;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::bench::{peak_rss_mb, reset_peak_rss};
-use super::table::Table;
+use super::common::{peak_rss_mb, reset_peak_rss};
+use crate::cli::table::Table;
 use crate::tokenizer::bpe::pretokenize;
 use crate::tokenizer::bpe::train::{train_on_files, BpeTrainOptions};
 use crate::tokenizer::{BpeTokenizer, TiktokenTokenizer, Tokenizer};
@@ -51,9 +51,31 @@ struct Row {
 }
 
 pub fn run(args: TokenizerBenchArgs) -> Result<()> {
-    let mut rows = Vec::new();
     // Training streams the files from disk, as `kiln tokenizer train` does; the peak is
     // measured before the text is loaded for the encoders.
+    let (trained, train_row) = time_training(&args)?;
+    let mut text = String::new();
+    for path in &args.input {
+        text.push_str(&crate::data::read_text(path)?);
+    }
+    eprintln!(
+        "kiln bench tokenizer: {:.1} MB from {} file(s), vocab {}, {} threads",
+        text.len() as f64 / 1e6,
+        args.input.len(),
+        args.vocab_size,
+        rayon::current_num_threads()
+    );
+    let mut rows = vec![train_row];
+    rows.extend(time_encoders(&args, &text, &trained)?);
+    if args.compare_hf {
+        rows.extend(hugging_face(&args)?);
+    }
+    print_rows(&rows);
+    Ok(())
+}
+
+/// kiln's BPE trained on the input files: time, peak memory and throughput.
+fn time_training(args: &TokenizerBenchArgs) -> Result<(BpeTokenizer, Row)> {
     let options = BpeTrainOptions {
         vocab_size: args.vocab_size,
         specials: args.specials.clone(),
@@ -63,56 +85,43 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
     let baseline_mb = peak_rss_mb();
     let (trained, seconds) = timed(|| train_on_files(&args.input, &options));
     let trained = trained?;
-    let peak_mb = peak_rss_mb();
-
-    let mut text = String::new();
-    for path in &args.input {
-        text.push_str(&crate::data::read_text(path)?);
-    }
-    let mb = text.len() as f64 / 1e6;
-    eprintln!(
-        "kiln bench tokenizer: {mb:.1} MB from {} file(s), vocab {}, {} threads",
-        args.input.len(),
-        args.vocab_size,
-        rayon::current_num_threads()
-    );
-    rows.push(Row {
+    let bytes: u64 =
+        args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let row = Row {
         what: "kiln train".into(),
         seconds: Some(seconds),
-        peak_mb,
-        mb_per_s: Some(mb / seconds),
+        peak_mb: peak_rss_mb(),
+        mb_per_s: Some(bytes as f64 / 1e6 / seconds),
         note: format!(
             "vocab {}; process baseline {} MB",
             trained.vocab_size(),
             baseline_mb.map_or("?".into(), |mb| format!("{mb:.0}"))
         ),
-    });
+    };
+    Ok((trained, row))
+}
 
+/// kiln's encoder with the trained and GPT-2's vocabularies, against tiktoken-rs on one
+/// thread and on all; kiln's GPT-2 ids must equal tiktoken-rs's.
+fn time_encoders(
+    args: &TokenizerBenchArgs,
+    text: &str,
+    trained: &BpeTokenizer,
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let mb = text.len() as f64 / 1e6;
     let gpt2 = TiktokenTokenizer::gpt2_as_bpe()?;
     let tiktoken = tiktoken_rs::r50k_base_singleton();
-    let pieces = pretokenize::chunks(&text, 1 << 18);
-    encode_rows(&mut rows, "kiln encode, own vocab", &text, &trained);
-    let gpt2_ids = encode_rows(&mut rows, "kiln encode, gpt2 vocab", &text, &gpt2);
-    let (tiktoken_ids, seconds) = timed(|| tiktoken.encode_ordinary(&text));
-    rows.push(speed_row(
-        "tiktoken-rs gpt2, 1 thread",
-        mb,
-        seconds,
-        tiktoken_ids.len(),
-    ));
+    let pieces = pretokenize::chunks(text, 1 << 18);
+    encode_rows(&mut rows, "kiln encode, own vocab", text, trained);
+    let gpt2_ids = encode_rows(&mut rows, "kiln encode, gpt2 vocab", text, &gpt2);
+    let (tiktoken_ids, seconds) = timed(|| tiktoken.encode_ordinary(text));
+    let row = speed_row("tiktoken-rs gpt2, 1 thread", mb, seconds, tiktoken_ids.len());
+    rows.push(row);
     let (parallel, seconds) = timed(|| {
-        pieces
-            .par_iter()
-            .map(|p| tiktoken.encode_ordinary(p))
-            .collect::<Vec<_>>()
-            .concat()
+        pieces.par_iter().map(|p| tiktoken.encode_ordinary(p)).collect::<Vec<_>>().concat()
     });
-    rows.push(speed_row(
-        "tiktoken-rs gpt2, all threads",
-        mb,
-        seconds,
-        parallel.len(),
-    ));
+    rows.push(speed_row("tiktoken-rs gpt2, all threads", mb, seconds, parallel.len()));
     // encode_ordinary reads special tokens as text: ids are comparable only without them.
     let has_specials = args.specials.iter().any(|s| text.contains(s.as_str()));
     if !has_specials && gpt2_ids != tiktoken_ids {
@@ -126,12 +135,7 @@ pub fn run(args: TokenizerBenchArgs) -> Result<()> {
             "identical to tiktoken-rs"
         }
     );
-
-    if args.compare_hf {
-        rows.extend(hugging_face(&args)?);
-    }
-    print_rows(&rows);
-    Ok(())
+    Ok(rows)
 }
 
 fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
@@ -154,22 +158,12 @@ fn speed_row(what: &str, mb: f64, seconds: f64, tokens: usize) -> Row {
 fn encode_rows(rows: &mut Vec<Row>, what: &str, text: &str, tok: &BpeTokenizer) -> Vec<u32> {
     let mb = text.len() as f64 / 1e6;
     let (ids, seconds) = timed(|| tok.encode_single_thread(text));
-    rows.push(speed_row(
-        &format!("{what}, 1 thread"),
-        mb,
-        seconds,
-        ids.len(),
-    ));
+    rows.push(speed_row(&format!("{what}, 1 thread"), mb, seconds, ids.len()));
     let (parallel, seconds) = timed(|| tok.encode_text(text));
     if parallel != ids {
         eprintln!("kiln: warning: {what}: the parallel encode differs from the serial one (a bug; please report it)");
     }
-    rows.push(speed_row(
-        &format!("{what}, all threads"),
-        mb,
-        seconds,
-        parallel.len(),
-    ));
+    rows.push(speed_row(&format!("{what}, all threads"), mb, seconds, parallel.len()));
     ids
 }
 
@@ -189,22 +183,14 @@ fn hugging_face(args: &TokenizerBenchArgs) -> Result<Vec<Row>> {
     let python = args.python.clone().unwrap_or_else(default_python);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/hf_tokenizers_bench.py");
     let mut command = Command::new(&python);
-    command
-        .arg(&script)
-        .arg("--vocab-size")
-        .arg(args.vocab_size.to_string());
+    command.arg(&script).arg("--vocab-size").arg(args.vocab_size.to_string());
     for special in &args.specials {
         command.arg("--special").arg(special);
     }
     command.args(&args.input);
-    eprintln!(
-        "kiln: running Hugging Face tokenizers ({} {})",
-        python.display(),
-        script.display()
-    );
-    let out = command
-        .output()
-        .with_context(|| format!("--compare-hf: running {}", python.display()))?;
+    eprintln!("kiln: running Hugging Face tokenizers ({} {})", python.display(), script.display());
+    let out =
+        command.output().with_context(|| format!("--compare-hf: running {}", python.display()))?;
     if !out.status.success() {
         bail!(
             "--compare-hf: {} failed:\n{}",
@@ -214,30 +200,19 @@ fn hugging_face(args: &TokenizerBenchArgs) -> Result<Vec<Row>> {
     }
     let hf: HfFigures =
         serde_json::from_slice(&out.stdout).context("--compare-hf: reading the script's JSON")?;
-    let mb = args
-        .input
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum::<u64>() as f64
-        / 1e6;
+    let mb =
+        args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum::<u64>()
+            as f64
+            / 1e6;
     Ok(vec![
         Row {
             what: format!("HF tokenizers {} train", hf.version),
             seconds: Some(hf.train_seconds),
             peak_mb: Some(hf.peak_rss_mb),
             mb_per_s: Some(mb / hf.train_seconds),
-            note: format!(
-                "vocab {}; Python baseline {:.0} MB",
-                hf.vocab_size, hf.baseline_rss_mb
-            ),
+            note: format!("vocab {}; Python baseline {:.0} MB", hf.vocab_size, hf.baseline_rss_mb),
         },
-        speed_row(
-            "HF encode, own vocab, 1 thread",
-            mb,
-            hf.encode_seconds,
-            hf.tokens,
-        ),
+        speed_row("HF encode, own vocab, 1 thread", mb, hf.encode_seconds, hf.tokens),
         speed_row(
             "HF encode_batch, own vocab, all threads",
             mb,

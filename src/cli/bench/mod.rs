@@ -1,0 +1,28 @@
+//! `kiln bench`: benchmarks that print figures — training steps, generation with the KV
+//! cache, and the BPE tokenizer.
+
+mod common;
+mod generate;
+mod tokenizer;
+mod train;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// ms per training step, tokens/s, model FLOP/s and peak memory for a config.
+    Train(train::TrainBenchArgs),
+    /// Generation speed with the KV cache: first-token latency, ms/token, tokens/s, peak memory.
+    Generate(generate::GenerateBenchArgs),
+    /// BPE training time, peak memory and encode MB/s, against Hugging Face tokenizers and tiktoken-rs.
+    Tokenizer(tokenizer::TokenizerBenchArgs),
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Train(args) => train::run(args),
+        BenchCommand::Generate(args) => generate::run(args),
+        BenchCommand::Tokenizer(args) => tokenizer::run(args),
+    }
+}

@@ -1,0 +1,171 @@
+//! `kiln bench train`: time training steps of a config on a backend.
+//!
+//! Steps run outside the Learner (forward, backward, clipped AdamW step) so the figure is the
+//! cost of the model and optimizer alone. FLOPs follow nanoGPT's `estimate_mfu`:
+//! 6·N per token for the weights plus 12·L·H·Q·T for attention.
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use super::common::{allocator, describe_rss, peak_rss_mb, BenchConfig};
+use crate::backend::{replica_devices, TrainJob};
+use crate::config::RunSpec;
+use crate::data::{Corpus, WindowOrder};
+use crate::kernels::TrainBackend;
+use crate::model::Gpt;
+use crate::train::bench::{time_steps, StepTiming, StepsToTime};
+use crate::train::{gpt_config, prepare_in_memory};
+
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    #[command(flatten)]
+    config: BenchConfig,
+    /// Timed optimizer steps.
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// Untimed steps first (allocations, kernel compilation, caches).
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct TrainBench {
+    backend: String,
+    iters: usize,
+    ms_per_iter: f64,
+    tokens_per_sec: f64,
+    flops_per_iter: f64,
+    flops_per_sec: f64,
+    peak_rss_mb: Option<f64>,
+    allocator: String,
+    final_loss: f64,
+    /// With several `[distributed] devices`: the same steps on all of them at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scaling: Option<Scaling>,
+}
+
+/// Data-parallel steps on several devices against one device, each replica with the
+/// config's batch.
+#[derive(Debug, Serialize)]
+struct Scaling {
+    devices: usize,
+    ms_per_iter: f64,
+    tokens_per_sec: f64,
+    /// tokens/s on all devices over tokens/s on one.
+    speedup: f64,
+    /// speedup / devices: 1.0 is perfect scaling.
+    efficiency: f64,
+}
+
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    if args.iters == 0 {
+        anyhow::bail!("--iters 0: expected at least one timed step");
+    }
+    let mut spec = args.config.load("bench train")?;
+    let (_, corpus, order) = prepare_in_memory(&mut spec)?;
+    let backend = spec.backend.clone();
+    let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
+    let result = crate::backend::dispatch_train(&backend, job)??;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        println!("backend:        {}", result.backend);
+        println!("steps timed:    {} (after {} warm-up)", result.iters, args.warmup);
+        println!("ms/iter:        {:.1}", result.ms_per_iter);
+        println!("tokens/s:       {:.0}", result.tokens_per_sec);
+        println!(
+            "model FLOP/s:   {:.3} GFLOP/s ({:.3} GFLOP per step)",
+            result.flops_per_sec / 1e9,
+            result.flops_per_iter / 1e9
+        );
+        println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
+        println!("allocator:      {}", result.allocator);
+        println!("final loss:     {:.4}", result.final_loss);
+        if let Some(s) = &result.scaling {
+            println!("on {} devices:   {:.1} ms/iter, {:.0} tokens/s (each device with the config's batch)", s.devices, s.ms_per_iter, s.tokens_per_sec);
+            println!(
+                "scaling:        {:.2}× the tokens/s of one device: {:.0} % efficiency",
+                s.speedup,
+                100.0 * s.efficiency
+            );
+        }
+    }
+    Ok(())
+}
+
+struct Job {
+    spec: RunSpec,
+    corpus: Corpus,
+    order: WindowOrder,
+    iters: usize,
+    warmup: usize,
+}
+
+impl TrainJob for Job {
+    type Output = Result<TrainBench>;
+    fn run<B: TrainBackend>(self, device: B::Device) -> Result<TrainBench> {
+        let spec = &self.spec;
+        B::seed(&device, spec.run.seed);
+        let model: Gpt<B> = gpt_config(spec)?.init(&device);
+        let tokens_per_step = spec.training.tokens_per_step(spec.model.block_size());
+        let flops_per_iter = flops_per_token(spec, model.param_counts()) * tokens_per_step as f64;
+        let steps = StepsToTime {
+            spec,
+            corpus: &self.corpus,
+            order: &self.order,
+            iters: self.iters,
+            warmup: self.warmup,
+        };
+        let one = time_steps(&steps, model.clone(), std::slice::from_ref(&device))?;
+        let devices = &spec.distributed.devices;
+        let scaling = match devices.len() > 1 {
+            true => {
+                let all = replica_devices::<B>(&spec.backend, &device, devices)?;
+                Some(scaling(&one, &time_steps(&steps, model, &all)?, all.len(), self.iters))
+            }
+            false => None,
+        };
+        Ok(TrainBench {
+            backend: spec.backend.describe(),
+            iters: self.iters,
+            ms_per_iter: 1000.0 * one.seconds / self.iters as f64,
+            tokens_per_sec: one.tokens_per_sec(self.iters),
+            flops_per_iter,
+            flops_per_sec: flops_per_iter * self.iters as f64 / one.seconds,
+            peak_rss_mb: peak_rss_mb(),
+            allocator: allocator(),
+            final_loss: one.final_loss,
+            scaling,
+        })
+    }
+}
+
+/// `all` (replicas on `devices` devices, each with the config's batch) against `one` device.
+fn scaling(one: &StepTiming, all: &StepTiming, devices: usize, iters: usize) -> Scaling {
+    let tokens_per_sec = all.tokens_per_sec(iters) * devices as f64;
+    let speedup = tokens_per_sec / one.tokens_per_sec(iters);
+    Scaling {
+        devices,
+        ms_per_iter: 1000.0 * all.seconds / iters as f64,
+        tokens_per_sec,
+        speedup,
+        efficiency: speedup / devices as f64,
+    }
+}
+
+/// nanoGPT's count: 6·N (N without the position embedding) + 12·L·H·Q·T per token.
+fn flops_per_token(spec: &RunSpec, counts: crate::model::ParamCounts) -> f64 {
+    let m = &spec.model;
+    let n = (counts.total - m.block_size() * m.d_model()) as f64;
+    let (l, h, q, t) = (
+        m.n_layers() as f64,
+        m.n_heads() as f64,
+        (m.d_model() / m.n_heads()) as f64,
+        m.block_size() as f64,
+    );
+    6.0 * n + 12.0 * l * h * q * t
+}

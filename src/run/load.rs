@@ -1,0 +1,149 @@
+//! A finished (or checkpointed) run read back for the commands that only run its model:
+//! its config, its tokenizer checked against the model and its checkpoints, its weights
+//! checked against the config's shapes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use burn::prelude::*;
+
+use super::checkpoint::{load_record, CheckpointError, CheckpointState, Latest};
+use super::RunDir;
+use crate::config::{GptSpec, ModelSpec, RunSpec, Seq2SeqSpec};
+use crate::data::Specials;
+use crate::model::{named_params, Gpt, GptConfig, Seq2Seq, Seq2SeqConfig};
+use crate::tokenizer::{self, Tokenizer};
+
+/// A run directory and its resolved config.
+pub fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
+    let run = RunDir::new(dir);
+    if !run.config().is_file() {
+        bail!(
+            "{}: not a kiln run directory (no config.toml); name a directory under artifacts/",
+            dir.display()
+        );
+    }
+    let spec = RunSpec::read_resolved(&run.config())?;
+    Ok((run, spec))
+}
+
+/// For a checkpoint file inside a run (`<run>/model.mpk`, `<run>/checkpoints/model-N.mpk`),
+/// the run directory it belongs to.
+pub fn run_of_checkpoint(file: &Path) -> Result<PathBuf> {
+    let parent = file.parent().unwrap_or(Path::new("."));
+    let dir = match parent.file_name().is_some_and(|n| n == "checkpoints") {
+        true => parent.parent().unwrap_or(parent),
+        false => parent,
+    };
+    if !dir.join("config.toml").is_file() {
+        bail!(
+            "{}: cannot find the run it belongs to (expected config.toml in {})",
+            file.display(),
+            dir.display()
+        );
+    }
+    Ok(dir.to_path_buf())
+}
+
+/// The tokenizer of a trained run, checked against the model it belongs to: its vocabulary
+/// must fit the model's, and it must be the file the run's checkpoints were taken with.
+pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
+    let path = run.tokenizer();
+    let tokenizer = tokenizer::load(&path)?;
+    let (have, model) = (tokenizer.vocab_size(), spec.vocab_size());
+    if have > model {
+        bail!(
+            "{}: a vocabulary of {have} tokens, but the run's model has {model} \
+             (model.vocab_size in {}); the file is not the one this run was trained with: \
+             restore it",
+            path.display(),
+            run.config().display()
+        );
+    }
+    let latest = Latest::read(run);
+    let state = latest.and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
+    if let Some(state) = state {
+        state.check_tokenizer(run)?;
+    }
+    Ok(tokenizer)
+}
+
+/// The GPT section of a run's config, or an error naming the commands for a seq2seq run.
+pub fn gpt_spec<'a>(spec: &'a RunSpec, command: &str) -> Result<&'a GptSpec> {
+    match &spec.model {
+        ModelSpec::Gpt(gpt) => Ok(gpt),
+        ModelSpec::Seq2Seq(_) => bail!(
+            "kiln {command} works on GPT models, and this one is model.kind = \"seq2seq\"; \
+             for an encoder-decoder use kiln train, translate, eval or inspect"
+        ),
+    }
+}
+
+/// The seq2seq section of a run's config.
+pub fn seq2seq_spec(spec: &RunSpec) -> Result<&Seq2SeqSpec> {
+    match &spec.model {
+        ModelSpec::Seq2Seq(seq2seq) => Ok(seq2seq),
+        ModelSpec::Gpt(_) => bail!("this run is model.kind = \"gpt\", not an encoder-decoder"),
+    }
+}
+
+/// The weights of a GPT run: a given checkpoint file, else the final model, else the newest
+/// checkpoint. Returns the model and the file it came from.
+pub fn load_gpt<B: Backend>(
+    run: &RunDir,
+    spec: &RunSpec,
+    file: Option<&Path>,
+    device: &B::Device,
+) -> Result<(Gpt<B>, PathBuf)> {
+    let config = GptConfig::from_spec(gpt_spec(spec, "load")?, spec.vocab_size());
+    load_weights(run, config.init(device), file, device)
+}
+
+/// The model of a seq2seq run, as [`load_gpt`], with the run's tokenizer (which gives the
+/// model its padding token).
+pub fn load_seq2seq<B: Backend>(
+    run: &RunDir,
+    spec: &RunSpec,
+    file: Option<&Path>,
+    device: &B::Device,
+) -> Result<(Seq2Seq<B>, PathBuf, Box<dyn Tokenizer>)> {
+    let tokenizer = run_tokenizer(run, spec)?;
+    let pad = Specials::of(tokenizer.as_ref())?.pad;
+    let config = Seq2SeqConfig::from_spec(seq2seq_spec(spec)?, spec.vocab_size(), pad);
+    let (model, path) = load_weights(run, config.init(device), file, device)?;
+    Ok((model, path, tokenizer))
+}
+
+/// Loads the weights of a run into `model`, built from the run's config: a given checkpoint
+/// file, else the final model, else the newest checkpoint.
+fn load_weights<B: Backend, M: Module<B>>(
+    run: &RunDir,
+    model: M,
+    file: Option<&Path>,
+    device: &B::Device,
+) -> Result<(M, PathBuf)> {
+    let path = match file {
+        Some(f) => f.to_path_buf(),
+        None if run.final_model().is_file() => run.final_model(),
+        None => match run.checkpoint_epochs().last() {
+            Some(&epoch) => run.checkpoint_file("model", epoch),
+            None => {
+                bail!("{} holds no model yet (no model.mpk, no checkpoints)", run.root().display())
+            }
+        },
+    };
+    let expected = named_params(&model);
+    let record = load_record::<B, _>(&path, device)?;
+    let model = model.load_record(record);
+    let loaded = named_params(&model);
+    let mismatch = expected.iter().zip(&loaded).find(|(want, got)| want.shape != got.shape);
+    if let Some((want, got)) = mismatch {
+        bail!(CheckpointError::Shape {
+            path,
+            name: got.name.clone(),
+            file: got.shape.clone(),
+            config: want.shape.clone(),
+        });
+    }
+    Ok((model, path))
+}

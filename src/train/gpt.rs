@@ -1,0 +1,250 @@
+//! Training a GPT on a text corpus: the corpus encoded into a token cache, windows drawn at
+//! random or sliding starts, next-token loss; and the same data for the commands that look
+//! at a config or a run without training it.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use burn::prelude::*;
+
+use super::learner::Plan;
+use super::step::lm_loss;
+use super::task::{Loaders, Task, Trained};
+use crate::config::{GptSpec, RunSpec, SamplingMode};
+use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
+use crate::distributed::Replica;
+use crate::generate::{generate, Sampling, Utf8Stream};
+use crate::kernels::{KernelBackend, TrainBackend};
+use crate::model::{Gpt, GptConfig, ParamCounts};
+use crate::run::load::gpt_spec;
+use crate::run::Started;
+use crate::tokenizer::{self, FitOptions, Tokenizer};
+
+/// A GPT's encoded corpus, the order training visits its windows in, and the validation
+/// windows every evaluation uses.
+pub struct GptTask<B: TrainBackend> {
+    corpus: Corpus,
+    order: WindowOrder,
+    val: FixedWindows<B::InnerBackend>,
+}
+
+impl<B: TrainBackend> Task<B> for GptTask<B> {
+    type Raw = String;
+    type Model = Gpt<B>;
+
+    fn read(spec: &RunSpec) -> Result<String> {
+        Ok(crate::data::read_text(&spec.data.path)?)
+    }
+
+    fn fit_tokenizer(text: &String, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
+        let fit = FitOptions::of(&spec.data);
+        Ok(tokenizer::build(&spec.data.tokenizer, text, fit)?)
+    }
+
+    fn encode(text: String, spec: &RunSpec, started: &Started, device: &B::Device) -> Result<Self> {
+        let tokenizer = started.tokenizer.as_ref();
+        let data = &spec.data;
+        let cache = started.dir.token_cache();
+        let block_size = spec.model.block_size();
+        let corpus =
+            Corpus::prepare(&data.path, &text, tokenizer, &cache, data.val_fraction, block_size)?;
+        let separator = document_separator(spec, tokenizer)?;
+        let order = train_order(spec, &corpus, separator)?;
+        let val = val_windows(spec, &corpus, separator, device)?;
+        Ok(Self { corpus, order, val })
+    }
+
+    fn describe(&self, _: &RunSpec) -> String {
+        let (train, val) = (self.corpus.train.len(), self.corpus.val.len());
+        format!("{train} train / {val} val tokens")
+    }
+
+    fn init_model(&self, spec: &RunSpec, device: &B::Device) -> Result<(Gpt<B>, ParamCounts)> {
+        let model: Gpt<B> = config(spec)?.init(device);
+        let counts = model.param_counts();
+        Ok((model, counts))
+    }
+
+    fn loaders(&self, plan: &Plan, replica: Replica, device: &B::Device) -> Loaders<B, Gpt<B>> {
+        let spec = plan.spec;
+        let t = &spec.training;
+        let train = TrainWindows::<B>::new(
+            self.corpus.train.clone(),
+            self.order.clone(),
+            t.batch_size,
+            spec.model.block_size(),
+            plan.first_epoch,
+            &plan.epochs,
+            device.clone(),
+        )
+        .with_stop(plan.stop(), t.grad_accumulation)
+        .for_replica(replica.rank, replica.world);
+        // Only the replica that logs validates; the others' passes are empty.
+        let skip = match replica.writes_run() {
+            true => plan.stop(),
+            false => Arc::new(|| true),
+        };
+        let valid = self.val.clone().skip_when(skip);
+        (Arc::new(train), Arc::new(valid))
+    }
+
+    fn final_val_loss(&self, model: &Gpt<B::InnerBackend>, _: &RunSpec, _: &B::Device) -> f64 {
+        mean_loss(model, self.val.batches())
+    }
+
+    fn tokens_seen(&self, spec: &RunSpec) -> usize {
+        let t = &spec.training;
+        t.max_iters * t.tokens_per_step(spec.model.block_size()) * spec.distributed.replicas()
+    }
+
+    fn show_samples(
+        &self,
+        model: &Trained<B, Gpt<B>>,
+        tokenizer: &dyn Tokenizer,
+        spec: &RunSpec,
+        tokens: usize,
+        _: &B::Device,
+    ) -> Result<()> {
+        print_sample(model, tokenizer, tokens, spec.run.seed)
+    }
+}
+
+/// The Burn config of a GPT run, its vocabulary resolved.
+pub fn config(spec: &RunSpec) -> Result<GptConfig> {
+    let gpt: &GptSpec = gpt_spec(spec, "train")?;
+    Ok(GptConfig::from_spec(gpt, spec.vocab_size()))
+}
+
+/// A config's tokenizer, its corpus encoded in memory (no run directory is touched) and the
+/// order training would visit windows in; `model.vocab_size` is resolved in `spec`. For
+/// commands that look at or time a config without training it.
+pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corpus, WindowOrder)> {
+    let (text, tokenizer) = fit_tokenizer(spec)?;
+    let data = &spec.data;
+    let corpus = Corpus::in_memory(
+        &data.path,
+        &text,
+        tokenizer.as_ref(),
+        data.val_fraction,
+        spec.model.block_size(),
+    )?;
+    let order = train_order(spec, &corpus, document_separator(spec, tokenizer.as_ref())?)?;
+    Ok((tokenizer, corpus, order))
+}
+
+/// A config's corpus and its tokenizer, fitted in memory, with `model.vocab_size` resolved
+/// in `spec`: all a model needs to be built from a config without a run.
+pub fn fit_tokenizer(spec: &mut RunSpec) -> Result<(String, Box<dyn Tokenizer>)> {
+    let text = crate::data::read_text(&spec.data.path)?;
+    let fit = FitOptions::of(&spec.data);
+    let tokenizer = tokenizer::build(&spec.data.tokenizer, &text, fit)?;
+    crate::run::start::resolve_vocab(spec, tokenizer.as_ref())?;
+    Ok((text, tokenizer))
+}
+
+/// The `<|endoftext|>` id that windows must not cross when `data.respect_documents` is set.
+pub fn document_separator(spec: &RunSpec, tokenizer: &dyn Tokenizer) -> Result<Option<u32>> {
+    if !spec.data.respect_documents {
+        return Ok(None);
+    }
+    match tokenizer.special_id(tokenizer::END_OF_TEXT) {
+        Some(id) => Ok(Some(id)),
+        None => bail!(
+            "data.respect_documents = true: the tokenizer \"{}\" has no {} token to split \
+             documents on; use the word or a tiktoken tokenizer, or set respect_documents = false",
+            spec.data.tokenizer,
+            tokenizer::END_OF_TEXT
+        ),
+    }
+}
+
+/// Allowed window starts in one split, an error when none fits.
+fn split_starts(
+    spec: &RunSpec,
+    tokens: &[u32],
+    stride: usize,
+    separator: Option<u32>,
+    split: &'static str,
+) -> Result<WindowStarts> {
+    let block_size = spec.model.block_size();
+    let starts = WindowStarts::new(tokens, block_size, stride, separator);
+    if starts.is_empty() {
+        bail!(
+            "data.respect_documents = true: no window of model.block_size + 1 = {} tokens fits \
+             inside one document of the {split} split of {:?}; lower model.block_size or set \
+             respect_documents = false",
+            block_size + 1,
+            spec.data.path
+        );
+    }
+    Ok(starts)
+}
+
+/// The order in which training visits windows of the train split (`data.sampling`).
+pub fn train_order(spec: &RunSpec, corpus: &Corpus, separator: Option<u32>) -> Result<WindowOrder> {
+    let seed = spec.run.seed;
+    let stride = match spec.data.sampling {
+        SamplingMode::Random => 1,
+        SamplingMode::Sliding => spec.data.stride(spec.model.block_size()),
+    };
+    let starts = split_starts(spec, &corpus.train, stride, separator, "training")?;
+    Ok(match spec.data.sampling {
+        SamplingMode::Random => WindowOrder::Random { starts, seed },
+        SamplingMode::Sliding => WindowOrder::Shuffled { starts, seed },
+    })
+}
+
+/// Validation windows of a run: the same batches during training, `eval` and the summary.
+pub fn val_windows<B: Backend>(
+    spec: &RunSpec,
+    corpus: &Corpus,
+    separator: Option<u32>,
+    device: &B::Device,
+) -> Result<FixedWindows<B>> {
+    let t = &spec.training;
+    let allowed = split_starts(spec, &corpus.val, 1, separator, "validation")?;
+    let (batch, block) = (t.batch_size, spec.model.block_size());
+    Ok(FixedWindows::new(
+        corpus.val.clone(),
+        &allowed,
+        batch,
+        block,
+        t.eval_iters,
+        spec.run.seed,
+        device.clone(),
+    ))
+}
+
+/// Mean per-token loss of `model` over `batches` (batches of unequal size weigh by size).
+pub fn mean_loss<B: KernelBackend>(
+    model: &Gpt<B>,
+    batches: impl Iterator<Item = LmBatch<B>>,
+) -> f64 {
+    let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
+        let windows = batch.inputs.dims()[0];
+        let loss = lm_loss(model, &batch).into_scalar().elem::<f64>();
+        (sum + loss * windows as f64, n + windows)
+    });
+    sum / n.max(1) as f64
+}
+
+fn print_sample<B: KernelBackend>(
+    model: &Gpt<B>,
+    tokenizer: &dyn Tokenizer,
+    tokens: usize,
+    seed: u64,
+) -> Result<()> {
+    // A newline where the tokenizer has one (char, BPE), else the document separator.
+    let prompt = match tokenizer.encode("\n") {
+        Ok(ids) if !ids.is_empty() => ids,
+        _ => vec![tokenizer.special_id(tokenizer::END_OF_TEXT).unwrap_or(0)],
+    };
+    let sampling =
+        Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
+    eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
+    let mut out = Utf8Stream::stdout();
+    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_next(id)))?;
+    out.push(b"\n");
+    out.finish();
+    Ok(())
+}
