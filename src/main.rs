@@ -1,7 +1,7 @@
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
     match kiln::cli::run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 /// kiln's top-level modules, bottom first: each may import only those before it.
 const LAYERS: &[&str] = &[
-    "files", "config", "tokenizer", "data", "kernels", "model", "backend", "run", "generate",
-    "translate", "distributed", "train", "interop", "plot", "cli",
+    "files", "config", "memory", "tokenizer", "data", "kernels", "model", "backend", "run",
+    "generate", "translate", "distributed", "train", "interop", "plot", "cli",
 ];
 
 const MAX_FILE_LINES: usize = 500;

@@ -144,7 +144,7 @@ fn stderr_of(child: Child) -> (bool, String) {
 }
 
 /// SIGINT (and SIGTERM, the same handler) ends the run after the current step with a
-/// checkpoint and exit status 0; `--resume` then ends where an uninterrupted run does.
+/// checkpoint and exit status 130 (143); `--resume` then ends where an uninterrupted run does.
 #[test]
 fn sigint_checkpoints_and_exits_cleanly() {
     let artifacts = tempfile::tempdir().unwrap();
@@ -158,8 +158,9 @@ fn sigint_checkpoints_and_exits_cleanly() {
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
     assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let (ok, err) = stderr_of(child);
-    assert!(ok, "an interrupted run exits 0:\n{err}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(130), "an interrupted run exits 128 + SIGINT:\n{err}");
     assert!(err.contains("stopped at step") && err.contains("--resume"), "{err}");
     let newest = *dir.checkpoint_epochs().last().unwrap();
     let state = CheckpointState::verify(&dir, newest).unwrap();

@@ -75,7 +75,13 @@ fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]
 }
 
 /// Waits at most `limit` for `child` to exit (killing it after that): success and stderr.
-fn wait_for(mut child: Child, limit: Duration) -> (bool, String) {
+fn wait_for(child: Child, limit: Duration) -> (bool, String) {
+    let (code, stderr) = wait_for_code(child, limit);
+    (code == Some(0), stderr)
+}
+
+/// The exit status of `child` and what it wrote to stderr, once it ends within `limit`.
+fn wait_for_code(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -86,7 +92,7 @@ fn wait_for(mut child: Child, limit: Duration) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 /// Two processes on loopback train as two nodes of batch 16: both end with the same final
@@ -187,9 +193,11 @@ fn interrupted_nodes_resume_from_node_0s_checkpoint() {
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
     assert_eq!(unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let (ok0, err0) = wait_for(first, Duration::from_secs(60));
-    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
-    assert!(ok0 && ok1 && err0.contains("stopped at step"), "node 0:\n{err0}\nnode 1:\n{err1}");
+    let (code0, err0) = wait_for_code(first, Duration::from_secs(60));
+    let (code1, err1) = wait_for_code(second, Duration::from_secs(60));
+    // Both stopped by the interrupt (node 0 by its agreement with node 1): 128 + SIGINT.
+    let stopped = code0 == Some(130) && code1 == Some(130) && err0.contains("stopped at step");
+    assert!(stopped, "node 0 ({code0:?}):\n{err0}\nnode 1 ({code1:?}):\n{err1}");
     let newest = *run0.checkpoint_epochs().last().unwrap();
     let step = CheckpointState::verify(&run0, newest).unwrap().step;
     assert!(step < 200, "the run was stopped at step {step}");

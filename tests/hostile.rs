@@ -136,6 +136,14 @@ fn damaged_checkpoints_are_named_with_the_cause() {
     let (narrow, wide) = runs();
     let err =
         error_of(&["generate", "--run", s(narrow), "--checkpoint", s(&wide.join("model.mpk"))]);
+    assert!(err.contains("not a model file of the run"), "{err}");
+
+    // A run from before manifests existed is read without hashes; the shapes still catch a
+    // model file that belongs elsewhere.
+    let (_keep_old, old_run) = scratch_run();
+    std::fs::remove_file(old_run.join("kiln-run.json")).unwrap();
+    let err =
+        error_of(&["generate", "--run", s(&old_run), "--checkpoint", s(&wide.join("model.mpk"))]);
     assert!(
         err.contains(
             "parameter wte.weight has shape [65, 64] in the file but [65, 32] in the run's config"

@@ -39,7 +39,13 @@ pub fn run(command: DataCommand) -> Result<()> {
     }
 }
 
+/// More rows than anyone reads in a terminal; bounds the table before it is built.
+const MAX_BATCHES: usize = 1000;
+
 fn show(args: ShowArgs) -> Result<()> {
+    if args.batches == 0 || args.batches > MAX_BATCHES {
+        anyhow::bail!("--batches {}: expected a number from 1 to {MAX_BATCHES}", args.batches);
+    }
     let mut spec = crate::config::load(&args.config, &args.overrides)?;
     crate::run::load::gpt_spec(&spec, "data show")?;
     let (tokenizer, corpus, order) = prepare_in_memory(&mut spec)?;

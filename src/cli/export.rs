@@ -34,6 +34,23 @@ enum Format {
     Safetensors,
 }
 
+/// Refuses an `--out` holding anything but an earlier export (which has `kiln_config.toml`):
+/// the files an export writes have common names, such as `config.json`.
+fn check_out(out: &std::path::Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out {}: is a file; expected a folder to export into", out.display());
+    }
+    let occupied = out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
+    if occupied && !out.join(KILN_CONFIG).is_file() {
+        bail!(
+            "--out {}: holds files kiln did not export (no {KILN_CONFIG}); export into a new or \
+             empty folder",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// kiln's own tokenizer file, for tokenizers Hugging Face has no `tokenizer.json` form of.
 const KILN_TOKENIZER: &str = "kiln_tokenizer.json";
 /// The run's resolved config, so that `kiln import` and people can see what was trained.
@@ -42,12 +59,7 @@ const KILN_CONFIG: &str = "kiln_config.toml";
 pub fn run(args: ExportArgs) -> Result<()> {
     let (run, spec) = crate::run::open_run(&args.run)?;
     crate::run::load::gpt_spec(&spec, "export")?;
-    if crate::run::RunDir::new(&args.out).config().is_file() {
-        bail!(
-            "--out {}: holds a kiln run (config.toml); export into a folder of its own",
-            args.out.display()
-        );
-    }
+    check_out(&args.out)?;
     let Format::Safetensors = args.format;
     let tokenizer = crate::run::run_tokenizer(&run, &spec)?;
     let eot = tokenizer.special_id(crate::tokenizer::END_OF_TEXT);

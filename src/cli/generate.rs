@@ -50,6 +50,8 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         seed: args.seed,
     };
     sampling.validate().map_err(as_flag)?;
+    let estimate = crate::memory::generation(&spec.model, spec.vocab_size(), 1);
+    crate::memory::check_generation(estimate, "generating")?;
     let tokenizer = run_tokenizer(&run, &spec)?;
     let prompt = tokenizer.encode(&args.prompt).map_err(|e| anyhow::anyhow!("--prompt: {e}"))?;
     let backend = args.backend.section(&spec)?;

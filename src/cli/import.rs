@@ -12,7 +12,7 @@ use crate::config::TokenizerSpec;
 use crate::config::{ModelSpec, RunSpec};
 use crate::interop::Gpt2Checkpoint;
 use crate::kernels::KernelBackend;
-use crate::run::RunDir;
+use crate::run::{Manifest, RunDir, RunLock};
 use crate::tokenizer::{self, Tokenizer};
 
 #[derive(Debug, Args)]
@@ -38,6 +38,7 @@ pub struct ImportArgs {
 const GPT2_VOCAB: usize = 50257;
 
 pub fn run(args: ImportArgs) -> Result<()> {
+    let occupied = check_out(&args)?;
     let checkpoint = crate::interop::read_gpt2(&args.from)?;
     let vocab = checkpoint.model.vocab_size.unwrap_or(0);
     let (tokenizer, tokenizer_spec) =
@@ -50,13 +51,8 @@ pub fn run(args: ImportArgs) -> Result<()> {
         );
     }
     let spec = run_spec(&args.out, &args.from, &tokenizer_spec, &checkpoint)?;
-    let occupied = args.out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
-    if occupied && !args.force {
-        bail!(
-            "--out {}: already holds files; pass --force to replace them, or choose another folder",
-            args.out.display()
-        );
-    }
+    let estimate = crate::memory::generation(&spec.model, vocab, 0);
+    crate::memory::check_generation(estimate, "importing the model")?;
     // Built in a sibling folder and moved into place at the end, so a failed import neither
     // leaves a half-made run nor loses what --force would replace.
     let staging = crate::files::temp_sibling(&args.out);
@@ -96,6 +92,33 @@ pub fn run(args: ImportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Whether `--out` already holds a run, which `--force` may replace; refuses a folder that
+/// is not a kiln run, a run without `--force` and a run a trainer holds.
+fn check_out(args: &ImportArgs) -> Result<bool> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!("--out {}: is a file; expected a folder for the run", args.out.display());
+    }
+    let occupied = args.out.read_dir().is_ok_and(|mut entries| entries.next().is_some());
+    if occupied {
+        let out = RunDir::new(&args.out);
+        if Manifest::read(&out)?.is_none() {
+            bail!(
+                "--out {}: holds files kiln did not make (no kiln-run.json); choose another folder",
+                args.out.display()
+            );
+        }
+        if !args.force {
+            bail!(
+                "--out {}: already holds a run; pass --force to replace it, or choose another \
+         folder",
+                args.out.display()
+            );
+        }
+        RunLock::check_free(&out)?;
+    }
+    Ok(occupied)
+}
+
 /// Writes the run into `run`: tokenizer, model, config.toml. Returns the number of parameters.
 fn write_run(
     run: &RunDir,
@@ -103,8 +126,8 @@ fn write_run(
     tokenizer: &dyn Tokenizer,
     checkpoint: Gpt2Checkpoint,
 ) -> Result<usize> {
-    crate::tokenizer::save(tokenizer, &run.tokenizer())
-        .with_context(|| format!("writing {}", run.tokenizer().display()))?;
+    run.write_manifest(&Manifest::new())?;
+    crate::tokenizer::save(tokenizer, &run.tokenizer())?;
     let backend = crate::config::BackendSection {
         name: crate::config::BackendName::cpu_for_build(),
         ..Default::default()
@@ -114,6 +137,9 @@ fn write_run(
         Job { run: run.clone(), spec: spec.clone(), checkpoint },
     )??;
     crate::files::write_atomic(&run.config(), spec.to_toml().as_bytes())?;
+    for file in ["tokenizer.json", "model.mpk", "config.toml"] {
+        run.record_file(file)?;
+    }
     Ok(params)
 }
 

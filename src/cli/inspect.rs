@@ -139,6 +139,8 @@ fn inspect_config(args: &InspectArgs) -> Result<()> {
         ModelKind::Gpt => crate::train::fit_tokenizer(&mut spec).map(|_| None)?,
         ModelKind::Seq2Seq => Some(crate::train::fit_seq2seq_tokenizer(&mut spec)?.pad),
     };
+    let estimate = crate::memory::generation(&spec.model, spec.vocab_size(), 0);
+    crate::memory::check_generation(estimate, "building the model")?;
     let job = ConfigJob { spec, pad, file: args.path.clone(), weights: args.weights };
     let report = crate::backend::dispatch(&cpu(), job)??;
     show(&report, args.json)

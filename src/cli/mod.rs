@@ -14,6 +14,7 @@ mod train;
 mod translate;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -64,11 +65,13 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-/// Parses the command line and runs it.
-pub fn run() -> Result<()> {
+/// Parses the command line and runs it; the exit status is 0 for a command that did its
+/// work, 128 + the signal for a training stopped by one (its checkpoint written).
+pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command {
-        Some(Command::Train(args)) => train::run(args),
+    let done = match cli.command {
+        Some(Command::Train(args)) => return train::run(args),
+        None => return train::run(cli.train),
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Translate(args)) => translate::run(args),
@@ -79,8 +82,8 @@ pub fn run() -> Result<()> {
         Some(Command::Tokenizer(command)) => tokenizer::run(command),
         Some(Command::Data(command)) => data::run(command),
         Some(Command::Bench(command)) => bench::run(command),
-        None => train::run(cli.train),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 /// `--backend NAME`: the backend to run on instead of the one the config or run names (e.g.

@@ -116,9 +116,15 @@ fn positions(args: PositionsArgs) -> Result<()> {
     if args.d_model == 0 || !args.d_model.is_multiple_of(2) {
         bail!("--d-model {}: expected a positive even number", args.d_model);
     }
-    if args.len == 0 {
-        bail!("--len 0: expected at least one position");
+    // One heatmap cell per value: beyond a few thousand a side it is no longer a picture.
+    const MAX_SIDE: usize = 4096;
+    if args.d_model > MAX_SIDE {
+        bail!("--d-model {}: expected at most {MAX_SIDE}", args.d_model);
     }
+    if args.len == 0 || args.len > MAX_SIDE {
+        bail!("--len {}: expected a number of positions from 1 to {MAX_SIDE}", args.len);
+    }
+    crate::run::check_output("--out", &args.out, [])?;
     let values = crate::model::sinusoidal_positions(args.len, args.d_model);
     let label_every = |n: usize, every: usize| {
         (0..n).map(|i| if i % every == 0 { i.to_string() } else { String::new() }).collect()
@@ -161,6 +167,7 @@ fn attention(args: AttentionArgs) -> Result<()> {
         bail!("--head {head}: the model has heads 0 to {}", spec.model.n_heads() - 1);
     }
     let out = args.out.clone().unwrap_or_else(|| run.attention_plot(layer, args.head));
+    crate::run::check_output("--out", &out, [])?;
     let backend = args.backend.section(&spec)?;
     let job = AttentionJob {
         weights: super::RunWeights { run, spec, checkpoint: args.checkpoint },

@@ -107,13 +107,14 @@ pub fn run(command: TokenizerCommand) -> Result<()> {
 fn train(args: TrainArgs) -> Result<()> {
     let options =
         BpeTrainOptions { vocab_size: args.vocab_size, specials: args.specials, progress: true };
+    crate::run::check_output("--out", &args.out, args.input.iter().map(PathBuf::as_path))?;
     let start = Instant::now();
     let tok = train_on_files(&args.input, &options)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    tokenizer::save(&tok, &args.out).with_context(|| format!("writing {}", args.out.display()))?;
+    tokenizer::save(&tok, &args.out)?;
     let bytes: u64 =
         args.input.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
     eprintln!(
@@ -130,6 +131,13 @@ fn train(args: TrainArgs) -> Result<()> {
 }
 
 fn encode(args: EncodeArgs) -> Result<()> {
+    if let (Some(input), Some(out)) = (&args.text.input, &args.out) {
+        let tokenizer_file = args.source.tokenizer.as_deref().map(Path::new);
+        let run_tokenizer = tokenizer_file.map(|t| crate::run::RunDir::new(t).tokenizer());
+        let config = args.source.config.as_deref();
+        let reads = [Some(input.as_path()), tokenizer_file, config, run_tokenizer.as_deref()];
+        crate::run::check_output("--out", out, reads.into_iter().flatten())?;
+    }
     let tokenizer = args.source.open(&[])?;
     let (Some(input), Some(out)) = (&args.text.input, &args.out) else {
         let ids = tokenizer.encode(args.text.text.as_deref().unwrap_or_default())?;
@@ -146,8 +154,7 @@ fn encode(args: EncodeArgs) -> Result<()> {
         .expect("valid template"),
     );
     let start = Instant::now();
-    let mut writer = crate::files::AtomicFile::create(out)
-        .with_context(|| format!("--out {}", out.display()))?;
+    let mut writer = crate::files::AtomicFile::create(out)?;
     let mut tokens = 0usize;
     let read = tokenizer::encode_reader(
         tokenizer.as_ref(),
@@ -159,8 +166,11 @@ fn encode(args: EncodeArgs) -> Result<()> {
             writer.write_all(&bytes)
         },
     )
-    .with_context(|| format!("--input {}", input.display()))?;
-    writer.commit().with_context(|| format!("--out {}", out.display()))?;
+    .map_err(|e| match e {
+        tokenizer::EncodeStreamError::Sink(write) => anyhow::Error::from(write),
+        read => anyhow::anyhow!("--input {}: {read}", input.display()),
+    })?;
+    writer.commit()?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(

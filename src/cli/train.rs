@@ -1,6 +1,7 @@
 //! `kiln train`
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Args;
@@ -32,7 +33,7 @@ pub struct TrainArgs {
     sample_tokens: usize,
 }
 
-pub fn run(args: TrainArgs) -> Result<()> {
+pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let Some(config) = args.config else {
         anyhow::bail!(
             "no config given: run `kiln --config configs/small.toml` (see `kiln --help`)"
@@ -46,12 +47,20 @@ pub fn run(args: TrainArgs) -> Result<()> {
     };
     let options = TrainOptions { start, sample_tokens: args.sample_tokens };
     let run = RunDir::of(&spec);
-    let outcome = train(spec.clone(), options).map_err(with_flags)?;
-    // Only node 0 writes metrics, so only node 0 has curves to plot.
-    if let (Outcome::Finished(_), 0) = (outcome, spec.distributed.node_rank) {
-        super::plot::after_training(&run, &spec);
+    match train(spec.clone(), options).map_err(with_flags)? {
+        Outcome::Finished(_) => {
+            // Only node 0 writes metrics, so only node 0 has curves to plot.
+            if spec.distributed.node_rank == 0 {
+                super::plot::after_training(&run, &spec);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        // 130 after SIGINT, 143 after SIGTERM, as shells report a process the signal ended.
+        Outcome::Interrupted { .. } => {
+            let signal = crate::run::control::interrupting_signal().unwrap_or(2);
+            Ok(ExitCode::from((128 + signal).clamp(0, 255) as u8))
+        }
     }
-    Ok(())
 }
 
 /// A run folder's refusal with the flags that get past it.

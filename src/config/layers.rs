@@ -130,6 +130,8 @@ impl Layers {
     /// string, so that `run.name=123` names a run "123" while `training.batch_size=1.5` is
     /// still refused.
     fn resolve(mut self) -> Result<RunSpec, ConfigError> {
+        // A bare value retried as a string and refused again is reported as it was given.
+        let mut as_given: Option<(String, String, String)> = None;
         loop {
             let (key, reason) = match spec_from_table(self.table.clone()) {
                 Ok(spec) => return Ok(spec),
@@ -137,11 +139,15 @@ impl Layers {
             };
             let retry = self.origins.get_mut(&key).is_some_and(|(_, bare)| std::mem::take(bare));
             if retry {
+                as_given = Some((key.clone(), reason, value_at(&self.table, &key)));
                 self.as_string(&key);
                 continue;
             }
             let origin = self.origin_of(&key);
-            let value = value_at(&self.table, &key);
+            let (reason, value) = match as_given {
+                Some((given, reason, value)) if given == key => (reason, value),
+                _ => (reason, value_at(&self.table, &key)),
+            };
             return Err(ConfigError::Field { origin, key, value, reason });
         }
     }

@@ -14,6 +14,30 @@ fn positive(key: &'static str, value: usize) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// A count in `1..=max`. The upper bounds sit far above any model or run that trains on
+/// one machine; they exist so that no count reaches an allocation (or an overflowing
+/// product of counts) before the memory preflight has priced it.
+fn count(key: &'static str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value == 0 || value > max {
+        return Err(invalid(key, value, format!("a positive integer up to {max}")));
+    }
+    Ok(())
+}
+
+/// Upper bounds of the model's sizes and the run's counts.
+pub mod limits {
+    pub const WIDTH: usize = 1 << 17;
+    pub const HEADS: usize = 1 << 12;
+    pub const LAYERS: usize = 1 << 12;
+    pub const BLOCK: usize = 1 << 20;
+    /// Token ids are stored as `u32`.
+    pub const VOCAB: usize = u32::MAX as usize;
+    pub const BATCH: usize = 1 << 20;
+    pub const ITERS: usize = 1_000_000_000;
+    /// Windows one evaluation scores (`eval_iters × batch_size`); their starts are listed.
+    pub const EVAL_WINDOWS: usize = 1 << 24;
+}
+
 /// Full validation of a config about to be trained: shape checks plus the data file.
 pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
@@ -95,7 +119,7 @@ fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
         ));
     }
     if let Some(n) = seq2seq.n_decoder_layers {
-        positive("model.n_decoder_layers", n)?;
+        count("model.n_decoder_layers", n, limits::LAYERS)?;
     }
     Ok(())
 }
@@ -128,11 +152,11 @@ fn validate_run_and_data(spec: &RunSpec) -> Result<(), ConfigError> {
 
 fn validate_model(model: &ModelSpec) -> Result<(), ConfigError> {
     let (d_model, n_heads) = (model.d_model(), model.n_heads());
-    positive("model.d_model", d_model)?;
-    positive("model.n_heads", n_heads)?;
-    positive("model.n_layers", model.n_layers())?;
-    positive("model.block_size", model.block_size())?;
-    positive("model.d_ff", model.d_ff())?;
+    count("model.d_model", d_model, limits::WIDTH)?;
+    count("model.n_heads", n_heads, limits::HEADS)?;
+    count("model.n_layers", model.n_layers(), limits::LAYERS)?;
+    count("model.block_size", model.block_size(), limits::BLOCK)?;
+    count("model.d_ff", model.d_ff(), limits::WIDTH * 8)?;
     if !d_model.is_multiple_of(n_heads) {
         return Err(invalid(
             "model.n_heads",
@@ -141,7 +165,7 @@ fn validate_model(model: &ModelSpec) -> Result<(), ConfigError> {
         ));
     }
     if let Some(v) = model.vocab_size() {
-        positive("model.vocab_size", v)?;
+        count("model.vocab_size", v, limits::VOCAB)?;
     }
     let (dropout, norm_eps) = match model {
         ModelSpec::Gpt(m) => (m.dropout, m.norm_eps),
@@ -179,12 +203,12 @@ fn validate_rope(m: &super::GptSpec) -> Result<(), ConfigError> {
 
 fn validate_training(spec: &RunSpec) -> Result<(), ConfigError> {
     let t = &spec.training;
-    positive("training.batch_size", t.batch_size)?;
-    positive("training.max_iters", t.max_iters)?;
-    positive("training.grad_accumulation", t.grad_accumulation)?;
-    positive("training.eval_interval", t.eval_interval)?;
-    positive("training.eval_iters", t.eval_iters)?;
-    positive("training.keep_checkpoints", t.keep_checkpoints)?;
+    count("training.batch_size", t.batch_size, limits::BATCH)?;
+    count("training.max_iters", t.max_iters, limits::ITERS)?;
+    count("training.grad_accumulation", t.grad_accumulation, limits::BATCH)?;
+    count("training.eval_interval", t.eval_interval, limits::ITERS)?;
+    count("training.eval_iters", t.eval_iters, limits::EVAL_WINDOWS / t.batch_size)?;
+    count("training.keep_checkpoints", t.keep_checkpoints, limits::ITERS)?;
     if !(t.learning_rate > 0.0 && t.learning_rate.is_finite()) {
         return Err(invalid("training.learning_rate", t.learning_rate, "a positive number"));
     }
@@ -257,7 +281,7 @@ fn validate_backend(backend: &BackendSection) -> Result<(), ConfigError> {
 /// A consistent `[distributed]` section, on a build and a model that can use it.
 fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
     let d = &spec.distributed;
-    positive("distributed.nodes", d.nodes)?;
+    count("distributed.nodes", d.nodes, 1 << 16)?;
     positive("distributed.timeout_secs", d.timeout_secs as usize)?;
     if d.node_rank >= d.nodes {
         return Err(invalid(

@@ -16,6 +16,9 @@ pub enum DataError {
     TooShort { path: PathBuf, split: &'static str, tokens: usize, block_size: usize, need: usize },
     #[error("token cache {path}: {reason}; delete it and train again")]
     Cache { path: PathBuf, reason: String },
+    /// Writing the token cache (the error names the file).
+    #[error(transparent)]
+    Write(std::io::Error),
 }
 
 /// The UTF-8 text of a corpus file.
@@ -48,6 +51,9 @@ struct TokenFileMeta {
     /// Bytes per token in `tokens.bin`: 2 (u16) when the vocabulary fits, else 4 (u32).
     bytes_per_token: usize,
     tokens: usize,
+    /// SHA-256 of `tokens.bin` (absent in caches older than it).
+    #[serde(default)]
+    tokens_sha256: Option<String>,
 }
 
 /// The encoded corpus with its train split (head) and val split (tail).
@@ -85,8 +91,9 @@ impl Corpus {
             ),
             bytes_per_token: if tokenizer.vocab_size() <= 1 << 16 { 2 } else { 4 },
             tokens: 0,
+            tokens_sha256: None,
         };
-        let tokens = match read_cache(cache, &meta)? {
+        let tokens = match read_cache(cache, &meta, tokenizer.vocab_size())? {
             Some(tokens) => tokens,
             None => {
                 let tokens = encode_with_spinner(tokenizer, text).map_err(|e| {
@@ -112,11 +119,13 @@ impl Corpus {
         Self::split(tokens, source, val_fraction, block_size, text.len())
     }
 
-    /// The cached tokens of a finished run (for `eval`), without the source text.
+    /// The cached tokens of a finished run (for `eval`), without the source text; every id
+    /// must be below `vocab_size`.
     pub fn from_cache(
         cache: &TokenCache,
         val_fraction: f64,
         block_size: usize,
+        vocab_size: usize,
     ) -> Result<Self, DataError> {
         let meta_path = cache.meta.clone();
         let cache_err = |reason: String| DataError::Cache { path: meta_path.clone(), reason };
@@ -124,7 +133,7 @@ impl Corpus {
             std::fs::read(&meta_path)
                 .map_err(|e| cache_err(e.to_string()))
                 .and_then(|b| serde_json::from_slice(&b).map_err(|e| cache_err(e.to_string())))?;
-        let tokens = read_tokens(&cache.tokens, &meta)?;
+        let tokens = read_tokens(&cache.tokens, &meta, vocab_size)?;
         Self::split(tokens, &meta.source, val_fraction, block_size, 0)
     }
 
@@ -169,24 +178,37 @@ fn encode_with_spinner(
     tokens
 }
 
-fn read_cache(cache: &TokenCache, wanted: &TokenFileMeta) -> Result<Option<Vec<u32>>, DataError> {
+fn read_cache(
+    cache: &TokenCache,
+    wanted: &TokenFileMeta,
+    vocab_size: usize,
+) -> Result<Option<Vec<u32>>, DataError> {
     let Ok(bytes) = std::fs::read(&cache.meta) else {
         return Ok(None);
     };
     let Ok(meta) = serde_json::from_slice::<TokenFileMeta>(&bytes) else {
         return Ok(None);
     };
-    let same = TokenFileMeta { tokens: meta.tokens, ..wanted.clone() };
+    let same = TokenFileMeta {
+        tokens: meta.tokens,
+        tokens_sha256: meta.tokens_sha256.clone(),
+        ..wanted.clone()
+    };
     if meta != same {
         return Ok(None);
     }
-    read_tokens(&cache.tokens, &meta).map(Some)
+    read_tokens(&cache.tokens, &meta, vocab_size).map(Some)
 }
 
-fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError> {
+/// The ids of `tokens.bin`, checked against its metadata and the vocabulary.
+fn read_tokens(
+    path: &Path,
+    meta: &TokenFileMeta,
+    vocab_size: usize,
+) -> Result<Vec<u32>, DataError> {
     let err = |reason: String| DataError::Cache { path: path.into(), reason };
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-    if bytes.len() != meta.tokens * meta.bytes_per_token {
+    if Some(bytes.len()) != meta.tokens.checked_mul(meta.bytes_per_token) {
         return Err(err(format!(
             "{} bytes, expected {} tokens of {} bytes",
             bytes.len(),
@@ -194,11 +216,18 @@ fn read_tokens(path: &Path, meta: &TokenFileMeta) -> Result<Vec<u32>, DataError>
             meta.bytes_per_token
         )));
     }
-    Ok(match meta.bytes_per_token {
+    if meta.tokens_sha256.as_ref().is_some_and(|expected| *expected != sha256_hex(&bytes)) {
+        return Err(err("does not match the SHA-256 recorded when it was written".into()));
+    }
+    let tokens: Vec<u32> = match meta.bytes_per_token {
         2 => bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect(),
         4 => bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         n => return Err(err(format!("unsupported token width {n}"))),
-    })
+    };
+    if let Some((at, id)) = tokens.iter().enumerate().find(|(_, &id)| id as usize >= vocab_size) {
+        return Err(err(format!("token {at} is id {id}, outside the vocabulary of {vocab_size}")));
+    }
+    Ok(tokens)
 }
 
 fn write_cache(cache: &TokenCache, meta: TokenFileMeta, tokens: &[u32]) -> Result<(), DataError> {
@@ -206,11 +235,10 @@ fn write_cache(cache: &TokenCache, meta: TokenFileMeta, tokens: &[u32]) -> Resul
         2 => tokens.iter().flat_map(|&t| (t as u16).to_le_bytes()).collect(),
         _ => tokens.iter().flat_map(|&t| t.to_le_bytes()).collect(),
     };
-    let io =
-        |path: PathBuf| move |e: std::io::Error| DataError::Cache { path, reason: e.to_string() };
-    write_atomic(&cache.tokens, &bytes).map_err(io(cache.tokens.clone()))?;
+    write_atomic(&cache.tokens, &bytes).map_err(DataError::Write)?;
+    let meta = TokenFileMeta { tokens_sha256: Some(sha256_hex(&bytes)), ..meta };
     let json = serde_json::to_vec_pretty(&meta).expect("token metadata serializes");
-    write_atomic(&cache.meta, &json).map_err(io(cache.meta.clone()))
+    write_atomic(&cache.meta, &json).map_err(DataError::Write)
 }
 
 #[cfg(test)]
@@ -232,7 +260,8 @@ mod tests {
         let first = Corpus::prepare(&source, &text, &tok, &run, 0.1, 8).unwrap();
         assert_eq!((first.train.len(), first.val.len()), (180, 20));
         assert_eq!(&first.train[..3], &[0, 1, 2]);
-        let cached = Corpus::from_cache(&run, 0.1, 8).unwrap();
+        let cached = Corpus::from_cache(&run, 0.1, 8, tok.vocab_size()).unwrap();
+        assert!(Corpus::from_cache(&run, 0.1, 8, 5).is_err(), "ids past the vocabulary");
         assert_eq!(cached.val, first.val);
     }
 

@@ -67,8 +67,52 @@ pub fn read_gpt2(dir: &Path) -> Result<Gpt2Checkpoint, InteropError> {
         .map_err(|e| file_error(&config_path, format!("not a GPT-2 config: {e}")))?;
     let model = model_section(&config, &config_path)?;
     let weights = dir.join(WEIGHTS_FILE);
-    let params = read_safetensors(&weights)?;
-    Ok(Gpt2Checkpoint { params: from_hf(params, &weights)?, model, weights })
+    let params = from_hf(read_safetensors(&weights)?, &weights)?;
+    check_sizes(&model, &params, &weights)?;
+    Ok(Gpt2Checkpoint { params, model, weights })
+}
+
+/// Refuses a config.json whose sizes its weights do not have, before a model of those
+/// sizes is built: the file's tensors bound what an import allocates.
+fn check_sizes(
+    model: &GptSpec,
+    params: &HashMap<String, ParamValues>,
+    path: &Path,
+) -> Result<(), InteropError> {
+    let (d, vocab) = (model.d_model, model.vocab_size.unwrap_or(0));
+    let expected = [
+        ("wte.weight", vec![vocab, d], "vocab_size and n_embd"),
+        ("wpe.weight", vec![model.block_size, d], "n_positions and n_embd"),
+        ("blocks.0.mlp.c_fc.weight", vec![d, model.d_ff()], "n_embd and n_inner"),
+    ];
+    for (name, shape, keys) in expected {
+        let found = params.get(name).map(|p| &p.shape);
+        if found != Some(&shape) {
+            let found = found.map_or("missing".into(), |s| format!("{s:?}"));
+            return Err(file_error(
+                path,
+                format!(
+                    "tensor {name} is {found}, but config.json's {keys} make it {shape:?}; \
+                     the config.json is not the one of these weights"
+                ),
+            ));
+        }
+    }
+    let layers = params
+        .keys()
+        .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |last| last + 1);
+    if layers != model.n_layers {
+        return Err(file_error(
+            path,
+            format!(
+                "the weights have {layers} layers, but config.json says n_layer = {}",
+                model.n_layers
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn model_section(c: &Gpt2Config, path: &Path) -> Result<GptSpec, InteropError> {

@@ -32,6 +32,9 @@ pub enum InteropError {
     Config { path: PathBuf, key: &'static str, value: String, expected: String },
     #[error("{0}: GPT-2 has learned positions, LayerNorm, GELU and pre-norm blocks, so transformers' GPT2LMHeadModel cannot run this model; export it under kiln's own parameter names")]
     NotGpt2(String),
+    /// Writing an output file (the error names it).
+    #[error(transparent)]
+    Write(std::io::Error),
 }
 
 /// Why a kiln model is not a GPT-2, if it is not.
@@ -198,13 +201,13 @@ pub fn export(
     let weights = out.join(WEIGHTS_FILE);
     let data =
         safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(&weights, e))?;
-    write_atomic(&weights, &data).map_err(|e| file_error(&weights, e))?;
+    write_atomic(&weights, &data).map_err(InteropError::Write)?;
     let mut files = vec![weights];
     if let Some(gpt) = gpt {
         let path = out.join(HF_CONFIG_FILE);
         let config = hf_config(gpt, spec.vocab_size(), eot);
         let text = serde_json::to_vec_pretty(&config).map_err(|e| file_error(&path, e))?;
-        write_atomic(&path, &text).map_err(|e| file_error(&path, e))?;
+        write_atomic(&path, &text).map_err(InteropError::Write)?;
         files.push(path);
     }
     Ok(Exported { files, tensors: params.len() })

@@ -21,8 +21,8 @@ use burn::train::metric::store::EventStoreClient;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::control::RunControl;
-use super::RunDir;
-use crate::files::{commit_temp, sha256_file, temp_sibling, write_atomic};
+use super::{Manifest, RunDir};
+use crate::files::{sha256_file, sha256_hex, write_atomic, AtomicFile};
 
 /// The records of one checkpoint, besides its state file.
 pub const RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
@@ -42,6 +42,10 @@ pub enum CheckpointError {
     Damaged { epoch: usize, step: usize, file: String, problem: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("checkpoint {epoch} of {run} {problem}; it cannot be used with this run")]
+    Foreign { run: PathBuf, epoch: usize, problem: String },
+    #[error(transparent)]
+    Manifest(#[from] super::ManifestError),
 }
 
 /// Named-MessagePack records (Burn's default format, f32), written to a temporary file,
@@ -79,14 +83,15 @@ impl<B: Backend> Recorder<B> for CheckpointRecorder {
     type LoadArgs = PathBuf;
 
     fn save_item<I: Serialize>(&self, item: I, path: PathBuf) -> Result<(), RecorderError> {
+        // Written here rather than by Burn's file recorder, whose buffered writer drops the
+        // error of its last flush: a full disk must fail the save, naming the file.
         let target = self.target(&path);
-        let tmp = temp_sibling(&target);
-        Recorder::<B>::save_item(&Inner::new(), item, tmp.clone())?;
-        // The inner recorder appends its extension to the temporary name.
-        let io = |e: std::io::Error| RecorderError::Unknown(format!("{}: {e}", target.display()));
-        commit_temp(&tmp.with_extension("mpk"), &target).map_err(io)?;
+        let failed = |e: &dyn std::error::Error| RecorderError::Unknown(deepest_cause(e));
+        let mut file = AtomicFile::create(&target).map_err(|e| failed(&e))?;
+        rmp_serde::encode::write_named(&mut file, &item).map_err(|e| failed(&e))?;
+        file.commit().map_err(|e| failed(&e))?;
         match &self.journal {
-            Some(journal) => journal.record_written(&target).map_err(io),
+            Some(journal) => journal.record_written(&target).map_err(|e| failed(&e)),
             None => Ok(()),
         }
     }
@@ -101,6 +106,14 @@ impl<B: Backend> FileRecorder<B> for CheckpointRecorder {
     fn file_extension() -> &'static str {
         "mpk"
     }
+}
+
+/// The innermost error's message: the I/O error under an encoder's "invalid value write".
+fn deepest_cause(mut e: &dyn std::error::Error) -> String {
+    while let Some(source) = e.source() {
+        e = source;
+    }
+    e.to_string()
 }
 
 /// Loads a record of type `R` from `path`, turning Burn's errors into one that names the file.
@@ -130,7 +143,7 @@ thread_local! {
 
 /// Runs `f`, turning a panic inside it into its message without printing it; panics
 /// elsewhere (and on other threads) still reach the previous hook.
-fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(super) fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
@@ -166,6 +179,9 @@ fn short(reason: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointState {
     pub version: u32,
+    /// The run it belongs to (its manifest's id); empty in runs older than manifests.
+    #[serde(default)]
+    pub run_id: String,
     pub epoch: usize,
     pub step: usize,
     /// Data windows and dropout masks derive from `(seed, micro-batch index)`, so this and
@@ -217,8 +233,19 @@ impl CheckpointState {
         Ok(())
     }
 
-    /// Reads checkpoint `epoch` of `run` and checks every record against its hash.
+    /// Reads checkpoint `epoch` of `run` and checks every record against its hash, and that
+    /// the run took it (its manifest lists it, with this state file and run id).
     pub fn verify(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
+        let state = Self::verify_copied(run, epoch)?;
+        if let Some(manifest) = Manifest::read(run)? {
+            state.belongs_to(run, &manifest)?;
+        }
+        Ok(state)
+    }
+
+    /// As [`CheckpointState::verify`], for a checkpoint another node of a multi-node run
+    /// took and that was copied in: its records against its own hashes only.
+    pub fn verify_copied(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
         let state = Self::read(&run.checkpoint_state(epoch))?;
         for kind in RECORDS {
             let path = run.checkpoint_file(kind, epoch);
@@ -240,6 +267,33 @@ impl CheckpointState {
             }
         }
         Ok(state)
+    }
+
+    /// Fails unless the run's manifest lists this checkpoint with this state file, taken by
+    /// this run.
+    fn belongs_to(&self, run: &RunDir, manifest: &Manifest) -> Result<(), CheckpointError> {
+        let foreign = |problem: String| CheckpointError::Foreign {
+            run: run.root().to_path_buf(),
+            epoch: self.epoch,
+            problem,
+        };
+        if self.run_id != manifest.run_id {
+            let theirs = if self.run_id.is_empty() { "none" } else { &self.run_id };
+            let ids = format!("run id {theirs}, this run's is {}", manifest.run_id);
+            return Err(foreign(format!("was taken by another run ({ids})")));
+        }
+        let Some(entry) = manifest.checkpoints.get(&self.epoch) else {
+            return Err(foreign("is not one the run recorded in kiln-run.json".into()));
+        };
+        let path = run.checkpoint_state(self.epoch);
+        let actual = sha256_file(&path).map_err(|e| foreign(format!("cannot be read ({e})")))?;
+        if actual != entry.state_sha256 || self.step != entry.step {
+            return Err(foreign(format!(
+                "has a state file ({}) changed since it was written",
+                path.display()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -307,10 +361,13 @@ impl CheckpointJournal {
             state.files.insert(file_name(&path), sha256_file(&path)?);
         }
         let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
+        // The manifest first: a state file it does not list would be refused as another run's.
+        self.run.record_checkpoint(epoch, state.step, sha256_hex(&json))?;
         write_atomic(&self.run.checkpoint_state(epoch), &json)?;
         let latest = serde_json::to_vec(&Latest { epoch, step: state.step }).expect("serializes");
         write_atomic(&self.run.latest_checkpoint(), &latest)?;
-        self.prune(epoch)
+        self.prune(epoch)?;
+        self.run.forget_removed_checkpoints()
     }
 
     /// Removes all but the newest `keep` complete checkpoints; `newest` always stays.
@@ -326,6 +383,7 @@ impl CheckpointJournal {
 /// What every checkpoint of a run records besides its position.
 #[derive(Debug, Clone)]
 pub struct RunIdentity {
+    pub run_id: String,
     pub seed: u64,
     pub tokens_per_step: usize,
     pub config_sha256: String,
@@ -383,6 +441,7 @@ impl CheckpointingStrategy for CheckpointPolicy {
         let id = &self.identity;
         self.journal.expect(CheckpointState {
             version: STATE_VERSION,
+            run_id: id.run_id.clone(),
             epoch,
             step,
             seed: id.seed,

@@ -5,31 +5,53 @@
 //! for, the optimizer counts steps and watches the gradient norm, and the checkpoint policy
 //! saves (or, after a divergence, refuses to) and stops Burn's Learner.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::train::Interrupter;
 
 /// Signals received by this process since it started.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// The last of them (SIGINT, SIGTERM or SIGHUP), 0 before any.
+static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Installs the SIGINT/SIGTERM handler once per process. The first signal asks running
-/// trainings to stop after the current step with a checkpoint; a second one exits at once,
-/// which loses only the steps since the last checkpoint (files on disk are always whole).
+/// Installs the SIGINT/SIGTERM/SIGHUP handler once per process. The first signal asks
+/// running trainings to stop after the current step with a checkpoint; a second one exits at
+/// once, which loses only the steps since the last checkpoint (files on disk are always
+/// whole).
 fn install_signal_handler() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        let handler = || {
-            if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-                eprintln!("\nkiln: second interrupt: exiting now; `kiln train --resume` continues from the last checkpoint");
-                std::process::exit(130);
-            }
-            eprintln!("\nkiln: interrupt: finishing this step and writing a checkpoint (interrupt again to quit at once)");
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(signals) => signals,
+            Err(e) => return log::warn!("cannot install the SIGINT/SIGTERM handler: {e}"),
         };
-        if let Err(e) = ctrlc::set_handler(handler) {
-            log::warn!("cannot install the SIGINT/SIGTERM handler: {e}");
-        }
+        std::thread::spawn(move || {
+            for signal in signals.forever() {
+                LAST_SIGNAL.store(signal, Ordering::SeqCst);
+                if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
+                    eprintln!(
+                        "\nkiln: second interrupt: exiting now; `kiln train --resume` continues \
+                         from the last checkpoint"
+                    );
+                    std::process::exit(128 + signal);
+                }
+                eprintln!(
+                    "\nkiln: interrupt: finishing this step and writing a checkpoint (interrupt \
+                     again to quit at once)"
+                );
+            }
+        });
     });
+}
+
+/// The signal that interrupted this process, if one did: its exit status is 128 + it.
+pub fn interrupting_signal() -> Option<i32> {
+    match LAST_SIGNAL.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
 }
 
 /// The step at which the gradients stopped being finite.
@@ -119,7 +141,7 @@ impl RunControl {
             return None;
         }
         match self.interrupter.get_message() {
-            Some(message) => Some(message),
+            Some(message) => Some(recorder_reason(&message)),
             None if self.stop_agreed() => None,
             None => self.interrupter.should_stop().then(|| "unknown reason".into()),
         }
@@ -140,4 +162,14 @@ impl RunControl {
             self.interrupter.stop(None);
         }
     }
+}
+
+/// The reason inside Burn's report of a failed checkpoint write, which shows kiln's error
+/// in its `Debug` form: ``Recorder error: `Unknown("writing …: no space left …")` ``.
+fn recorder_reason(message: &str) -> String {
+    let inner = message
+        .split_once("Unknown(\"")
+        .and_then(|(_, rest)| rest.rsplit_once("\")"))
+        .map(|(reason, _)| reason.replace("\\\"", "\""));
+    inner.unwrap_or_else(|| message.to_string())
 }

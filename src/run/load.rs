@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use burn::prelude::*;
 
-use super::checkpoint::{load_record, CheckpointError, CheckpointState, Latest};
+use super::checkpoint::{catch_quietly, load_record, CheckpointError, CheckpointState, Latest};
+use super::Manifest;
 use super::RunDir;
 use crate::config::{GptSpec, ModelSpec, RunSpec, Seq2SeqSpec};
 use crate::data::Specials;
@@ -22,6 +23,14 @@ pub fn open_run(dir: &Path) -> Result<(RunDir, RunSpec)> {
             "{}: not a kiln run directory (no config.toml); name a directory under artifacts/",
             dir.display()
         );
+    }
+    match Manifest::read(&run)? {
+        Some(manifest) => manifest.verify_file(&run, "config.toml")?,
+        None => eprintln!(
+            "kiln: warning: {} has no kiln-run.json (made by an older kiln, or not by kiln): its \
+             files are not verified",
+            dir.display()
+        ),
     }
     let spec = RunSpec::read_resolved(&run.config())?;
     Ok((run, spec))
@@ -49,6 +58,9 @@ pub fn run_of_checkpoint(file: &Path) -> Result<PathBuf> {
 /// must fit the model's, and it must be the file the run's checkpoints were taken with.
 pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
     let path = run.tokenizer();
+    if let Some(manifest) = Manifest::read(run)? {
+        manifest.verify_file(run, "tokenizer.json")?;
+    }
     let tokenizer = tokenizer::load(&path)?;
     let (have, model) = (tokenizer.vocab_size(), spec.vocab_size());
     if have > model {
@@ -132,9 +144,16 @@ fn load_weights<B: Backend, M: Module<B>>(
             }
         },
     };
+    verify_weights(run, &path)?;
     let expected = named_params(&model);
     let record = load_record::<B, _>(&path, device)?;
-    let model = model.load_record(record);
+    // Burn panics on a record of another shape (a layer more or less); the shape check
+    // below names the parameter where it does not.
+    let model =
+        catch_quietly(|| model.load_record(record)).map_err(|panic| CheckpointError::Load {
+            path: path.clone(),
+            reason: format!("another model's record ({panic})"),
+        })?;
     let loaded = named_params(&model);
     let mismatch = expected.iter().zip(&loaded).find(|(want, got)| want.shape != got.shape);
     if let Some((want, got)) = mismatch {
@@ -146,4 +165,29 @@ fn load_weights<B: Backend, M: Module<B>>(
         });
     }
     Ok((model, path))
+}
+
+/// Fails unless `path` is a model file of `run` that the run wrote and that is unchanged:
+/// its final model or one of its checkpoints, checked against the manifest (runs without
+/// one are read unverified).
+fn verify_weights(run: &RunDir, path: &Path) -> Result<()> {
+    let Some(manifest) = Manifest::read(run)? else {
+        return Ok(());
+    };
+    let canonical = |p: &Path| p.canonicalize().ok();
+    let in_checkpoints = path.parent().and_then(canonical) == canonical(&run.checkpoints());
+    let epoch = super::checkpoint_epoch(path).filter(|_| in_checkpoints);
+    match epoch {
+        Some(epoch) => drop(CheckpointState::verify(run, epoch)?),
+        None if canonical(path).is_some() && canonical(path) == canonical(&run.final_model()) => {
+            manifest.verify_file(run, "model.mpk")?
+        }
+        None => bail!(
+            "{}: not a model file of the run {} (its model.mpk or a file in its checkpoints/); \
+             a checkpoint of another run does not fit this run's config",
+            path.display(),
+            run.root().display()
+        ),
+    }
+    Ok(())
 }

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //! artifacts/<run>/
+//!   kiln-run.json            the manifest: marks the folder as kiln's, hashes of its files
+//!   .kiln-lock               locked by the training that has the run open
 //!   config.toml              resolved config (what generate/eval/inspect/resume read back)
 //!   tokenizer.json           the fitted tokenizer
 //!   tokens.bin, tokens.json  the encoded corpus (u16 or u32 little-endian) and its provenance
@@ -22,7 +24,10 @@
 pub mod checkpoint;
 pub mod control;
 pub mod load;
+mod lock;
+pub mod manifest;
 pub mod metrics;
+mod outputs;
 pub mod start;
 
 use std::fs;
@@ -35,7 +40,10 @@ use crate::files::{is_temp_name, write_atomic};
 pub use checkpoint::{CheckpointError, CheckpointState};
 pub use control::RunControl;
 pub use load::{load_gpt, load_seq2seq, open_run, run_of_checkpoint, run_tokenizer};
+pub use lock::RunLock;
+pub use manifest::{Manifest, ManifestError};
 pub use metrics::{read_metrics, MetricsLine};
+pub use outputs::{check_output, OutputError};
 pub use start::{Resume, RunError, Started, Summary};
 
 #[derive(Debug, Clone)]
@@ -55,6 +63,14 @@ impl RunDir {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+    /// `kiln-run.json`, the run's manifest ([`manifest`]).
+    pub fn manifest(&self) -> PathBuf {
+        self.root.join("kiln-run.json")
+    }
+    /// The file a training holds locked ([`RunLock`]).
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join(".kiln-lock")
     }
     pub fn config(&self) -> PathBuf {
         self.root.join("config.toml")

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{CheckpointError, CheckpointState};
 use super::{metrics, RunDir};
+use super::{Manifest, RunLock};
 use crate::config::{ConfigError, RunSpec};
-use crate::files::write_atomic;
+use crate::files::{io_error, write_atomic};
 use crate::tokenizer::{self, Tokenizer, TokenizerError};
 
 /// Which checkpoint a resumed run continues from.
@@ -36,6 +37,16 @@ pub enum StartMode {
 pub enum RunError {
     #[error("{dir} already holds a run")]
     Exists { dir: PathBuf },
+    #[error(
+        "{dir} holds files kiln did not make (it has no kiln-run.json); kiln writes runs only \
+         into folders of its own: choose another run.name or run.artifacts_dir"
+    )]
+    NotKilns { dir: PathBuf },
+    #[error("{dir} is in use by kiln process {}; wait for it to end, or stop it first",
+        pid.map_or("(unknown pid)".to_string(), |p| p.to_string()))]
+    Busy { dir: PathBuf, pid: Option<u32> },
+    #[error(transparent)]
+    Manifest(#[from] super::ManifestError),
     #[error("{dir} holds no run to resume; train it from the start first")]
     NothingToResume { dir: PathBuf },
     #[error(
@@ -60,6 +71,9 @@ pub enum RunError {
     Tokenizer(#[from] TokenizerError),
     #[error("{path}: {reason}")]
     Io { path: PathBuf, reason: std::io::Error },
+    /// Writing into the run folder (the error names the file).
+    #[error(transparent)]
+    Write(std::io::Error),
     #[error("model.vocab_size = {given}: expected at least the tokenizer's vocabulary size ({needed}, {tokenizer})")]
     VocabTooSmall { given: usize, needed: usize, tokenizer: String },
 }
@@ -68,9 +82,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RunError + '_ {
     move |reason| RunError::Io { path: path.to_path_buf(), reason }
 }
 
-/// A run folder ready to train in.
+/// A run folder ready to train in, locked for this process.
 pub struct Started {
     pub dir: RunDir,
+    /// Held until the training ends.
+    pub lock: RunLock,
+    /// The run's id (its manifest's), which every checkpoint records.
+    pub run_id: String,
     /// The checkpoint a resumed run continues from.
     pub resume_from: Option<CheckpointState>,
     pub tokenizer: Box<dyn Tokenizer>,
@@ -92,11 +110,15 @@ pub fn start(
     fit: impl FnOnce() -> anyhow::Result<Box<dyn Tokenizer>>,
 ) -> anyhow::Result<Started> {
     let dir = RunDir::of(spec);
-    let resume_from = match mode {
-        StartMode::Resume(resume) => Some(resume_run(&dir, spec, resume)?),
+    let (lock, manifest, resume_from) = match mode {
+        StartMode::Resume(resume) => {
+            let (lock, manifest) = open(&dir)?;
+            let state = resume_run(&dir, spec, resume)?;
+            (lock, manifest, Some(state))
+        }
         StartMode::New | StartMode::Over => {
-            create(&dir, *mode == StartMode::Over)?;
-            None
+            let (lock, manifest) = create(&dir, *mode == StartMode::Over)?;
+            (lock, manifest, None)
         }
     };
     let tokenizer = match resume_from {
@@ -105,13 +127,14 @@ pub fn start(
         None => {
             let tokenizer = fit()?;
             let path = dir.tokenizer();
-            tokenizer::save(tokenizer.as_ref(), &path).map_err(io(&path))?;
+            tokenizer::save(tokenizer.as_ref(), &path).map_err(RunError::Write)?;
+            dir.record_file("tokenizer.json").map_err(RunError::Write)?;
             tokenizer
         }
     };
     resolve_vocab(spec, tokenizer.as_ref())?;
     dir.write_config(spec)?;
-    Ok(Started { dir, resume_from, tokenizer })
+    Ok(Started { dir, lock, run_id: manifest.run_id, resume_from, tokenizer })
 }
 
 /// Fills `model.vocab_size` from the tokenizer, or checks that a configured one is big enough.
@@ -143,24 +166,85 @@ impl RunDir {
 
     pub fn write_config(&self, spec: &RunSpec) -> Result<(), RunError> {
         let path = self.config();
-        write_atomic(&path, spec.to_toml().as_bytes()).map_err(io(&path))
+        write_atomic(&path, spec.to_toml().as_bytes()).map_err(RunError::Write)?;
+        self.record_file("config.toml").map_err(RunError::Write)
     }
 
     pub fn write_summary(&self, summary: &Summary) -> Result<(), RunError> {
         let json = serde_json::to_vec_pretty(summary).expect("a summary serializes");
-        write_atomic(&self.summary(), &json).map_err(io(&self.summary()))
+        write_atomic(&self.summary(), &json).map_err(RunError::Write)
+    }
+
+    /// Records the token cache just written (or found) in the manifest.
+    pub fn record_token_cache(&self) -> Result<(), RunError> {
+        for file in ["tokens.bin", "tokens.json"] {
+            self.record_file(file).map_err(RunError::Write)?;
+        }
+        Ok(())
     }
 }
 
-/// An empty run folder, after deleting the run in it when `over`.
-fn create(dir: &RunDir, over: bool) -> Result<(), RunError> {
-    if dir.holds_run() {
-        if !over {
-            return Err(RunError::Exists { dir: dir.root().to_path_buf() });
-        }
-        std::fs::remove_dir_all(dir.root()).map_err(io(dir.root()))?;
+/// A run folder of kiln's, locked and with a new manifest: a new folder, an empty one, or
+/// a run of kiln's that has not started training (or, when `over`, whose run is deleted).
+/// A non-empty folder kiln did not make is never written into.
+fn create(dir: &RunDir, over: bool) -> Result<(RunLock, Manifest), RunError> {
+    let root = dir.root();
+    let existing = match root.exists() {
+        true => Manifest::read(dir)?,
+        false => None,
+    };
+    if existing.is_none() && !is_empty_or_missing(root).map_err(io(root))? {
+        return Err(RunError::NotKilns { dir: root.to_path_buf() });
     }
-    std::fs::create_dir_all(dir.checkpoints()).map_err(io(&dir.checkpoints()))
+    std::fs::create_dir_all(root).map_err(|e| RunError::Write(io_error("creating", root, e)))?;
+    let lock = RunLock::acquire(dir)?;
+    if existing.is_some() && dir.holds_run() {
+        if !over {
+            return Err(RunError::Exists { dir: root.to_path_buf() });
+        }
+        clear(dir).map_err(io(root))?;
+    }
+    let checkpoints = dir.checkpoints();
+    std::fs::create_dir_all(&checkpoints)
+        .map_err(|e| RunError::Write(io_error("creating", &checkpoints, e)))?;
+    let manifest = Manifest::new();
+    dir.write_manifest(&manifest).map_err(RunError::Write)?;
+    Ok((lock, manifest))
+}
+
+/// The run in `dir`, locked: a folder kiln made, with its manifest.
+fn open(dir: &RunDir) -> Result<(RunLock, Manifest), RunError> {
+    let root = dir.root().to_path_buf();
+    if !root.exists() || !dir.holds_run() {
+        return Err(RunError::NothingToResume { dir: root });
+    }
+    let manifest = Manifest::read(dir)?.ok_or(RunError::NotKilns { dir: root })?;
+    let lock = RunLock::acquire(dir)?;
+    for file in ["config.toml", "tokenizer.json"] {
+        manifest.verify_file(dir, file)?;
+    }
+    Ok((lock, manifest))
+}
+
+fn is_empty_or_missing(path: &Path) -> std::io::Result<bool> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => Ok(entries.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Everything in a run folder but the lock the caller holds.
+fn clear(dir: &RunDir) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir.root())? {
+        let path = entry?.path();
+        match path.is_dir() && !path.is_symlink() {
+            true => std::fs::remove_dir_all(&path)?,
+            false if path != dir.lock_file() => std::fs::remove_file(&path)?,
+            false => {}
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint to resume from, after checking that `spec` describes the run `dir` holds;
@@ -183,8 +267,8 @@ fn resume_run(dir: &RunDir, spec: &RunSpec, resume: &Resume) -> anyhow::Result<C
         );
     }
     let state = match resume {
-        Resume::Newest => newest_valid_checkpoint(dir)?,
-        Resume::From(path) => checkpoint_at(dir, path)?,
+        Resume::Newest => newest_valid_checkpoint(dir, spec)?,
+        Resume::From(path) => checkpoint_at(dir, path, spec)?,
     };
     if state.step >= spec.training.max_iters {
         let (max_iters, step) = (spec.training.max_iters, state.step);
@@ -215,14 +299,15 @@ fn tidy_for_resume(dir: &RunDir, state: &CheckpointState) -> Result<(), RunError
             moved.display()
         );
     }
-    metrics::truncate_metrics(&dir.metrics(), state.step).map_err(io(&dir.metrics()))
+    dir.forget_removed_checkpoints().map_err(RunError::Write)?;
+    metrics::truncate_metrics(&dir.metrics(), state.step).map_err(RunError::Write)
 }
 
 /// The newest checkpoint whose records match their hashes; damaged newer ones are reported
 /// and skipped.
-fn newest_valid_checkpoint(dir: &RunDir) -> Result<CheckpointState, RunError> {
+fn newest_valid_checkpoint(dir: &RunDir, spec: &RunSpec) -> Result<CheckpointState, RunError> {
     for epoch in dir.checkpoint_epochs().into_iter().rev() {
-        match CheckpointState::verify(dir, epoch) {
+        match verify(dir, epoch, spec) {
             Ok(state) => return Ok(state),
             Err(e) => eprintln!("kiln: {e}; trying the one before"),
         }
@@ -231,13 +316,13 @@ fn newest_valid_checkpoint(dir: &RunDir) -> Result<CheckpointState, RunError> {
 }
 
 /// The checkpoint one of whose files `path` is, inside this run.
-fn checkpoint_at(dir: &RunDir, path: &Path) -> Result<CheckpointState, RunError> {
+fn checkpoint_at(dir: &RunDir, path: &Path, spec: &RunSpec) -> Result<CheckpointState, RunError> {
     let in_this_run = || {
         let folder = path.parent().and_then(|d| d.canonicalize().ok());
         folder.is_some() && folder == dir.checkpoints().canonicalize().ok()
     };
     match super::checkpoint_epoch(path).filter(|_| in_this_run()) {
-        Some(epoch) => Ok(CheckpointState::verify(dir, epoch)?),
+        Some(epoch) => Ok(verify(dir, epoch, spec)?),
         None => {
             let newest = dir.checkpoint_epochs().last().copied().unwrap_or(1);
             Err(RunError::NotItsCheckpoint {
@@ -245,6 +330,15 @@ fn checkpoint_at(dir: &RunDir, path: &Path) -> Result<CheckpointState, RunError>
                 example: dir.checkpoint_state(newest),
             })
         }
+    }
+}
+
+/// Checkpoint `epoch` of the run, verified; on a node other than 0 of a multi-node run,
+/// whose checkpoints are node 0's copied in, against their own hashes only.
+fn verify(dir: &RunDir, epoch: usize, spec: &RunSpec) -> Result<CheckpointState, CheckpointError> {
+    match spec.distributed.node_rank {
+        0 => CheckpointState::verify(dir, epoch),
+        _ => CheckpointState::verify_copied(dir, epoch),
     }
 }
 

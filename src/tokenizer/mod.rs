@@ -142,7 +142,7 @@ pub(crate) fn encode_blocks(
     let mut blocks = bpe::pretokenize::TextBlocks::new(reader, block);
     while let Some(text) = blocks.next_block()? {
         let ids = tokenizer.encode(&text).map_err(|e| EncodeStreamError::Encode(e.to_string()))?;
-        sink(&ids, text.len()).map_err(EncodeStreamError::Io)?;
+        sink(&ids, text.len()).map_err(EncodeStreamError::Sink)?;
     }
     Ok(blocks.bytes_read())
 }

@@ -48,6 +48,7 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
         let block_size = spec.model.block_size();
         let corpus =
             Corpus::prepare(&data.path, &text, tokenizer, &cache, data.val_fraction, block_size)?;
+        started.dir.record_token_cache()?;
         let separator = document_separator(spec, tokenizer)?;
         let order = train_order(spec, &corpus, separator)?;
         let val = val_windows(spec, &corpus, separator, device)?;

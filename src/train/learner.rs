@@ -26,12 +26,13 @@ use crate::run::checkpoint::{
     NoCheckpoints, RunIdentity,
 };
 use crate::run::control::Divergence;
-use crate::run::{RunControl, RunDir, Summary};
+use crate::run::{RunControl, RunDir, Started, Summary};
 
 /// A run's training, planned from where it starts.
 pub struct Plan<'a> {
     pub spec: &'a RunSpec,
     pub run: &'a RunDir,
+    run_id: &'a str,
     resume_from: Option<&'a CheckpointState>,
     pub start_step: usize,
     /// The Learner epoch the run continues with.
@@ -43,11 +44,8 @@ pub struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
-    pub fn new(
-        spec: &'a RunSpec,
-        run: &'a RunDir,
-        resume_from: Option<&'a CheckpointState>,
-    ) -> Self {
+    pub fn new(spec: &'a RunSpec, started: &'a Started) -> Self {
+        let (run, resume_from) = (&started.dir, started.resume_from.as_ref());
         let t = &spec.training;
         let start_step = resume_from.map_or(0, |s| s.step);
         let acc = t.grad_accumulation;
@@ -58,6 +56,7 @@ impl<'a> Plan<'a> {
         Self {
             spec,
             run,
+            run_id: &started.run_id,
             resume_from,
             start_step,
             first_epoch: resume_from.map_or(1, |s| s.epoch + 1),
@@ -184,6 +183,8 @@ impl<'a> Plan<'a> {
                 run.final_model(),
             )
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+            run.record_file("model.mpk")
+                .with_context(|| format!("recording {}", run.manifest().display()))?;
         }
         Ok(Some((result.model, wall_seconds)))
     }
@@ -220,6 +221,7 @@ impl<'a> Plan<'a> {
             sha256_file(&path).with_context(|| format!("reading {}", path.display()))
         };
         let identity = RunIdentity {
+            run_id: self.run_id.to_string(),
             seed: spec.run.seed,
             tokens_per_step: t.tokens_per_step(spec.model.block_size())
                 * spec.distributed.replicas(),

@@ -92,16 +92,18 @@ fn fit<B: TrainBackend, T: Task<B>>(
     options: &TrainOptions,
     device: B::Device,
 ) -> Result<Outcome> {
+    crate::memory::check_training(&spec)?;
     let raw = T::read(&spec)?;
     let as_given = spec.clone();
     let started =
         crate::run::start::start(&mut spec, &options.start, || T::fit_tokenizer(&raw, &as_given))?;
+    crate::memory::check_training(&spec)?;
     B::seed(&device, spec.run.seed);
     let task = T::encode(raw, &spec, &started, &device)?;
     let (model, counts) = task.init_model(&spec, &device)?;
     announce(&spec, &started.dir, counts, &task.describe(&spec))?;
 
-    let plan = Plan::new(&spec, &started.dir, started.resume_from.as_ref());
+    let plan = Plan::new(&spec, &started);
     let Some((model, wall_seconds)) = plan.launch_replicas(&task, model, &device)? else {
         return Ok(Outcome::Interrupted { step: plan.control.steps() });
     };

@@ -53,6 +53,8 @@ struct GenerateBench {
 pub fn run(args: GenerateBenchArgs) -> Result<()> {
     let mut spec = args.config.load("bench generate")?;
     let (text, tokenizer) = fit_tokenizer(&mut spec)?;
+    let estimate = crate::memory::generation(&spec.model, spec.vocab_size(), 1);
+    crate::memory::check_generation(estimate, "generating")?;
     let block = spec.model.block_size();
     if args.prompt_tokens == 0 || args.prompt_tokens + args.max_new_tokens > block {
         bail!(

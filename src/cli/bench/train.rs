@@ -67,6 +67,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     }
     let mut spec = args.config.load("bench train")?;
     let (_, corpus, order) = prepare_in_memory(&mut spec)?;
+    crate::memory::check_training(&spec)?;
     let backend = spec.backend.clone();
     let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
     let result = crate::backend::dispatch_train(&backend, job)??;

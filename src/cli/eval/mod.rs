@@ -114,7 +114,12 @@ fn gpt_corpus(
                 cache.meta.display()
             );
         }
-        return Ok(Corpus::from_cache(&cache, val_fraction, block_size)?);
+        if let Some(manifest) = crate::run::Manifest::read(run)? {
+            for file in ["tokens.bin", "tokens.json"] {
+                manifest.verify_file(run, file)?;
+            }
+        }
+        return Ok(Corpus::from_cache(&cache, val_fraction, block_size, spec.vocab_size())?);
     };
     // The data errors name `data.path`, which is not what the user gave here.
     let named = |e: DataError| match e {

@@ -49,6 +49,14 @@ pub(super) fn run(args: EvalArgs, run: RunDir, spec: RunSpec) -> Result<()> {
             run.config().display()
         );
     }
+    if let Some(out) = &args.hypotheses {
+        let reads = [Split::Train, Split::Valid, Split::Test]
+            .into_iter()
+            .filter_map(|s| spec.data.pair_files(s))
+            .flat_map(|pair| pair.into_iter().map(|(_, path)| path.to_path_buf()))
+            .collect::<Vec<_>>();
+        crate::run::check_output("--hypotheses", out, reads.iter().map(|p| p.as_path()))?;
+    }
     let greedy = args.decoding.decoding(1, spec.model.block_size())?;
     let beam = args.decoding.decoding(args.decoding.beam, spec.model.block_size())?;
     let backend = args.backend.section(&spec)?;
@@ -105,8 +113,7 @@ impl ForwardJob for Job {
         let (beam, outputs) = score(&self.beam)?;
         if let Some(path) = &self.hypotheses {
             let text: String = outputs.iter().map(|line| format!("{line}\n")).collect();
-            crate::files::write_atomic(path, text.as_bytes())
-                .with_context(|| format!("writing --hypotheses {}", path.display()))?;
+            crate::files::write_atomic(path, text.as_bytes())?;
         }
         Ok(Seq2SeqEval {
             model: path.display().to_string(),

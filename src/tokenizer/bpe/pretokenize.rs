@@ -156,6 +156,9 @@ pub enum EncodeStreamError {
     NotUtf8 { offset: u64 },
     #[error("{0}")]
     Encode(String),
+    /// The sink's error (writing the ids), which names its own file.
+    #[error(transparent)]
+    Sink(std::io::Error),
 }
 
 impl<R: Read> TextBlocks<R> {
