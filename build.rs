@@ -3,6 +3,8 @@
 //! torch-sys finds it: `$LIBTORCH/lib`, or the `torch` package of the active Python when
 //! `LIBTORCH_USE_PYTORCH` is set (see scripts/setup-venv.sh).
 //!
+//! Also makes the `--version` line: the backends compiled in and the git commit built from.
+//!
 //! With the `tcmalloc` feature, links the system's tcmalloc ahead of libc, so that its
 //! malloc serves the whole process, the C++ of libtorch included (a Rust global allocator
 //! would serve only Rust's allocations).
@@ -17,6 +19,7 @@ fn main() {
     {
         println!("cargo:rerun-if-env-changed={var}");
     }
+    version_line();
     if std::env::var_os("CARGO_FEATURE_TCMALLOC").is_some() {
         link_tcmalloc();
     }
@@ -84,4 +87,42 @@ fn libtorch_lib_dir() -> Option<PathBuf> {
         .ok()?;
     let dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
     dir.is_dir().then_some(dir)
+}
+
+/// `KILN_VERSION_LINE` (`0.1.0 (backends: ndarray, wgpu; commit 1a2b3c4)`) and
+/// `KILN_GIT_COMMIT` (empty outside a git checkout, e.g. from a crates tarball).
+fn version_line() {
+    let feature = |name: &str| std::env::var_os(format!("CARGO_FEATURE_{name}")).is_some();
+    let mut backends = Vec::new();
+    for (name, on) in [
+        ("ndarray", feature("NDARRAY")),
+        ("flex", feature("FLEX")),
+        ("wgpu", feature("WGPU")),
+        ("tch-cpu", feature("TCH")),
+        ("cuda", feature("CUDA")),
+    ] {
+        if on {
+            backends.push(name);
+        }
+    }
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    // A new commit changes HEAD (or the branch it points to).
+    for head in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(head).exists() {
+            println!("cargo:rerun-if-changed={head}");
+        }
+    }
+    let version = std::env::var("CARGO_PKG_VERSION").unwrap_or_default();
+    let built_from = if commit.is_empty() { String::new() } else { format!("; commit {commit}") };
+    println!("cargo:rustc-env=KILN_GIT_COMMIT={commit}");
+    println!(
+        "cargo:rustc-env=KILN_VERSION_LINE={version} (backends: {}{built_from})",
+        backends.join(", ")
+    );
 }

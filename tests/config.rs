@@ -117,7 +117,7 @@ fn block_size_zero_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let err =
         config_error(dir.path(), &valid_config_text().replace("block_size = 32", "block_size = 0"));
-    assert_eq!(err, "model.block_size = 0: expected a positive integer");
+    assert_eq!(err, "model.block_size = 0: expected a positive integer up to 1048576");
 }
 
 #[test]
@@ -280,4 +280,26 @@ fn values_of_the_wrong_type_are_refused_with_their_key() {
     let sets = ["run.name=123".to_string()];
     let spec = kiln::config::load_with_env(&file, &sets, Vec::new()).unwrap();
     assert_eq!(spec.run.name, "123");
+}
+
+/// docs/config.md names every key a config can hold: every key `config.toml` writes for a GPT
+/// and for a seq2seq preset (the resolved config holds every key with its default).
+#[test]
+fn the_config_reference_names_every_key() {
+    let reference = std::fs::read_to_string(repo().join("docs/config.md")).unwrap();
+    let mut missing = Vec::new();
+    for preset in ["tiny", "multi30k-cpu"] {
+        let preset = kiln::config::Preset::find(preset).unwrap();
+        let spec = kiln::config::RunSpec::from_toml(preset.text, preset.name).unwrap();
+        let table: toml::Table = spec.to_toml().parse().unwrap();
+        for (section, keys) in &table {
+            for key in keys.as_table().unwrap().keys() {
+                let name = format!("`{section}.{key}`");
+                if !reference.contains(&name) && !missing.contains(&name) {
+                    missing.push(name);
+                }
+            }
+        }
+    }
+    assert!(missing.is_empty(), "docs/config.md does not describe {missing:?}");
 }

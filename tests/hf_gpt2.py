@@ -13,13 +13,16 @@ import json
 import sys
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 NEW_TOKENS = 24
 
 
 def logits(model_dir, batch_path, out_path):
-    model, info = GPT2LMHeadModel.from_pretrained(model_dir, output_loading_info=True)
+    # AutoModelForCausalLM, as a user would: config.json's model_type must pick GPT-2.
+    model, info = AutoModelForCausalLM.from_pretrained(model_dir, output_loading_info=True)
+    if not isinstance(model, GPT2LMHeadModel):
+        sys.exit(f"{model_dir} loaded as {type(model).__name__}, not GPT2LMHeadModel")
     problems = {k: v for k, v in info.items() if v}
     if problems:
         sys.exit(f"{model_dir} did not load cleanly: {problems}")

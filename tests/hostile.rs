@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::kiln;
+use common::{copy_dir, kiln};
 
 /// Two small finished runs of different widths: (artifacts dir kept alive, narrow, wide).
 fn runs() -> &'static (PathBuf, PathBuf) {
@@ -61,19 +61,6 @@ fn scratch_run() -> (tempfile::TempDir, PathBuf) {
     let run = dir.path().join("narrow");
     copy_dir(&runs().0, &run);
     (dir, run)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -156,6 +143,10 @@ fn damaged_checkpoints_are_named_with_the_cause() {
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 3]).unwrap();
     let err = error_of(&["generate", "--run", s(&run)]);
+    assert!(err.contains("model.mpk does not match the SHA-256 the run recorded"), "{err}");
+    // Without the manifest's hash, the record's own reader names the damage.
+    std::fs::remove_file(run.join("kiln-run.json")).unwrap();
+    let err = error_of(&["generate", "--run", s(&run)]);
     assert!(
         err.contains("model.mpk: not a readable kiln model record (the file ends early)"),
         "{err}"
@@ -176,6 +167,7 @@ fn damaged_checkpoints_are_named_with_the_cause() {
         "{err}"
     );
 
+    let (_keep_newer, run) = scratch_run();
     let state = run.join("checkpoints/state-1.json");
     let text = std::fs::read_to_string(&state).unwrap().replace("\"version\": 1", "\"version\": 9");
     std::fs::write(&state, text).unwrap();
@@ -206,6 +198,11 @@ fn a_replaced_tokenizer_is_refused() {
     let original = std::fs::read_to_string(&tokenizer).unwrap();
 
     std::fs::write(&tokenizer, r#"{"kind": "tiktoken", "encoding": "gpt2"}"#).unwrap();
+    let err = error_of(&["generate", "--run", s(&run)]);
+    assert!(err.contains("tokenizer.json does not match the SHA-256 the run recorded"), "{err}");
+    // A run without a manifest (an older kiln's) still checks the tokenizer against the
+    // model and the checkpoints.
+    std::fs::remove_file(run.join("kiln-run.json")).unwrap();
     let err = error_of(&["generate", "--run", s(&run)]);
     assert!(err.contains("a vocabulary of 50257 tokens, but the run's model has 65"), "{err}");
 

@@ -57,7 +57,8 @@ fn load(run: &Path) -> (kiln::model::Gpt<B>, Box<dyn Tokenizer>) {
 }
 
 /// For GPT-2-shaped runs, including an untied head, no biases and tanh GELU, the exported
-/// folder loads in transformers and gives kiln's logits within 1e-4.
+/// folder, and the run folder itself, load in transformers' `AutoModelForCausalLM` and give
+/// kiln's logits within 1e-4.
 #[test]
 fn transformers_loads_exports_with_the_same_logits() {
     let python = python_with("transformers");
@@ -90,6 +91,11 @@ fn transformers_loads_exports_with_the_same_logits() {
         println!("{name}: {} logits, max |kiln - transformers| = {max_diff:.2e}", ours.len());
         // Stricter than the 1e-4 asked for: GELU vs its tanh form moves these logits by ~7e-5.
         assert!(max_diff < 1e-5, "{name}: logits differ by {max_diff}");
+
+        // The run folder itself loads: training wrote model.safetensors and config.json.
+        let from_run: Vec<Vec<Vec<f32>>> = hf_gpt2(&python, "logits", &run, &batch, dir.path());
+        let from_run: Vec<f32> = from_run.into_iter().flatten().flatten().collect();
+        assert_eq!(from_run, theirs, "{name}: the run folder and the export differ");
     }
 
     // --names kiln: the names kiln inspect lists, and no config.json for transformers.

@@ -147,7 +147,12 @@ fn inspect_lists_every_parameter_of_runs_and_checkpoints() {
 
     let foreign = run.join("tokens.bin");
     let (ok, _, err) = kiln(&["inspect", path(&foreign)]);
-    assert!(!ok && err.contains("not a readable kiln model record"), "{err}");
+    assert!(!ok && err.contains("not a model file of the run"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.mpk");
+    std::fs::write(&junk, b"not a record at all").unwrap();
+    let (ok, _, err) = kiln(&["inspect", path(&junk)]);
+    assert!(!ok && err.contains("junk.mpk: cannot find the run it belongs to"), "{err}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::kiln;
+use common::{copy_dir, kiln};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -98,19 +98,6 @@ fn scratch_run() -> (tempfile::TempDir, PathBuf) {
     let run = dir.path().join("narrow");
     copy_dir(&runs().0, &run);
     (dir, run)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
 }
 
 /// `train --resume` of the scratch copy of the narrow run.

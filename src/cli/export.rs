@@ -7,8 +7,10 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 
 use crate::backend::ForwardJob;
+use crate::config::RunSpec;
 use crate::interop::Names;
 use crate::kernels::KernelBackend;
+use crate::run::RunDir;
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
@@ -106,6 +108,33 @@ pub fn run(args: ExportArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Writes a finished GPT run's final weights into the run as `model.safetensors`, with GPT-2's
+/// names and a `config.json` that `transformers` loads when the model has GPT-2's shape, with
+/// kiln's names otherwise; the files join the run's manifest.
+pub(super) fn into_run(run: &RunDir, spec: &RunSpec) -> Result<Vec<PathBuf>> {
+    let tokenizer = crate::run::run_tokenizer(run, spec)?;
+    let names = match crate::interop::gpt2_mismatch(&spec.model) {
+        None => Names::Hf,
+        Some(_) => Names::Kiln,
+    };
+    let backend = crate::config::BackendSection {
+        name: crate::config::BackendName::cpu_for_build(),
+        ..Default::default()
+    };
+    let job = Job {
+        weights: super::RunWeights { run: run.clone(), spec: spec.clone(), checkpoint: None },
+        names,
+        eot: tokenizer.special_id(crate::tokenizer::END_OF_TEXT),
+        out: run.root().to_path_buf(),
+    };
+    let (exported, _) = crate::backend::dispatch(&backend, job)??;
+    for file in &exported.files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        run.record_file(&name)?;
+    }
+    Ok(exported.files)
 }
 
 struct Job {

@@ -8,6 +8,7 @@ mod generate;
 mod import;
 mod inspect;
 mod plot;
+mod presets;
 mod table;
 mod tokenizer;
 mod train;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{BackendName, BackendSection, Precision, RunSpec};
 use crate::kernels::KernelBackend;
@@ -26,7 +27,13 @@ use crate::run::RunDir;
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about = "Train Transformer language models from scratch on Burn")]
+#[command(
+    name = "kiln",
+    version = env!("KILN_VERSION_LINE"),
+    about = "Train Transformer language models from scratch on Burn",
+    after_help = "Start with `kiln train --data my.txt`, then `kiln generate`; `kiln presets` \
+                  lists the built-in configs."
+)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,8 +45,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model from a TOML config (the default command).
+    /// Train a model on your text, a preset or a config file (the default command).
     Train(train::TrainArgs),
+    /// List the configs built into kiln.
+    Presets,
+    /// Write a preset out as a config file to edit.
+    Init(presets::InitArgs),
     /// Sample text from a trained run.
     Generate(generate::GenerateArgs),
     /// Validation loss and perplexity of a run or one of its checkpoints; BLEU of a seq2seq run.
@@ -63,15 +74,36 @@ enum Command {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Print a shell completion script: `kiln completions bash > ~/.local/share/bash-completion/completions/kiln`.
+    Completions {
+        /// The shell to complete in.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// kiln's command line as clap describes it (for completions and the CLI reference).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parses the command line and runs it; the exit status is 0 for a command that did its
 /// work, 128 + the signal for a training stopped by one (its checkpoint written).
 pub fn run() -> Result<ExitCode> {
+    // Bare `kiln` shows what it can do, as git and cargo do.
+    if std::env::args_os().len() <= 1 {
+        command().print_help()?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cli = Cli::parse();
     let done = match cli.command {
         Some(Command::Train(args)) => return train::run(args),
         None => return train::run(cli.train),
+        Some(Command::Presets) => presets::list(),
+        Some(Command::Init(args)) => presets::init(args),
+        Some(Command::Completions { shell }) => {
+            clap_complete::generate(shell, &mut command(), "kiln", &mut std::io::stdout());
+            Ok(())
+        }
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Translate(args)) => translate::run(args),

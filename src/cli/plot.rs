@@ -40,7 +40,8 @@ struct CurvesArgs {
     /// Loss on a log scale.
     #[arg(long)]
     log: bool,
-    /// Folder for loss.png and lr.png; defaults to the (first) run's directory.
+    /// Folder for loss.png and lr.png; default: the run's own folder, or plots/<a>-vs-<b>/
+    /// for several runs.
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -104,10 +105,39 @@ fn curves(args: CurvesArgs) -> Result<()> {
         }
         runs.push(Curves { label: spec.run.name.clone(), metrics });
     }
-    let out = args.out.unwrap_or_else(|| args.runs[0].clone());
-    std::fs::create_dir_all(&out).map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
+    // One run's curves are its own loss.png and lr.png; an overlay never replaces them.
+    let out = match (args.out, &runs[..]) {
+        (Some(out), _) => out,
+        (None, [_]) => args.runs[0].clone(),
+        (None, several) => {
+            let names: Vec<&str> = several.iter().map(|c| c.label.as_str()).collect();
+            PathBuf::from("plots").join(names.join("-vs-"))
+        }
+    };
+    let own_run = runs.len() == 1 && out == args.runs[0];
+    if !own_run && RunDir::new(&out).manifest().is_file() {
+        bail!(
+            "--out {}: is the folder of the kiln run {}; its loss.png and lr.png are that run's \
+             own curves; choose another folder",
+            out.display(),
+            out.display()
+        );
+    }
+    for file in ["loss.png", "lr.png"] {
+        crate::run::check_output("--out", &out.join(file), std::iter::empty())?;
+    }
+    std::fs::create_dir_all(&out)
+        .map_err(|e| crate::files::io_error("creating", &out, e))
+        .map_err(|e| anyhow::anyhow!("--out: {e}"))?;
     for file in crate::plot::training_curves(&runs, args.log, &out)? {
         println!("{}", file.display());
+    }
+    // A run's own curves were redrawn: its report shows them.
+    if let [dir] = &args.runs[..] {
+        let run = RunDir::new(dir);
+        if out == *dir && run.report().is_file() {
+            println!("{}", crate::plot::write_report(&run, &runs[0].label)?.display());
+        }
     }
     Ok(())
 }
@@ -231,6 +261,10 @@ pub fn after_training(run: &RunDir, spec: &RunSpec) {
             let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
             eprintln!("kiln: plots: {}", names.join(", "));
         }
+        Err(e) => eprintln!("kiln: warning: {e}"),
+    }
+    match crate::plot::write_report(run, &spec.run.name) {
+        Ok(path) => eprintln!("kiln: report: {}", path.display()),
         Err(e) => eprintln!("kiln: warning: {e}"),
     }
 }

@@ -1,19 +1,26 @@
 //! `kiln train`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::config::{ConfigError, ConfigSource, DataKind, Preset, RunSpec, DEFAULT_FOR_DATA};
 use crate::run::start::{Resume, StartMode};
 use crate::run::{RunDir, RunError};
 use crate::train::{train, Outcome, TrainOptions};
 
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// TOML config file, e.g. configs/small.toml.
-    #[arg(long, short)]
+    /// Your text to train on (UTF-8); the run is named after it: my.txt → artifacts/my.
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// A config built into kiln (`kiln presets` lists them); `small` when only --data is given.
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    preset: Option<String>,
+    /// A TOML config file, e.g. one `kiln init` wrote.
+    #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Override a config value: --set training.learning_rate=3e-4 (repeatable; applied after
     /// the file and KILN_<SECTION>__<KEY> environment variables).
@@ -29,17 +36,77 @@ pub struct TrainArgs {
     #[arg(long, conflicts_with = "resume")]
     force: bool,
     /// Tokens of sample text printed after training (0 for none).
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_name = "N")]
     sample_tokens: usize,
 }
 
+impl TrainArgs {
+    /// The config to start from: the file, the preset, or the default preset for --data.
+    fn source(&self) -> Result<ConfigSource> {
+        Ok(match (&self.config, &self.preset, &self.data) {
+            (Some(file), _, _) => ConfigSource::File(file.clone()),
+            (None, Some(name), _) => ConfigSource::Preset(Preset::find(name)?),
+            (None, None, Some(_)) => ConfigSource::Preset(Preset::find(DEFAULT_FOR_DATA)?),
+            (None, None, None) => anyhow::bail!(
+                "nothing to train: give your text with --data FILE, a preset with --preset NAME \
+                 (`kiln presets` lists them), or a config file with --config FILE"
+            ),
+        })
+    }
+
+    /// The overrides, after `data.path` and `run.name` from --data (so that --set and
+    /// `KILN_RUN__NAME` still name the run).
+    fn overrides(&self) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        if let Some(data) = &self.data {
+            let text = data.to_str().with_context(|| {
+                format!("--data {}: the path is not valid UTF-8", data.display())
+            })?;
+            all.push(format!("data.path={}", toml::Value::from(text)));
+            let named = self.overrides.iter().any(|o| o.trim_start().starts_with("run.name"))
+                || std::env::var_os("KILN_RUN__NAME").is_some();
+            if !named {
+                all.push(format!("run.name={}", toml::Value::from(run_name_for(data)?)));
+            }
+        }
+        all.extend(self.backend.add_to(&self.overrides));
+        Ok(all)
+    }
+}
+
+/// `notes/my.txt` → `my`.
+fn run_name_for(data: &Path) -> Result<String> {
+    data.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty() && !s.starts_with('.'))
+        .with_context(|| {
+            format!(
+                "--data {}: cannot name a run after it; add --set run.name=NAME",
+                data.display()
+            )
+        })
+}
+
 pub fn run(args: TrainArgs) -> Result<ExitCode> {
-    let Some(config) = args.config else {
-        anyhow::bail!(
-            "no config given: run `kiln --config configs/small.toml` (see `kiln --help`)"
-        );
-    };
-    let spec = crate::config::load(&config, &args.backend.add_to(&args.overrides))?;
+    let source = args.source()?;
+    if let (ConfigSource::Preset(preset), Some(_)) = (&source, &args.data) {
+        if RunSpec::from_toml(preset.text, preset.name)?.data.kind != DataKind::Text {
+            anyhow::bail!(
+                "--data: preset {} trains on a parallel corpus (data.source, data.target); \
+                 --data is for text, e.g. with --preset small",
+                preset.name
+            );
+        }
+    }
+    let spec = crate::config::load_source(&source, &args.overrides()?).map_err(|e| {
+        // A preset's own corpus is in kiln's repository, not next to an installed kiln.
+        match (&source, &e) {
+            (ConfigSource::Preset(_), ConfigError::Invalid { key: "data.path", .. }) => {
+                anyhow::anyhow!("{e}; train {source} on your own text with --data FILE")
+            }
+            _ => e.into(),
+        }
+    })?;
     let start = match (args.resume, args.force) {
         (Some(path), _) => StartMode::Resume(path.map_or(Resume::Newest, Resume::From)),
         (None, true) => StartMode::Over,
@@ -51,6 +118,14 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
         Outcome::Finished(_) => {
             // Only node 0 writes metrics, so only node 0 has curves to plot.
             if spec.distributed.node_rank == 0 {
+                // The run's config as written, with what training resolved (the vocabulary).
+                let (run, spec) = crate::run::open_run(run.root())?;
+                if spec.model.as_gpt().is_some() {
+                    match super::export::into_run(&run, &spec) {
+                        Ok(files) => eprintln!("kiln: weights for other tools: {}", shown(&files)),
+                        Err(e) => eprintln!("kiln: warning: no model.safetensors: {e:#}"),
+                    }
+                }
                 super::plot::after_training(&run, &spec);
             }
             Ok(ExitCode::SUCCESS)
@@ -79,4 +154,8 @@ fn with_flags(error: anyhow::Error) -> anyhow::Error {
         _ => return error,
     };
     anyhow::anyhow!("{error}; {hint}")
+}
+
+fn shown(files: &[PathBuf]) -> String {
+    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
 }

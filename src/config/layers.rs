@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
-use super::{validate, ConfigError, ModelKind, ModelSpec, RunSpec};
+use super::{validate, ConfigError, ConfigSource, ModelKind, ModelSpec, RunSpec};
 
 const SECTIONS: [&str; 6] = ["run", "data", "model", "training", "backend", "distributed"];
 
@@ -16,17 +16,30 @@ pub fn load(file: &Path, overrides: &[String]) -> Result<RunSpec, ConfigError> {
     load_with_env(file, overrides, std::env::vars())
 }
 
+/// As [`load`], for a config file or a preset.
+pub fn load_source(source: &ConfigSource, overrides: &[String]) -> Result<RunSpec, ConfigError> {
+    load_layers(source, overrides, std::env::vars())
+}
+
 /// As [`load`], with the environment given explicitly (tests use this).
 pub fn load_with_env(
     file: &Path,
     overrides: &[String],
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<RunSpec, ConfigError> {
-    let mut layers = Layers {
-        table: read_table(file)?,
-        origins: BTreeMap::new(),
-        file: file.display().to_string(),
+    load_layers(&ConfigSource::File(file.to_path_buf()), overrides, env)
+}
+
+fn load_layers(
+    source: &ConfigSource,
+    overrides: &[String],
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<RunSpec, ConfigError> {
+    let table = match source {
+        ConfigSource::File(file) => read_table(file)?,
+        ConfigSource::Preset(preset) => preset.table(),
     };
+    let mut layers = Layers { table, origins: BTreeMap::new(), file: source.to_string() };
     // Only `KILN_<SECTION>__<KEY>` names a setting: other `KILN_` variables (the set-up
     // script's `KILN_VENV`, a test harness's seed) belong to other tools.
     let mut env: Vec<(String, String)> = env
@@ -44,8 +57,7 @@ pub fn load_with_env(
     }
     let mut spec = layers.resolve()?;
     if spec.run.name.is_empty() {
-        spec.run.name =
-            file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        spec.run.name = source.stem();
     }
     validate(&spec)?;
     Ok(spec)

@@ -8,6 +8,7 @@
 pub mod choices;
 mod layers;
 pub mod model;
+mod presets;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ pub use choices::{
     Activation, BackendName, DataKind, InitScheme, ModelKind, NormKind, PositionKind, Precision,
     SamplingMode, ScheduleKind, TokenizerSpec, TIKTOKEN_ENCODINGS,
 };
-pub use layers::{load, load_with_env};
+pub use layers::{load, load_source, load_with_env};
 pub use model::{GptSpec, ModelSpec, Seq2SeqSpec};
+pub use presets::{ConfigSource, Preset, DEFAULT_FOR_DATA, PRESETS};
 pub use validate::{validate, validate_shape};
 
 /// Everything a run needs, as resolved from all layers. Written to `<run>/config.toml`.

@@ -4,6 +4,7 @@
 //! gives the same text on every backend.
 
 use std::io::Write;
+use std::ops::ControlFlow;
 
 use burn::prelude::*;
 use rand::rngs::StdRng;
@@ -79,6 +80,19 @@ pub fn generate<B: KernelBackend>(
     sampling: &Sampling,
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>, SamplingError> {
+    generate_until(model, prompt, sampling, |id| {
+        on_token(id);
+        ControlFlow::Continue(())
+    })
+}
+
+/// As [`generate`], stopping early when `on_token` breaks (a stop string was produced).
+pub fn generate_until<B: KernelBackend>(
+    model: &Gpt<B>,
+    prompt: &[u32],
+    sampling: &Sampling,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
+) -> Result<Vec<u32>, SamplingError> {
     sampling.validate()?;
     if prompt.is_empty() {
         return Err(SamplingError::EmptyPrompt);
@@ -99,10 +113,9 @@ pub fn generate<B: KernelBackend>(
     for i in 0..sampling.max_new_tokens {
         let row: Vec<f32> = logits.into_data().convert::<f32>().to_vec().unwrap_or_default();
         let next = sample(&row, sampling, &mut rng);
-        on_token(next);
         generated.push(next);
         context.push(next);
-        if i + 1 == sampling.max_new_tokens {
+        if on_token(next).is_break() || i + 1 == sampling.max_new_tokens {
             break;
         }
         logits = if cache.len() < block_size {
@@ -206,6 +219,58 @@ impl<W: Write> Utf8Stream<W> {
     }
 }
 
+/// Holds generated text back until it cannot be the start of a stop string, and ends it
+/// before the first stop string (which is not printed).
+#[derive(Debug, Default)]
+pub struct StopStrings {
+    stops: Vec<Vec<u8>>,
+    text: Vec<u8>,
+    /// How much of `text` has been handed out.
+    released: usize,
+}
+
+impl StopStrings {
+    pub fn new(stops: &[String]) -> Self {
+        let stops = stops.iter().filter(|s| !s.is_empty()).map(|s| s.as_bytes().to_vec());
+        Self { stops: stops.collect(), ..Self::default() }
+    }
+
+    /// Adds the bytes of a token; returns the bytes that are safe to print, and whether a
+    /// stop string has ended the text.
+    pub fn push(&mut self, bytes: &[u8]) -> (&[u8], ControlFlow<()>) {
+        let longest = self.stops.iter().map(Vec::len).max().unwrap_or(0);
+        // A stop string that ends in the new bytes starts after what was already released.
+        let from = self.released;
+        self.text.extend_from_slice(bytes);
+        let found = self
+            .stops
+            .iter()
+            .filter_map(|stop| find(&self.text[from..], stop).map(|at| from + at))
+            .min();
+        let (end, flow) = match found {
+            Some(at) => (at, ControlFlow::Break(())),
+            None => (
+                self.text.len().saturating_sub(longest.saturating_sub(1)),
+                ControlFlow::Continue(()),
+            ),
+        };
+        let start = self.released;
+        self.released = end.max(start);
+        (&self.text[start..self.released], flow)
+    }
+
+    /// The text held back when generation ended without a stop string.
+    pub fn rest(&mut self) -> &[u8] {
+        let start = self.released;
+        self.released = self.text.len();
+        &self.text[start..]
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +310,29 @@ mod tests {
             .contains("top_k ="));
         let zero = Sampling { max_new_tokens: 0, ..sampling(1.0, None, None) };
         assert!(zero.validate().unwrap_err().to_string().contains("max_new_tokens ="));
+    }
+
+    #[test]
+    fn stop_strings_end_the_text_before_them_across_token_boundaries() {
+        let run = |stops: &[&str], tokens: &[&str]| {
+            let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+            let mut filter = StopStrings::new(&stops);
+            let mut printed = Vec::new();
+            for token in tokens {
+                let (ready, flow) = filter.push(token.as_bytes());
+                printed.extend_from_slice(ready);
+                if flow.is_break() {
+                    return (String::from_utf8(printed).unwrap(), true);
+                }
+            }
+            printed.extend_from_slice(filter.rest());
+            (String::from_utf8(printed).unwrap(), false)
+        };
+        assert_eq!(run(&["\n\n"], &["Hello", "\n", "\nmore"]), ("Hello".into(), true));
+        assert_eq!(run(&["END", "\n"], &["a", "bE", "N", "D", "x"]), ("ab".into(), true));
+        assert_eq!(run(&["END"], &["a", "bEN", "x"]), ("abENx".into(), false));
+        assert_eq!(run(&[], &["a", "b"]), ("ab".into(), false));
+        assert_eq!(run(&["x"], &["x"]), ("".into(), true));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub enum InteropError {
 }
 
 /// Why a kiln model is not a GPT-2, if it is not.
-fn gpt2_mismatch(model: &ModelSpec) -> Option<String> {
+pub fn gpt2_mismatch(model: &ModelSpec) -> Option<String> {
     let ModelSpec::Gpt(model) = model else {
         return Some("model.kind = seq2seq".into());
     };

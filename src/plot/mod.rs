@@ -11,6 +11,9 @@ use plotters::prelude::*;
 
 use crate::run::MetricsLine;
 
+mod report;
+pub use report::write_report;
+
 const FONT: &str = "sans-serif";
 
 #[derive(Debug, thiserror::Error)]
@@ -91,14 +94,22 @@ pub fn training_curves(
     for (i, run) in runs.iter().enumerate() {
         let colour = COLOURS[i % COLOURS.len()];
         let (train, val) = if several {
-            (colour.mix(0.45), colour.to_rgba())
+            (colour.to_rgba(), colour.to_rgba())
         } else {
-            (COLOURS[0].mix(0.8), COLOURS[1].to_rgba())
+            (COLOURS[0].to_rgba(), COLOURS[1].to_rgba())
         };
+        let raw = points(run, "train", |l| Some(l.loss));
+        // The per-step loss is noisy: drawn pale, with its moving average on top.
         loss.push(Series {
-            label: name(run, "train"),
-            points: points(run, "train", |l| Some(l.loss)),
-            color: train,
+            label: String::new(),
+            points: raw.clone(),
+            color: train.mix(0.2),
+            emphasis: false,
+        });
+        loss.push(Series {
+            label: name(run, "train (smoothed)"),
+            points: smoothed(&raw),
+            color: train.mix(if several { 0.6 } else { 0.9 }),
             emphasis: false,
         });
         loss.push(Series {
@@ -115,12 +126,31 @@ pub fn training_curves(
             emphasis: false,
         });
     }
+    let names: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+    let names = names.join(" vs ");
     let loss_path = out_dir.join("loss.png");
     let y_desc = if log_y { "loss (log scale)" } else { "loss" };
-    line_chart(&loss_path, "Loss", y_desc, |v| format!("{v:.2}"), &loss, log_y)?;
+    let title = format!("Loss: {names}");
+    line_chart(&loss_path, &title, y_desc, |v| format!("{v:.2}"), &loss, log_y)?;
     let lr_path = out_dir.join("lr.png");
-    line_chart(&lr_path, "Learning rate", "learning rate", |v| format!("{v:.1e}"), &lr, false)?;
+    let title = format!("Learning rate: {names}");
+    line_chart(&lr_path, &title, "learning rate", |v| format!("{v:.1e}"), &lr, false)?;
     Ok(vec![loss_path, lr_path])
+}
+
+/// An exponential moving average of `points`, debiased at the start (as TensorBoard's
+/// smoothing), over about 2% of the curve.
+pub fn smoothed(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    let weight = 1.0 - 1.0 / (points.len() as f64 / 50.0).clamp(1.0, 50.0);
+    let (mut average, mut scale) = (0.0, 0.0);
+    let finite = points.iter().filter(|(_, y)| y.is_finite());
+    finite
+        .map(|&(x, y)| {
+            average = weight * average + (1.0 - weight) * y;
+            scale = weight * scale + (1.0 - weight);
+            (x, average / scale)
+        })
+        .collect()
 }
 
 /// `y_format` writes the tick labels of the y axis.
@@ -196,13 +226,14 @@ where
             s.points.iter().copied().filter(|(_, y)| y.is_finite() && (!log_y || *y > 0.0));
         let color = s.color;
         let width = if s.emphasis { 3 } else { 1 };
-        chart
+        let drawn = chart
             .draw_series(LineSeries::new(points.clone(), color.stroke_width(width)))
-            .map_err(|e| e.to_string())?
-            .label(s.label.clone())
-            .legend(move |(x, y)| {
+            .map_err(|e| e.to_string())?;
+        if !s.label.is_empty() {
+            drawn.label(s.label.clone()).legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(width))
             });
+        }
         if s.emphasis {
             chart
                 .draw_series(points.map(|p| Circle::new(p, 4, color.filled())))
@@ -350,4 +381,20 @@ fn colour_bar(
         }))
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::smoothed;
+
+    #[test]
+    fn smoothing_keeps_a_constant_and_damps_noise() {
+        let flat: Vec<(f64, f64)> = (0..500).map(|i| (i as f64, 2.0)).collect();
+        assert!(smoothed(&flat).iter().all(|&(_, y)| (y - 2.0).abs() < 1e-9));
+        let noisy: Vec<(f64, f64)> =
+            (0..1000).map(|i| (i as f64, if i % 2 == 0 { 1.0 } else { 3.0 })).collect();
+        let tail = &smoothed(&noisy)[500..];
+        assert!(tail.iter().all(|&(_, y)| (y - 2.0).abs() < 0.2), "{:?}", &tail[..4]);
+        assert_eq!(smoothed(&noisy).len(), noisy.len());
+    }
 }

@@ -5,7 +5,7 @@
 //! for, the optimizer counts steps and watches the gradient norm, and the checkpoint policy
 //! saves (or, after a divergence, refuses to) and stops Burn's Learner.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use burn::train::Interrupter;
@@ -71,6 +71,8 @@ pub struct RunControl {
     /// would wait on one another forever.
     replicated: bool,
     agreed_stop: AtomicBool,
+    /// The global gradient norm of the last step (f64 bits), for metrics.jsonl.
+    grad_norm: AtomicU64,
 }
 
 impl RunControl {
@@ -84,7 +86,18 @@ impl RunControl {
             interrupter: Interrupter::new(),
             replicated: false,
             agreed_stop: AtomicBool::new(false),
+            grad_norm: AtomicU64::new(f64::NAN.to_bits()),
         }
+    }
+
+    /// Records the global gradient norm of the step being taken.
+    pub fn record_grad_norm(&self, norm: f64) {
+        self.grad_norm.store(norm.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The global gradient norm of the last step (NaN before the first).
+    pub fn grad_norm(&self) -> f64 {
+        f64::from_bits(self.grad_norm.load(Ordering::Relaxed))
     }
 
     /// A replica of a data-parallel run: stops follow [`RunControl::agree_stop`].

@@ -191,3 +191,36 @@ fn verify_weights(run: &RunDir, path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// What a model file of `run` is, for a command to say which weights it loaded:
+/// `artifacts/small/model.mpk (the final model)`, or a checkpoint with its step.
+pub fn describe_weights(run: &RunDir, path: &Path) -> String {
+    let in_checkpoints = path.parent() == Some(run.checkpoints().as_path());
+    match super::checkpoint_epoch(path).filter(|_| in_checkpoints) {
+        Some(epoch) => {
+            let step = CheckpointState::read(&run.checkpoint_state(epoch))
+                .map_or_else(|_| String::new(), |s| format!(", step {}", s.step));
+            let unfinished = match run.final_model().is_file() {
+                true => "",
+                false => "; the run has not finished",
+            };
+            format!("{} (checkpoint {epoch}{step}{unfinished})", path.display())
+        }
+        None if path == run.final_model() => format!("{} (the final model)", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+/// The most recently finished run under `artifacts` (the one whose `summary.json` is newest),
+/// for commands that are not told which run to use.
+pub fn newest_finished_run(artifacts: &Path) -> Result<PathBuf> {
+    let none = || anyhow::anyhow!("{} holds no finished run", artifacts.display());
+    let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
+    let finished = entries.filter_map(|entry| {
+        let run = RunDir::new(entry.ok()?.path());
+        let written = std::fs::metadata(run.summary()).ok()?.modified().ok()?;
+        (run.final_model().is_file() && run.config().is_file()).then_some((written, run))
+    });
+    let (_, run) = finished.max_by_key(|(written, _)| *written).ok_or_else(none)?;
+    Ok(run.root().to_path_buf())
+}

@@ -39,7 +39,10 @@ use crate::files::{is_temp_name, write_atomic};
 
 pub use checkpoint::{CheckpointError, CheckpointState};
 pub use control::RunControl;
-pub use load::{load_gpt, load_seq2seq, open_run, run_of_checkpoint, run_tokenizer};
+pub use load::{
+    describe_weights, load_gpt, load_seq2seq, newest_finished_run, open_run, run_of_checkpoint,
+    run_tokenizer,
+};
 pub use lock::RunLock;
 pub use manifest::{Manifest, ManifestError};
 pub use metrics::{read_metrics, MetricsLine};
@@ -104,6 +107,20 @@ impl RunDir {
     }
     pub fn summary(&self) -> PathBuf {
         self.root.join("summary.json")
+    }
+    /// The text sampled (or the sentences translated) when training finished.
+    pub fn samples(&self) -> PathBuf {
+        self.root.join("samples.txt")
+    }
+    /// A self-contained page of the run: config, summary, curves, samples.
+    pub fn report(&self) -> PathBuf {
+        self.root.join("report.html")
+    }
+    pub fn loss_plot(&self) -> PathBuf {
+        self.root.join("loss.png")
+    }
+    pub fn lr_plot(&self) -> PathBuf {
+        self.root.join("lr.png")
     }
     /// The folder Burn's Learner makes for checkpoints of its own; kiln writes them to
     /// [`RunDir::checkpoints`] and removes it.

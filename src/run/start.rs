@@ -175,6 +175,10 @@ impl RunDir {
         write_atomic(&self.summary(), &json).map_err(RunError::Write)
     }
 
+    pub fn write_samples(&self, text: &str) -> Result<(), RunError> {
+        write_atomic(&self.samples(), text.as_bytes()).map_err(RunError::Write)
+    }
+
     /// Records the token cache just written (or found) in the manifest.
     pub fn record_token_cache(&self) -> Result<(), RunError> {
         for file in ["tokens.bin", "tokens.json"] {
@@ -355,4 +359,20 @@ pub struct Summary {
     pub wall_seconds: f64,
     pub tokens_per_second: f64,
     pub backend: String,
+    /// The lowest validation loss of the run and the step it was measured at.
+    #[serde(default)]
+    pub best_val_loss: Option<f64>,
+    #[serde(default)]
+    pub best_val_step: Option<usize>,
+    /// When this training started and ended (UTC, RFC 3339); a resumed run's start is the
+    /// resume's.
+    #[serde(default)]
+    pub started: String,
+    #[serde(default)]
+    pub ended: String,
+    /// The kiln that trained it, and the git commit it was built from (empty outside git).
+    #[serde(default)]
+    pub kiln_version: String,
+    #[serde(default)]
+    pub git_commit: String,
 }

@@ -105,7 +105,7 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
         spec: &RunSpec,
         tokens: usize,
         _: &B::Device,
-    ) -> Result<()> {
+    ) -> Result<String> {
         print_sample(model, tokenizer, tokens, spec.run.seed)
     }
 }
@@ -234,7 +234,7 @@ fn print_sample<B: KernelBackend>(
     tokenizer: &dyn Tokenizer,
     tokens: usize,
     seed: u64,
-) -> Result<()> {
+) -> Result<String> {
     // A newline where the tokenizer has one (char, BPE), else the document separator.
     let prompt = match tokenizer.encode("\n") {
         Ok(ids) if !ids.is_empty() => ids,
@@ -244,8 +244,13 @@ fn print_sample<B: KernelBackend>(
         Sampling { max_new_tokens: tokens, temperature: 0.8, top_k: Some(200), top_p: None, seed };
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = Utf8Stream::stdout();
-    generate(model, &prompt, &sampling, |id| out.push(&tokenizer.decode_next(id)))?;
+    let mut shown = Vec::new();
+    generate(model, &prompt, &sampling, |id| {
+        let bytes = tokenizer.decode_next(id);
+        shown.extend_from_slice(&bytes);
+        out.push(&bytes)
+    })?;
     out.push(b"\n");
     out.finish();
-    Ok(())
+    Ok(String::from_utf8_lossy(&shown).into_owned())
 }

@@ -26,7 +26,8 @@ use crate::run::checkpoint::{
     NoCheckpoints, RunIdentity,
 };
 use crate::run::control::Divergence;
-use crate::run::{RunControl, RunDir, Started, Summary};
+use crate::run::metrics::{best_validation, rfc3339, unix_time};
+use crate::run::{read_metrics, RunControl, RunDir, Started, Summary};
 
 /// A run's training, planned from where it starts.
 pub struct Plan<'a> {
@@ -149,7 +150,8 @@ impl<'a> Plan<'a> {
                         self.start_step,
                         self.latest.clone(),
                     )
-                    .with_context(|| format!("opening {}", run.metrics().display()))?,
+                    .with_context(|| format!("opening {}", run.metrics().display()))?
+                    .with_step_figures(self.tokens_per_step(), control.clone()),
                 )
                 .with_checkpointing_strategy(self.checkpoint_policy(journal)?)
                 .renderer(renderer),
@@ -213,6 +215,12 @@ impl<'a> Plan<'a> {
         Ok(false)
     }
 
+    /// Tokens one optimizer step trains on, over all replicas.
+    fn tokens_per_step(&self) -> usize {
+        let spec = self.spec;
+        spec.training.tokens_per_step(spec.model.block_size()) * spec.distributed.replicas()
+    }
+
     /// When replica 0 checkpoints: every `checkpoint_interval` steps, at the end, and when
     /// the run is stopped.
     fn checkpoint_policy(&self, journal: CheckpointJournal) -> Result<CheckpointPolicy> {
@@ -223,8 +231,7 @@ impl<'a> Plan<'a> {
         let identity = RunIdentity {
             run_id: self.run_id.to_string(),
             seed: spec.run.seed,
-            tokens_per_step: t.tokens_per_step(spec.model.block_size())
-                * spec.distributed.replicas(),
+            tokens_per_step: self.tokens_per_step(),
             config_sha256: hash(run.config())?,
             tokenizer_sha256: hash(run.tokenizer())?,
         };
@@ -244,6 +251,8 @@ impl<'a> Plan<'a> {
         let latest = self.latest.lock().expect("metrics lock").clone();
         let steps = t.max_iters - self.start_step;
         let this_run_tokens = figures.tokens_seen as f64 * steps as f64 / t.max_iters as f64;
+        let best = best_validation(&read_metrics(&run.metrics()));
+        let ended = unix_time();
         let summary = Summary {
             final_train_loss: latest.train_loss.unwrap_or(f64::NAN),
             final_val_loss: figures.val_loss,
@@ -255,6 +264,12 @@ impl<'a> Plan<'a> {
             wall_seconds: figures.wall_seconds,
             tokens_per_second: this_run_tokens / figures.wall_seconds.max(1e-9),
             backend: self.spec.backend.describe(),
+            best_val_loss: best.map(|(loss, _)| loss),
+            best_val_step: best.map(|(_, step)| step),
+            started: rfc3339(ended - figures.wall_seconds),
+            ended: rfc3339(ended),
+            kiln_version: env!("CARGO_PKG_VERSION").into(),
+            git_commit: env!("KILN_GIT_COMMIT").into(),
         };
         if self.spec.distributed.node_rank > 0 {
             let rank = self.spec.distributed.node_rank;

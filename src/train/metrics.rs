@@ -16,7 +16,8 @@ use burn::train::metric::{
 };
 
 use super::step::LmStats;
-use crate::run::MetricsLine;
+use crate::run::metrics::unix_time;
+use crate::run::{MetricsLine, RunControl};
 
 pub const LOSS: &str = "Loss";
 pub const LEARNING_RATE: &str = "Learning Rate";
@@ -138,9 +139,18 @@ pub struct JsonlLogger {
     val_sum: f64,
     val_count: usize,
     latest: Arc<Mutex<LatestMetrics>>,
+    /// Tokens one optimizer step trains on, over all replicas.
+    tokens_per_step: u64,
+    /// Where the gradient norm of each step is recorded.
+    control: Option<Arc<RunControl>>,
 }
 
 impl JsonlLogger {
+    /// Adds the tokens seen and the gradient norm to every train line.
+    pub fn with_step_figures(self, tokens_per_step: usize, control: Arc<RunControl>) -> Self {
+        Self { tokens_per_step: tokens_per_step as u64, control: Some(control), ..self }
+    }
+
     pub fn new(
         path: &Path,
         grad_accumulation: usize,
@@ -163,6 +173,8 @@ impl JsonlLogger {
             val_sum: 0.0,
             val_count: 0,
             latest: Default::default(),
+            tokens_per_step: 0,
+            control: None,
         }
     }
 
@@ -224,6 +236,10 @@ impl MetricLogger for JsonlLogger {
                     lr: values.get(LEARNING_RATE).copied(),
                     tokens_per_sec: values.get(TOKENS_PER_SEC).copied().filter(|&r| r > 0.0),
                     perplexity: None,
+                    tokens: Some(self.step as u64 * self.tokens_per_step)
+                        .filter(|_| self.tokens_per_step > 0),
+                    grad_norm: self.control.as_ref().map(|c| c.grad_norm()).filter(|n| !n.is_nan()),
+                    time: Some(unix_time()),
                 };
                 self.write(&line);
                 let mut latest = self.latest.lock().expect("metrics lock");
@@ -251,6 +267,10 @@ impl MetricLogger for JsonlLogger {
                     lr: None,
                     tokens_per_sec: None,
                     perplexity: Some(loss.exp()),
+                    tokens: Some(self.step as u64 * self.tokens_per_step)
+                        .filter(|_| self.tokens_per_step > 0),
+                    grad_norm: None,
+                    time: Some(unix_time()),
                 });
                 self.latest.lock().expect("metrics lock").val_loss = Some(loss);
             }

@@ -49,7 +49,7 @@ pub struct TrainOptions {
 /// How a training ended without an error.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Finished(Summary),
+    Finished(Box<Summary>),
     /// Stopped by SIGINT/SIGTERM after writing a checkpoint at `step`.
     Interrupted {
         step: usize,
@@ -59,7 +59,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn summary(self) -> Option<Summary> {
         match self {
-            Self::Finished(summary) => Some(summary),
+            Self::Finished(summary) => Some(*summary),
             Self::Interrupted { .. } => None,
         }
     }
@@ -116,7 +116,8 @@ fn fit<B: TrainBackend, T: Task<B>>(
     let summary = plan.finish(figures)?;
     if options.sample_tokens > 0 {
         let tokenizer = started.tokenizer.as_ref();
-        task.show_samples(&model, tokenizer, &spec, options.sample_tokens, &device)?;
+        let shown = task.show_samples(&model, tokenizer, &spec, options.sample_tokens, &device)?;
+        started.dir.write_samples(&shown)?;
     }
-    Ok(Outcome::Finished(summary))
+    Ok(Outcome::Finished(Box::new(summary)))
 }

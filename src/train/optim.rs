@@ -176,6 +176,7 @@ impl StepGuard for RunGuard {
     }
 
     fn admits(&self, norm: f64) -> bool {
+        self.control.record_grad_norm(norm);
         if !norm.is_finite() {
             self.control.diverged(norm);
         }

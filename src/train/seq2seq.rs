@@ -256,7 +256,7 @@ impl<B: TrainBackend> Task<B> for Seq2SeqTask<B> {
         _: &RunSpec,
         _: usize,
         _: &B::Device,
-    ) -> Result<()> {
+    ) -> Result<String> {
         print_translations(model, tokenizer, &self.valid, &self.device)
     }
 }
@@ -286,13 +286,16 @@ fn print_translations<B: KernelBackend>(
     tokenizer: &dyn Tokenizer,
     valid: &PairSplit,
     device: &B::Device,
-) -> Result<()> {
+) -> Result<String> {
     let sources: Vec<&str> = valid.sources.iter().take(3).map(String::as_str).collect();
     let decoding = crate::translate::Decoding::greedy(model.max_len());
     let outputs = crate::translate::translate(model, tokenizer, &sources, &decoding, device)?;
     eprintln!("kiln: validation sentences, translated greedily:");
+    let mut shown = String::new();
     for ((source, output), reference) in sources.iter().zip(outputs).zip(&valid.targets) {
-        eprintln!("  {source}\n  → {output}\n  ({reference})");
+        let text = format!("{source}\n→ {output}\n({reference})\n");
+        eprint!("{}", text.lines().map(|l| format!("  {l}\n")).collect::<String>());
+        shown.push_str(&text);
     }
-    Ok(())
+    Ok(shown)
 }

@@ -101,5 +101,5 @@ pub trait Task<B: TrainBackend>: Sized + Sync {
         spec: &RunSpec,
         tokens: usize,
         device: &B::Device,
-    ) -> Result<()>;
+    ) -> Result<String>;
 }

@@ -121,3 +121,17 @@ pub fn assert_mentions(text: &str, parts: &[&str]) {
     let missing: Vec<&&str> = parts.iter().filter(|p| !text.contains(**p)).collect();
     assert!(missing.is_empty(), "{missing:?} not in:\n{text}");
 }
+
+/// Copies the folder `from` to `to`, recursively.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
