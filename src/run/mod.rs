@@ -18,7 +18,7 @@
 //!   model.mpk                final model record
 //!   metrics.jsonl            one JSON object per logged step
 //!   summary.json             final figures of the run
-//!   experiment.log           Burn's log
+//!   experiment.log           Burn's log, without its per-iteration lines
 //! ```
 
 pub mod checkpoint;
@@ -115,6 +115,10 @@ impl RunDir {
     /// A self-contained page of the run: config, summary, curves, samples.
     pub fn report(&self) -> PathBuf {
         self.root.join("report.html")
+    }
+    /// Burn's application log of the training.
+    pub fn experiment_log(&self) -> PathBuf {
+        self.root.join("experiment.log")
     }
     pub fn loss_plot(&self) -> PathBuf {
         self.root.join("loss.png")

@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::record::Recorder;
 use burn::train::{Learner, SupervisedTraining};
 
+use super::log::RunLog;
 use super::metrics::{self, LatestMetrics};
 use super::optim::{ClippedAdamW, RunGuard};
 use super::renderer::ProgressRenderer;
@@ -154,6 +155,7 @@ impl<'a> Plan<'a> {
                     .with_step_figures(self.tokens_per_step(), control.clone()),
                 )
                 .with_checkpointing_strategy(self.checkpoint_policy(journal)?)
+                .with_application_logger(Some(Box::new(RunLog::new(run.experiment_log()))))
                 .renderer(renderer),
             false => training
                 .with_metric_logger(metrics::JsonlLogger::silent())

@@ -8,6 +8,7 @@
 pub mod bench;
 mod gpt;
 mod learner;
+mod log;
 mod metrics;
 mod optim;
 mod renderer;
