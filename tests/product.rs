@@ -259,7 +259,7 @@ fn generate_reads_prompts_every_way_and_stops_where_told() {
 fn generate_says_which_weights_it_loaded_and_finds_the_newest_run() {
     let sandbox = Sandbox::new();
     let err = sandbox.refused("kiln generate");
-    assert!(err.contains("no --run given") && err.contains("holds no finished run"), "{err}");
+    assert!(err.contains("no --run given") && err.contains("holds no finished gpt run"), "{err}");
 
     let (quick, _) = quickstart();
     let run = quick.home.join("artifacts/my");
@@ -273,6 +273,18 @@ fn generate_says_which_weights_it_loaded_and_finds_the_newest_run() {
         ),
         "{said}"
     );
+
+    // Without --run: the newest finished GPT run, past a newer translation run.
+    copy_dir(&run, &sandbox.home.join("artifacts/story"));
+    let translation = sandbox.home.join("artifacts/translation");
+    std::fs::create_dir_all(&translation).unwrap();
+    let preset = kiln::config::Preset::find("multi30k-cpu").unwrap();
+    let config = preset.text.replace("[model]\n", "[model]\nvocab_size = 100\n");
+    std::fs::write(translation.join("config.toml"), config).unwrap();
+    std::fs::write(translation.join("model.mpk"), b"weights").unwrap();
+    std::fs::write(translation.join("summary.json"), b"{}").unwrap();
+    let (_, said) = sandbox.ok("kiln generate --max-new-tokens 5");
+    assert!(said.contains("sampling artifacts/story/model.mpk (the final model)"), "{said}");
 }
 
 #[test]

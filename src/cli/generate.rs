@@ -7,6 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::backend::ForwardJob;
+use crate::config::ModelKind;
 use crate::generate::{generate_until, Sampling, SamplingError, StopStrings, Utf8Stream};
 use crate::kernels::KernelBackend;
 use crate::model::Gpt;
@@ -17,7 +18,7 @@ const MAX_SAMPLES: usize = 1000;
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// Run directory; the most recently finished run under artifacts/ when left out.
+    /// Run directory; the most recently finished GPT run under artifacts/ when left out.
     #[arg(long, value_name = "DIR")]
     run: Option<PathBuf>,
     /// A checkpoint file of the run instead of its final model.
@@ -79,7 +80,7 @@ impl GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let dir = match &args.run {
         Some(dir) => dir.clone(),
-        None => newest_finished_run(std::path::Path::new("artifacts"))
+        None => newest_finished_run(std::path::Path::new("artifacts"), ModelKind::Gpt)
             .context("no --run given; train a run first, or pass --run DIR")?,
     };
     let (run, spec) = open_run(&dir)?;

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use super::checkpoint::{catch_quietly, load_record, CheckpointError, CheckpointState, Latest};
 use super::Manifest;
 use super::RunDir;
-use crate::config::{GptSpec, ModelSpec, RunSpec, Seq2SeqSpec};
+use crate::config::{GptSpec, ModelKind, ModelSpec, RunSpec, Seq2SeqSpec};
 use crate::data::Specials;
 use crate::model::{named_params, Gpt, GptConfig, Seq2Seq, Seq2SeqConfig};
 use crate::tokenizer::{self, Tokenizer};
@@ -211,15 +211,16 @@ pub fn describe_weights(run: &RunDir, path: &Path) -> String {
     }
 }
 
-/// The most recently finished run under `artifacts` (the one whose `summary.json` is newest),
-/// for commands that are not told which run to use.
-pub fn newest_finished_run(artifacts: &Path) -> Result<PathBuf> {
-    let none = || anyhow::anyhow!("{} holds no finished run", artifacts.display());
+/// The most recently finished run of model `kind` under `artifacts` (the one whose
+/// `summary.json` is newest), for commands that are not told which run to use.
+pub fn newest_finished_run(artifacts: &Path, kind: ModelKind) -> Result<PathBuf> {
+    let none = || anyhow::anyhow!("{} holds no finished {kind} run", artifacts.display());
     let entries = std::fs::read_dir(artifacts).map_err(|_| none())?;
     let finished = entries.filter_map(|entry| {
         let run = RunDir::new(entry.ok()?.path());
         let written = std::fs::metadata(run.summary()).ok()?.modified().ok()?;
-        (run.final_model().is_file() && run.config().is_file()).then_some((written, run))
+        let spec = RunSpec::read_resolved(&run.config()).ok()?;
+        (run.final_model().is_file() && spec.model.kind() == kind).then_some((written, run))
     });
     let (_, run) = finished.max_by_key(|(written, _)| *written).ok_or_else(none)?;
     Ok(run.root().to_path_buf())
