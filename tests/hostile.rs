@@ -6,32 +6,19 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{copy_dir, kiln};
+use common::{copy_dir, kiln, tiny_train_args};
 
 /// Two small finished runs of different widths: (artifacts dir kept alive, narrow, wide).
 fn runs() -> &'static (PathBuf, PathBuf) {
     static RUNS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     RUNS.get_or_init(|| {
         let artifacts = tempfile::tempdir().unwrap().keep();
-        let dir = artifacts.display().to_string();
         for (name, width) in [("narrow", "32"), ("wide", "64")] {
-            let (ok, _, err) = kiln(&[
-                "train",
-                "--config",
-                "configs/tiny.toml",
-                "--sample-tokens",
-                "0",
-                "--set",
-                &format!("run.artifacts_dir={dir}"),
-                "--set",
-                &format!("run.name={name}"),
-                "--set",
-                &format!("model.d_model={width}"),
-                "--set",
-                "training.max_iters=10",
-                "--set",
-                "training.eval_interval=10",
-            ]);
+            let width = format!("model.d_model={width}");
+            let sets = [width.as_str(), "training.max_iters=10", "training.eval_interval=10"];
+            let args = tiny_train_args(&artifacts, name, &sets);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, _, err) = kiln(&args);
             assert!(ok, "{err}");
         }
         (artifacts.join("narrow"), artifacts.join("wide"))
@@ -171,23 +158,10 @@ fn damaged_checkpoints_are_named_with_the_cause() {
     let state = run.join("checkpoints/state-1.json");
     let text = std::fs::read_to_string(&state).unwrap().replace("\"version\": 1", "\"version\": 9");
     std::fs::write(&state, text).unwrap();
-    let err = error_of(&[
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--resume",
-        s(&state),
-        "--set",
-        &format!("run.artifacts_dir={}", run.parent().unwrap().display()),
-        "--set",
-        "run.name=narrow",
-        "--set",
-        "model.d_model=32",
-        "--set",
-        "training.max_iters=10",
-        "--set",
-        "training.eval_interval=10",
-    ]);
+    let sets = ["model.d_model=32", "training.max_iters=10", "training.eval_interval=10"];
+    let mut args = tiny_train_args(run.parent().unwrap(), "narrow", &sets);
+    args.extend(["--resume".to_string(), s(&state).to_string()]);
+    let err = error_of(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(err.contains("checkpoint format version 9; this kiln reads version 1"), "{err}");
 }
 

@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use common::{kiln, python_with, run_python};
+use common::{kiln, python_with, run_python, tiny_train_args};
 use kiln::generate::{generate, Sampling};
 use kiln::run::RunDir;
 use kiln::tokenizer::Tokenizer;
@@ -33,17 +33,10 @@ fn hf_gpt2<T: serde::de::DeserializeOwned>(
 }
 
 fn trained_run(artifacts: &Path, name: &str, sets: &[&str]) -> PathBuf {
-    let mut args = vec!["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"];
-    let artifacts_set = format!("run.artifacts_dir={}", artifacts.display());
-    let name_set = format!("run.name={name}");
-    let base = [
-        &artifacts_set as &str, &name_set, "training.max_iters=40", "training.eval_interval=20",
-        "training.warmup_iters=5",
-    ];
-    for set in base.iter().chain(sets) {
-        args.extend(["--set", set]);
-    }
-    let (ok, _, err) = kiln(&args);
+    let short = ["training.max_iters=40", "training.eval_interval=20", "training.warmup_iters=5"];
+    let sets: Vec<&str> = short.iter().chain(sets).copied().collect();
+    let args = tiny_train_args(artifacts, name, &sets);
+    let (ok, _, err) = kiln(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(ok, "training {name} failed:\n{err}");
     artifacts.join(name)
 }

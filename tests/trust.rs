@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{copy_dir, kiln};
+use common::{copy_dir, kiln, tiny_train_args};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -55,24 +55,13 @@ fn refused_leaving(dir: &Path, args: &[&str], parts: &[&str]) {
     assert!(snapshot(dir) == before, "kiln {args:?} changed files under {}", dir.display());
 }
 
+/// The first sets of every training here: 20 steps, a validation every 10.
+const SHORT: [&str; 2] = ["training.max_iters=20", "training.eval_interval=10"];
+
 /// Trains `configs/tiny.toml` for 20 steps into `<artifacts>/<name>` with `sets`.
 fn train(artifacts: &Path, name: &str, sets: &[&str]) -> PathBuf {
-    let mut args = vec![
-        "train".to_string(),
-        "--config".into(),
-        "configs/tiny.toml".into(),
-        "--sample-tokens".into(),
-        "0".into(),
-    ];
-    let base = [
-        format!("run.artifacts_dir={}", artifacts.display()),
-        format!("run.name={name}"),
-        "training.max_iters=20".into(),
-        "training.eval_interval=10".into(),
-    ];
-    for set in base.iter().map(String::as_str).chain(sets.iter().copied()) {
-        args.extend(["--set".to_string(), set.to_string()]);
-    }
+    let sets: Vec<&str> = SHORT.iter().chain(sets).copied().collect();
+    let args = tiny_train_args(artifacts, name, &sets);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (ok, _, err) = kiln(&args);
     assert!(ok, "{err}");
@@ -102,26 +91,9 @@ fn scratch_run() -> (tempfile::TempDir, PathBuf) {
 
 /// `train --resume` of the scratch copy of the narrow run.
 fn resume_args(run: &Path, from: &Path) -> Vec<String> {
-    let artifacts = run.parent().unwrap().display();
-    [
-        "train",
-        "--config",
-        "configs/tiny.toml",
-        "--sample-tokens",
-        "0",
-        "--set",
-        &format!("run.artifacts_dir={artifacts}"),
-        "--set",
-        "run.name=narrow",
-        "--set",
-        "training.max_iters=20",
-        "--set",
-        "training.eval_interval=10",
-        "--resume",
-        s(from),
-    ]
-    .map(String::from)
-    .to_vec()
+    let mut args = tiny_train_args(run.parent().unwrap(), "narrow", &SHORT);
+    args.extend(["--resume".to_string(), s(from).to_string()]);
+    args
 }
 
 fn flip_byte(path: &Path, at: usize) {

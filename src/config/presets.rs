@@ -51,7 +51,7 @@ impl Preset {
     }
 
     pub(super) fn table(&self) -> Table {
-        self.text.parse().expect("every preset is valid TOML (tests/presets.rs)")
+        self.text.parse().expect("every preset is valid TOML (tests/product.rs)")
     }
 }
 

@@ -135,3 +135,15 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `kiln train` of `configs/tiny.toml` into `<artifacts>/<name>`, without the closing sample,
+/// with each of `sets` as a `--set`.
+pub fn tiny_train_args(artifacts: &Path, name: &str, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> =
+        ["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"].map(String::from).into();
+    let base = [format!("run.artifacts_dir={}", artifacts.display()), format!("run.name={name}")];
+    for set in base.iter().map(String::as_str).chain(sets.iter().copied()) {
+        args.extend(["--set".to_string(), set.to_string()]);
+    }
+    args
+}
