@@ -25,6 +25,9 @@ const KILLS: usize = 20;
 /// 10 × 2 checkpoints of progress (an aimed kill commits none), half of the run's 40.
 const NEW_CHECKPOINTS_PER_LIFE: usize = 2;
 
+/// Steps between checkpoints (`training.eval_interval` below).
+const EVAL_INTERVAL: usize = 10;
+
 /// Long enough that 20 kills land before the run ends; dropout on, so that its RNG is
 /// part of what must resume exactly.
 const SETTINGS: [&str; 5] = [
@@ -78,7 +81,7 @@ fn killed_runs_resume_to_the_same_weights() {
     let dir = RunDir::new(&run);
     let (mut kills, mut during_write, mut resumes) = (0, 0, 0);
     while kills < KILLS {
-        let committed = dir.checkpoint_epochs();
+        let committed = dir.checkpoint_steps();
         let resumable = !committed.is_empty();
         resumes += usize::from(resumable);
         let mut child =
@@ -90,12 +93,13 @@ fn killed_runs_resume_to_the_same_weights() {
             } else {
                 rng.random_range(Duration::ZERO..uninterrupted / 5)
             };
-        let progress_cap = committed.last().map_or(0, |&newest| newest) + NEW_CHECKPOINTS_PER_LIFE;
+        let progress_cap =
+            committed.last().map_or(0, |&newest| newest) + NEW_CHECKPOINTS_PER_LIFE * EVAL_INTERVAL;
         while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
             if aimed && partial_files(&dir.checkpoints()) > 0 {
                 break;
             }
-            if dir.checkpoint_epochs().last().is_some_and(|&newest| newest >= progress_cap) {
+            if dir.checkpoint_steps().last().is_some_and(|&newest| newest >= progress_cap) {
                 break;
             }
             std::thread::sleep(Duration::from_micros(if aimed { 50 } else { 5000 }));
@@ -111,22 +115,21 @@ fn killed_runs_resume_to_the_same_weights() {
         kills += 1;
         during_write += usize::from(partial_files(&run) > 0);
     }
-    let resumable = !dir.checkpoint_epochs().is_empty();
+    let resumable = !dir.checkpoint_steps().is_empty();
     resumes += usize::from(resumable);
     finish(start(artifacts.path(), "crashed", &[if resumable { "--resume" } else { "--force" }]));
 
-    let checkpoints = dir.checkpoint_epochs();
+    let checkpoints = dir.checkpoint_steps();
     let spec = kiln::config::RunSpec::read_resolved(&dir.config()).unwrap();
-    for &epoch in &checkpoints {
-        let state = CheckpointState::verify(&dir, epoch)
-            .unwrap_or_else(|e| panic!("checkpoint {epoch}: {e}"));
+    for &step in &checkpoints {
+        CheckpointState::verify(&dir, step).unwrap_or_else(|e| panic!("checkpoint {step}: {e}"));
         let model = kiln::run::load_gpt::<B>(
             &dir,
             &spec,
-            Some(&dir.checkpoint_file("model", epoch)),
+            Some(&dir.checkpoint_file("model", step)),
             &Default::default(),
         );
-        assert!(model.is_ok(), "checkpoint {epoch} (step {}) does not load", state.step);
+        assert!(model.is_ok(), "the checkpoint at step {step} does not load");
     }
     assert_eq!(partial_files(&run), 0, "a resumed run cleans up half-written files");
     let same = final_weights(&run) == final_weights(&artifacts.path().join("reference"));
@@ -153,7 +156,7 @@ fn sigint_checkpoints_and_exits_cleanly() {
     let child = start(artifacts.path(), "interrupted", &[]);
     // Wait until training is under way (the first checkpoint is on disk), then interrupt.
     let deadline = Instant::now() + Duration::from_secs(60);
-    while dir.checkpoint_epochs().is_empty() && Instant::now() < deadline {
+    while dir.checkpoint_steps().is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
@@ -162,7 +165,7 @@ fn sigint_checkpoints_and_exits_cleanly() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(130), "an interrupted run exits 128 + SIGINT:\n{err}");
     assert!(err.contains("stopped at step") && err.contains("--resume"), "{err}");
-    let newest = *dir.checkpoint_epochs().last().unwrap();
+    let newest = *dir.checkpoint_steps().last().unwrap();
     let state = CheckpointState::verify(&dir, newest).unwrap();
     assert!(
         state.step < 400 && matches!(state.reason.as_str(), "interrupt" | "interval"),
@@ -183,13 +186,13 @@ fn resume_skips_a_damaged_checkpoint_and_accepts_a_path() {
     let run = artifacts.path().join("damaged");
     let dir = RunDir::new(&run);
     let mut child = start(artifacts.path(), "damaged", &[]);
-    while dir.checkpoint_epochs().len() < 2 {
+    while dir.checkpoint_steps().len() < 2 {
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let epochs = dir.checkpoint_epochs();
-    let (older, newest) = (epochs[epochs.len() - 2], epochs[epochs.len() - 1]);
+    let steps = dir.checkpoint_steps();
+    let (older, newest) = (steps[steps.len() - 2], steps[steps.len() - 1]);
     let model = dir.checkpoint_file("model", newest);
     let bytes = std::fs::read(&model).unwrap();
     std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
@@ -201,17 +204,17 @@ fn resume_skips_a_damaged_checkpoint_and_accepts_a_path() {
     ));
     assert!(ok, "{err}");
     assert!(
-        err.contains(&format!("checkpoint {newest}"))
+        err.contains(&format!("checkpoint at step {newest}"))
             && err.contains("is damaged")
             && err.contains("trying the one before"),
         "{err}"
     );
-    assert!(err.contains(&format!("(checkpoint {older})")), "{err}");
+    assert!(err.contains(&format!("from the checkpoint at step {older}")), "{err}");
     assert!(err.contains("moved to"), "{err}");
     let set_aside: Vec<_> = std::fs::read_dir(run.join("checkpoints/set-aside")).unwrap().collect();
     assert_eq!(set_aside.len(), 1);
 
-    let path = dir.checkpoint_state(dir.checkpoint_epochs()[0]);
+    let path = dir.checkpoint_state(dir.checkpoint_steps()[0]);
     let (ok, err) = stderr_of(start(
         artifacts.path(),
         "damaged",

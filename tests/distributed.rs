@@ -123,8 +123,8 @@ fn two_nodes_on_loopback_write_identical_weights() {
         assert!(run0.join(file).exists(), "node 0 writes {file}");
         assert!(!run1.join(file).exists(), "node 1 writes no {file}");
     }
-    assert!(!RunDir::new(&run0).checkpoint_epochs().is_empty(), "node 0 writes checkpoints");
-    assert!(RunDir::new(&run1).checkpoint_epochs().is_empty(), "node 1 writes no checkpoints");
+    assert!(!RunDir::new(&run0).checkpoint_steps().is_empty(), "node 0 writes checkpoints");
+    assert!(RunDir::new(&run1).checkpoint_steps().is_empty(), "node 1 writes no checkpoints");
     let summary = std::fs::read_to_string(run0.join("summary.json")).unwrap();
     assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
 }
@@ -141,7 +141,7 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
     let mut second = node(dir.path(), 1, port, &long, &[]);
     let run0 = RunDir::new(dir.path().join("node0/nodes"));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while run0.checkpoint_epochs().is_empty() {
+    while run0.checkpoint_steps().is_empty() {
         assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -162,7 +162,7 @@ fn killing_a_node_ends_the_other_with_a_clear_error() {
     );
 
     let spec = kiln::config::RunSpec::read_resolved(&run0.config()).unwrap();
-    let newest = *run0.checkpoint_epochs().last().unwrap();
+    let newest = *run0.checkpoint_steps().last().unwrap();
     CheckpointState::verify(&run0, newest).unwrap();
     kiln::run::load_gpt::<B>(
         &run0,
@@ -187,7 +187,7 @@ fn interrupted_nodes_resume_from_node_0s_checkpoint() {
     let (run0, run1) =
         (RunDir::new(dir.path().join("node0/nodes")), RunDir::new(dir.path().join("node1/nodes")));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while run0.checkpoint_epochs().is_empty() {
+    while run0.checkpoint_steps().is_empty() {
         assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -198,7 +198,7 @@ fn interrupted_nodes_resume_from_node_0s_checkpoint() {
     // Both stopped by the interrupt (node 0 by its agreement with node 1): 128 + SIGINT.
     let stopped = code0 == Some(130) && code1 == Some(130) && err0.contains("stopped at step");
     assert!(stopped, "node 0 ({code0:?}):\n{err0}\nnode 1 ({code1:?}):\n{err1}");
-    let newest = *run0.checkpoint_epochs().last().unwrap();
+    let newest = *run0.checkpoint_steps().last().unwrap();
     let step = CheckpointState::verify(&run0, newest).unwrap().step;
     assert!(step < 200, "the run was stopped at step {step}");
 

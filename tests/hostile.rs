@@ -155,7 +155,7 @@ fn damaged_checkpoints_are_named_with_the_cause() {
     );
 
     let (_keep_newer, run) = scratch_run();
-    let state = run.join("checkpoints/state-1.json");
+    let state = run.join("checkpoints/state-step10.json");
     let text = std::fs::read_to_string(&state).unwrap().replace("\"version\": 1", "\"version\": 9");
     std::fs::write(&state, text).unwrap();
     let sets = ["model.d_model=32", "training.max_iters=10", "training.eval_interval=10"];
@@ -190,7 +190,7 @@ fn a_replaced_tokenizer_is_refused() {
     .unwrap();
     let err = error_of(&["eval", "--run", s(&run)]);
     assert!(
-        err.contains("changed since checkpoint")
+        err.contains("changed since the checkpoint at step 10")
             && err.contains("restore the run's own tokenizer.json"),
         "{err}"
     );

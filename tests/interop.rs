@@ -350,3 +350,87 @@ fn plots_and_weight_statistics() {
         "{stdout}"
     );
 }
+
+/// nanoGPT checkpoints, as its train.py saves them (`tests/nanogpt_ckpt.py` makes them with
+/// torch), import without Python and give torch's logits: a character-level one with its
+/// corpus, and a compiled one without biases on GPT-2's padded vocabulary from its out_dir.
+/// What is not a nanoGPT checkpoint is refused by name.
+#[test]
+fn nanogpt_checkpoints_import_with_the_same_logits() {
+    let python = python_with("torch");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = common::repo().join("data/tinyshakespeare.txt");
+    let text = std::fs::read_to_string(&corpus).unwrap();
+    let chars = text.chars().collect::<std::collections::BTreeSet<_>>().len();
+    let ids: Vec<Vec<u32>> = vec![(0..20).map(|i| (i * 7 % chars) as u32).collect()];
+    let ids_path = dir.path().join("ids.json");
+    std::fs::write(&ids_path, serde_json::to_vec(&ids).unwrap()).unwrap();
+    let cases = [("char", chars, "1", "0"), ("gpt2-vocab", 50304, "0", "1")];
+    for (name, vocab, bias, compiled) in cases {
+        let out_dir = dir.path().join(format!("{name}-out"));
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let logits = dir.path().join(format!("{name}-logits.json"));
+        let vocab = vocab.to_string();
+        let args = [&out_dir, &ids_path, &logits].map(|p| p.to_str().unwrap().to_string());
+        run_python(
+            &python,
+            "nanogpt_ckpt.py",
+            &["make", &args[0], &vocab, bias, compiled, &args[1], &args[2]],
+        );
+        let run = dir.path().join(name);
+        let mut import = vec!["import", "--out", run.to_str().unwrap()];
+        let ckpt = out_dir.join("ckpt.pt");
+        match name {
+            "char" => import.extend([
+                "--from",
+                ckpt.to_str().unwrap(),
+                "--tokenizer",
+                "char",
+                "--data",
+                corpus.to_str().unwrap(),
+            ]),
+            _ => import.extend(["--from", &args[0]]),
+        }
+        let (ok, out, err) = kiln(&import);
+        assert!(ok, "{name}: {err}");
+        let tokenizer = if name == "char" { "tokenizer char" } else { "tokenizer tiktoken:gpt2" };
+        assert!(out.contains(tokenizer), "{out}");
+
+        let (model, _) = load(&run);
+        let flat: Vec<i64> = ids.iter().flatten().map(|&t| t as i64).collect();
+        let tokens =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [1, 20]), &Default::default());
+        let ours: Vec<f32> = model.forward(tokens).into_data().into_vec().unwrap();
+        let theirs: Vec<Vec<Vec<f32>>> =
+            serde_json::from_slice(&std::fs::read(&logits).unwrap()).unwrap();
+        let theirs: Vec<f32> = theirs.into_iter().flatten().flatten().collect();
+        assert_eq!(ours.len(), theirs.len());
+        let max_diff = ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{name}: {} logits, largest logit difference to torch {max_diff:.2e}", ours.len());
+        assert!(max_diff < 1e-4, "{name}: logits differ by {max_diff}");
+        let (ok, sample, err) =
+            kiln(&["generate", "--run", run.to_str().unwrap(), "--max-new-tokens", "5"]);
+        assert!(ok && !sample.is_empty(), "{name}: {err}");
+    }
+
+    let other = dir.path().join("char-out/other.pt");
+    let not_torch = dir.path().join("ids.pt");
+    std::fs::copy(&ids_path, &not_torch).unwrap();
+    for (file, says) in
+        [(&other, "not a nanoGPT checkpoint"), (&not_torch, "not a nanoGPT checkpoint")]
+    {
+        let out = dir.path().join("refused");
+        let (ok, _, err) =
+            kiln(&["import", "--from", file.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        common::assert_mentions(&err, &[file.to_str().unwrap(), says]);
+        assert!(!ok && !out.exists(), "{err}");
+    }
+    let (ok, _, err) = kiln(&[
+        "import",
+        "--from",
+        dir.path().join("char-out").to_str().unwrap(),
+        "--out",
+        dir.path().join("no-tokenizer").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("--tokenizer") && err.contains("--data"), "{err}");
+}

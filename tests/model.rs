@@ -225,30 +225,6 @@ fn attention_weights_are_causal_distributions() {
 }
 
 #[test]
-fn parameters_round_trip_through_named_values() {
-    let source = model(false);
-    let values: std::collections::HashMap<_, _> =
-        kiln::model::param_values(&source).into_iter().map(|p| (p.name.clone(), p)).collect();
-    let loaded = kiln::model::load_param_values(model(false), values.clone()).unwrap();
-    let ids = tokens(&[3, 1, 4, 1, 5]);
-    assert_eq!(values_of(&source, &ids), values_of(&loaded, &ids));
-
-    let mut wrong = values;
-    wrong.get_mut("wte.weight").unwrap().shape = vec![32, 17];
-    wrong.remove("ln_f.beta");
-    let err = kiln::model::load_param_values(model(false), wrong).unwrap_err();
-    assert!(
-        err.contains("wte.weight has shape [32, 17]")
-            && err.contains("no tensor for parameter ln_f.beta"),
-        "{err}"
-    );
-}
-
-fn values_of(model: &Gpt<B>, ids: &Tensor<B, 2, Int>) -> Vec<f32> {
-    values(model.forward(ids.clone()))
-}
-
-#[test]
 fn torch_init_draws_pytorchs_default_weights() {
     let model: Gpt<B> = GptConfig::new(200, 64, 4, 1, 256, 16)
         .with_init(kiln::config::InitScheme::Torch)

@@ -269,7 +269,7 @@ fn generate_says_which_weights_it_loaded_and_finds_the_newest_run() {
     let (_, said) = sandbox.ok("kiln generate --run unfinished --max-new-tokens 5");
     assert!(
         said.contains(
-            "unfinished/checkpoints/model-2.mpk (checkpoint 2, step 40; the run has not finished)"
+            "unfinished/checkpoints/model-step40.mpk (the checkpoint at step 40; the run has not finished)"
         ),
         "{said}"
     );

@@ -254,7 +254,7 @@ fn a_small_model_learns_to_translate_number_words_from_the_command_line() {
     resume.extend(["--resume", "--set", "training.max_iters=330"]);
     let (ok, _, stderr) = kiln(&resume);
     assert!(
-        ok && stderr.contains("resuming") && stderr.contains("from step 300"),
+        ok && stderr.contains("resuming") && stderr.contains("from the checkpoint at step 300"),
         "resume failed:\n{stderr}"
     );
     let metrics = std::fs::read_to_string(d.join("artifacts/numbers/metrics.jsonl")).unwrap();

@@ -61,8 +61,8 @@ fn tiny_run_learns_and_writes_its_artifacts() {
     }
     assert_eq!(summary["backend"], "ndarray");
     // Checkpoints every eval_interval, the last 3 kept.
-    let ckpts = kiln::run::RunDir::new(run).checkpoint_epochs();
-    assert_eq!(ckpts, vec![1, 2, 3]);
+    let ckpts = kiln::run::RunDir::new(run).checkpoint_steps();
+    assert_eq!(ckpts, vec![50, 100, 150]);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn inspect_lists_every_parameter_of_runs_and_checkpoints() {
             && p["shape"] == serde_json::json!([32, 96])));
     assert_eq!(report["step"], 150);
 
-    let ckpt = run.join("checkpoints/model-2.mpk");
+    let ckpt = run.join("checkpoints/model-step100.mpk");
     let (ok, out, err) = kiln(&["inspect", path(&ckpt)]);
     assert!(ok, "{err}");
     assert!(out.contains("step 100 (epoch 2)") && out.contains("total parameters:"), "{out}");
@@ -178,8 +178,8 @@ fn resume_continues_at_the_saved_step() {
 
     // Simulate a crash right after the step-50 checkpoint.
     let dir = kiln::run::RunDir::new(&run);
-    dir.remove_checkpoint(3).unwrap();
-    dir.remove_checkpoint(2).unwrap();
+    dir.remove_checkpoint(150).unwrap();
+    dir.remove_checkpoint(100).unwrap();
     std::fs::remove_file(run.join("model.mpk")).unwrap();
 
     let options = TrainOptions {
@@ -197,7 +197,7 @@ fn resume_continues_at_the_saved_step() {
         "metrics continue at step 51 without duplicates"
     );
     assert_eq!(steps("val"), [50, 100, 150]);
-    assert_eq!(dir.checkpoint_epochs(), vec![1, 2, 3]);
+    assert_eq!(dir.checkpoint_steps(), vec![50, 100, 150]);
 
     // The resumed run ends exactly where the uninterrupted one did.
     let uninterrupted = trained_run();
@@ -279,4 +279,48 @@ fn course_architecture_trains_generates_resumes_and_exports_under_its_own_names(
     let (ok, _, err) =
         kiln(&["export", "--run", path(&run), "--out", path(&out_dir), "--names", "kiln"]);
     assert!(ok && out_dir.join("model.safetensors").is_file(), "{err}");
+}
+
+/// `model.init_from` starts a run from a finished run's weights and tokenizer: its first
+/// training loss is the base's last, far below a fresh model's; a `[model]` that describes
+/// another network, or a base that has not finished, is refused by key.
+#[test]
+fn init_from_starts_from_the_base_runs_weights_and_tokenizer() {
+    let base = trained_run();
+    let artifacts = tempfile::tempdir().unwrap();
+    let init_from = format!("model.init_from={}", base.display());
+    let short = ["training.max_iters=10", "training.eval_interval=10", "training.warmup_iters=0"];
+    let run = |name: &str, extra: &[&str]| {
+        let name = format!("run.name={name}");
+        let sets: Vec<&str> = short.iter().chain(extra).chain([&name.as_str()]).copied().collect();
+        train(common::tiny_spec(artifacts.path(), &sets), TrainOptions::default())
+    };
+    run("tuned", &[&init_from, "model.dropout=0.1"]).unwrap();
+    run("fresh", &[]).unwrap();
+    let first_loss = |dir: &Path| read_metrics(&dir.join("metrics.jsonl"))[0].loss;
+    let base_last = read_metrics(&base.join("metrics.jsonl"))
+        .iter()
+        .rfind(|l| l.split == "train")
+        .unwrap()
+        .loss;
+    let (tuned, fresh) =
+        (first_loss(&artifacts.path().join("tuned")), first_loss(&artifacts.path().join("fresh")));
+    println!("first train loss: tuned {tuned:.4}, fresh {fresh:.4}; base's last {base_last:.4}");
+    assert!(tuned < fresh - 1.0 && (tuned - base_last).abs() < 0.3, "{tuned} {fresh} {base_last}");
+    assert_eq!(
+        std::fs::read(artifacts.path().join("tuned/tokenizer.json")).unwrap(),
+        std::fs::read(base.join("tokenizer.json")).unwrap()
+    );
+
+    let err = run("wider", &[&init_from, "model.d_model=64"]).unwrap_err();
+    common::assert_mentions(
+        &format!("{err:#}"),
+        &["model.d_model = 64 (the base has 32)", "init_from"],
+    );
+    let unfinished = artifacts.path().join("unfinished");
+    common::copy_dir(base, &unfinished);
+    std::fs::remove_file(unfinished.join("model.mpk")).unwrap();
+    let from = format!("model.init_from={}", unfinished.display());
+    let err = run("on-unfinished", &[&from]).unwrap_err();
+    common::assert_mentions(&format!("{err:#}"), &["model.init_from", "has not finished"]);
 }

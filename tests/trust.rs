@@ -158,7 +158,7 @@ fn folders_and_files_kiln_did_not_make_are_never_written() {
         refused_leaving(dir.path(), &args, &["--out", "is the file", "this command reads"]);
     }
     let (_keep, scratch) = scratch_run();
-    for file in ["model.mpk", "config.toml", "kiln-run.json", "checkpoints/model-1.mpk"] {
+    for file in ["model.mpk", "config.toml", "kiln-run.json", "checkpoints/model-step10.mpk"] {
         let target = scratch.join(file);
         refused_leaving(
             &scratch,
@@ -187,7 +187,7 @@ fn files_that_do_not_belong_to_the_run_are_refused_by_name() {
     ] {
         refused_leaving(&run, &args, &["config.toml", "does not match", "restore"]);
     }
-    let state = run.join("checkpoints/state-2.json");
+    let state = run.join("checkpoints/state-step20.json");
     let args = resume_args(&run, &state);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     refused_leaving(&run, &args, &["config.toml", "does not match"]);
@@ -195,7 +195,7 @@ fn files_that_do_not_belong_to_the_run_are_refused_by_name() {
     // Weights of another run, of the same shape or not, named as a checkpoint.
     let (_keep, run) = scratch_run();
     let r = s(&run);
-    for other in [twin.join("model.mpk"), wide.join("checkpoints/model-1.mpk")] {
+    for other in [twin.join("model.mpk"), wide.join("checkpoints/model-step10.mpk")] {
         for command in ["eval", "generate"] {
             refused_leaving(
                 &run,
@@ -207,10 +207,10 @@ fn files_that_do_not_belong_to_the_run_are_refused_by_name() {
     // A whole checkpoint set copied in from another run.
     std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
     copy_dir(&twin.join("checkpoints"), &run.join("checkpoints"));
-    let state = run.join("checkpoints/state-2.json");
+    let state = run.join("checkpoints/state-step20.json");
     let args = resume_args(&run, &state);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    refused_leaving(&run, &args, &["checkpoint 2", "taken by another run"]);
+    refused_leaving(&run, &args, &["checkpoint at step 20", "taken by another run"]);
     assert!(narrow.join("model.mpk").is_file());
 }
 
@@ -225,12 +225,12 @@ fn damaged_or_edited_run_files_are_refused_by_name() {
     refused_leaving(&run, &["generate", "--run", r], &["model.mpk", "does not match"]);
 
     // An edited step in a checkpoint's state file.
-    let state = run.join("checkpoints/state-2.json");
+    let state = run.join("checkpoints/state-step20.json");
     let text = std::fs::read_to_string(&state).unwrap();
     std::fs::write(&state, text.replace("\"step\": 20", "\"step\": 10")).unwrap();
     let args = resume_args(&run, &state);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    refused_leaving(&run, &args, &["checkpoint 2", "state file", "changed since it was written"]);
+    refused_leaving(&run, &args, &["state-step20.json", "changed since it was written"]);
 
     // A flipped byte in the token cache.
     let (_keep, run) = scratch_run();
@@ -348,7 +348,7 @@ fn a_live_run_is_locked_and_signals_set_the_exit_code() {
     wait_for_checkpoint(&run);
     let pid = trainer.id().to_string();
     let artifacts = format!("run.artifacts_dir={}", dir.path().display());
-    let state = run.join("checkpoints/state-1.json");
+    let state = run.join("checkpoints/state-step20.json");
     for flags in [vec![], vec!["--force"], vec!["--resume"], vec!["--resume", s(&state)]] {
         let mut args = vec!["train", "--config", "configs/tiny.toml", "--sample-tokens", "0"];
         args.extend(["--set", &artifacts, "--set", "run.name=live"]);

@@ -19,7 +19,7 @@ fn run() -> &'static RunDir {
         let files = [
             (run.config(), include_str!("../seeds/config/tiny.toml")),
             (run.tokenizer(), r#"{"kind": "char", "chars": "abc", "unk": false}"#),
-            (run.checkpoint_state(1), r#"{"version": 1, "epoch": 1, "step": 10}"#),
+            (run.checkpoint_state(10), r#"{"version": 1, "epoch": 1, "step": 10}"#),
         ];
         for (path, text) in files {
             std::fs::write(path, text).expect("temp dir is writable");
@@ -36,6 +36,6 @@ fuzz_target!(|data: &[u8]| {
     let run = run();
     std::fs::write(run.manifest(), data).expect("temp dir is writable");
     let _ = kiln::run::open_run(run.root());
-    let _ = CheckpointState::verify(run, 1);
+    let _ = CheckpointState::verify(run, 10);
     let _ = kiln::run::check_output("--out", &run.config(), []);
 });

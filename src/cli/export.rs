@@ -152,9 +152,8 @@ impl ForwardJob for Job {
             ("format".to_string(), "pt".to_string()),
             ("kiln_source".to_string(), source.display().to_string()),
         ]);
-        let params = crate::model::param_values(&model);
         let exported = crate::interop::export(
-            params, &self.weights.spec, self.names, self.eot, metadata, &self.out,
+            &model, &self.weights.spec, self.names, self.eot, metadata, &self.out,
         )
         .map_err(|e| match e {
             crate::interop::InteropError::NotGpt2(_) => anyhow::anyhow!("{e} (--names kiln)"),

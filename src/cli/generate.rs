@@ -182,8 +182,9 @@ impl Job {
         let mut stops = StopStrings::new(&self.stops);
         let sampling = Sampling { seed, ..self.sampling.clone() };
         let mut stopped = false;
+        let mut decode = self.tokenizer.stream_decoder(ids);
         generate_until(model, ids, &sampling, |id| {
-            let (ready, flow) = stops.push(&self.tokenizer.decode_next(id));
+            let (ready, flow) = stops.push(&decode(id));
             out.push(ready);
             stopped = flow.is_break();
             flow

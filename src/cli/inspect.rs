@@ -260,16 +260,12 @@ impl ForwardJob for Job {
 /// Step and epoch a model file was taken at: from its checkpoint state, or the run summary
 /// for the final model.
 fn position(run: &RunDir, file: &Path) -> (Option<usize>, Option<usize>) {
-    let epoch = file
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .and_then(|s| s.strip_prefix("model-"))
-        .and_then(|n| n.parse::<usize>().ok());
-    if let Some(state) = epoch.and_then(|e| CheckpointState::read(&run.checkpoint_state(e)).ok()) {
+    let step = crate::run::checkpoint_step(file);
+    if let Some(state) = step.and_then(|s| CheckpointState::read(&run.checkpoint_state(s)).ok()) {
         return (Some(state.step), Some(state.epoch));
     }
     let summary: Option<Summary> = super::read_json(&run.summary()).ok();
-    (summary.map(|s| s.steps), epoch)
+    (summary.map(|s| s.steps).or(step), None)
 }
 
 /// `163009536` → `163,009,536`.

@@ -199,10 +199,11 @@ fn show(args: ShowArgs) -> Result<()> {
     let mut table = Table::new(&["#", "id", "piece", "bytes"]);
     for (i, &id) in ids.iter().enumerate() {
         let bytes = tokenizer.decode_bytes(&[id]);
+        let piece = tokenizer.token_text(id);
         table.row(vec![
             i.to_string(),
             id.to_string(),
-            escape(&String::from_utf8_lossy(&bytes)),
+            piece.unwrap_or_else(|| escape(&String::from_utf8_lossy(&bytes))),
             bytes.len().to_string(),
         ]);
     }

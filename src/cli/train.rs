@@ -29,7 +29,7 @@ pub struct TrainArgs {
     #[command(flatten)]
     backend: super::BackendArg,
     /// Continue the run from its newest valid checkpoint, or from the checkpoint file given
-    /// (artifacts/<run>/checkpoints/state-3.json or any file of that checkpoint).
+    /// (artifacts/<run>/checkpoints/state-step1000.json or any file of that checkpoint).
     #[arg(long, value_name = "CHECKPOINT")]
     resume: Option<Option<PathBuf>>,
     /// Delete an existing run with the same name and start over.

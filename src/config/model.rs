@@ -1,6 +1,8 @@
 //! The `[model]` section: one struct per model kind, each with the defaults of the paper it
 //! follows (GPT-2 for `gpt`, "Attention Is All You Need" for `seq2seq`).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 use super::choices::{Activation, InitScheme, ModelKind, NormKind, PositionKind};
@@ -46,6 +48,10 @@ pub struct GptSpec {
     pub rope_theta: f64,
     #[serde(default)]
     pub init: InitScheme,
+    /// A finished run whose final weights a new run starts from, keeping its tokenizer
+    /// (finetuning); the rest of `[model]` must describe that run's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 /// An encoder-decoder Transformer (`kind = "seq2seq"`), the original paper's choices by
@@ -134,6 +140,7 @@ impl GptSpec {
             positions: PositionKind::default(),
             rope_theta: rope_theta(),
             init: InitScheme::default(),
+            init_from: None,
         }
     }
 

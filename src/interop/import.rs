@@ -3,13 +3,19 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use safetensors::{Dtype, SafeTensors};
+use burn::prelude::Backend;
+use burn::tensor::DType;
+use burn_store::{
+    ModuleAdapter, ModuleSnapshot, ModuleStore, PyTorchToBurnAdapter, SafetensorsStore,
+    TensorSnapshot,
+};
 use serde::Deserialize;
 
-use super::{file_error, transpose, InteropError, HF_CONFIG_FILE, WEIGHTS_FILE};
+use super::{file_error, HeadOnly, InteropError, HF_CONFIG_FILE, WEIGHTS_FILE};
 use crate::config::{Activation, GptSpec};
-use crate::model::ParamValues;
+use crate::model::Gpt;
 
 /// The fields of a GPT-2 `config.json` kiln reads; the rest (tokenizer ids, task heads) do
 /// not change the network.
@@ -53,13 +59,12 @@ fn yes() -> bool {
 pub struct Gpt2Checkpoint {
     /// The model section of a kiln config that describes the same network.
     pub model: GptSpec,
-    /// Tensors by kiln parameter name, in kiln's layout.
-    pub params: HashMap<String, ParamValues>,
-    /// The safetensors file they came from.
+    /// The safetensors file of its weights, which [`load_gpt2`] reads.
     pub weights: PathBuf,
 }
 
-/// Reads `dir/config.json` (GPT-2) and `dir/model.safetensors`.
+/// Reads `dir/config.json` (GPT-2) and checks it against the tensors of
+/// `dir/model.safetensors`.
 pub fn read_gpt2(dir: &Path) -> Result<Gpt2Checkpoint, InteropError> {
     let config_path = dir.join(HF_CONFIG_FILE);
     let text = std::fs::read_to_string(&config_path).map_err(|e| file_error(&config_path, e))?;
@@ -67,16 +72,85 @@ pub fn read_gpt2(dir: &Path) -> Result<Gpt2Checkpoint, InteropError> {
         .map_err(|e| file_error(&config_path, format!("not a GPT-2 config: {e}")))?;
     let model = model_section(&config, &config_path)?;
     let weights = dir.join(WEIGHTS_FILE);
-    let params = from_hf(read_safetensors(&weights)?, &weights)?;
-    check_sizes(&model, &params, &weights)?;
-    Ok(Gpt2Checkpoint { params, model, weights })
+    check_sizes(&model, &tensor_shapes(&weights)?, &weights)?;
+    Ok(Gpt2Checkpoint { model, weights })
+}
+
+/// `model` (built from [`read_gpt2`]'s section) with the checkpoint's weights.
+pub fn load_gpt2<B: Backend>(mut model: Gpt<B>, weights: &Path) -> Result<Gpt<B>, InteropError> {
+    let result = model.load_from(&mut gpt2_store(weights)).map_err(|e| file_error(weights, e))?;
+    // Attention-mask buffers that old files carry are not parameters.
+    let stray = result
+        .unused
+        .iter()
+        .find(|name| !name.ends_with(".attn.bias") && !name.ends_with(".attn.masked_bias"));
+    match stray {
+        Some(name) => Err(file_error(weights, format!("tensor {name}: not a GPT-2 parameter"))),
+        None => Ok(model),
+    }
+}
+
+/// burn-store's reader of a GPT-2 safetensors file under kiln's names. Both
+/// `transformer.h.0…` (GPT2LMHeadModel) and `h.0…` (GPT2Model, as the original `gpt2` files
+/// are) are accepted; F16, BF16 and F64 tensors become F32.
+fn gpt2_store(weights: &Path) -> SafetensorsStore {
+    let store = FROM_GPT2.iter().fold(SafetensorsStore::from_file(weights), |store, (from, to)| {
+        store.with_key_remapping(from, *to)
+    });
+    store.with_from_adapter(HeadOnly(PyTorchToBurnAdapter).chain(ToF32))
+}
+
+/// GPT-2's parameter names (with or without `transformer.`) → kiln's, as regex replacements
+/// applied in order.
+pub(super) const FROM_GPT2: [(&str, &str); 4] = [
+    (r"^transformer\.", ""),
+    (r"^h\.", "blocks."),
+    (r"(^|\.)(ln_1|ln_2|ln_f)\.weight$", "${1}${2}.gamma"),
+    (r"(^|\.)(ln_1|ln_2|ln_f)\.bias$", "${1}${2}.beta"),
+];
+
+/// The shape of every tensor of the file, by kiln name; nothing is loaded.
+fn tensor_shapes(weights: &Path) -> Result<HashMap<String, Vec<usize>>, InteropError> {
+    if !weights.is_file() {
+        return Err(file_error(weights, "no such file"));
+    }
+    let mut store = gpt2_store(weights);
+    let snapshots = store
+        .get_all_snapshots()
+        .map_err(|e| file_error(weights, format!("not a safetensors file: {e}")))?;
+    Ok(snapshots.iter().map(|(name, s)| (name.clone(), s.shape.to_vec())).collect())
+}
+
+/// F16, BF16 and F64 tensors as the F32 kiln's models hold.
+#[derive(Clone)]
+struct ToF32;
+
+impl ModuleAdapter for ToF32 {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        if !matches!(snapshot.dtype, DType::F16 | DType::BF16 | DType::F64) {
+            return snapshot.clone();
+        }
+        let data = snapshot.clone_data_fn();
+        TensorSnapshot::from_closure(
+            Rc::new(move || Ok(data()?.convert::<f32>())),
+            DType::F32,
+            snapshot.shape.clone(),
+            snapshot.path_stack.clone().unwrap_or_default(),
+            snapshot.container_stack.clone().unwrap_or_default(),
+            snapshot.tensor_id.unwrap_or_default(),
+        )
+    }
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
 }
 
 /// Refuses a config.json whose sizes its weights do not have, before a model of those
 /// sizes is built: the file's tensors bound what an import allocates.
 fn check_sizes(
     model: &GptSpec,
-    params: &HashMap<String, ParamValues>,
+    shapes: &HashMap<String, Vec<usize>>,
     path: &Path,
 ) -> Result<(), InteropError> {
     let (d, vocab) = (model.d_model, model.vocab_size.unwrap_or(0));
@@ -86,7 +160,7 @@ fn check_sizes(
         ("blocks.0.mlp.c_fc.weight", vec![d, model.d_ff()], "n_embd and n_inner"),
     ];
     for (name, shape, keys) in expected {
-        let found = params.get(name).map(|p| &p.shape);
+        let found = shapes.get(name);
         if found != Some(&shape) {
             let found = found.map_or("missing".into(), |s| format!("{s:?}"));
             return Err(file_error(
@@ -98,7 +172,7 @@ fn check_sizes(
             ));
         }
     }
-    let layers = params
+    let layers = shapes
         .keys()
         .filter_map(|n| n.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
         .max()
@@ -170,90 +244,4 @@ fn model_section(c: &Gpt2Config, path: &Path) -> Result<GptSpec, InteropError> {
     model.activation = activation;
     model.norm_eps = c.layer_norm_epsilon;
     Ok(model)
-}
-
-/// Every tensor of a safetensors file as f32 (F32, F16, BF16 and F64 are read).
-fn read_safetensors(path: &Path) -> Result<Vec<ParamValues>, InteropError> {
-    let bytes = std::fs::read(path).map_err(|e| file_error(path, e))?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| file_error(path, format!("not a safetensors file: {e}")))?;
-    file.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let data = view.data();
-            let values: Vec<f32> = match view.dtype() {
-                Dtype::F32 => data
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                Dtype::F16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::BF16 => data
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
-                Dtype::F64 => data
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(std::array::from_fn(|i| b[i])) as f32)
-                    .collect(),
-                other => {
-                    return Err(file_error(
-                        path,
-                        format!(
-                            "tensor {name} has dtype {other:?}; kiln reads F32, F16, BF16 and F64"
-                        ),
-                    ))
-                }
-            };
-            Ok(ParamValues { name, shape: view.shape().to_vec(), values })
-        })
-        .collect()
-}
-
-/// GPT-2 tensors under kiln's names. Both `transformer.h.0…` (GPT2LMHeadModel) and `h.0…`
-/// (GPT2Model, as the original `gpt2` files are) are accepted; attention-mask buffers that old
-/// files carry (`attn.bias`, `attn.masked_bias`) are not parameters and are skipped.
-fn from_hf(
-    params: Vec<ParamValues>,
-    path: &Path,
-) -> Result<HashMap<String, ParamValues>, InteropError> {
-    let mut out = HashMap::new();
-    for p in params {
-        let bare = p.name.strip_prefix("transformer.").unwrap_or(&p.name).to_string();
-        if bare.ends_with(".attn.bias") || bare.ends_with(".attn.masked_bias") {
-            continue;
-        }
-        let kiln = kiln_name(&bare)
-            .ok_or_else(|| file_error(path, format!("tensor {}: not a GPT-2 parameter", p.name)))?;
-        let p = match p.shape[..] {
-            [vocab, d_model] if kiln == "lm_head.weight" => ParamValues {
-                values: transpose(&p.values, vocab, d_model),
-                shape: vec![d_model, vocab],
-                name: kiln.clone(),
-            },
-            _ => ParamValues { name: kiln.clone(), ..p },
-        };
-        out.insert(kiln, p);
-    }
-    Ok(out)
-}
-
-/// The kiln name of a GPT-2 parameter given without its `transformer.` prefix.
-pub(super) fn kiln_name(bare: &str) -> Option<String> {
-    if bare == "lm_head.weight" || bare == "wte.weight" || bare == "wpe.weight" {
-        return Some(bare.to_string());
-    }
-    let name = match bare.strip_prefix("h.") {
-        Some(rest) => format!("blocks.{rest}"),
-        None if bare.starts_with("ln_f.") => bare.to_string(),
-        None => return None,
-    };
-    let is_norm = name.starts_with("ln_f.") || name.contains(".ln_1.") || name.contains(".ln_2.");
-    Some(match (is_norm, name.strip_suffix(".weight"), name.strip_suffix(".bias")) {
-        (true, Some(stem), _) => format!("{stem}.gamma"),
-        (true, _, Some(stem)) => format!("{stem}.beta"),
-        _ => name,
-    })
 }

@@ -1,5 +1,5 @@
-//! Hugging Face interop: a kiln GPT as `model.safetensors` + GPT-2 `config.json`, and a GPT-2
-//! checkpoint in that form read back as kiln parameters.
+//! Hugging Face interop: a kiln GPT as `model.safetensors` + GPT-2 `config.json`, a GPT-2
+//! checkpoint in that form read back as kiln parameters, and a nanoGPT `ckpt.pt` loaded.
 //!
 //! kiln's GPT is laid out like GPT-2, so the mapping is mostly renaming:
 //! `blocks.N.…` ↔ `transformer.h.N.…`, LayerNorm `gamma`/`beta` ↔ `weight`/`bias`. Burn's
@@ -10,16 +10,21 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::Dtype;
+use burn::prelude::{Backend, Module};
+use burn_store::{
+    BurnToPyTorchAdapter, ModuleAdapter, ModuleSnapshot, SafetensorsStore, TensorSnapshot,
+};
 use serde_json::json;
 
-use crate::config::{Activation, GptSpec, ModelSpec, NormKind, PositionKind, RunSpec};
+use crate::config::{Activation, GptSpec, InitScheme, ModelSpec, NormKind, PositionKind, RunSpec};
 use crate::files::write_atomic;
-use crate::model::ParamValues;
+use crate::model::{Gpt, GptConfig};
 
 mod import;
+mod nanogpt;
 
-pub use import::{read_gpt2, Gpt2Checkpoint};
+pub use import::{load_gpt2, read_gpt2, Gpt2Checkpoint};
+pub use nanogpt::{load_nanogpt, read_nanogpt};
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const HF_CONFIG_FILE: &str = "config.json";
@@ -70,60 +75,76 @@ pub enum Names {
     Kiln,
 }
 
-/// The GPT-2 name of a kiln parameter.
-fn hf_name(kiln: &str) -> String {
-    if kiln.starts_with("lm_head.") {
-        return kiln.to_string();
+/// kiln's parameter names → GPT-2's, as regex replacements applied in order.
+const TO_GPT2: [(&str, &str); 4] = [
+    (r"^blocks\.", "transformer.h."),
+    (r"^(wte|wpe|ln_f)\.", "transformer.${1}."),
+    (r"\.gamma$", ".weight"),
+    (r"\.beta$", ".bias"),
+];
+
+/// burn-store's PyTorch layout adapter, for the one `nn.Linear` of GPT-2: its untied head
+/// (`[vocab, d_model]` in torch). GPT-2's Conv1D projections already have Burn's `[in, out]`.
+#[derive(Clone)]
+struct HeadOnly<A>(A);
+
+impl<A: ModuleAdapter + Clone + 'static> ModuleAdapter for HeadOnly<A> {
+    fn adapt(&self, snapshot: &TensorSnapshot) -> TensorSnapshot {
+        match snapshot.full_path() == "lm_head.weight" {
+            true => self.0.adapt(snapshot),
+            false => snapshot.clone(),
+        }
     }
-    let name =
-        kiln.strip_prefix("blocks.").map_or_else(|| kiln.to_string(), |rest| format!("h.{rest}"));
-    let name = match (name.strip_suffix(".gamma"), name.strip_suffix(".beta")) {
-        (Some(stem), _) => format!("{stem}.weight"),
-        (_, Some(stem)) => format!("{stem}.bias"),
-        _ => name,
-    };
-    format!("transformer.{name}")
+
+    fn clone_box(&self) -> Box<dyn ModuleAdapter> {
+        Box::new(self.clone())
+    }
 }
 
-/// `[rows, cols]` row-major → `[cols, rows]`.
-pub(super) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols).flat_map(|c| (0..rows).map(move |r| values[r * cols + c])).collect()
-}
-
-/// kiln's parameters under GPT-2's names and layouts. GPT-2 always has biases: a model
-/// trained with `model.bias = false` gets zero ones, which computes the same function.
-fn to_hf(params: Vec<ParamValues>) -> Vec<ParamValues> {
-    let mut out: Vec<ParamValues> = params
-        .into_iter()
-        .map(|p| match p.shape[..] {
-            [d_model, vocab] if p.name == "lm_head.weight" => ParamValues {
-                values: transpose(&p.values, d_model, vocab),
-                shape: vec![vocab, d_model],
-                name: p.name,
-            },
-            _ => ParamValues { name: hf_name(&p.name), ..p },
-        })
-        .collect();
-    let names: std::collections::HashSet<String> = out.iter().map(|p| p.name.clone()).collect();
-    let missing: Vec<ParamValues> = out
+/// `model` as GPT-2 computes it: GPT-2 always has biases, so a model trained with
+/// `model.bias = false` gets zero ones, which compute the same function.
+fn with_gpt2_biases<B: Backend>(
+    model: &Gpt<B>,
+    spec: &GptSpec,
+    vocab: usize,
+) -> Result<Gpt<B>, String> {
+    if spec.bias && spec.qkv_bias() {
+        return Ok(model.clone());
+    }
+    let biased = GptSpec { bias: true, qkv_bias: None, init: InitScheme::Gpt2, ..spec.clone() };
+    let mut out = GptConfig::from_spec(&biased, vocab).init::<B>(&model.devices()[0]);
+    let mut store = SafetensorsStore::from_bytes(None);
+    model.save_into(&mut store).map_err(|e| e.to_string())?;
+    let mut store = store.allow_partial(true);
+    let result = out.load_from(&mut store).map_err(|e| e.to_string())?;
+    match result
+        .missing
         .iter()
-        .filter(|p| {
-            p.name.starts_with("transformer.")
-                && !p.name.contains(".wte.")
-                && !p.name.contains(".wpe.")
-        })
-        .filter_map(|p| {
-            let bias = format!("{}.bias", p.name.strip_suffix(".weight")?);
-            let width = *p.shape.last()?;
-            (!names.contains(&bias)).then(|| ParamValues {
-                name: bias,
-                shape: vec![width],
-                values: vec![0.0; width],
-            })
-        })
-        .collect();
-    out.extend(missing);
-    out
+        .find(|(name, _)| !name.ends_with(".bias") && !name.ends_with(".beta"))
+    {
+        Some((name, _)) => Err(format!("{name} has no value in the trained model")),
+        None => Ok(out),
+    }
+}
+
+/// The safetensors bytes of `model` under `names`, with `metadata` in the header.
+fn safetensors_bytes<B: Backend>(
+    model: &Gpt<B>,
+    names: Names,
+    metadata: HashMap<String, String>,
+) -> Result<Vec<u8>, String> {
+    let mut store =
+        SafetensorsStore::from_bytes(None).with_to_adapter(HeadOnly(BurnToPyTorchAdapter));
+    if names == Names::Hf {
+        for (from, to) in TO_GPT2 {
+            store = store.with_key_remapping(from, to);
+        }
+    }
+    for (key, value) in metadata {
+        store = store.metadata(key, value);
+    }
+    model.save_into(&mut store).map_err(|e| e.to_string())?;
+    store.get_bytes().map_err(|e| e.to_string())
 }
 
 /// GPT-2's `config.json` for a kiln model. `eot` is the `<|endoftext|>` id, when the
@@ -164,10 +185,11 @@ pub struct Exported {
     pub tensors: usize,
 }
 
-/// Writes `params` of the run `spec` describes to `out/model.safetensors` (with `config.json`
-/// for Hugging Face names). `metadata` goes into the safetensors header.
-pub fn export(
-    params: Vec<ParamValues>,
+/// Writes `model`, of the run `spec` describes, to `out/model.safetensors` (with
+/// `config.json` for Hugging Face names), through burn-store. `metadata` goes into the
+/// safetensors header.
+pub fn export<B: Backend>(
+    model: &Gpt<B>,
     spec: &RunSpec,
     names: Names,
     eot: Option<u32>,
@@ -183,25 +205,16 @@ pub fn export(
     };
     std::fs::create_dir_all(out)
         .map_err(|e| file_error(out, format!("cannot create the folder: {e}")))?;
-    let params = match names {
-        Names::Hf => to_hf(params),
-        Names::Kiln => params,
-    };
-    let bytes: Vec<Vec<u8>> =
-        params.iter().map(|p| p.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
-    let views = params
-        .iter()
-        .zip(&bytes)
-        .map(|(p, b)| {
-            safetensors::tensor::TensorView::new(Dtype::F32, p.shape.clone(), b)
-                .map(|view| (p.name.clone(), view))
-                .map_err(|e| file_error(out, format!("tensor {}: {e}", p.name)))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
     let weights = out.join(WEIGHTS_FILE);
-    let data =
-        safetensors::serialize(views, Some(metadata)).map_err(|e| file_error(&weights, e))?;
-    write_atomic(&weights, &data).map_err(InteropError::Write)?;
+    let bytes = match gpt {
+        Some(gpt) => with_gpt2_biases(model, gpt, spec.vocab_size())
+            .and_then(|model| safetensors_bytes(&model, names, metadata)),
+        None => safetensors_bytes(model, names, metadata),
+    }
+    .map_err(|e| file_error(&weights, e))?;
+    let tensors =
+        safetensors::SafeTensors::deserialize(&bytes).map_err(|e| file_error(&weights, e))?.len();
+    write_atomic(&weights, &bytes).map_err(InteropError::Write)?;
     let mut files = vec![weights];
     if let Some(gpt) = gpt {
         let path = out.join(HF_CONFIG_FILE);
@@ -210,13 +223,20 @@ pub fn export(
         write_atomic(&path, &text).map_err(InteropError::Write)?;
         files.push(path);
     }
-    Ok(Exported { files, tensors: params.len() })
+    Ok(Exported { files, tensors })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::import::kiln_name;
+    use super::import::FROM_GPT2;
     use super::*;
+
+    /// `name` through regex replacements applied in order, as burn-store's remapping does.
+    fn remap(name: &str, rules: &[(&str, &str)]) -> String {
+        rules.iter().fold(name.to_string(), |name, (from, to)| {
+            regex::Regex::new(from).unwrap().replace(&name, *to).into_owned()
+        })
+    }
 
     #[test]
     fn names_map_both_ways() {
@@ -229,31 +249,10 @@ mod tests {
             ("ln_f.gamma", "transformer.ln_f.weight"),
             ("lm_head.weight", "lm_head.weight"),
         ] {
-            assert_eq!(hf_name(kiln), hf);
+            assert_eq!(remap(kiln, &TO_GPT2), hf);
+            assert_eq!(remap(hf, &FROM_GPT2), kiln);
             let bare = hf.strip_prefix("transformer.").unwrap_or(hf);
-            assert_eq!(kiln_name(bare).as_deref(), Some(kiln));
+            assert_eq!(remap(bare, &FROM_GPT2), kiln);
         }
-        assert_eq!(kiln_name("score.weight"), None);
-    }
-
-    #[test]
-    fn missing_biases_are_zero_and_lm_head_is_transposed() {
-        let p = |name: &str, shape: Vec<usize>| ParamValues {
-            name: name.into(),
-            values: (0..shape.iter().product::<usize>()).map(|v| v as f32).collect(),
-            shape,
-        };
-        let hf = to_hf(vec![
-            p("blocks.0.mlp.c_fc.weight", vec![2, 3]),
-            p("ln_f.gamma", vec![2]),
-            p("lm_head.weight", vec![2, 3]),
-        ]);
-        let find =
-            |n: &str| hf.iter().find(|p| p.name == n).unwrap_or_else(|| panic!("{n} missing"));
-        assert_eq!(find("transformer.h.0.mlp.c_fc.bias").values, vec![0.0; 3]);
-        assert_eq!(find("transformer.ln_f.bias").values, vec![0.0; 2]);
-        assert_eq!(find("lm_head.weight").shape, vec![3, 2]);
-        assert_eq!(find("lm_head.weight").values, vec![0.0, 3.0, 1.0, 4.0, 2.0, 5.0]);
-        assert_eq!(hf.len(), 5);
     }
 }

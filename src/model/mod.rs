@@ -18,9 +18,7 @@ pub use attention::{CrossAttention, LayerCache, SelfAttention};
 pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
 pub use mlp::Mlp;
 pub use norm::Norm;
-pub use params::{
-    f32_values, load_param_values, named_params, param_values, NamedParam, ParamValues,
-};
+pub use params::{f32_values, named_params, param_values, NamedParam, ParamValues};
 pub use positions::sinusoidal_positions;
 pub use seq2seq::{DecoderState, Memory, Seq2Seq, Seq2SeqConfig, Seq2SeqRecord};
 

@@ -1,8 +1,10 @@
 //! Checkpoints: Burn records written atomically into `<run>/checkpoints/`, the policy that
 //! decides when to take one, the journal that completes them, and verified loading.
 //!
-//! A checkpoint of Learner epoch `N` is `model-N.mpk`, `optim-N.mpk`, `scheduler-N.mpk` and
-//! `state-N.json`. Each record is written to a temporary file, fsynced and renamed. The state
+//! A checkpoint taken at step `N` is `model-stepN.mpk`, `optim-stepN.mpk`,
+//! `scheduler-stepN.mpk` and `state-stepN.json`. Burn's Learner names what it saves by its
+//! epoch; the journal knows which step each epoch ended at, and the recorder writes the file
+//! under that step. Each record is written to a temporary file, fsynced and renamed. The state
 //! file, which holds the SHA-256 of the three records, is written only once all three are on
 //! disk; then `latest.json` moves to it and checkpoints beyond the newest `keep` are removed.
 //! A checkpoint without a state file, or whose records no longer match their hashes, is not
@@ -38,12 +40,12 @@ pub enum CheckpointError {
     State { path: PathBuf, reason: String },
     #[error("{path}: parameter {name} has shape {file:?} in the file but {config:?} in the run's config; is the checkpoint from another run or model size?")]
     Shape { path: PathBuf, name: String, file: Vec<usize>, config: Vec<usize> },
-    #[error("checkpoint {epoch} (step {step}) is damaged: {file} {problem}")]
-    Damaged { epoch: usize, step: usize, file: String, problem: String },
+    #[error("the checkpoint at step {step} is damaged: {file} {problem}")]
+    Damaged { step: usize, file: String, problem: String },
     #[error("{0}")]
     NotFound(String),
-    #[error("checkpoint {epoch} of {run} {problem}; it cannot be used with this run")]
-    Foreign { run: PathBuf, epoch: usize, problem: String },
+    #[error("the checkpoint at step {step} of {run} {problem}; it cannot be used with this run")]
+    Foreign { run: PathBuf, step: usize, problem: String },
     #[error(transparent)]
     Manifest(#[from] super::ManifestError),
 }
@@ -51,12 +53,12 @@ pub enum CheckpointError {
 /// Named-MessagePack records (Burn's default format, f32), written to a temporary file,
 /// fsynced and renamed so a crash never leaves a half-written record under its real name.
 ///
-/// With a directory, files are placed there by name: Burn's Learner asks for
-/// `<run>/checkpoint/model-3`, kiln keeps it at `<run>/checkpoints/model-3.mpk`. With a
-/// journal, each written record is reported to it.
+/// With a journal, Burn's Learner's names are the run's: it asks for
+/// `<run>/checkpoint/model-3` (its epoch 3), kiln keeps it at
+/// `<run>/checkpoints/model-step750.mpk` (the step epoch 3 ended at), and each written record
+/// is reported to the journal. Without one, a path is used as given, with `.mpk`.
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointRecorder {
-    dir: Option<PathBuf>,
     journal: Option<CheckpointJournal>,
 }
 
@@ -64,15 +66,20 @@ type Inner = NamedMpkFileRecorder<FullPrecisionSettings>;
 
 impl CheckpointRecorder {
     pub fn for_journal(journal: CheckpointJournal) -> Self {
-        Self { dir: Some(journal.run.checkpoints()), journal: Some(journal) }
+        Self { journal: Some(journal) }
     }
 
-    fn target(&self, path: &Path) -> PathBuf {
-        let path = match (&self.dir, path.file_name()) {
-            (Some(dir), Some(name)) => dir.join(name),
-            _ => path.to_path_buf(),
+    fn target(&self, path: &Path) -> Result<PathBuf, RecorderError> {
+        let Some(journal) = &self.journal else {
+            return Ok(path.with_extension("mpk"));
         };
-        path.with_extension("mpk")
+        let name = path.file_stem().and_then(|n| n.to_str()).unwrap_or_default();
+        journal.file_for(name).ok_or_else(|| {
+            RecorderError::Unknown(format!(
+                "{}: no checkpoint of this run was taken at that Learner epoch",
+                path.display()
+            ))
+        })
     }
 }
 
@@ -85,7 +92,7 @@ impl<B: Backend> Recorder<B> for CheckpointRecorder {
     fn save_item<I: Serialize>(&self, item: I, path: PathBuf) -> Result<(), RecorderError> {
         // Written here rather than by Burn's file recorder, whose buffered writer drops the
         // error of its last flush: a full disk must fail the save, naming the file.
-        let target = self.target(&path);
+        let target = self.target(&path)?;
         let failed = |e: &dyn std::error::Error| RecorderError::Unknown(deepest_cause(e));
         let mut file = AtomicFile::create(&target).map_err(|e| failed(&e))?;
         rmp_serde::encode::write_named(&mut file, &item).map_err(|e| failed(&e))?;
@@ -97,7 +104,7 @@ impl<B: Backend> Recorder<B> for CheckpointRecorder {
     }
 
     fn load_item<I: DeserializeOwned>(&self, path: &mut PathBuf) -> Result<I, RecorderError> {
-        let mut target = self.target(path);
+        let mut target = self.target(path)?;
         Recorder::<B>::load_item(&Inner::new(), &mut target)
     }
 }
@@ -224,19 +231,19 @@ impl CheckpointState {
             .map_err(|e| CheckpointError::State { path: path.clone(), reason: e.to_string() })?;
         if actual != self.tokenizer_sha256 {
             let reason = format!(
-                "changed since checkpoint {} (step {}) was taken, so token ids would mean other things; \
-                 restore the run's own tokenizer.json",
-                self.epoch, self.step
+                "changed since the checkpoint at step {} was taken, so token ids would mean other \
+                 things; restore the run's own tokenizer.json",
+                self.step
             );
             return Err(CheckpointError::State { path, reason });
         }
         Ok(())
     }
 
-    /// Reads checkpoint `epoch` of `run` and checks every record against its hash, and that
-    /// the run took it (its manifest lists it, with this state file and run id).
-    pub fn verify(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
-        let state = Self::verify_copied(run, epoch)?;
+    /// Reads the checkpoint `run` took at `step` and checks every record against its hash,
+    /// and that the run took it (its manifest lists it, with this state file and run id).
+    pub fn verify(run: &RunDir, step: usize) -> Result<Self, CheckpointError> {
+        let state = Self::verify_copied(run, step)?;
         if let Some(manifest) = Manifest::read(run)? {
             state.belongs_to(run, &manifest)?;
         }
@@ -245,17 +252,21 @@ impl CheckpointState {
 
     /// As [`CheckpointState::verify`], for a checkpoint another node of a multi-node run
     /// took and that was copied in: its records against its own hashes only.
-    pub fn verify_copied(run: &RunDir, epoch: usize) -> Result<Self, CheckpointError> {
-        let state = Self::read(&run.checkpoint_state(epoch))?;
+    pub fn verify_copied(run: &RunDir, step: usize) -> Result<Self, CheckpointError> {
+        let path = run.checkpoint_state(step);
+        let state = Self::read(&path)?;
+        if state.step != step {
+            let reason = format!(
+                "holds step {} but is named for step {step}: changed since it was written",
+                state.step
+            );
+            return Err(CheckpointError::State { path, reason });
+        }
         for kind in RECORDS {
-            let path = run.checkpoint_file(kind, epoch);
+            let path = run.checkpoint_file(kind, step);
             let name = file_name(&path);
-            let damaged = |problem: String| CheckpointError::Damaged {
-                epoch,
-                step: state.step,
-                file: name.clone(),
-                problem,
-            };
+            let damaged =
+                |problem: String| CheckpointError::Damaged { step, file: name.clone(), problem };
             let expected = state
                 .files
                 .get(&name)
@@ -274,7 +285,7 @@ impl CheckpointState {
     fn belongs_to(&self, run: &RunDir, manifest: &Manifest) -> Result<(), CheckpointError> {
         let foreign = |problem: String| CheckpointError::Foreign {
             run: run.root().to_path_buf(),
-            epoch: self.epoch,
+            step: self.step,
             problem,
         };
         if self.run_id != manifest.run_id {
@@ -282,12 +293,12 @@ impl CheckpointState {
             let ids = format!("run id {theirs}, this run's is {}", manifest.run_id);
             return Err(foreign(format!("was taken by another run ({ids})")));
         }
-        let Some(entry) = manifest.checkpoints.get(&self.epoch) else {
+        let Some(entry) = manifest.checkpoints.get(&self.step) else {
             return Err(foreign("is not one the run recorded in kiln-run.json".into()));
         };
-        let path = run.checkpoint_state(self.epoch);
+        let path = run.checkpoint_state(self.step);
         let actual = sha256_file(&path).map_err(|e| foreign(format!("cannot be read ({e})")))?;
-        if actual != entry.state_sha256 || self.step != entry.step {
+        if actual != entry.state_sha256 || self.epoch != entry.epoch {
             return Err(foreign(format!(
                 "has a state file ({}) changed since it was written",
                 path.display()
@@ -322,58 +333,75 @@ type Pending = (CheckpointState, Vec<String>);
 pub struct CheckpointJournal {
     run: RunDir,
     keep: usize,
-    /// Checkpoints asked for and not yet complete: their state and the records written so far.
+    /// Checkpoints asked for and not yet complete, by step: their state and the records
+    /// written so far.
     pending: Arc<Mutex<HashMap<usize, Pending>>>,
+    /// The step each Learner epoch of this training ended at, for the epochs that have (or
+    /// are getting) a checkpoint.
+    steps: Arc<Mutex<HashMap<usize, usize>>>,
 }
 
 impl CheckpointJournal {
     pub fn new(run: RunDir, keep: usize) -> Self {
-        Self { run, keep: keep.max(1), pending: Default::default() }
+        Self { run, keep: keep.max(1), pending: Default::default(), steps: Default::default() }
     }
 
-    /// Records that checkpoint `state.epoch` is being written.
+    /// Tells the journal the checkpoint a resumed run starts from, which the Learner loads by
+    /// its epoch.
+    pub fn resumes_from(&self, state: &CheckpointState) {
+        self.steps.lock().expect("journal lock").insert(state.epoch, state.step);
+    }
+
+    /// Records that a checkpoint is being written at `state.step`.
     fn expect(&self, state: CheckpointState) {
-        self.pending.lock().expect("journal lock").insert(state.epoch, (state, Vec::new()));
+        self.steps.lock().expect("journal lock").insert(state.epoch, state.step);
+        self.pending.lock().expect("journal lock").insert(state.step, (state, Vec::new()));
     }
 
-    /// Called by the recorder after `path` (`<kind>-<epoch>.mpk`) is on disk.
+    /// The run's file for the Learner's record `name` (`model-3`: its epoch 3).
+    fn file_for(&self, name: &str) -> Option<PathBuf> {
+        let (kind, epoch) = name.rsplit_once('-')?;
+        let step = *self.steps.lock().expect("journal lock").get(&epoch.parse().ok()?)?;
+        Some(self.run.checkpoint_file(kind, step))
+    }
+
+    /// Called by the recorder after `path` (`<kind>-step<N>.mpk`) is on disk.
     fn record_written(&self, path: &Path) -> std::io::Result<()> {
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-        let Some((kind, epoch)) =
-            stem.rsplit_once('-').and_then(|(k, e)| Some((k, e.parse::<usize>().ok()?)))
-        else {
+        let Some(step) = super::checkpoint_step(path) else {
             return Ok(());
         };
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let kind = stem.rsplit_once("-step").map_or(stem, |(kind, _)| kind);
         // Held while completing, so only one of the three writer threads does it.
         let mut pending = self.pending.lock().expect("journal lock");
-        let Some((_, written)) = pending.get_mut(&epoch) else {
+        let Some((_, written)) = pending.get_mut(&step) else {
             return Ok(());
         };
         written.push(kind.to_string());
         if !RECORDS.iter().all(|k| written.iter().any(|w| w == k)) {
             return Ok(());
         }
-        let Some((mut state, _)) = pending.remove(&epoch) else {
+        let Some((mut state, _)) = pending.remove(&step) else {
             return Ok(());
         };
         for kind in RECORDS {
-            let path = self.run.checkpoint_file(kind, epoch);
+            let path = self.run.checkpoint_file(kind, step);
             state.files.insert(file_name(&path), sha256_file(&path)?);
         }
         let json = serde_json::to_vec_pretty(&state).expect("checkpoint state serializes");
         // The manifest first: a state file it does not list would be refused as another run's.
-        self.run.record_checkpoint(epoch, state.step, sha256_hex(&json))?;
-        write_atomic(&self.run.checkpoint_state(epoch), &json)?;
-        let latest = serde_json::to_vec(&Latest { epoch, step: state.step }).expect("serializes");
-        write_atomic(&self.run.latest_checkpoint(), &latest)?;
-        self.prune(epoch)?;
+        self.run.record_checkpoint(step, state.epoch, sha256_hex(&json))?;
+        write_atomic(&self.run.checkpoint_state(step), &json)?;
+        let latest = Latest { epoch: state.epoch, step };
+        write_atomic(&self.run.latest_checkpoint(), &serde_json::to_vec(&latest)?)?;
+        self.prune(step)?;
         self.run.forget_removed_checkpoints()
     }
 
     /// Removes all but the newest `keep` complete checkpoints; `newest` always stays.
     fn prune(&self, newest: usize) -> std::io::Result<()> {
-        let complete = self.run.checkpoint_epochs();
-        for &old in complete.iter().filter(|&&e| e != newest).rev().skip(self.keep - 1) {
+        let complete = self.run.checkpoint_steps();
+        for &old in complete.iter().filter(|&&s| s != newest).rev().skip(self.keep - 1) {
             self.run.remove_checkpoint(old)?;
         }
         Ok(())

@@ -73,7 +73,7 @@ pub fn run_tokenizer(run: &RunDir, spec: &RunSpec) -> Result<Box<dyn Tokenizer>>
         );
     }
     let latest = Latest::read(run);
-    let state = latest.and_then(|l| CheckpointState::read(&run.checkpoint_state(l.epoch)).ok());
+    let state = latest.and_then(|l| CheckpointState::read(&run.checkpoint_state(l.step)).ok());
     if let Some(state) = state {
         state.check_tokenizer(run)?;
     }
@@ -137,8 +137,8 @@ fn load_weights<B: Backend, M: Module<B>>(
     let path = match file {
         Some(f) => f.to_path_buf(),
         None if run.final_model().is_file() => run.final_model(),
-        None => match run.checkpoint_epochs().last() {
-            Some(&epoch) => run.checkpoint_file("model", epoch),
+        None => match run.checkpoint_steps().last() {
+            Some(&step) => run.checkpoint_file("model", step),
             None => {
                 bail!("{} holds no model yet (no model.mpk, no checkpoints)", run.root().display())
             }
@@ -176,9 +176,8 @@ fn verify_weights(run: &RunDir, path: &Path) -> Result<()> {
     };
     let canonical = |p: &Path| p.canonicalize().ok();
     let in_checkpoints = path.parent().and_then(canonical) == canonical(&run.checkpoints());
-    let epoch = super::checkpoint_epoch(path).filter(|_| in_checkpoints);
-    match epoch {
-        Some(epoch) => drop(CheckpointState::verify(run, epoch)?),
+    match super::checkpoint_step(path).filter(|_| in_checkpoints) {
+        Some(step) => drop(CheckpointState::verify(run, step)?),
         None if canonical(path).is_some() && canonical(path) == canonical(&run.final_model()) => {
             manifest.verify_file(run, "model.mpk")?
         }
@@ -196,15 +195,13 @@ fn verify_weights(run: &RunDir, path: &Path) -> Result<()> {
 /// `artifacts/small/model.mpk (the final model)`, or a checkpoint with its step.
 pub fn describe_weights(run: &RunDir, path: &Path) -> String {
     let in_checkpoints = path.parent() == Some(run.checkpoints().as_path());
-    match super::checkpoint_epoch(path).filter(|_| in_checkpoints) {
-        Some(epoch) => {
-            let step = CheckpointState::read(&run.checkpoint_state(epoch))
-                .map_or_else(|_| String::new(), |s| format!(", step {}", s.step));
+    match super::checkpoint_step(path).filter(|_| in_checkpoints) {
+        Some(step) => {
             let unfinished = match run.final_model().is_file() {
                 true => "",
                 false => "; the run has not finished",
             };
-            format!("{} (checkpoint {epoch}{step}{unfinished})", path.display())
+            format!("{} (the checkpoint at step {step}{unfinished})", path.display())
         }
         None if path == run.final_model() => format!("{} (the final model)", path.display()),
         None => path.display().to_string(),

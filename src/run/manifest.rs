@@ -19,8 +19,9 @@ use crate::files::{sha256_file, write_atomic};
 
 /// What `kind` says in every manifest.
 const KIND: &str = "kiln-run";
-/// The manifest format this kiln reads and writes.
-pub const FORMAT: u32 = 1;
+/// The manifest format this kiln writes. Format 1 (checkpoints listed by Learner epoch) is
+/// read too, and written back as format 2.
+pub const FORMAT: u32 = 2;
 
 /// The manifest of one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,7 +38,7 @@ pub struct Manifest {
     /// SHA-256 of the run's files by name (`config.toml`, `tokenizer.json`, `tokens.bin`, …).
     #[serde(default)]
     pub files: BTreeMap<String, String>,
-    /// The complete checkpoints, by Learner epoch.
+    /// The complete checkpoints, by step.
     #[serde(default)]
     pub checkpoints: BTreeMap<usize, CheckpointEntry>,
 }
@@ -46,8 +47,9 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointEntry {
-    pub step: usize,
-    /// SHA-256 of its `state-N.json`, which holds the hashes of its records.
+    /// The Learner epoch it ended.
+    pub epoch: usize,
+    /// SHA-256 of its `state-stepN.json`, which holds the hashes of its records.
     pub state_sha256: String,
 }
 
@@ -98,16 +100,18 @@ impl Manifest {
 
     /// A manifest from its JSON, checked: the right kind and format, a run id.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let manifest: Self =
-            serde_json::from_slice(bytes).map_err(|e| format!("not a kiln run manifest ({e})"))?;
+        let not_one = |e: serde_json::Error| format!("not a kiln run manifest ({e})");
+        let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(not_one)?;
+        match value.get("format").and_then(|f| f.as_u64()) {
+            Some(1) => upgrade_format_1(&mut value)?,
+            Some(f) if f != FORMAT as u64 => {
+                return Err(format!("manifest format {f}; this kiln reads formats 1 to {FORMAT}"))
+            }
+            _ => {}
+        }
+        let manifest: Self = serde_json::from_value(value).map_err(not_one)?;
         if manifest.kind != KIND {
             return Err(format!("kind {:?}: expected {KIND:?}", manifest.kind));
-        }
-        if manifest.format != FORMAT {
-            return Err(format!(
-                "manifest format {}; this kiln reads format {FORMAT}",
-                manifest.format
-            ));
         }
         let hex = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
         let hashes =
@@ -157,22 +161,23 @@ impl RunDir {
         })
     }
 
-    /// Records checkpoint `epoch`, whose state file is about to be written with this hash.
+    /// Records the checkpoint at `step`, whose state file is about to be written with this
+    /// hash.
     pub(super) fn record_checkpoint(
         &self,
-        epoch: usize,
         step: usize,
+        epoch: usize,
         state_sha256: String,
     ) -> std::io::Result<()> {
         self.update_manifest(|m| {
-            m.checkpoints.insert(epoch, CheckpointEntry { step, state_sha256 });
+            m.checkpoints.insert(step, CheckpointEntry { epoch, state_sha256 });
         })
     }
 
     /// Drops the checkpoints no longer on disk from the manifest.
     pub(super) fn forget_removed_checkpoints(&self) -> std::io::Result<()> {
-        let on_disk = self.checkpoint_epochs();
-        self.update_manifest(|m| m.checkpoints.retain(|e, _| on_disk.contains(e)))
+        let on_disk = self.checkpoint_steps();
+        self.update_manifest(|m| m.checkpoints.retain(|s, _| on_disk.contains(s)))
     }
 
     fn update_manifest(&self, change: impl FnOnce(&mut Manifest)) -> std::io::Result<()> {
@@ -185,6 +190,27 @@ impl RunDir {
         let json = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
         write_atomic(&path, &json)
     }
+}
+
+/// A format-1 manifest as format 2: its checkpoints were listed by Learner epoch, and their
+/// files named by it (`model-4.mpk`), which this kiln does not resume from; the run's final
+/// model, config and tokenizer read as before.
+fn upgrade_format_1(value: &mut serde_json::Value) -> Result<(), String> {
+    let old = value.get("checkpoints").and_then(|c| c.as_object()).cloned().unwrap_or_default();
+    let mut by_step = serde_json::Map::new();
+    for (epoch, entry) in old {
+        let (Ok(epoch), Some(step), Some(hash)) = (
+            epoch.parse::<usize>(),
+            entry.get("step").and_then(|s| s.as_u64()),
+            entry.get("state_sha256").cloned(),
+        ) else {
+            return Err(format!("checkpoint {epoch:?}: a step and a state_sha256 expected"));
+        };
+        by_step.insert(step.to_string(), serde_json::json!({"epoch": epoch, "state_sha256": hash}));
+    }
+    value["checkpoints"] = serde_json::Value::Object(by_step);
+    value["format"] = FORMAT.into();
+    Ok(())
 }
 
 fn reading_error(path: &Path, e: std::io::Error) -> std::io::Error {
@@ -219,6 +245,19 @@ mod tests {
         let mut future = manifest;
         future.format = FORMAT + 1;
         let err = Manifest::from_bytes(&serde_json::to_vec(&future).unwrap()).unwrap_err();
-        assert!(err.contains("format 2"), "{err}");
+        assert!(err.contains(&format!("format {}", FORMAT + 1)), "{err}");
+    }
+
+    #[test]
+    fn a_format_1_manifest_reads_with_its_checkpoints_by_step() {
+        let hash = "ab".repeat(32);
+        let old = serde_json::json!({
+            "kind": KIND, "format": 1, "run_id": "0123", "kiln_version": "0.1.0", "created": 1,
+            "files": {"config.toml": hash},
+            "checkpoints": {"4": {"step": 1000, "state_sha256": hash}},
+        });
+        let manifest = Manifest::from_bytes(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(manifest.format, FORMAT);
+        assert_eq!(manifest.checkpoints[&1000], CheckpointEntry { epoch: 4, state_sha256: hash });
     }
 }

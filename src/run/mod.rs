@@ -11,8 +11,8 @@
 //!   config.toml              resolved config (what generate/eval/inspect/resume read back)
 //!   tokenizer.json           the fitted tokenizer
 //!   tokens.bin, tokens.json  the encoded corpus (u16 or u32 little-endian) and its provenance
-//!   checkpoints/             model-<epoch>.mpk, optim-<epoch>.mpk, scheduler-<epoch>.mpk,
-//!                            state-<epoch>.json (step, seed, hashes; written last),
+//!   checkpoints/             model-step<N>.mpk, optim-step<N>.mpk, scheduler-step<N>.mpk,
+//!                            state-step<N>.json (seed, hashes; written last), N the step,
 //!                            latest.json (the newest complete one),
 //!                            set-aside/<time>/ (checkpoints newer than a resume point)
 //!   model.mpk                final model record
@@ -88,12 +88,13 @@ impl RunDir {
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
-    /// A checkpoint file of `kind` (`model`, `optim`, `scheduler`) taken after `epoch`.
-    pub fn checkpoint_file(&self, kind: &str, epoch: usize) -> PathBuf {
-        self.checkpoints().join(format!("{kind}-{epoch}.mpk"))
+    /// A checkpoint file of `kind` (`model`, `optim`, `scheduler`) taken at `step`.
+    pub fn checkpoint_file(&self, kind: &str, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("{kind}-step{step}.mpk"))
     }
-    pub fn checkpoint_state(&self, epoch: usize) -> PathBuf {
-        self.checkpoints().join(format!("state-{epoch}.json"))
+    /// The state file of the checkpoint taken at `step`, written once its records are whole.
+    pub fn checkpoint_state(&self, step: usize) -> PathBuf {
+        self.checkpoints().join(format!("state-step{step}.json"))
     }
     pub fn latest_checkpoint(&self) -> PathBuf {
         self.checkpoints().join("latest.json")
@@ -137,53 +138,53 @@ impl RunDir {
         self.root.join(format!("attention-layer{layer}{head}.png"))
     }
 
-    /// Epochs for which a complete checkpoint (model, optimizer, scheduler, state) exists,
+    /// Steps at which a complete checkpoint (model, optimizer, scheduler, state) exists,
     /// oldest first.
-    pub fn checkpoint_epochs(&self) -> Vec<usize> {
+    pub fn checkpoint_steps(&self) -> Vec<usize> {
         let Ok(entries) = fs::read_dir(self.checkpoints()) else {
             return Vec::new();
         };
-        let mut epochs: Vec<usize> = entries
+        let mut steps: Vec<usize> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().into_string().ok()?;
-                name.strip_prefix("state-")?.strip_suffix(".json")?.parse().ok()
+                name.strip_prefix("state-step")?.strip_suffix(".json")?.parse().ok()
             })
-            .filter(|&epoch| {
-                checkpoint::RECORDS.iter().all(|k| self.checkpoint_file(k, epoch).is_file())
+            .filter(|&step| {
+                checkpoint::RECORDS.iter().all(|k| self.checkpoint_file(k, step).is_file())
             })
             .collect();
-        epochs.sort_unstable();
-        epochs
+        steps.sort_unstable();
+        steps
     }
 
-    /// Removes the checkpoint taken after `epoch`. The state file goes first, so a
-    /// half-deleted checkpoint is never listed as complete.
-    pub fn remove_checkpoint(&self, epoch: usize) -> std::io::Result<()> {
-        remove_if_exists(&self.checkpoint_state(epoch))?;
+    /// Removes the checkpoint taken at `step`. The state file goes first, so a half-deleted
+    /// checkpoint is never listed as complete.
+    pub fn remove_checkpoint(&self, step: usize) -> std::io::Result<()> {
+        remove_if_exists(&self.checkpoint_state(step))?;
         for kind in checkpoint::RECORDS {
-            remove_if_exists(&self.checkpoint_file(kind, epoch))?;
+            remove_if_exists(&self.checkpoint_file(kind, step))?;
         }
         Ok(())
     }
 }
 
-/// The Learner epoch of a checkpoint file name (`model-3.mpk`, `state-3.json`).
-pub fn checkpoint_epoch(path: &Path) -> Option<usize> {
+/// The step of a checkpoint file name (`model-step250.mpk`, `state-step250.json`).
+pub fn checkpoint_step(path: &Path) -> Option<usize> {
     let stem = path.file_stem()?.to_str()?;
-    let (kind, epoch) = stem.rsplit_once('-')?;
+    let (kind, step) = stem.rsplit_once("-step")?;
     (kind == "state" || checkpoint::RECORDS.contains(&kind)).then_some(())?;
-    epoch.parse().ok()
+    step.parse().ok()
 }
 
 impl RunDir {
-    /// Moves every checkpoint file of an epoch after `epoch` into `checkpoints/set-aside/<unix
-    /// time>/`, so a run resumed from `epoch` cannot mix its new files with them. Returns the
+    /// Moves every checkpoint file of a step after `step` into `checkpoints/set-aside/<unix
+    /// time>/`, so a run resumed from `step` cannot mix its new files with them. Returns the
     /// folder when something was moved.
-    pub fn set_aside_after(&self, epoch: usize) -> std::io::Result<Option<PathBuf>> {
+    pub fn set_aside_after(&self, step: usize) -> std::io::Result<Option<PathBuf>> {
         let newer: Vec<PathBuf> = fs::read_dir(self.checkpoints())?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && checkpoint_epoch(p).is_some_and(|e| e > epoch))
+            .filter(|p| p.is_file() && checkpoint_step(p).is_some_and(|s| s > step))
             .collect();
         if newer.is_empty() {
             return Ok(None);

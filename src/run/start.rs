@@ -59,7 +59,10 @@ pub enum RunError {
          raise training.max_iters to train further"
     )]
     Finished { dir: PathBuf, max_iters: usize, step: usize },
-    #[error("{dir} has no complete checkpoint to resume from")]
+    #[error(
+        "{dir} has no complete checkpoint to resume from (runs made before kiln named \
+         checkpoints by step, model-4.mpk rather than model-step1000.mpk, cannot be resumed)"
+    )]
     NoCheckpoint { dir: PathBuf },
     #[error("{given}: expected a checkpoint file of this run, such as {example}")]
     NotItsCheckpoint { given: PathBuf, example: PathBuf },
@@ -161,7 +164,7 @@ impl RunDir {
     pub fn holds_run(&self) -> bool {
         self.metrics().exists()
             || self.final_model().exists()
-            || !self.checkpoint_epochs().is_empty()
+            || !self.checkpoint_steps().is_empty()
     }
 
     pub fn write_config(&self, spec: &RunSpec) -> Result<(), RunError> {
@@ -280,12 +283,7 @@ fn resume_run(dir: &RunDir, spec: &RunSpec, resume: &Resume) -> anyhow::Result<C
     }
     state.check_tokenizer(dir).map_err(RunError::from)?;
     tidy_for_resume(dir, &state)?;
-    eprintln!(
-        "kiln: resuming {} from step {} (checkpoint {})",
-        root.display(),
-        state.step,
-        state.epoch
-    );
+    eprintln!("kiln: resuming {} from the checkpoint at step {}", root.display(), state.step);
     Ok(state)
 }
 
@@ -296,7 +294,7 @@ fn tidy_for_resume(dir: &RunDir, state: &CheckpointState) -> Result<(), RunError
     if partials > 0 {
         eprintln!("kiln: removed {partials} half-written file(s) left by an interrupted write");
     }
-    let set_aside = dir.set_aside_after(state.epoch).map_err(io(&dir.checkpoints()))?;
+    let set_aside = dir.set_aside_after(state.step).map_err(io(&dir.checkpoints()))?;
     if let Some(moved) = set_aside {
         eprintln!(
             "kiln: checkpoints newer than the resume point were moved to {}",
@@ -310,8 +308,8 @@ fn tidy_for_resume(dir: &RunDir, state: &CheckpointState) -> Result<(), RunError
 /// The newest checkpoint whose records match their hashes; damaged newer ones are reported
 /// and skipped.
 fn newest_valid_checkpoint(dir: &RunDir, spec: &RunSpec) -> Result<CheckpointState, RunError> {
-    for epoch in dir.checkpoint_epochs().into_iter().rev() {
-        match verify(dir, epoch, spec) {
+    for step in dir.checkpoint_steps().into_iter().rev() {
+        match verify(dir, step, spec) {
             Ok(state) => return Ok(state),
             Err(e) => eprintln!("kiln: {e}; trying the one before"),
         }
@@ -325,10 +323,10 @@ fn checkpoint_at(dir: &RunDir, path: &Path, spec: &RunSpec) -> Result<Checkpoint
         let folder = path.parent().and_then(|d| d.canonicalize().ok());
         folder.is_some() && folder == dir.checkpoints().canonicalize().ok()
     };
-    match super::checkpoint_epoch(path).filter(|_| in_this_run()) {
-        Some(epoch) => Ok(verify(dir, epoch, spec)?),
+    match super::checkpoint_step(path).filter(|_| in_this_run()) {
+        Some(step) => Ok(verify(dir, step, spec)?),
         None => {
-            let newest = dir.checkpoint_epochs().last().copied().unwrap_or(1);
+            let newest = dir.checkpoint_steps().last().copied().unwrap_or(1);
             Err(RunError::NotItsCheckpoint {
                 given: path.to_path_buf(),
                 example: dir.checkpoint_state(newest),
@@ -337,12 +335,12 @@ fn checkpoint_at(dir: &RunDir, path: &Path, spec: &RunSpec) -> Result<Checkpoint
     }
 }
 
-/// Checkpoint `epoch` of the run, verified; on a node other than 0 of a multi-node run,
+/// The run's checkpoint at `step`, verified; on a node other than 0 of a multi-node run,
 /// whose checkpoints are node 0's copied in, against their own hashes only.
-fn verify(dir: &RunDir, epoch: usize, spec: &RunSpec) -> Result<CheckpointState, CheckpointError> {
+fn verify(dir: &RunDir, step: usize, spec: &RunSpec) -> Result<CheckpointState, CheckpointError> {
     match spec.distributed.node_rank {
-        0 => CheckpointState::verify(dir, epoch),
-        _ => CheckpointState::verify_copied(dir, epoch),
+        0 => CheckpointState::verify(dir, step),
+        _ => CheckpointState::verify_copied(dir, step),
     }
 }
 

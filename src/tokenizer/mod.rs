@@ -3,6 +3,7 @@
 
 pub mod bpe;
 mod char_level;
+mod huggingface;
 mod tiktoken;
 mod word;
 
@@ -15,6 +16,7 @@ use crate::config::{DataSection, TokenizerSpec};
 pub use bpe::pretokenize::EncodeStreamError;
 pub use bpe::BpeTokenizer;
 pub use char_level::CharTokenizer;
+pub use huggingface::HuggingFaceTokenizer;
 pub use tiktoken::TiktokenTokenizer;
 pub use word::{split_words, WordTokenizer, END_OF_TEXT};
 
@@ -42,6 +44,19 @@ pub trait Tokenizer: Send + Sync {
         self.decode_bytes(&[id])
     }
 
+    /// A decoder for the ids that follow `context` (a prompt): called with each id in turn,
+    /// it returns the bytes that id adds, so that together they are what decoding the ids
+    /// after `context` gives. For tokenizers whose decoding of a token depends on the ones
+    /// around it.
+    fn stream_decoder<'a>(&'a self, _context: &[u32]) -> StreamDecoder<'a> {
+        Box::new(move |id| self.decode_next(id))
+    }
+
+    /// The vocabulary's own spelling of `id` (`Ġthe`, `▁the`, `##ing`), where it has one.
+    fn token_text(&self, _id: u32) -> Option<String> {
+        None
+    }
+
     /// The id of a special token such as `<|endoftext|>`, when the vocabulary has it.
     fn special_id(&self, _token: &str) -> Option<u32> {
         None
@@ -51,6 +66,9 @@ pub trait Tokenizer: Send + Sync {
         String::from_utf8_lossy(&self.decode_bytes(ids)).into_owned()
     }
 }
+
+/// See [`Tokenizer::stream_decoder`].
+pub type StreamDecoder<'a> = Box<dyn FnMut(u32) -> Vec<u8> + 'a>;
 
 /// How tokenizers fitted on the corpus (`char`, `word`) treat rare and unseen symbols.
 #[derive(Debug, Clone, Copy, Default)]
@@ -158,8 +176,7 @@ pub fn save(tokenizer: &dyn Tokenizer, path: &Path) -> std::io::Result<()> {
     crate::files::write_atomic(path, &json)
 }
 
-/// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face byte-level BPE
-/// (`"model"`).
+/// Reads a `tokenizer.json`: kiln's own (`"kind"`) or a Hugging Face one (`"model"`).
 pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
     let err = |reason: String| TokenizerError::File { path: path.display().to_string(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
@@ -168,10 +185,26 @@ pub fn load(path: &Path) -> Result<Box<dyn Tokenizer>, TokenizerError> {
     from_json(value).map_err(err)
 }
 
+/// A Hugging Face `tokenizer.json`: kiln's byte-level BPE where the file is GPT-2's kind (it
+/// encodes several times faster), the `tokenizers` library for every other pipeline.
+fn hugging_face(value: serde_json::Value) -> Result<Box<dyn Tokenizer>, String> {
+    let own = match bpe::hf::from_json(value.clone()) {
+        Ok(tokenizer) => return Ok(Box::new(tokenizer)),
+        Err(reason) => reason,
+    };
+    match HuggingFaceTokenizer::from_json(value) {
+        Ok(tokenizer) => Ok(Box::new(tokenizer)),
+        Err(library) => Err(format!(
+            "not a tokenizer.json the tokenizers library reads ({library}); nor one kiln's \
+             byte-level BPE reads ({own})"
+        )),
+    }
+}
+
 /// A tokenizer from the JSON of a `tokenizer.json` (see [`load`]).
 pub fn from_json(value: serde_json::Value) -> Result<Box<dyn Tokenizer>, String> {
     if value.get("model").is_some() {
-        return Ok(Box::new(bpe::hf::from_json(value)?));
+        return hugging_face(value);
     }
     if value.get("kind").is_none() {
         return Err(

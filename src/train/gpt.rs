@@ -4,20 +4,20 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use burn::prelude::*;
 
 use super::learner::Plan;
 use super::step::lm_loss;
 use super::task::{Loaders, Task, Trained};
-use crate::config::{GptSpec, RunSpec, SamplingMode};
+use crate::config::{GptSpec, ModelSpec, RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
 use crate::distributed::Replica;
 use crate::generate::{generate, Sampling, Utf8Stream};
 use crate::kernels::{KernelBackend, TrainBackend};
 use crate::model::{Gpt, GptConfig, ParamCounts};
 use crate::run::load::gpt_spec;
-use crate::run::Started;
+use crate::run::{RunDir, Started};
 use crate::tokenizer::{self, FitOptions, Tokenizer};
 
 /// A GPT's encoded corpus, the order training visits its windows in, and the validation
@@ -37,8 +37,7 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
     }
 
     fn fit_tokenizer(text: &String, spec: &RunSpec) -> Result<Box<dyn Tokenizer>> {
-        let fit = FitOptions::of(&spec.data);
-        Ok(tokenizer::build(&spec.data.tokenizer, text, fit)?)
+        tokenizer_for(spec, text)
     }
 
     fn encode(text: String, spec: &RunSpec, started: &Started, device: &B::Device) -> Result<Self> {
@@ -60,8 +59,16 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
         format!("{train} train / {val} val tokens")
     }
 
-    fn init_model(&self, spec: &RunSpec, device: &B::Device) -> Result<(Gpt<B>, ParamCounts)> {
-        let model: Gpt<B> = config(spec)?.init(device);
+    fn init_model(
+        &self,
+        spec: &RunSpec,
+        resuming: bool,
+        device: &B::Device,
+    ) -> Result<(Gpt<B>, ParamCounts)> {
+        let model: Gpt<B> = match base_run(spec)? {
+            Some((run, base)) if !resuming => take_base_model(spec, &run, &base, device)?,
+            _ => config(spec)?.init(device),
+        };
         let counts = model.param_counts();
         Ok((model, counts))
     }
@@ -110,6 +117,85 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
     }
 }
 
+/// The finished run `model.init_from` names, with its config.
+fn base_run(spec: &RunSpec) -> Result<Option<(RunDir, RunSpec)>> {
+    let Some(dir) = gpt_spec(spec, "train")?.init_from.as_ref() else {
+        return Ok(None);
+    };
+    let key = || format!("model.init_from = {:?}", dir.display().to_string());
+    let (run, base) = crate::run::open_run(dir).with_context(key)?;
+    gpt_spec(&base, "train").with_context(key)?;
+    if !run.final_model().is_file() {
+        bail!(
+            "{}: the run has not finished (no model.mpk); finish it with kiln train --resume, \
+             or start from a finished run",
+            key()
+        );
+    }
+    Ok(Some((run, base)))
+}
+
+/// The tokenizer a new GPT run uses: the one of the run it starts from (`model.init_from`),
+/// else the one `data.tokenizer` names, fitted on `text` where its kind needs it.
+fn tokenizer_for(spec: &RunSpec, text: &str) -> Result<Box<dyn Tokenizer>> {
+    if let Some((run, base)) = base_run(spec)? {
+        return crate::run::run_tokenizer(&run, &base);
+    }
+    Ok(tokenizer::build(&spec.data.tokenizer, text, FitOptions::of(&spec.data))?)
+}
+
+/// The final weights of the base run, in a model of this run's config: its `[model]` must
+/// describe the base's network (dropout and the initialisation may differ).
+fn take_base_model<B: Backend>(
+    spec: &RunSpec,
+    run: &RunDir,
+    base: &RunSpec,
+    device: &B::Device,
+) -> Result<Gpt<B>> {
+    let (ModelSpec::Gpt(ours), ModelSpec::Gpt(theirs)) = (&spec.model, &base.model) else {
+        bail!("model.init_from: the base run is not a GPT");
+    };
+    // Defaults that depend on other keys spelled out, so that a key left unset and one set
+    // to its default compare equal.
+    let same_network = |m: &GptSpec| {
+        toml::Value::try_from(GptSpec {
+            d_ff: Some(m.d_ff()),
+            qkv_bias: Some(m.qkv_bias()),
+            dropout: 0.0,
+            init: Default::default(),
+            init_from: None,
+            ..m.clone()
+        })
+    };
+    let (ours_t, theirs_t) = (same_network(ours)?, same_network(theirs)?);
+    let mut differing: Vec<String> = ours_t
+        .as_table()
+        .into_iter()
+        .flatten()
+        .filter(|(key, value)| theirs_t.get(key.as_str()) != Some(*value))
+        .map(|(key, value)| {
+            let base = theirs_t.get(key.as_str()).map_or("unset".into(), |v| v.to_string());
+            format!("model.{key} = {value} (the base has {base})")
+        })
+        .collect();
+    // Keys the user sets first; those derived from them (d_ff, qkv_bias) after.
+    differing.sort_by_key(|d| d.starts_with("model.d_ff") || d.starts_with("model.qkv_bias"));
+    if !differing.is_empty() {
+        bail!(
+            "{}: [model] must describe the network of the run model.init_from names ({}, see \
+             its {}); only dropout may differ",
+            differing.join(", "),
+            run.root().display(),
+            run.config().display()
+        );
+    }
+    let dropout = GptSpec { dropout: ours.dropout, ..theirs.clone() };
+    let base = RunSpec { model: ModelSpec::Gpt(dropout), ..base.clone() };
+    let (model, path) = crate::run::load_gpt::<B>(run, &base, None, device)?;
+    eprintln!("kiln: starting from the weights of {}", path.display());
+    Ok(model)
+}
+
 /// The Burn config of a GPT run, its vocabulary resolved.
 pub fn config(spec: &RunSpec) -> Result<GptConfig> {
     let gpt: &GptSpec = gpt_spec(spec, "train")?;
@@ -137,8 +223,7 @@ pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corp
 /// in `spec`: all a model needs to be built from a config without a run.
 pub fn fit_tokenizer(spec: &mut RunSpec) -> Result<(String, Box<dyn Tokenizer>)> {
     let text = crate::data::read_text(&spec.data.path)?;
-    let fit = FitOptions::of(&spec.data);
-    let tokenizer = tokenizer::build(&spec.data.tokenizer, &text, fit)?;
+    let tokenizer = tokenizer_for(spec, &text)?;
     crate::run::start::resolve_vocab(spec, tokenizer.as_ref())?;
     Ok((text, tokenizer))
 }
@@ -245,8 +330,9 @@ fn print_sample<B: KernelBackend>(
     eprintln!("kiln: sample ({tokens} tokens, temperature 0.8, top-k 200):");
     let mut out = Utf8Stream::stdout();
     let mut shown = Vec::new();
+    let mut decode = tokenizer.stream_decoder(&prompt);
     generate(model, &prompt, &sampling, |id| {
-        let bytes = tokenizer.decode_next(id);
+        let bytes = decode(id);
         shown.extend_from_slice(&bytes);
         out.push(&bytes)
     })?;

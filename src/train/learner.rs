@@ -132,6 +132,9 @@ impl<'a> Plan<'a> {
         let guard = RunGuard { control: control.clone(), exchange };
         let optimizer = ClippedAdamW::of(t).guarded(guard);
         let journal = CheckpointJournal::new(run.clone(), t.keep_checkpoints);
+        if let Some(state) = self.resume_from {
+            journal.resumes_from(state);
+        }
         let renderer = ProgressRenderer::new(t.max_iters, self.start_step, t.grad_accumulation);
         let mut training = SupervisedTraining::new(run.root(), train_loader, valid_loader)
             .metric_train_numeric(metrics::LossMetric::new())

@@ -101,7 +101,8 @@ fn fit<B: TrainBackend, T: Task<B>>(
     crate::memory::check_training(&spec)?;
     B::seed(&device, spec.run.seed);
     let task = T::encode(raw, &spec, &started, &device)?;
-    let (model, counts) = task.init_model(&spec, &device)?;
+    let resuming = started.resume_from.is_some();
+    let (model, counts) = task.init_model(&spec, resuming, &device)?;
     announce(&spec, &started.dir, counts, &task.describe(&spec))?;
 
     let plan = Plan::new(&spec, &started);

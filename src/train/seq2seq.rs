@@ -197,7 +197,12 @@ impl<B: TrainBackend> Task<B> for Seq2SeqTask<B> {
         )
     }
 
-    fn init_model(&self, spec: &RunSpec, device: &B::Device) -> Result<(Seq2Seq<B>, ParamCounts)> {
+    fn init_model(
+        &self,
+        spec: &RunSpec,
+        _resuming: bool,
+        device: &B::Device,
+    ) -> Result<(Seq2Seq<B>, ParamCounts)> {
         let config =
             Seq2SeqConfig::from_spec(seq2seq_spec(spec)?, spec.vocab_size(), self.specials.pad);
         let model: Seq2Seq<B> = config.init(device);

@@ -74,8 +74,14 @@ pub trait Task<B: TrainBackend>: Sized + Sync {
     /// The data in a few words, for the run's first line.
     fn describe(&self, spec: &RunSpec) -> String;
 
-    /// A new model, and its parameter counts.
-    fn init_model(&self, spec: &RunSpec, device: &B::Device) -> Result<(Self::Model, ParamCounts)>;
+    /// The model training starts from, and its parameter counts: a new one, or the weights
+    /// of the run `spec` starts from; when `resuming`, the checkpoint's weights replace it.
+    fn init_model(
+        &self,
+        spec: &RunSpec,
+        resuming: bool,
+        device: &B::Device,
+    ) -> Result<(Self::Model, ParamCounts)>;
 
     /// A replica's loaders for `plan` (which holds the run's spec).
     fn loaders(&self, plan: &Plan, replica: Replica, device: &B::Device)
