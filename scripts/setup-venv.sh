@@ -15,7 +15,7 @@
 # The wheel from PyPI is the CUDA 12.8 build; it runs on CPU-only machines too.
 # The built kiln finds libtorch through an rpath (build.rs): no LD_LIBRARY_PATH needed.
 set -euo pipefail
-# The wheels are installed once; keeping pip's copy of them too would double the ~3 GB.
+# The wheels are installed once; keeping pip's copy of them too would add ~3 GB to the 7 GB.
 export PIP_NO_CACHE_DIR=1
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -5,7 +5,7 @@
 #  - On Debian or Ubuntu, the system packages below, with apt-get, when it runs as root or
 #    sudo works without a password; elsewhere it names what is missing and goes on.
 #  - The Python environment of scripts/setup-venv.sh (libtorch, tokenizers, transformers,
-#    sacrebleu) in .venv, once (about 3 GB).
+#    sacrebleu) in .venv, once (about 7 GB: PyPI's torch is the CUDA build).
 #
 #   scripts/test.sh                  # the suite
 #   scripts/test.sh --test product   # arguments go to cargo test

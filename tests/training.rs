@@ -324,3 +324,50 @@ fn init_from_starts_from_the_base_runs_weights_and_tokenizer() {
     let err = run("on-unfinished", &[&from]).unwrap_err();
     common::assert_mentions(&format!("{err:#}"), &["model.init_from", "has not finished"]);
 }
+
+/// A run kiln made before it named checkpoints by step (manifest format 1, `model-2.mpk` and
+/// a `state-2.json` that lists those names) resumes: its checkpoints are renamed first.
+#[test]
+fn a_run_with_checkpoints_named_by_epoch_resumes() {
+    let artifacts = tempfile::tempdir().unwrap();
+    let sets = |max_iters: &'static str| ["run.name=old", max_iters, "training.eval_interval=10"];
+    let spec = common::tiny_spec(artifacts.path(), &sets("training.max_iters=20"));
+    train(spec, TrainOptions::default()).unwrap();
+    let dir = kiln::run::RunDir::new(artifacts.path().join("old"));
+    let read = |path: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let mut by_epoch = serde_json::Map::new();
+    for step in dir.checkpoint_steps() {
+        let mut state = read(&dir.checkpoint_state(step));
+        let epoch = state["epoch"].as_u64().unwrap();
+        let mut files = serde_json::Map::new();
+        for kind in ["model", "optim", "scheduler"] {
+            let old = format!("{kind}-{epoch}.mpk");
+            std::fs::rename(dir.checkpoint_file(kind, step), dir.checkpoints().join(&old)).unwrap();
+            files.insert(old, state["files"][format!("{kind}-step{step}.mpk")].clone());
+        }
+        state["files"] = files.into();
+        let text = serde_json::to_vec_pretty(&state).unwrap();
+        std::fs::remove_file(dir.checkpoint_state(step)).unwrap();
+        std::fs::write(dir.checkpoints().join(format!("state-{epoch}.json")), &text).unwrap();
+        let hash = kiln::files::sha256_hex(&text);
+        by_epoch.insert(epoch.to_string(), serde_json::json!({"step": step, "state_sha256": hash}));
+    }
+    let mut manifest = read(&dir.manifest());
+    manifest["format"] = 1.into();
+    manifest["checkpoints"] = by_epoch.into();
+    std::fs::write(dir.manifest(), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    assert!(dir.checkpoint_steps().is_empty() && dir.checkpoints().join("model-2.mpk").is_file());
+
+    let options = TrainOptions {
+        start: kiln::run::start::StartMode::Resume(kiln::run::Resume::Newest),
+        ..Default::default()
+    };
+    let spec = common::tiny_spec(artifacts.path(), &sets("training.max_iters=30"));
+    train(spec, options).unwrap();
+    assert_eq!(dir.checkpoint_steps(), vec![10, 20, 30]);
+    assert!(!dir.checkpoints().join("model-2.mpk").exists());
+    let steps: Vec<usize> = read_metrics(&dir.metrics()).iter().map(|l| l.step).collect();
+    assert_eq!(steps.iter().filter(|&&s| s == 21).count(), 1, "resumed after step 20");
+}

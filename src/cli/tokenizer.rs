@@ -197,15 +197,13 @@ fn show(args: ShowArgs) -> Result<()> {
     let tokenizer = args.source.open(&args.overrides)?;
     let ids = tokenizer.encode(&args.text)?;
     let mut table = Table::new(&["#", "id", "piece", "bytes"]);
+    // The bytes each token adds to the decoded text, in context: a byte-fallback token adds
+    // nothing until its character is whole, a `##` piece adds no space.
+    let mut decode = tokenizer.stream_decoder(&[]);
     for (i, &id) in ids.iter().enumerate() {
-        let bytes = tokenizer.decode_bytes(&[id]);
         let piece = tokenizer.token_text(id);
-        table.row(vec![
-            i.to_string(),
-            id.to_string(),
-            piece.unwrap_or_else(|| escape(&String::from_utf8_lossy(&bytes))),
-            bytes.len().to_string(),
-        ]);
+        let piece = piece.unwrap_or_else(|| escape(&tokenizer.decode(&[id])));
+        table.row(vec![i.to_string(), id.to_string(), piece, decode(id).len().to_string()]);
     }
     table.print();
     let n_bytes = args.text.len();

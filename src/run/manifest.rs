@@ -193,8 +193,8 @@ impl RunDir {
 }
 
 /// A format-1 manifest as format 2: its checkpoints were listed by Learner epoch, and their
-/// files named by it (`model-4.mpk`), which this kiln does not resume from; the run's final
-/// model, config and tokenizer read as before.
+/// files named by it (`model-4.mpk`) until a resume renames them
+/// (`RunDir::name_checkpoints_by_step`).
 fn upgrade_format_1(value: &mut serde_json::Value) -> Result<(), String> {
     let old = value.get("checkpoints").and_then(|c| c.as_object()).cloned().unwrap_or_default();
     let mut by_step = serde_json::Map::new();

@@ -59,10 +59,7 @@ pub enum RunError {
          raise training.max_iters to train further"
     )]
     Finished { dir: PathBuf, max_iters: usize, step: usize },
-    #[error(
-        "{dir} has no complete checkpoint to resume from (runs made before kiln named \
-         checkpoints by step, model-4.mpk rather than model-step1000.mpk, cannot be resumed)"
-    )]
+    #[error("{dir} has no complete checkpoint to resume from")]
     NoCheckpoint { dir: PathBuf },
     #[error("{given}: expected a checkpoint file of this run, such as {example}")]
     NotItsCheckpoint { given: PathBuf, example: PathBuf },
@@ -271,6 +268,13 @@ fn resume_run(dir: &RunDir, spec: &RunSpec, resume: &Resume) -> anyhow::Result<C
         eprintln!(
             "kiln: warning: the [training] section differs from the one the run started with; \
              the resumed run will not match an uninterrupted one"
+        );
+    }
+    let renamed = dir.name_checkpoints_by_step().map_err(RunError::from)?;
+    if renamed > 0 {
+        eprintln!(
+            "kiln: {renamed} checkpoint(s) named by epoch, as kiln did before, are now named by \
+             step (model-stepN.mpk)"
         );
     }
     let state = match resume {
