@@ -29,6 +29,7 @@ pub mod manifest;
 pub mod metrics;
 mod outputs;
 pub mod start;
+mod upgrade;
 
 use std::fs;
 use std::path::{Path, PathBuf};
