@@ -40,6 +40,15 @@ pub struct GenerateArgs {
     /// an empty line or end of input quits.
     #[arg(long, short, conflicts_with_all = ["prompt_file", "num_samples"])]
     interactive: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    backend: super::BackendArg,
+}
+
+/// How tokens are sampled (`generate`, `chat`).
+#[derive(Debug, Args)]
+pub(super) struct SamplingArgs {
     /// Tokens to generate after the prompt.
     #[arg(long, default_value_t = 300, allow_negative_numbers = true, value_name = "N")]
     max_new_tokens: usize,
@@ -55,8 +64,21 @@ pub struct GenerateArgs {
     /// Random seed: the same seed, prompt and weights give the same text.
     #[arg(long, default_value_t = 1337, value_name = "S")]
     seed: u64,
-    #[command(flatten)]
-    backend: super::BackendArg,
+}
+
+impl SamplingArgs {
+    /// The settings, checked, errors named by their flags.
+    pub(super) fn sampling(&self) -> Result<Sampling> {
+        let sampling = Sampling {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            seed: self.seed,
+        };
+        sampling.validate().map_err(as_flag)?;
+        Ok(sampling)
+    }
 }
 
 impl GenerateArgs {
@@ -77,22 +99,19 @@ impl GenerateArgs {
     }
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
-    let dir = match &args.run {
-        Some(dir) => dir.clone(),
+/// The run `--run` names, else the newest finished GPT run under `artifacts/`.
+pub(super) fn gpt_run_dir(run: Option<&PathBuf>) -> Result<PathBuf> {
+    match run {
+        Some(dir) => Ok(dir.clone()),
         None => newest_finished_run(std::path::Path::new("artifacts"), ModelKind::Gpt)
-            .context("no --run given; train a run first, or pass --run DIR")?,
-    };
-    let (run, spec) = open_run(&dir)?;
+            .context("no --run given; train a run first, or pass --run DIR"),
+    }
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let (run, spec) = open_run(&gpt_run_dir(args.run.as_ref())?)?;
     crate::run::load::gpt_spec(&spec, "generate")?;
-    let sampling = Sampling {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        seed: args.seed,
-    };
-    sampling.validate().map_err(as_flag)?;
+    let sampling = args.sampling.sampling()?;
     if !(1..=MAX_SAMPLES).contains(&args.num_samples) {
         anyhow::bail!(
             "--num-samples {}: expected a number from 1 to {MAX_SAMPLES}",

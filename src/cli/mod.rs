@@ -1,6 +1,7 @@
 //! Command-line interface: one file per subcommand. `kiln --config FILE` alone trains.
 
 mod bench;
+mod chat;
 mod data;
 mod eval;
 mod export;
@@ -53,6 +54,8 @@ enum Command {
     Init(presets::InitArgs),
     /// Sample text from a trained run.
     Generate(generate::GenerateArgs),
+    /// Talk to an instruction-finetuned run: a multi-turn loop, replies streamed.
+    Chat(chat::ChatArgs),
     /// Validation loss and perplexity of a run or one of its checkpoints; BLEU of a seq2seq run.
     Eval(eval::EvalArgs),
     /// Translate sentences with a trained seq2seq run (greedy or beam search).
@@ -105,6 +108,7 @@ pub fn run() -> Result<ExitCode> {
             Ok(())
         }
         Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Chat(args)) => chat::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Translate(args)) => translate::run(args),
         Some(Command::Inspect(args)) => inspect::run(args),

@@ -66,9 +66,18 @@ pub enum DataKind {
     Text,
     /// Aligned source/target lines for a seq2seq model.
     Parallel,
+    /// Alpaca-style instruction records (JSON or JSONL) for finetuning a GPT.
+    Instructions,
+    /// Instructions with a chosen and a rejected response, for preference tuning (DPO).
+    Preferences,
 }
 
-config_choice!(DataKind { "text" => Text, "parallel" => Parallel });
+config_choice!(DataKind {
+    "text" => Text,
+    "parallel" => Parallel,
+    "instructions" => Instructions,
+    "preferences" => Preferences,
+});
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

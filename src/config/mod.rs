@@ -9,6 +9,7 @@ pub mod choices;
 mod layers;
 pub mod model;
 mod presets;
+mod template;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use choices::{
 pub use layers::{load, load_source, load_with_env};
 pub use model::{GptSpec, ModelSpec, Seq2SeqSpec};
 pub use presets::{ConfigSource, Preset, DEFAULT_FOR_DATA, PRESETS};
+pub use template::PromptTemplate;
 pub use validate::{validate, validate_shape};
 
 /// Everything a run needs, as resolved from all layers. Written to `<run>/config.toml`.
@@ -50,11 +52,16 @@ pub struct RunSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
-    #[serde(default)]
+    /// `format` is accepted as another name for it.
+    #[serde(default, alias = "format")]
     pub kind: DataKind,
-    /// `text`: the UTF-8 corpus, relative to the working directory.
+    /// `text`: the UTF-8 corpus, relative to the working directory; `instructions`: the
+    /// records, a JSON array or JSON Lines.
     #[serde(default)]
     pub path: PathBuf,
+    /// `instructions`: the prompt each record is rendered with.
+    #[serde(default)]
+    pub template: PromptTemplate,
     /// `parallel`: training sources and targets, one sentence per line, aligned by line
     /// (plain or .gz).
     #[serde(default)]
@@ -172,6 +179,10 @@ pub struct TrainingSection {
     /// targets (0.1 in the paper); validation losses are unsmoothed.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// DPO (`data.kind = "preferences"`): β, how far the tuned model may move from the
+    /// reference model (0.1 in the paper and the book).
+    #[serde(default = "defaults::dpo_beta")]
+    pub dpo_beta: f64,
 }
 
 impl TrainingSection {
@@ -287,6 +298,9 @@ mod defaults {
         super::TokenizerSpec::Char
     }
     pub fn val_fraction() -> f64 {
+        0.1
+    }
+    pub fn dpo_beta() -> f64 {
         0.1
     }
     pub fn weight_decay() -> f64 {

@@ -26,7 +26,7 @@ macro_rules! presets {
 pub const PRESETS: &[Preset] = presets![
     "tiny", "small", "hw4-char", "verdict-word", "verdict-gpt2", "sales-textbook",
     "tinystories-bpe", "tinystories-cpu", "tinystories", "gpt2-small-cpu", "gpt2-124m",
-    "multi30k-cpu", "multi30k",
+    "multi30k-cpu", "multi30k", "sft-cpu", "sft-gpt2", "dpo-cpu",
 ];
 
 /// The preset `kiln train --data FILE` uses when none is named.

@@ -1,7 +1,10 @@
 //! Value checks that serde cannot express. Every failure names the key, the value and what
 //! was expected.
 
-use super::{BackendSection, ConfigError, DataKind, ModelSpec, PositionKind, RunSpec, Split};
+use super::{
+    BackendSection, ConfigError, DataKind, DataSection, GptSpec, ModelSpec, PositionKind, RunSpec,
+    Split,
+};
 
 fn invalid(key: &'static str, value: impl ToString, expected: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key, value: value.to_string(), expected: expected.into() }
@@ -42,7 +45,9 @@ pub mod limits {
 pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
     let files: Vec<(&'static str, &std::path::Path)> = match spec.data.kind {
-        DataKind::Text => vec![("data.path", spec.data.path.as_path())],
+        DataKind::Text | DataKind::Instructions | DataKind::Preferences => {
+            vec![("data.path", spec.data.path.as_path())]
+        }
         DataKind::Parallel => [Split::Train, Split::Valid, Split::Test]
             .into_iter()
             .filter_map(|s| spec.data.pair_files(s))
@@ -61,31 +66,56 @@ pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// A seq2seq model on parallel data, a GPT on text; both files of every pair given.
+/// A GPT's data: a corpus, or records (preferences with the run they tune).
+fn validate_gpt_data(gpt: &GptSpec, data: &DataSection) -> Result<(), ConfigError> {
+    let expected = match data.kind {
+        DataKind::Text => "the text corpus to train on",
+        _ => "the records to train on (JSON or JSON Lines)",
+    };
+    if data.path.as_os_str().is_empty() {
+        return Err(invalid("data.path", "\"\"", expected));
+    }
+    if data.kind == DataKind::Preferences && gpt.init_from.is_none() {
+        return Err(invalid(
+            "model.init_from",
+            "nothing",
+            "the finished run to tune with DPO for data.kind = \"preferences\" (its weights \
+             are the frozen reference model)",
+        ));
+    }
+    Ok(())
+}
+
+/// A seq2seq model on parallel data, a GPT on text or records; both files of every pair given.
 fn validate_task(spec: &RunSpec) -> Result<(), ConfigError> {
     let data = &spec.data;
-    let seq2seq =
-        match (&spec.model, data.kind) {
-            (ModelSpec::Gpt(_), DataKind::Text) => {
-                if data.path.as_os_str().is_empty() {
-                    return Err(invalid("data.path", "\"\"", "the text corpus to train on"));
-                }
-                return Ok(());
-            }
-            (ModelSpec::Seq2Seq(seq2seq), DataKind::Parallel) => seq2seq,
-            (ModelSpec::Gpt(_), DataKind::Parallel) => return Err(invalid(
+    let seq2seq = match (&spec.model, data.kind) {
+        (ModelSpec::Gpt(gpt), DataKind::Text | DataKind::Instructions | DataKind::Preferences) => {
+            return validate_gpt_data(gpt, data)
+        }
+        (ModelSpec::Seq2Seq(_), kind @ (DataKind::Instructions | DataKind::Preferences)) => {
+            return Err(invalid(
+                "data.kind",
+                format!("\"{kind}\""),
+                "\"parallel\" for model.kind = \"seq2seq\" (instructions train a GPT)",
+            ))
+        }
+        (ModelSpec::Seq2Seq(seq2seq), DataKind::Parallel) => seq2seq,
+        (ModelSpec::Gpt(_), DataKind::Parallel) => {
+            return Err(invalid(
                 "model.kind",
                 "\"gpt\"",
                 "\"seq2seq\" for data.kind = \"parallel\" (a GPT trains on data.kind = \"text\")",
-            )),
-            (ModelSpec::Seq2Seq(_), DataKind::Text) => {
-                return Err(invalid(
-                    "data.kind",
-                    "\"text\"",
-                    "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\"",
-                ))
-            }
-        };
+            ))
+        }
+        (ModelSpec::Seq2Seq(_), DataKind::Text) => {
+            return Err(invalid(
+                "data.kind",
+                "\"text\"",
+                "\"parallel\" with data.source and data.target for model.kind = \"seq2seq\"",
+            ))
+        }
+    };
     if data.pair_files(Split::Train).is_none() {
         return Err(invalid(
             "data.source",
@@ -244,6 +274,9 @@ fn validate_training(spec: &RunSpec) -> Result<(), ConfigError> {
             t.eval_interval
         );
         return Err(invalid("training.checkpoint_interval", every, expected));
+    }
+    if !(t.dpo_beta > 0.0 && t.dpo_beta.is_finite()) {
+        return Err(invalid("training.dpo_beta", t.dpo_beta, "a positive number, such as 0.1"));
     }
     if !(0.0..1.0).contains(&t.label_smoothing) {
         return Err(invalid(

@@ -11,11 +11,39 @@ use burn::prelude::*;
 use super::batches::{Batcher, IndexIter};
 use super::windows::WindowOrder;
 
-/// A batch of windows. `inputs`, `targets`: `[batch, block_size]`.
+/// A batch of next-token examples. `inputs`, `targets`: `[batch, seq]`.
 #[derive(Debug, Clone)]
 pub struct LmBatch<B: Backend> {
     pub inputs: Tensor<B, 2, Int>,
     pub targets: Tensor<B, 2, Int>,
+    /// `[batch, seq]`: 1 where the loss counts a target, 0 where it skips one (an
+    /// instruction's prompt, padding); `None` counts every target.
+    pub loss_mask: Option<Tensor<B, 2>>,
+    /// Targets the loss counts.
+    pub loss_tokens: usize,
+    pub objective: Objective<B>,
+}
+
+impl<B: Backend> LmBatch<B> {
+    /// What the batch's loss is a mean over, its weight in a mean over batches: targets, or
+    /// for DPO pairs.
+    pub fn loss_weight(&self) -> usize {
+        match self.objective {
+            Objective::NextToken => self.loss_tokens,
+            Objective::Preference { .. } => self.inputs.dims()[0] / 2,
+        }
+    }
+}
+
+/// What a batch's loss is.
+#[derive(Debug, Clone)]
+pub enum Objective<B: Backend> {
+    /// The mean cross-entropy of the targets the loss mask counts.
+    NextToken,
+    /// DPO: the first half of the rows are preferred responses, the second half dispreferred
+    /// responses to the same prompts; `reference` (`[rows]`) is the frozen reference model's
+    /// mean log-probability of each row's response, `beta` the strength of the KL penalty.
+    Preference { beta: f64, reference: Tensor<B, 1> },
 }
 
 impl<B: Backend> LmBatch<B> {
@@ -35,7 +63,13 @@ impl<B: Backend> LmBatch<B> {
         }
         let tensor =
             |v: Vec<i64>| Tensor::from_data(TensorData::new(v, [batch, block_size]), device);
-        Self { inputs: tensor(inputs), targets: tensor(targets) }
+        Self {
+            inputs: tensor(inputs),
+            targets: tensor(targets),
+            loss_mask: None,
+            loss_tokens: batch * block_size,
+            objective: Objective::NextToken,
+        }
     }
 }
 

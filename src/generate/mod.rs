@@ -3,6 +3,10 @@
 //! Logits are read back to the host and sampled there with a seeded RNG, so the same seed
 //! gives the same text on every backend.
 
+mod chat;
+
+pub use chat::{ChatError, Conversation, Reply};
+
 use std::io::Write;
 use std::ops::ControlFlow;
 

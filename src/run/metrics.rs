@@ -28,6 +28,19 @@ pub struct MetricsLine {
     /// When the line was written, in seconds since the Unix epoch.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub time: Option<f64>,
+    #[serde(flatten)]
+    pub rewards: RewardFigures,
+}
+
+/// A DPO run's figures of a step or a validation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RewardFigures {
+    /// The mean of β·((π_c − ref_c) − (π_r − ref_r)) over the pairs.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_margin: Option<f64>,
+    /// The fraction of pairs whose chosen response earns the higher reward.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reward_accuracy: Option<f64>,
 }
 
 /// Now, in seconds since the Unix epoch.

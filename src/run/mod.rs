@@ -114,6 +114,10 @@ impl RunDir {
     pub fn samples(&self) -> PathBuf {
         self.root.join("samples.txt")
     }
+    /// An instruction run's answers to its held-out instructions.
+    pub fn responses(&self) -> PathBuf {
+        self.root.join("responses.json")
+    }
     /// A self-contained page of the run: config, summary, curves, samples.
     pub fn report(&self) -> PathBuf {
         self.root.join("report.html")

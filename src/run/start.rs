@@ -179,6 +179,10 @@ impl RunDir {
         write_atomic(&self.samples(), text.as_bytes()).map_err(RunError::Write)
     }
 
+    pub fn write_responses(&self, json: &str) -> Result<(), RunError> {
+        write_atomic(&self.responses(), json.as_bytes()).map_err(RunError::Write)
+    }
+
     /// Records the token cache just written (or found) in the manifest.
     pub fn record_token_cache(&self) -> Result<(), RunError> {
         for file in ["tokens.bin", "tokens.json"] {

@@ -10,7 +10,7 @@ use burn::prelude::*;
 use super::learner::Plan;
 use super::step::lm_loss;
 use super::task::{Loaders, Task, Trained};
-use crate::config::{GptSpec, ModelSpec, RunSpec, SamplingMode};
+use crate::config::{DataKind, GptSpec, ModelSpec, RunSpec, SamplingMode};
 use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
 use crate::distributed::Replica;
 use crate::generate::{generate, Sampling, Utf8Stream};
@@ -65,12 +65,7 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
         resuming: bool,
         device: &B::Device,
     ) -> Result<(Gpt<B>, ParamCounts)> {
-        let model: Gpt<B> = match base_run(spec)? {
-            Some((run, base)) if !resuming => take_base_model(spec, &run, &base, device)?,
-            _ => config(spec)?.init(device),
-        };
-        let counts = model.param_counts();
-        Ok((model, counts))
+        init_gpt(spec, resuming, device)
     }
 
     fn loaders(&self, plan: &Plan, replica: Replica, device: &B::Device) -> Loaders<B, Gpt<B>> {
@@ -87,12 +82,7 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
         )
         .with_stop(plan.stop(), t.grad_accumulation)
         .for_replica(replica.rank, replica.world);
-        // Only the replica that logs validates; the others' passes are empty.
-        let skip = match replica.writes_run() {
-            true => plan.stop(),
-            false => Arc::new(|| true),
-        };
-        let valid = self.val.clone().skip_when(skip);
+        let valid = self.val.clone().skip_when(plan.validation_stop(replica));
         (Arc::new(train), Arc::new(valid))
     }
 
@@ -117,6 +107,21 @@ impl<B: TrainBackend> Task<B> for GptTask<B> {
     }
 }
 
+/// A new GPT, or the weights of the run `model.init_from` names (not when `resuming`: the
+/// checkpoint's weights replace them), and its parameter counts.
+pub(super) fn init_gpt<B: Backend>(
+    spec: &RunSpec,
+    resuming: bool,
+    device: &B::Device,
+) -> Result<(Gpt<B>, ParamCounts)> {
+    let model: Gpt<B> = match base_run(spec)? {
+        Some((run, base)) if !resuming => take_base_model(spec, &run, &base, device)?,
+        _ => config(spec)?.init(device),
+    };
+    let counts = model.param_counts();
+    Ok((model, counts))
+}
+
 /// The finished run `model.init_from` names, with its config.
 fn base_run(spec: &RunSpec) -> Result<Option<(RunDir, RunSpec)>> {
     let Some(dir) = gpt_spec(spec, "train")?.init_from.as_ref() else {
@@ -137,7 +142,7 @@ fn base_run(spec: &RunSpec) -> Result<Option<(RunDir, RunSpec)>> {
 
 /// The tokenizer a new GPT run uses: the one of the run it starts from (`model.init_from`),
 /// else the one `data.tokenizer` names, fitted on `text` where its kind needs it.
-fn tokenizer_for(spec: &RunSpec, text: &str) -> Result<Box<dyn Tokenizer>> {
+pub(super) fn tokenizer_for(spec: &RunSpec, text: &str) -> Result<Box<dyn Tokenizer>> {
     if let Some((run, base)) = base_run(spec)? {
         return crate::run::run_tokenizer(&run, &base);
     }
@@ -206,6 +211,12 @@ pub fn config(spec: &RunSpec) -> Result<GptConfig> {
 /// order training would visit windows in; `model.vocab_size` is resolved in `spec`. For
 /// commands that look at or time a config without training it.
 pub fn prepare_in_memory(spec: &mut RunSpec) -> Result<(Box<dyn Tokenizer>, Corpus, WindowOrder)> {
+    if spec.data.kind == DataKind::Instructions {
+        bail!(
+            "data.kind = \"instructions\": this command looks at the windows of a text corpus; \
+             an instruction run's examples are described when it trains (kiln train)"
+        );
+    }
     let (text, tokenizer) = fit_tokenizer(spec)?;
     let data = &spec.data;
     let corpus = Corpus::in_memory(
@@ -301,15 +312,15 @@ pub fn val_windows<B: Backend>(
     ))
 }
 
-/// Mean per-token loss of `model` over `batches` (batches of unequal size weigh by size).
+/// Mean loss of `model` over `batches` (each batch weighs by what its loss is a mean over).
 pub fn mean_loss<B: KernelBackend>(
     model: &Gpt<B>,
     batches: impl Iterator<Item = LmBatch<B>>,
 ) -> f64 {
     let (sum, n) = batches.fold((0.0, 0usize), |(sum, n), batch| {
-        let windows = batch.inputs.dims()[0];
+        let weight = batch.loss_weight();
         let loss = lm_loss(model, &batch).into_scalar().elem::<f64>();
-        (sum + loss * windows as f64, n + windows)
+        (sum + loss * weight as f64, n + weight)
     });
     sum / n.max(1) as f64
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::module::Module;
+use burn::prelude::Backend;
 use burn::record::Recorder;
 use burn::train::{Learner, SupervisedTraining};
 
@@ -16,8 +17,8 @@ use super::optim::{ClippedAdamW, RunGuard};
 use super::renderer::ProgressRenderer;
 use super::schedule::WarmupSchedule;
 use super::task::{Loaders, Task, TaskModel, Trained};
-use crate::config::RunSpec;
-use crate::data::StopCheck;
+use crate::config::{DataKind, RunSpec};
+use crate::data::{MicroBatches, StopCheck, TrainBatches};
 use crate::distributed::{Exchange, Replica};
 use crate::files::sha256_file;
 use crate::kernels::TrainBackend;
@@ -72,6 +73,28 @@ impl<'a> Plan<'a> {
     pub fn stop(&self) -> StopCheck {
         let control = self.control.clone();
         Arc::new(move || control.should_stop())
+    }
+
+    /// `replica`'s share of the run's micro-batches of `source`, ending early once the run
+    /// must stop.
+    pub fn train_batches<B: Backend, S: MicroBatches<B>>(
+        &self,
+        source: S,
+        replica: Replica,
+        device: &B::Device,
+    ) -> TrainBatches<B, S> {
+        TrainBatches::of(source, self.first_epoch, &self.epochs, device.clone())
+            .with_stop(self.stop(), self.spec.training.grad_accumulation)
+            .for_replica(replica.rank, replica.world)
+    }
+
+    /// When `replica`'s validation passes yield nothing: only the replica that logs
+    /// validates, until the run must stop.
+    pub fn validation_stop(&self, replica: Replica) -> StopCheck {
+        match replica.writes_run() {
+            true => self.stop(),
+            false => Arc::new(|| true),
+        }
     }
 
     /// Trains `model` on this node's replicas, one per device of `[distributed] devices`,
@@ -137,8 +160,8 @@ impl<'a> Plan<'a> {
         }
         let renderer = ProgressRenderer::new(t.max_iters, self.start_step, t.grad_accumulation);
         let mut training = SupervisedTraining::new(run.root(), train_loader, valid_loader)
-            .metric_train_numeric(metrics::LossMetric::new())
-            .metric_valid_numeric(metrics::LossMetric::new())
+            .metric_train_numeric(metrics::WeightedMetric::loss())
+            .metric_valid_numeric(metrics::WeightedMetric::loss())
             .metric_train_numeric(burn::train::metric::LearningRateMetric::new())
             .metric_train_numeric(metrics::TokensPerSecond::new())
             // Every replica reads a resumed run's checkpoint; only replica 0 writes them.
@@ -166,6 +189,13 @@ impl<'a> Plan<'a> {
                 .with_checkpointing_strategy(NoCheckpoints { control: control.clone() })
                 .renderer(renderer.hidden()),
         };
+        if self.spec.data.kind == DataKind::Preferences {
+            training = training
+                .metric_train_numeric(metrics::WeightedMetric::reward_margin())
+                .metric_valid_numeric(metrics::WeightedMetric::reward_margin())
+                .metric_train_numeric(metrics::WeightedMetric::reward_accuracy())
+                .metric_valid_numeric(metrics::WeightedMetric::reward_accuracy());
+        }
         if t.grad_accumulation > 1 {
             training = training.grads_accumulation(t.grad_accumulation);
         }
@@ -183,17 +213,27 @@ impl<'a> Plan<'a> {
             return Ok(None);
         }
         if replica.writes_final_model() {
-            let record = result.model.clone().into_record();
-            Recorder::<B::InnerBackend>::record(
-                &CheckpointRecorder::default(),
-                record,
-                run.final_model(),
-            )
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
-            run.record_file("model.mpk")
-                .with_context(|| format!("recording {}", run.manifest().display()))?;
+            self.save_final_model::<B, M>(&result.model)?;
         }
         Ok(Some((result.model, wall_seconds)))
+    }
+
+    /// Writes `model.mpk` and records it in the manifest.
+    fn save_final_model<B: TrainBackend, M: TaskModel<B>>(
+        &self,
+        model: &Trained<B, M>,
+    ) -> Result<()> {
+        let run = self.run;
+        let record = model.clone().into_record();
+        Recorder::<B::InnerBackend>::record(
+            &CheckpointRecorder::default(),
+            record,
+            run.final_model(),
+        )
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", run.final_model().display()))?;
+        run.record_file("model.mpk")
+            .with_context(|| format!("recording {}", run.manifest().display()))?;
+        Ok(())
     }
 
     /// Whether the Learner ran to `max_iters`; an error when it stopped for anything but a

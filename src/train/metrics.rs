@@ -1,4 +1,4 @@
-//! Learner metrics (loss, tokens/s) and the `metrics.jsonl` logger.
+//! Learner metrics (loss, tokens/s, DPO's rewards) and the `metrics.jsonl` logger.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -17,47 +17,70 @@ use burn::train::metric::{
 
 use super::step::LmStats;
 use crate::run::metrics::unix_time;
+use crate::run::metrics::RewardFigures;
 use crate::run::{MetricsLine, RunControl};
 
 pub const LOSS: &str = "Loss";
 pub const LEARNING_RATE: &str = "Learning Rate";
 pub const TOKENS_PER_SEC: &str = "Tokens/s";
+pub const REWARD_MARGIN: &str = "Reward Margin";
+pub const REWARD_ACCURACY: &str = "Reward Accuracy";
+/// The figures averaged over a validation pass.
+const VALIDATION_FIGURES: [&str; 3] = [LOSS, REWARD_MARGIN, REWARD_ACCURACY];
 
-/// Mean cross-entropy per token of the batches seen in the epoch.
+/// A figure of each batch averaged over the batches seen in the epoch, each weighing by what
+/// its loss is a mean over (tokens; pairs for DPO): the loss, or a DPO reward figure.
 #[derive(Clone)]
-pub struct LossMetric {
+pub struct WeightedMetric {
     name: MetricName,
+    pick: fn(&LmStats) -> f64,
+    higher_is_better: bool,
     state: NumericMetricState,
 }
 
-impl LossMetric {
-    pub fn new() -> Self {
-        Self { name: Arc::new(LOSS.into()), state: NumericMetricState::new() }
+impl WeightedMetric {
+    fn new(name: &str, pick: fn(&LmStats) -> f64, higher_is_better: bool) -> Self {
+        Self {
+            name: Arc::new(name.into()),
+            pick,
+            higher_is_better,
+            state: NumericMetricState::new(),
+        }
+    }
+
+    pub fn loss() -> Self {
+        Self::new(LOSS, |s| s.loss, false)
+    }
+
+    /// DPO: the mean of β·((π_c − ref_c) − (π_r − ref_r)).
+    pub fn reward_margin() -> Self {
+        Self::new(REWARD_MARGIN, |s| s.rewards.map_or(f64::NAN, |r| r[0]), true)
+    }
+
+    /// DPO: the fraction of pairs whose chosen response earns the higher reward.
+    pub fn reward_accuracy() -> Self {
+        Self::new(REWARD_ACCURACY, |s| s.rewards.map_or(f64::NAN, |r| r[1]), true)
     }
 }
 
-impl Metric for LossMetric {
+impl Metric for WeightedMetric {
     type Input = LmStats;
     fn name(&self) -> MetricName {
         self.name.clone()
     }
     fn attributes(&self) -> MetricAttributes {
-        NumericAttributes { unit: None, higher_is_better: false }.into()
+        NumericAttributes { unit: None, higher_is_better: self.higher_is_better }.into()
     }
     fn update(&mut self, item: &LmStats, _: &MetricMetadata) -> SerializedEntry {
-        // Weighted by tokens: seq2seq batches differ in size, and an epoch's loss is per token.
-        self.state.update(
-            item.loss,
-            item.tokens.max(1),
-            FormatOptions::new(self.name()).precision(4),
-        )
+        let format = FormatOptions::new(self.name()).precision(4);
+        self.state.update((self.pick)(item), item.weight.max(1), format)
     }
     fn clear(&mut self) {
         self.state.reset()
     }
 }
 
-impl Numeric for LossMetric {
+impl Numeric for WeightedMetric {
     fn value(&self) -> NumericEntry {
         self.state.current_value()
     }
@@ -135,9 +158,8 @@ pub struct JsonlLogger {
     /// Micro-batches logged in the current accumulation window and their summed loss.
     micro_batches: usize,
     window_loss: f64,
-    /// Token-weighted sum of the validation losses so far, and their tokens.
-    val_sum: f64,
-    val_count: usize,
+    /// Weighted sums of the validation figures so far, and their weights.
+    val_sums: HashMap<&'static str, (f64, usize)>,
     latest: Arc<Mutex<LatestMetrics>>,
     /// Tokens one optimizer step trains on, over all replicas.
     tokens_per_step: u64,
@@ -170,8 +192,7 @@ impl JsonlLogger {
             step: 0,
             micro_batches: 0,
             window_loss: 0.0,
-            val_sum: 0.0,
-            val_count: 0,
+            val_sums: HashMap::new(),
             latest: Default::default(),
             tokens_per_step: 0,
             control: None,
@@ -200,16 +221,21 @@ impl JsonlLogger {
 }
 
 impl JsonlLogger {
-    /// The tokens behind the loss of an update (its weight in the epoch's mean).
-    fn loss_tokens(&self, update: &MetricsUpdate) -> usize {
+    /// What the loss of an update is a mean over (its weight in the epoch's mean).
+    fn loss_weight(&self, update: &MetricsUpdate) -> usize {
         let entry = update
             .entries_numeric
             .iter()
             .find(|u| self.names.get(&u.entry.metric_id).is_some_and(|n| n == LOSS));
-        match entry.map(|u| &u.numeric_entry) {
-            Some(NumericEntry::Aggregated { count, .. }) => (*count).max(1),
-            _ => 1,
-        }
+        entry.map_or(1, |u| entry_weight(&u.numeric_entry))
+    }
+}
+
+/// What a loss entry is a mean over: its weight in a mean over batches.
+pub(super) fn entry_weight(entry: &NumericEntry) -> usize {
+    match entry {
+        NumericEntry::Aggregated { count, .. } => (*count).max(1),
+        _ => 1,
     }
 }
 
@@ -229,7 +255,13 @@ impl MetricLogger for JsonlLogger {
                 let loss = self.window_loss / self.grad_accumulation as f64;
                 (self.window_loss, self.micro_batches) = (0.0, 0);
                 self.step += 1;
+                let figure = |name| values.get(name).copied().filter(|v: &f64| !v.is_nan());
+                let rewards = RewardFigures {
+                    reward_margin: figure(REWARD_MARGIN),
+                    reward_accuracy: figure(REWARD_ACCURACY),
+                };
                 let line = MetricsLine {
+                    rewards,
                     step: self.step,
                     split: "train".into(),
                     loss,
@@ -247,9 +279,13 @@ impl MetricLogger for JsonlLogger {
                 latest.tokens_per_sec = line.tokens_per_sec.or(latest.tokens_per_sec);
             }
             Split::Valid => {
-                let tokens = self.loss_tokens(&update);
-                self.val_sum += loss * tokens as f64;
-                self.val_count += tokens;
+                let weight = self.loss_weight(&update);
+                for name in VALIDATION_FIGURES {
+                    if let Some(value) = values.get(name).filter(|v| !v.is_nan()) {
+                        let sum = self.val_sums.entry(name).or_default();
+                        *sum = (sum.0 + value * weight as f64, sum.1 + weight);
+                    }
+                }
             }
             Split::Test(_) => {}
         }
@@ -257,10 +293,16 @@ impl MetricLogger for JsonlLogger {
 
     fn log_epoch_summary(&mut self, summary: EpochSummary) {
         match summary.split {
-            Split::Valid if self.val_count > 0 => {
-                let loss = self.val_sum / self.val_count as f64;
-                (self.val_sum, self.val_count) = (0.0, 0);
+            Split::Valid if self.val_sums.contains_key(LOSS) => {
+                let mut sums = std::mem::take(&mut self.val_sums);
+                let mut mean = |name| sums.remove(name).map(|(sum, n)| sum / n.max(1) as f64);
+                let loss = mean(LOSS).unwrap_or(f64::NAN);
+                let rewards = RewardFigures {
+                    reward_margin: mean(REWARD_MARGIN),
+                    reward_accuracy: mean(REWARD_ACCURACY),
+                };
                 self.write(&MetricsLine {
+                    rewards,
                     step: self.step,
                     split: "val".into(),
                     loss,

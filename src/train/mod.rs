@@ -7,10 +7,12 @@
 
 pub mod bench;
 mod gpt;
+mod instructions;
 mod learner;
 mod log;
 mod metrics;
 mod optim;
+mod preferences;
 mod renderer;
 mod schedule;
 mod seq2seq;
@@ -23,6 +25,7 @@ pub use gpt::{
     config as gpt_config, document_separator, mean_loss, prepare_in_memory, val_windows,
 };
 pub use gpt::{fit_tokenizer, train_order};
+pub use instructions::{split_instructions, InstructionSplit};
 pub use learner::epoch_plan;
 pub use optim::{global_norm, AdamW, ClippedAdamW};
 pub use schedule::WarmupSchedule;
@@ -30,11 +33,13 @@ pub use seq2seq::{fit_seq2seq_tokenizer, pair_split, seq2seq_mean_loss, PairSpli
 pub use step::{lm_loss, seq2seq_loss, LmOutput, LmStats};
 
 use self::gpt::GptTask;
+use self::instructions::InstructionTask;
 use self::learner::{announce, Figures, Plan};
+use self::preferences::PreferenceTask;
 use self::seq2seq::Seq2SeqTask;
 use self::task::Task;
 use crate::backend::TrainJob;
-use crate::config::{ModelKind, RunSpec};
+use crate::config::{DataKind, ModelKind, RunSpec};
 use crate::kernels::TrainBackend;
 use crate::run::start::StartMode;
 use crate::run::Summary;
@@ -80,9 +85,16 @@ struct Training {
 impl TrainJob for Training {
     type Output = Result<Outcome>;
     fn run<B: TrainBackend>(self, device: B::Device) -> Result<Outcome> {
-        match self.spec.model.kind() {
-            ModelKind::Gpt => fit::<B, GptTask<B>>(self.spec, &self.options, device),
-            ModelKind::Seq2Seq => fit::<B, Seq2SeqTask<B>>(self.spec, &self.options, device),
+        let options = &self.options;
+        match (self.spec.model.kind(), self.spec.data.kind) {
+            (ModelKind::Gpt, DataKind::Instructions) => {
+                fit::<B, InstructionTask<B>>(self.spec, options, device)
+            }
+            (ModelKind::Gpt, DataKind::Preferences) => {
+                fit::<B, PreferenceTask<B>>(self.spec, options, device)
+            }
+            (ModelKind::Gpt, _) => fit::<B, GptTask<B>>(self.spec, options, device),
+            (ModelKind::Seq2Seq, _) => fit::<B, Seq2SeqTask<B>>(self.spec, options, device),
         }
     }
 }
@@ -116,6 +128,7 @@ fn fit<B: TrainBackend, T: Task<B>>(
         tokens_seen: task.tokens_seen(&spec),
     };
     let summary = plan.finish(figures)?;
+    task.finish(&model, &started, &spec)?;
     if options.sample_tokens > 0 {
         let tokenizer = started.tokenizer.as_ref();
         let shown = task.show_samples(&model, tokenizer, &spec, options.sample_tokens, &device)?;

@@ -13,7 +13,7 @@ use burn::train::renderer::{
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::metrics::{LEARNING_RATE, LOSS, TOKENS_PER_SEC};
+use super::metrics::{entry_weight, LEARNING_RATE, LOSS, TOKENS_PER_SEC};
 
 pub struct ProgressRenderer {
     bar: ProgressBar,
@@ -103,10 +103,13 @@ impl MetricsRendererTraining for ProgressRenderer {
         }
     }
 
+    /// Validation batches weigh by their tokens, as in `metrics.jsonl`.
     fn update_valid(&mut self, state: MetricState) {
         if let Some((_, value)) = self.numeric(&state).filter(|(name, _)| name == LOSS) {
-            self.val_loss.0 += value;
-            self.val_loss.1 += 1;
+            let MetricState::Numeric(_, entry) = &state else { return };
+            let tokens = entry_weight(entry);
+            self.val_loss.0 += value * tokens as f64;
+            self.val_loss.1 += tokens;
         }
     }
 

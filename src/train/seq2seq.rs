@@ -51,8 +51,9 @@ fn text_pairs(data: &DataSection, split: Split) -> Result<Option<Vec<(String, St
     Ok(Some(pairs.split_off(pairs.len() - held)))
 }
 
-/// Pairs held out for validation when no validation files are given: at least one.
-fn held_out(data: &DataSection, pairs: usize) -> usize {
+/// Items (pairs, records) held out for validation when no validation files are given: at
+/// least one, and at least one left to train on.
+pub(super) fn held_out(data: &DataSection, pairs: usize) -> usize {
     ((pairs as f64 * data.val_fraction).round() as usize).clamp(1, pairs.saturating_sub(1).max(1))
 }
 
@@ -213,8 +214,9 @@ impl<B: TrainBackend> Task<B> for Seq2SeqTask<B> {
     fn loaders(&self, plan: &Plan, _: Replica, device: &B::Device) -> Loaders<B, Seq2Seq<B>> {
         let spec = plan.spec;
         let (t, pad) = (&spec.training, self.specials.pad);
-        let batches = PairBatches::new(self.train.pairs.clone(), t.batch_size, pad, spec.run.seed)
-            .with_label_smoothing(t.label_smoothing);
+        let batches =
+            PairBatches::pairs(self.train.pairs.clone(), t.batch_size, pad, spec.run.seed)
+                .with_label_smoothing(t.label_smoothing);
         let train =
             TrainBatches::<B, _>::of(batches, plan.first_epoch, &plan.epochs, device.clone())
                 .with_stop(plan.stop(), t.grad_accumulation);
@@ -244,7 +246,7 @@ impl<B: TrainBackend> Task<B> for Seq2SeqTask<B> {
     /// Target tokens of all the passes over the training pairs the run makes.
     fn tokens_seen(&self, spec: &RunSpec) -> usize {
         let t = &spec.training;
-        let batches = PairBatches::new(
+        let batches = PairBatches::pairs(
             self.train.pairs.clone(),
             t.batch_size,
             self.specials.pad,

@@ -4,16 +4,42 @@ use burn::prelude::*;
 use burn::train::metric::{Adaptor, ItemLazy};
 use burn::train::{InferenceStep, TrainOutput, TrainStep};
 
-use crate::data::{LmBatch, Seq2SeqBatch};
+use crate::data::{LmBatch, Objective, Seq2SeqBatch};
 use crate::kernels::{KernelBackend, TrainBackend};
 use crate::model::{Gpt, Seq2Seq};
 
-/// Mean next-token cross-entropy of a batch: logits `[batch, seq, vocab]` vs targets `[batch, seq]`.
+/// The loss of a batch as its objective defines it (and, for DPO, the reward margin and
+/// accuracy).
+pub fn lm_objective<B: KernelBackend>(
+    model: &Gpt<B>,
+    batch: &LmBatch<B>,
+) -> (Tensor<B, 1>, Option<Tensor<B, 1>>) {
+    match &batch.objective {
+        Objective::NextToken => (next_token_loss(model, batch), None),
+        Objective::Preference { beta, reference } => {
+            let (loss, rewards) = preference_loss(model, batch, *beta, reference.clone());
+            (loss, Some(rewards))
+        }
+    }
+}
+
+/// The loss of a batch as its objective defines it.
 pub fn lm_loss<B: KernelBackend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
+    lm_objective(model, batch).0
+}
+
+/// Mean next-token cross-entropy of a batch: logits `[batch, seq, vocab]` vs targets
+/// `[batch, seq]`, over the targets its loss mask counts.
+fn next_token_loss<B: KernelBackend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
     let logits = model.forward(batch.inputs.clone());
     let [b, t, v] = logits.dims();
     let (logits, targets) = (logits.reshape([b * t, v]), batch.targets.clone().reshape([b * t]));
-    B::cross_entropy(logits, targets)
+    let Some(mask) = &batch.loss_mask else {
+        return B::cross_entropy(logits, targets);
+    };
+    let log_probs = burn::tensor::activation::log_softmax(logits, 1);
+    let nll = -log_probs.gather(1, targets.reshape([b * t, 1]));
+    (nll * mask.clone().reshape([b * t, 1])).sum() / batch.loss_tokens.max(1) as f64
 }
 
 /// Mean cross-entropy of a batch's target tokens under teacher forcing, padding left out.
@@ -36,10 +62,43 @@ pub fn seq2seq_loss<B: KernelBackend>(model: &Seq2Seq<B>, batch: &Seq2SeqBatch<B
     (per_token * real).sum() / batch.target_tokens.max(1) as f64
 }
 
-/// What a step hands to the metrics: the loss (still on the device) and the tokens it saw.
+/// Mean log-probability of each row's counted targets (its response): `[rows]`.
+pub fn response_logprobs<B: KernelBackend>(model: &Gpt<B>, batch: &LmBatch<B>) -> Tensor<B, 1> {
+    let log_probs = burn::tensor::activation::log_softmax(model.forward(batch.inputs.clone()), 2);
+    let [rows, seq, _] = log_probs.dims();
+    let picked = log_probs.gather(2, batch.targets.clone().unsqueeze_dim(2)).reshape([rows, seq]);
+    let mask = batch.loss_mask.clone().unwrap_or_else(|| picked.ones_like());
+    let counted = mask.clone().sum_dim(1).clamp_min(1.0);
+    ((picked * mask).sum_dim(1) / counted).reshape([rows])
+}
+
+/// The DPO loss of a preference batch (Rafailov et al. 2023, as Raschka's notebook computes
+/// it): `-log σ(β·((π_c − ref_c) − (π_r − ref_r)))` averaged over pairs, with the mean reward
+/// margin and the fraction of pairs whose chosen response earns the higher reward.
+pub fn preference_loss<B: KernelBackend>(
+    model: &Gpt<B>,
+    batch: &LmBatch<B>,
+    beta: f64,
+    reference: Tensor<B, 1>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    let rewards = (response_logprobs(model, batch) - reference) * beta;
+    let pairs = rewards.dims()[0] / 2;
+    let margins = rewards.clone().narrow(0, 0, pairs) - rewards.narrow(0, pairs, pairs);
+    let loss = -burn::tensor::activation::log_sigmoid(margins.clone()).mean();
+    let detached = margins.detach();
+    let accuracy = detached.clone().greater_elem(0.0).float().mean();
+    (loss, Tensor::cat(vec![detached.mean(), accuracy], 0))
+}
+
+/// What a step hands to the metrics: the loss (still on the device), the tokens it saw and
+/// what the loss is a mean over.
 pub struct LmOutput<B: Backend> {
     pub loss: Tensor<B, 1>,
     pub tokens: usize,
+    /// Targets (or, for DPO, pairs) the loss averages over: its weight in a mean over batches.
+    pub weight: usize,
+    /// DPO: the mean reward margin and the reward accuracy.
+    pub rewards: Option<Tensor<B, 1>>,
 }
 
 /// [`LmOutput`] read back to the host, off the training thread.
@@ -47,12 +106,26 @@ pub struct LmOutput<B: Backend> {
 pub struct LmStats {
     pub loss: f64,
     pub tokens: usize,
+    pub weight: usize,
+    pub rewards: Option<[f64; 2]>,
 }
 
 impl<B: Backend> ItemLazy for LmOutput<B> {
     type ItemSync = LmStats;
     fn sync(self) -> LmStats {
-        LmStats { loss: self.loss.into_scalar().elem::<f64>(), tokens: self.tokens }
+        let rewards = self.rewards.map(|r| {
+            let values = r.into_data().convert::<f64>().to_vec::<f64>().unwrap_or_default();
+            [
+                values.first().copied().unwrap_or(f64::NAN),
+                values.get(1).copied().unwrap_or(f64::NAN),
+            ]
+        });
+        LmStats {
+            loss: self.loss.into_scalar().elem::<f64>(),
+            tokens: self.tokens,
+            weight: self.weight,
+            rewards,
+        }
     }
 }
 
@@ -71,14 +144,16 @@ trait Scored<B: KernelBackend> {
 impl<B: KernelBackend> Scored<B> for Gpt<B> {
     type Batch = LmBatch<B>;
     fn scored(&self, batch: &LmBatch<B>) -> LmOutput<B> {
-        LmOutput { loss: lm_loss(self, batch), tokens: batch.inputs.dims().iter().product() }
+        let (loss, rewards) = lm_objective(self, batch);
+        LmOutput { loss, tokens: batch.loss_tokens, weight: batch.loss_weight(), rewards }
     }
 }
 
 impl<B: KernelBackend> Scored<B> for Seq2Seq<B> {
     type Batch = Seq2SeqBatch<B>;
     fn scored(&self, batch: &Seq2SeqBatch<B>) -> LmOutput<B> {
-        LmOutput { loss: seq2seq_loss(self, batch), tokens: batch.target_tokens }
+        let tokens = batch.target_tokens;
+        LmOutput { loss: seq2seq_loss(self, batch), tokens, weight: tokens, rewards: None }
     }
 }
 

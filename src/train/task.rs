@@ -108,4 +108,15 @@ pub trait Task<B: TrainBackend>: Sized + Sync {
         tokens: usize,
         device: &B::Device,
     ) -> Result<String>;
+
+    /// Writes what the finished run keeps besides its model (an instruction run: the
+    /// responses to its held-out instructions).
+    fn finish(
+        &self,
+        _model: &Trained<B, Self::Model>,
+        _started: &Started,
+        _spec: &RunSpec,
+    ) -> Result<()> {
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! `kiln eval`: loss and perplexity of a GPT on its validation windows; loss, perplexity and
 //! BLEU (greedy and beam) of a seq2seq model on its validation or test pairs.
 
+mod instructions;
 mod seq2seq;
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::backend::ForwardJob;
-use crate::config::{ModelKind, RunSpec};
+use crate::config::{DataKind, ModelKind, RunSpec};
 use crate::data::{Corpus, DataError, FixedWindows};
 use crate::kernels::KernelBackend;
 use crate::run::RunDir;
@@ -31,7 +32,8 @@ pub struct EvalArgs {
     full: bool,
     /// GPT runs: evaluate on the validation split (the last `data.val_fraction`) of this text
     /// file, encoded with the run's tokenizer, instead of the run's own corpus. A run made by
-    /// `kiln import` has no corpus of its own and needs it.
+    /// `kiln import` has no corpus of its own and needs it. Instruction runs: the held-out
+    /// records of this file instead of data.path's.
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
     #[command(flatten)]
@@ -79,21 +81,36 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.hypotheses.is_some() {
         bail!("--hypotheses: a GPT run translates nothing; the flag is for seq2seq runs");
     }
+    match spec.data.kind {
+        DataKind::Instructions => return instructions::run(args, run, spec),
+        DataKind::Preferences => bail!(
+            "{}: a preference (DPO) run is scored as it trains: metrics.jsonl holds the reward \
+             accuracy and margin of its held-out pairs, and the run's last lines print them",
+            run.root().display()
+        ),
+        DataKind::Text | DataKind::Parallel => {}
+    }
     let tokenizer = crate::run::run_tokenizer(&run, &spec)?;
     let corpus = gpt_corpus(&run, &spec, tokenizer.as_ref(), args.data.as_deref())?;
     let backend = args.backend.section(&spec)?;
     let weights = super::RunWeights { run, spec, checkpoint: args.checkpoint };
     let job = Job { weights, tokenizer, corpus, full: args.full };
     let result = crate::backend::dispatch(&backend, job)??;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&result)?);
-    } else {
-        println!("model:          {}", result.model);
-        println!("val loss:       {:.4}", result.val_loss);
-        println!("val perplexity: {:.3}", result.val_perplexity);
-        println!("evaluated on:   {} batches, {} tokens", result.batches, result.tokens);
+    result.print(args.json)
+}
+
+impl EvalResult {
+    fn print(&self, json: bool) -> Result<()> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(self)?);
+        } else {
+            println!("model:          {}", self.model);
+            println!("val loss:       {:.4}", self.val_loss);
+            println!("val perplexity: {:.3}", self.val_perplexity);
+            println!("evaluated on:   {} batches, {} tokens", self.batches, self.tokens);
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The token stream whose validation split is scored: `--data`, else the run's token file.

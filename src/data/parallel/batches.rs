@@ -3,13 +3,10 @@
 use std::sync::Arc;
 
 use burn::prelude::*;
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 
 use super::PairTokens;
 use crate::data::batches::{Batcher, FixedBatches};
-use crate::data::loader::MicroBatches;
+use crate::data::buckets::Bucketed;
 
 /// A batch of padded pairs. `source: [batch, src]`; `target_in` (`<bos> …`) and
 /// `target_out` (`… <eos>`): `[batch, tgt]`, the target shifted by one.
@@ -52,80 +49,23 @@ impl<B: Backend> Seq2SeqBatch<B> {
     }
 }
 
-/// Pairs of similar length, so batches hold little padding: each pass over the data
-/// shuffles the pairs, sorts them by length within pools of 100 batches, cuts the pools into
-/// batches and shuffles the batches. A pass depends only on the seed and its number.
-#[derive(Clone)]
-pub struct PairBatches {
-    pairs: Arc<[PairTokens]>,
-    batch_size: usize,
-    pad: u32,
-    seed: u64,
-    label_smoothing: f64,
-}
+/// Pairs of similar length, so batches hold little padding.
+pub type PairBatches = Bucketed<Pairs>;
 
-const POOL_BATCHES: usize = 100;
-
-impl PairBatches {
-    pub fn new(pairs: Arc<[PairTokens]>, batch_size: usize, pad: u32, seed: u64) -> Self {
-        Self { pairs, batch_size, pad, seed, label_smoothing: 0.0 }
+impl Bucketed<Pairs> {
+    pub fn pairs(pairs: Arc<[PairTokens]>, batch_size: usize, pad: u32, seed: u64) -> Self {
+        let lengths = pairs.iter().map(PairTokens::len).collect();
+        Self::new(Pairs { pairs, pad, label_smoothing: 0.0 }, lengths, batch_size, seed)
     }
 
-    pub fn with_label_smoothing(self, label_smoothing: f64) -> Self {
-        Self { label_smoothing, ..self }
+    pub fn with_label_smoothing(mut self, label_smoothing: f64) -> Self {
+        self.batcher.label_smoothing = label_smoothing;
+        self
     }
 
     /// Micro-batches in one pass over the pairs.
     pub fn per_pass(&self) -> usize {
-        let pool = POOL_BATCHES * self.batch_size;
-        let full = self.pairs.len() / pool * POOL_BATCHES;
-        full + (self.pairs.len() % pool).div_ceil(self.batch_size)
-    }
-
-    /// The pair indices of every batch of pass `pass`.
-    pub fn pass(&self, pass: usize) -> Vec<Vec<usize>> {
-        let mut rng =
-            StdRng::seed_from_u64(crate::data::windows::mix(self.seed ^ 0xB0C4E7, pass as u64));
-        let mut order: Vec<usize> = (0..self.pairs.len()).collect();
-        order.shuffle(&mut rng);
-        let mut batches: Vec<Vec<usize>> = Vec::with_capacity(self.per_pass());
-        for pool in order.chunks_mut(POOL_BATCHES * self.batch_size) {
-            pool.sort_by_key(|&i| self.pairs[i].len());
-            batches.extend(pool.chunks(self.batch_size).map(<[usize]>::to_vec));
-        }
-        batches.shuffle(&mut rng);
-        batches
-    }
-}
-
-impl<B: Backend> MicroBatches<B> for PairBatches {
-    type Batcher = Pairs;
-    fn batcher(&self) -> Pairs {
-        let (pairs, pad) = (self.pairs.clone(), self.pad);
-        Pairs { pairs, pad, label_smoothing: self.label_smoothing }
-    }
-    /// The pair indices of micro-batches `first..first + count`, each pass drawn once.
-    fn indices(&self, first: usize, count: usize) -> Vec<Vec<usize>> {
-        let per_pass = self.per_pass().max(1);
-        let mut pass_cache: Option<(usize, Vec<Vec<usize>>)> = None;
-        (first..first + count)
-            .map(|index| {
-                let pass = index / per_pass;
-                if pass_cache.as_ref().is_none_or(|(p, _)| *p != pass) {
-                    pass_cache = Some((pass, self.pass(pass)));
-                }
-                pass_cache
-                    .as_ref()
-                    .map(|(_, batches)| batches[index % per_pass].clone())
-                    .unwrap_or_default()
-            })
-            .collect()
-    }
-    fn batch_size(&self) -> usize {
-        self.batch_size
-    }
-    fn seed(&self) -> u64 {
-        self.seed
+        self.buckets.per_pass()
     }
 }
 
@@ -160,17 +100,9 @@ impl<B: Backend> FixedBatches<B, Pairs> {
         pad: u32,
         device: B::Device,
     ) -> Self {
-        let mut order: Vec<usize> = (0..pairs.len()).collect();
-        order.sort_by_key(|&i| pairs[i].len());
-        let mut batches: Vec<Vec<usize>> =
-            order.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
-        if max_batches > 0 && batches.len() > max_batches {
-            // Spread over all lengths rather than the shortest sentences only.
-            let step = batches.len() as f64 / max_batches as f64;
-            batches =
-                (0..max_batches).map(|i| batches[(i as f64 * step) as usize].clone()).collect();
-        }
-        Self::of(Pairs { pairs, pad, label_smoothing: 0.0 }, batches, device)
+        let lengths: Vec<usize> = pairs.iter().map(PairTokens::len).collect();
+        let batcher = Pairs { pairs, pad, label_smoothing: 0.0 };
+        Self::by_length(batcher, &lengths, batch_size, max_batches, device)
     }
 }
 
@@ -178,13 +110,6 @@ impl<B: Backend> FixedBatches<B, Pairs> {
 mod tests {
     use super::*;
     type B = burn::backend::NdArray<f32>;
-
-    fn pairs(n: usize) -> Arc<[PairTokens]> {
-        (0..n)
-            .map(|i| PairTokens { source: vec![5; 1 + i % 7], target: vec![1; 2 + i % 5] })
-            .collect::<Vec<_>>()
-            .into()
-    }
 
     #[test]
     fn batches_pad_and_shift_the_target() {
@@ -195,17 +120,5 @@ mod tests {
         assert_eq!(batch.target_in.into_data().to_vec::<i64>().unwrap(), vec![1, 9, 0, 1, 9, 9]);
         assert_eq!(batch.target_out.into_data().to_vec::<i64>().unwrap(), vec![9, 2, 0, 9, 9, 2]);
         assert_eq!(batch.target_tokens, 5);
-    }
-
-    #[test]
-    fn every_pass_serves_every_pair_once_in_its_own_order() {
-        let batches = PairBatches::new(pairs(1234), 8, 0, 3);
-        let (first, second) = (batches.pass(0), batches.pass(1));
-        assert_eq!(first.len(), batches.per_pass());
-        let mut seen: Vec<usize> = first.iter().flatten().copied().collect();
-        seen.sort();
-        assert_eq!(seen, (0..1234).collect::<Vec<_>>());
-        assert_ne!(first, second);
-        assert_eq!(first, PairBatches::new(pairs(1234), 8, 0, 3).pass(0));
     }
 }
