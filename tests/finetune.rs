@@ -89,6 +89,9 @@ fn a_base_run_is_finetuned_on_instructions_and_answers_them() {
         std::fs::read(run.join("tokenizer.json")).unwrap(),
         std::fs::read(base_run().join("tokenizer.json")).unwrap()
     );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let named = format!("tokenizer = \"bpe:{}\"", base_run().join("tokenizer.json").display());
+    assert!(config.contains(&named), "{config}");
 
     let val: Vec<f64> = metrics(run)
         .iter()

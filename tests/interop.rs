@@ -165,6 +165,42 @@ fn imported_gpt2_generates_like_transformers() {
     let mut bytes = prompt_text.as_bytes().to_vec();
     bytes.extend(tokenizer.decode_bytes(&expected));
     assert_eq!(stdout.trim_end_matches('\n'), String::from_utf8_lossy(&bytes));
+    finetune_on_instructions(&run, dir.path());
+}
+
+/// An imported GPT-2 is a base for instruction finetuning: the run keeps GPT-2's tokenizer
+/// (whose `<|endoftext|>` ends each response) and answers its held-out instructions.
+fn finetune_on_instructions(imported: &Path, dir: &Path) {
+    let text = std::fs::read_to_string(common::repo().join("data/instruction-data.json")).unwrap();
+    let records: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let data = dir.join("records.json");
+    std::fs::write(&data, serde_json::to_string(&records[..40]).unwrap()).unwrap();
+    let init_from = format!("model.init_from={}", imported.display());
+    let data_path = format!("data.path={}", data.display());
+    let sets = [
+        "run.name=sft",
+        "data.kind=instructions",
+        &data_path,
+        "data.template=Q: {instruction} {input}\nA: ",
+        &init_from,
+        "model.d_model=64",
+        "model.n_heads=4",
+        "model.n_layers=2",
+        "model.block_size=64",
+        "model.activation=gelu_tanh",
+        "training.batch_size=4",
+        "training.max_iters=4",
+        "training.eval_interval=4",
+        "training.warmup_iters=0",
+    ];
+    let spec = common::tiny_spec(dir, &sets);
+    kiln::train::train(spec, kiln::train::TrainOptions::default()).unwrap();
+    let sft = dir.join("sft");
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap();
+    assert!(read(&sft.join("config.toml")).contains("tokenizer = \"tiktoken:gpt2\""));
+    let responses: Vec<serde_json::Value> =
+        serde_json::from_str(&read(&sft.join("responses.json"))).unwrap();
+    assert_eq!(responses.len(), 4);
 }
 
 /// Export → import gives back the same model: `kiln eval --data` on the imported run (which

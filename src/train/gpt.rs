@@ -10,7 +10,9 @@ use burn::prelude::*;
 use super::learner::Plan;
 use super::step::lm_loss;
 use super::task::{Loaders, Task, Trained};
-use crate::config::{DataKind, GptSpec, ModelSpec, RunSpec, SamplingMode};
+use crate::config::{
+    DataKind, GptSpec, ModelKind, ModelSpec, RunSpec, SamplingMode, TokenizerSpec,
+};
 use crate::data::{Corpus, FixedWindows, LmBatch, TrainWindows, WindowOrder, WindowStarts};
 use crate::distributed::Replica;
 use crate::generate::{generate, Sampling, Utf8Stream};
@@ -138,6 +140,22 @@ fn base_run(spec: &RunSpec) -> Result<Option<(RunDir, RunSpec)>> {
         );
     }
     Ok(Some((run, base)))
+}
+
+/// `data.tokenizer` of a run that starts from `model.init_from`: the base run's tokenizer,
+/// named by its file where the base trained one, so that the run's `config.toml` says what
+/// it uses. `None` without a base.
+pub(super) fn base_tokenizer_spec(spec: &RunSpec) -> Result<Option<TokenizerSpec>> {
+    if spec.model.kind() != ModelKind::Gpt {
+        return Ok(None);
+    }
+    let Some((run, base)) = base_run(spec)? else {
+        return Ok(None);
+    };
+    Ok(Some(match base.data.tokenizer {
+        TokenizerSpec::BpeTrain { .. } => TokenizerSpec::Bpe(run.tokenizer()),
+        named => named,
+    }))
 }
 
 /// The tokenizer a new GPT run uses: the one of the run it starts from (`model.init_from`),

@@ -106,6 +106,9 @@ fn fit<B: TrainBackend, T: Task<B>>(
     device: B::Device,
 ) -> Result<Outcome> {
     crate::memory::check_training(&spec)?;
+    if let Some(tokenizer) = gpt::base_tokenizer_spec(&spec)? {
+        spec.data.tokenizer = tokenizer;
+    }
     let raw = T::read(&spec)?;
     let as_given = spec.clone();
     let started =
