@@ -19,6 +19,7 @@ pub mod memory;
 pub mod model;
 pub mod plot;
 pub mod run;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod translate;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 /// kiln's top-level modules, bottom first: each may import only those before it.
 const LAYERS: &[&str] = &[
     "files", "config", "memory", "tokenizer", "data", "kernels", "model", "backend", "run",
-    "generate", "translate", "distributed", "train", "interop", "plot", "cli",
+    "generate", "translate", "serve", "distributed", "train", "interop", "plot", "cli",
 ];
 
 const MAX_FILE_LINES: usize = 500;

@@ -8,11 +8,11 @@ use clap::Args;
 
 use super::generate::{as_flag, gpt_run_dir, SamplingArgs};
 use crate::backend::ForwardJob;
-use crate::config::{DataKind, PromptTemplate};
+use crate::config::{DataKind, PromptTemplate, RunSpec};
 use crate::generate::{ChatError, Conversation, Sampling, Utf8Stream};
 use crate::kernels::KernelBackend;
 use crate::model::Gpt;
-use crate::run::{describe_weights, open_run, run_tokenizer};
+use crate::run::{describe_weights, open_run, run_tokenizer, RunDir};
 use crate::tokenizer::{Tokenizer, END_OF_TEXT};
 
 #[derive(Debug, Args)]
@@ -38,7 +38,30 @@ pub fn run(args: ChatArgs) -> Result<()> {
     let (run, spec) = open_run(&gpt_run_dir(args.run.as_ref())?)?;
     crate::run::load::gpt_spec(&spec, "chat")?;
     let sampling = args.sampling.sampling()?;
-    let template = match &args.template {
+    let template = run_template(&run, &spec, args.template.as_deref())?;
+    let estimate = crate::memory::generation(&spec.model, spec.vocab_size(), 1);
+    crate::memory::check_generation(estimate, "chatting")?;
+    let tokenizer = run_tokenizer(&run, &spec)?;
+    let Some(end) = tokenizer.special_id(END_OF_TEXT) else {
+        bail!(
+            "{}: its tokenizer has no {END_OF_TEXT} token to end a reply with; chat with a run \
+             finetuned on instructions",
+            run.root().display()
+        );
+    };
+    let backend = args.backend.section(&spec)?;
+    let weights = super::RunWeights { run, spec, checkpoint: args.checkpoint };
+    crate::backend::dispatch(&backend, Chat { weights, template, end, sampling, tokenizer })?
+}
+
+/// The prompt template `--template` names, else the one the run was finetuned with, else
+/// Alpaca's (said on stderr).
+pub(super) fn run_template(
+    run: &RunDir,
+    spec: &RunSpec,
+    flag: Option<&str>,
+) -> Result<PromptTemplate> {
+    Ok(match flag {
         Some(text) => {
             PromptTemplate::parse(text).map_err(|e| anyhow::anyhow!("--template: {e}"))?
         }
@@ -54,20 +77,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
             );
             PromptTemplate::Alpaca
         }
-    };
-    let estimate = crate::memory::generation(&spec.model, spec.vocab_size(), 1);
-    crate::memory::check_generation(estimate, "chatting")?;
-    let tokenizer = run_tokenizer(&run, &spec)?;
-    let Some(end) = tokenizer.special_id(END_OF_TEXT) else {
-        bail!(
-            "{}: its tokenizer has no {END_OF_TEXT} token to end a reply with; chat with a run \
-             finetuned on instructions",
-            run.root().display()
-        );
-    };
-    let backend = args.backend.section(&spec)?;
-    let weights = super::RunWeights { run, spec, checkpoint: args.checkpoint };
-    crate::backend::dispatch(&backend, Chat { weights, template, end, sampling, tokenizer })?
+    })
 }
 
 struct Chat {

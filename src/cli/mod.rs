@@ -10,6 +10,7 @@ mod import;
 mod inspect;
 mod plot;
 mod presets;
+mod serve;
 mod table;
 mod tokenizer;
 mod train;
@@ -56,6 +57,8 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Talk to an instruction-finetuned run: a multi-turn loop, replies streamed.
     Chat(chat::ChatArgs),
+    /// Serve a GPT run over HTTP: OpenAI-compatible API and a chat page.
+    Serve(serve::ServeArgs),
     /// Validation loss and perplexity of a run or one of its checkpoints; BLEU of a seq2seq run.
     Eval(eval::EvalArgs),
     /// Translate sentences with a trained seq2seq run (greedy or beam search).
@@ -109,6 +112,7 @@ pub fn run() -> Result<ExitCode> {
         }
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Chat(args)) => chat::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Eval(args)) => eval::run(args),
         Some(Command::Translate(args)) => translate::run(args),
         Some(Command::Inspect(args)) => inspect::run(args),

@@ -41,9 +41,12 @@ pub mod limits {
     pub const EVAL_WINDOWS: usize = 1 << 24;
 }
 
-/// Full validation of a config about to be trained: shape checks plus the data file.
+/// Full validation of a config about to be trained: shape checks, the backend (compiled in,
+/// in a precision it runs) and the data file. A run read back is only shape-checked: its
+/// commands take `--backend`, and a backend not compiled in is refused when it is used.
 pub fn validate(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_shape(spec)?;
+    validate_backend(&spec.backend)?;
     let files: Vec<(&'static str, &std::path::Path)> = match spec.data.kind {
         DataKind::Text | DataKind::Instructions | DataKind::Preferences => {
             vec![("data.path", spec.data.path.as_path())]
@@ -160,7 +163,6 @@ pub fn validate_shape(spec: &RunSpec) -> Result<(), ConfigError> {
     validate_model(&spec.model)?;
     validate_training(spec)?;
     validate_task(spec)?;
-    validate_backend(&spec.backend)?;
     validate_distributed(spec)
 }
 

@@ -43,6 +43,36 @@ impl<'a> Conversation<'a> {
         Self { tokenizer, template, end, turns: Vec::new() }
     }
 
+    /// A conversation that already had `history`: (message, reply) exchanges, oldest first.
+    pub fn with_history(
+        tokenizer: &'a dyn Tokenizer,
+        template: PromptTemplate,
+        end: u32,
+        history: &[(String, String)],
+    ) -> Result<Self, TokenizerError> {
+        let mut chat = Self::new(tokenizer, template, end);
+        for (message, reply) in history {
+            let mut turn = tokenizer.encode(&chat.template.render(message, ""))?;
+            turn.extend(tokenizer.encode(reply)?);
+            turn.push(end);
+            chat.turns.push(turn);
+        }
+        Ok(chat)
+    }
+
+    /// The tokens a reply to `instruction` (with `input`) is sampled after: the most recent
+    /// turns that leave room for its prompt and `reply_room` tokens of reply, then its prompt.
+    pub fn prompt(
+        &self,
+        instruction: &str,
+        input: &str,
+        block_size: usize,
+        reply_room: usize,
+    ) -> Result<Vec<u32>, ChatError> {
+        let prompt = self.tokenizer.encode(&self.template.render(instruction, input))?;
+        self.context(&prompt, block_size, reply_room)
+    }
+
     /// Forgets the turns so far.
     pub fn reset(&mut self) {
         self.turns.clear();
@@ -59,7 +89,9 @@ impl<'a> Conversation<'a> {
         mut on_bytes: impl FnMut(&[u8]),
     ) -> Result<Reply, ChatError> {
         let prompt = self.tokenizer.encode(&self.template.render(instruction, input))?;
-        let context = self.context(&prompt, model.block_size(), sampling.max_new_tokens)?;
+        let block_size = model.block_size();
+        let reply_room = sampling.max_new_tokens.min(block_size / 2);
+        let context = self.context(&prompt, block_size, reply_room)?;
         let mut stops = StopStrings::new(&self.template.turn_markers());
         let mut decode = self.tokenizer.stream_decoder(&context);
         let (mut shown, mut ended, mut at_marker) = (Vec::new(), false, false);
@@ -89,18 +121,17 @@ impl<'a> Conversation<'a> {
         Ok(Reply { text: String::from_utf8_lossy(&shown).into_owned(), finished })
     }
 
-    /// The most recent turns that leave room for `prompt` and a reply in the model's
-    /// block, then `prompt`.
+    /// The most recent turns that leave room for `prompt` and `reply_room` tokens of reply
+    /// in the model's block, then `prompt`.
     fn context(
         &self,
         prompt: &[u32],
         block_size: usize,
-        max_new_tokens: usize,
+        reply_room: usize,
     ) -> Result<Vec<u32>, ChatError> {
         if prompt.len() >= block_size {
             return Err(ChatError::TooLong { tokens: prompt.len(), block_size });
         }
-        let reply_room = max_new_tokens.min(block_size / 2);
         let mut budget = block_size.saturating_sub(prompt.len() + reply_room);
         let mut kept = 0;
         for turn in self.turns.iter().rev() {

@@ -3,8 +3,10 @@
 //! Logits are read back to the host and sampled there with a seeded RNG, so the same seed
 //! gives the same text on every backend.
 
+mod batch;
 mod chat;
 
+pub use batch::{check_fits, BatchDecoder};
 pub use chat::{ChatError, Conversation, Reply};
 
 use std::io::Write;
@@ -30,6 +32,11 @@ pub enum SamplingError {
     TopP(f64),
     #[error("the prompt is empty: give at least one token of text")]
     EmptyPrompt,
+    #[error(
+        "{prompt} tokens of prompt and {max_new_tokens} to generate are more than the model's \
+         context of {block_size} tokens"
+    )]
+    ContextLength { prompt: usize, max_new_tokens: usize, block_size: usize },
 }
 
 impl SamplingError {
@@ -41,6 +48,7 @@ impl SamplingError {
             Self::TopK => "top_k",
             Self::TopP(_) => "top_p",
             Self::EmptyPrompt => "prompt",
+            Self::ContextLength { .. } => "max_new_tokens",
         }
     }
 }
@@ -220,6 +228,19 @@ impl<W: Write> Utf8Stream<W> {
         let _ = self.out.write_all(String::from_utf8_lossy(&rest).as_bytes());
         let _ = self.out.flush();
         self.out
+    }
+}
+
+impl Utf8Stream<Vec<u8>> {
+    /// The text written so far, taken out.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Writes out an incomplete character held back (as U+FFFD): the text has ended.
+    pub fn flush_incomplete(&mut self) {
+        let rest = std::mem::take(&mut self.pending);
+        self.out.extend_from_slice(String::from_utf8_lossy(&rest).as_bytes());
     }
 }
 

@@ -120,17 +120,20 @@ impl<B: KernelBackend> SelfAttention<B> {
     ///
     /// With a cache, `x` holds only the new positions; their keys and values are appended and
     /// the queries attend to everything cached. The causal mask is aligned to the last query,
-    /// so one code path serves training, prefill and one-token decoding.
+    /// so one code path serves training, prefill and one-token decoding. `padding:
+    /// [batch, keys]` (true at padding) masks the key columns a batch of left-padded rows
+    /// does not have.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rotary: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
+        padding: Option<&Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
         let qkv = project(&self.c_attn, x);
-        let y = match (rotary, cache) {
-            (None, None) => B::causal_self_attention(qkv, self.n_heads),
-            (rotary, cache) => self.attend(qkv, rotary, cache),
+        let y = match (rotary, cache, padding) {
+            (None, None, None) => B::causal_self_attention(qkv, self.n_heads),
+            (rotary, cache, padding) => self.attend(qkv, rotary, cache, padding),
         };
         self.resid_dropout.forward(project(&self.c_proj, y))
     }
@@ -141,6 +144,7 @@ impl<B: KernelBackend> SelfAttention<B> {
         qkv: Tensor<B, 3>,
         rotary: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
+        padding: Option<&Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = qkv.dims();
         let device = qkv.device();
@@ -154,9 +158,14 @@ impl<B: KernelBackend> SelfAttention<B> {
             }
             *slot = Some(LayerCache { keys: k.clone(), values: v.clone() });
         }
-        let (mask, is_causal) = causal_mask([batch, self.n_heads, seq, k.dims()[2]], &device);
+        let shape = [batch, self.n_heads, seq, k.dims()[2]];
+        let (mask, is_causal) = causal_mask(shape, padding.is_some(), &device);
+        let bias = match (mask.map(as_bias), padding.map(|p| key_padding_bias(p, shape))) {
+            (Some(ahead), Some(padding)) => Some(ahead + padding),
+            (ahead, padding) => ahead.or(padding),
+        };
         let options = AttentionModuleOptions { is_causal, ..Default::default() };
-        merge_heads(attention(q, k, v, None, mask.map(as_bias), options))
+        merge_heads(attention(q, k, v, None, bias, options))
     }
 
     /// The encoder's attention: `x: [batch, seq, d_model]` → `[batch, seq, d_model]`, every
@@ -273,14 +282,16 @@ fn as_bias<B: Backend>(mask: Tensor<B, 4, Bool>) -> Tensor<B, 4> {
 /// Without cached positions the queries and keys line up and the backend's causal flag
 /// does it. With a cache they do not, and backends disagree on where the causal flag aligns
 /// (libtorch's top-left, Burn's fallback bottom-right), so an explicit mask is built; one
-/// query (the usual decoding step) sees every key and needs none.
+/// query (the usual decoding step) sees every key and needs none. With a padding bias the
+/// flag cannot be used either (libtorch takes a bias or the flag, not both).
 fn causal_mask<B: Backend>(
     shape: [usize; 4],
+    with_bias: bool,
     device: &B::Device,
 ) -> (Option<Tensor<B, 4, Bool>>, bool) {
     let [_, _, seq, keys] = shape;
     let past = keys - seq;
-    if past == 0 {
+    if past == 0 && !with_bias {
         return (None, true);
     }
     if seq == 1 {

@@ -16,6 +16,7 @@ use burn::nn::{
 use burn::prelude::*;
 
 use super::attention::{linear, LayerCache, SelfAttention};
+use super::cache::KvCache;
 use super::norm::Norm;
 use super::{normal, Mlp, Sublayers};
 use crate::config::{Activation, GptSpec, InitScheme, NormKind, PositionKind};
@@ -75,8 +76,10 @@ impl<B: KernelBackend> Block<B> {
         x: Tensor<B, 3>,
         rope: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
+        padding: Option<&Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache));
+        let x =
+            self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache, padding));
         self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 
@@ -115,22 +118,6 @@ pub struct Gpt<B: Backend> {
 pub struct ParamCounts {
     pub total: usize,
     pub embedding: usize,
-}
-
-/// Per-layer KV caches for incremental decoding.
-pub struct KvCache<B: Backend> {
-    layers: Vec<Option<LayerCache<B>>>,
-}
-
-impl<B: Backend> KvCache<B> {
-    /// Number of positions cached.
-    pub fn len(&self) -> usize {
-        self.layers.first().and_then(|l| l.as_ref()).map_or(0, |c| c.keys.dims()[2])
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl GptConfig {
@@ -214,7 +201,7 @@ impl<B: Backend> Gpt<B> {
     }
 
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache { layers: vec![None; self.blocks.len()] }
+        KvCache::empty(self.blocks.len())
     }
 }
 
@@ -226,7 +213,8 @@ impl<B: KernelBackend> Gpt<B> {
     }
 
     /// Feeds `tokens: [batch, seq]` that follow the cached positions and returns the logits
-    /// of the last one, `[batch, vocab]`. The caller keeps `cache.len() + seq <= block_size`.
+    /// of the last one, `[batch, vocab]`. The caller keeps `cache.len() + seq <= block_size`
+    /// (and `batch` equal to the cache's rows once it holds any).
     pub fn forward_cached(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -254,17 +242,20 @@ impl<B: KernelBackend> Gpt<B> {
             offset + seq,
             self.block_size
         );
-        let mut x = self.dropout.forward(self.embed(tokens, offset));
+        let device = tokens.device();
+        let positions = cache.as_ref().and_then(|c| c.positions(seq, &device));
+        let mut x = self.dropout.forward(self.embed(tokens, offset, positions));
         let rope = self.rope.as_ref();
         match cache {
             Some(cache) => {
+                let padding = cache.key_padding(seq, &device);
                 for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                    x = block.forward(x, rope, Some(slot));
+                    x = block.forward(x, rope, Some(slot), padding.as_ref());
                 }
             }
             None => {
                 for block in &self.blocks {
-                    x = block.forward(x, rope, None);
+                    x = block.forward(x, rope, None, None);
                 }
             }
         }
@@ -272,24 +263,34 @@ impl<B: KernelBackend> Gpt<B> {
     }
 
     /// Token plus position embeddings: `[batch, seq]` → `[batch, seq, d_model]` for positions
-    /// `offset..offset + seq` (rotary positions are applied later, inside attention).
-    fn embed(&self, tokens: Tensor<B, 2, Int>, offset: usize) -> Tensor<B, 3> {
-        let [_, seq] = tokens.dims();
+    /// `offset..offset + seq`, or per row `positions: [batch, seq]` (rotary positions are
+    /// applied later, inside attention).
+    fn embed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        offset: usize,
+        positions: Option<Tensor<B, 2, Int>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq] = tokens.dims();
         let device = tokens.device();
         let x = self.wte.forward(tokens);
         if let Some(wpe) = &self.wpe {
-            let positions =
-                Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>();
+            let positions = positions.unwrap_or_else(|| {
+                Tensor::arange(offset as i64..(offset + seq) as i64, &device).unsqueeze::<2>()
+            });
             return x + wpe.forward(positions);
         }
-        match &self.sinusoids {
-            Some(table) => {
-                let d_model = table.dims()[1];
-                x * self.token_scale
-                    + table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>()
+        let Some(table) = &self.sinusoids else {
+            return x;
+        };
+        let d_model = table.dims()[1];
+        let added = match positions {
+            Some(ids) => {
+                table.clone().select(0, ids.reshape([batch * seq])).reshape([batch, seq, d_model])
             }
-            None => x,
-        }
+            None => table.clone().slice([offset..offset + seq, 0..d_model]).unsqueeze::<3>(),
+        };
+        x * self.token_scale + added
     }
 
     /// Attention weights of every head of `layer` for one sequence of `tokens`:
@@ -302,10 +303,10 @@ impl<B: KernelBackend> Gpt<B> {
     ) -> Vec<Vec<Vec<f32>>> {
         let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::<B, 1, Int>::from_ints(ids.as_slice(), device).unsqueeze::<2>();
-        let mut x = self.embed(tokens, 0);
+        let mut x = self.embed(tokens, 0, None);
         let rope = self.rope.as_ref();
         for block in &self.blocks[..layer] {
-            x = block.forward(x, rope, None);
+            x = block.forward(x, rope, None, None);
         }
         let block = &self.blocks[layer];
         let weights = block.attn.weights(block.attention_input(x), rope); // [1, n_heads, seq, seq]

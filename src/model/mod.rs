@@ -7,6 +7,7 @@
 //! in one place ([`GptConfig::from_spec`], [`Seq2SeqConfig::from_spec`]).
 
 mod attention;
+mod cache;
 mod gpt;
 mod mlp;
 mod norm;
@@ -15,7 +16,8 @@ mod positions;
 mod seq2seq;
 
 pub use attention::{CrossAttention, LayerCache, SelfAttention};
-pub use gpt::{Gpt, GptConfig, GptRecord, KvCache, ParamCounts};
+pub use cache::KvCache;
+pub use gpt::{Gpt, GptConfig, GptRecord, ParamCounts};
 pub use mlp::Mlp;
 pub use norm::Norm;
 pub use params::{f32_values, named_params, param_values, NamedParam, ParamValues};

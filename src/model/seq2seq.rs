@@ -95,7 +95,7 @@ impl<B: KernelBackend> DecoderLayer<B> {
         layer: usize,
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
-        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, None, cache));
+        let x = self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, None, cache, None));
         let x = self.ln_2.residual(x, self.norm_first, |h| {
             self.cross.forward(h, &memory.layers[layer], &memory.padding)
         });

@@ -3,6 +3,7 @@
 
 mod common;
 mod generate;
+mod serve;
 mod tokenizer;
 mod train;
 
@@ -15,6 +16,9 @@ pub enum BenchCommand {
     Train(train::TrainBenchArgs),
     /// Generation speed with the KV cache: first-token latency, ms/token, tokens/s, peak memory.
     Generate(generate::GenerateBenchArgs),
+    /// A run served on loopback under streaming clients: tokens/s and time to first token,
+    /// one client at a time against many at once.
+    Serve(serve::ServeBenchArgs),
     /// BPE training time, peak memory and encode MB/s, against Hugging Face tokenizers and tiktoken-rs.
     Tokenizer(tokenizer::TokenizerBenchArgs),
 }
@@ -23,6 +27,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Train(args) => train::run(args),
         BenchCommand::Generate(args) => generate::run(args),
+        BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Tokenizer(args) => tokenizer::run(args),
     }
 }
