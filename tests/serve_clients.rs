@@ -151,7 +151,9 @@ fn bad_requests() -> Vec<(&'static str, Value)> {
     let mut both = chat.clone();
     both["max_completion_tokens"] = json!(4);
     requests.push(("/v1/chat/completions", both));
-    requests.push(("/v1/chat/completions", json!({"model": "storyteller", "messages": [{"role": "user", "content": "x"}], "logprobs": true})));
+    let mut logprobs = chat.clone();
+    logprobs["logprobs"] = json!(true);
+    requests.push(("/v1/chat/completions", logprobs));
     requests
 }
 

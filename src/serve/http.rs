@@ -26,6 +26,9 @@ use crate::config::PromptTemplate;
 use crate::generate::{check_fits, Conversation, Sampling, SamplingError};
 use crate::tokenizer::Tokenizer;
 
+const NO_SUCH_ENDPOINT: &str = "no such endpoint: the API is GET /v1/models, POST \
+     /v1/completions and POST /v1/chat/completions, with GET /health and the page at /";
+
 /// The largest request body read, in bytes.
 pub const MAX_BODY: usize = 1 << 20;
 
@@ -57,8 +60,7 @@ pub fn router(model: ModelInfo, jobs: Sender<Job>, stats: Arc<Stats>) -> Router 
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .fallback(|| async {
-            ApiError::invalid(None, "no such endpoint: see GET /v1/models, POST /v1/completions, POST /v1/chat/completions, GET /health")
-                .with_status(StatusCode::NOT_FOUND)
+            ApiError::invalid(None, NO_SUCH_ENDPOINT).with_status(StatusCode::NOT_FOUND)
         })
         .method_not_allowed_fallback(|| async {
             ApiError::invalid(None, "this endpoint does not take that method")
