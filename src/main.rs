@@ -1,3 +1,11 @@
+/// Every Rust allocation through mimalloc, unless the `tcmalloc` feature puts tcmalloc under
+/// the whole process. glibc's malloc returns every tensor over its mmap threshold to the
+/// system and zero-fills it afresh on the next step; ndarray allocates a tensor per op, so
+/// training spent a large share of its time there (docs/benchmarks.md has the figures).
+#[cfg(not(feature = "tcmalloc"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
     match kiln::cli::run() {

@@ -53,7 +53,9 @@ pub(crate) fn allocator() -> String {
         format!("{} (the `tcmalloc` feature)", version.to_string_lossy())
     }
     #[cfg(not(feature = "tcmalloc"))]
-    "the system's malloc (build with --features tcmalloc on Linux to use tcmalloc)".to_string()
+    "mimalloc, for Rust's allocations (--features tcmalloc puts tcmalloc under the whole \
+     process, libtorch's included)"
+        .to_string()
 }
 
 /// `123 MB`, or why there is no figure.
