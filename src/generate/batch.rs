@@ -193,6 +193,31 @@ mod tests {
         }
     }
 
+    /// The logits of a short row that joined a longer one, one step later, are the row's
+    /// own: its left padding changes neither its positions nor what it attends to.
+    #[test]
+    fn a_joined_rows_logits_are_its_own() {
+        let device = Default::default();
+        for positions in [PositionKind::Learned, PositionKind::Sinusoidal, PositionKind::Rope] {
+            let model =
+                GptConfig::new(16, 32, 4, 2, 64, 24).with_positions(positions).init::<B>(&device);
+            let prefill = |prompt: &[u32]| {
+                let mut cache = model.new_cache();
+                model.forward_cached(tokens(prompt, &device), &mut cache);
+                cache
+            };
+            let (long, short) = (prefill(&[1, 2, 3, 4, 5, 6]), prefill(&[9, 3]));
+            let mut batch = long.join(short);
+            let next = tokens(&[7, 8], &device).reshape([2, 1]);
+            let together = host_rows(model.forward_cached(next, &mut batch));
+            let mut alone = prefill(&[9, 3]);
+            let own = host_rows(model.forward_cached(tokens(&[8], &device), &mut alone));
+            let diff = own.iter().zip(&together[16..]).map(|(a, b)| (a - b).abs());
+            let diff = diff.fold(0.0, f32::max);
+            assert!(diff < 1e-5, "{positions:?}: the joined row's logits differ by {diff}");
+        }
+    }
+
     #[test]
     fn a_prompt_and_its_tokens_must_fit_the_block() {
         let model = GptConfig::new(16, 16, 2, 1, 32, 8).init::<B>(&Default::default());

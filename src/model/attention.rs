@@ -61,6 +61,16 @@ pub struct SelfAttention<B: Backend> {
     n_heads: usize,
 }
 
+/// A batch of rows of different lengths, left-padded to the longest (sequences decoded
+/// together through one KV cache).
+#[derive(Debug, Clone)]
+pub struct Ragged<B: Backend> {
+    /// `[batch, keys]`: true at the padding columns of the keys.
+    pub padding: Tensor<B, 2, Bool>,
+    /// `[batch, seq]`: where each new position sits in its own row.
+    pub positions: Tensor<B, 2, Int>,
+}
+
 /// Keys and values of the positions seen so far: `[batch, n_heads, seq, head_dim]` each.
 #[derive(Debug, Clone)]
 pub struct LayerCache<B: Backend> {
@@ -85,20 +95,24 @@ impl<B: KernelBackend> SelfAttention<B> {
     ///
     /// With `rotary` (RoPE), each `(2i, 2i + 1)` pair of a query or key is rotated by an
     /// angle proportional to its position, so `q·k` depends only on how far apart they are.
+    /// A ragged batch's rows are rotated by their own `positions` (`[batch, seq]`): a row that
+    /// joined a batch later keeps the positions its cached keys were rotated at.
     fn split(
         &self,
         qkv: Tensor<B, 3>,
         rotary: Option<&RotaryEncoding<B>>,
         start: usize,
+        positions: Option<&Tensor<B, 2, Int>>,
     ) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
         let mut qkv = qkv.chunk(3, 2).into_iter().map(|t| split_heads(t, self.n_heads));
         let (q, k, v) = match (qkv.next(), qkv.next(), qkv.next()) {
             (Some(q), Some(k), Some(v)) => (q, k, v),
             _ => unreachable!("chunk(3) yields three tensors"),
         };
-        match rotary {
-            Some(rope) => (rope.apply(q, start), rope.apply(k, start), v),
-            None => (q, k, v),
+        match (rotary, positions) {
+            (Some(rope), None) => (rope.apply(q, start), rope.apply(k, start), v),
+            (Some(rope), Some(rows)) => (rotate_rows(rope, q, rows), rotate_rows(rope, k, rows), v),
+            (None, _) => (q, k, v),
         }
     }
 
@@ -106,7 +120,7 @@ impl<B: KernelBackend> SelfAttention<B> {
     /// `softmax(q·kᵀ / √head_dim)` with the causal mask, `[batch, n_heads, seq, seq]`.
     pub fn weights(&self, x: Tensor<B, 3>, rotary: Option<&RotaryEncoding<B>>) -> Tensor<B, 4> {
         let device = x.device();
-        let (q, k, _) = self.split(project(&self.c_attn, x), rotary, 0);
+        let (q, k, _) = self.split(project(&self.c_attn, x), rotary, 0, None);
         let [batch, heads, seq, head_dim] = q.dims();
         let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
         let ahead = ahead_mask::<B>(seq, seq, &device)
@@ -120,20 +134,19 @@ impl<B: KernelBackend> SelfAttention<B> {
     ///
     /// With a cache, `x` holds only the new positions; their keys and values are appended and
     /// the queries attend to everything cached. The causal mask is aligned to the last query,
-    /// so one code path serves training, prefill and one-token decoding. `padding:
-    /// [batch, keys]` (true at padding) masks the key columns a batch of left-padded rows
-    /// does not have.
+    /// so one code path serves training, prefill and one-token decoding. A `ragged` batch
+    /// masks the key columns its left-padded rows do not have.
     pub fn forward(
         &self,
         x: Tensor<B, 3>,
         rotary: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
-        padding: Option<&Tensor<B, 2, Bool>>,
+        ragged: Option<&Ragged<B>>,
     ) -> Tensor<B, 3> {
         let qkv = project(&self.c_attn, x);
-        let y = match (rotary, cache, padding) {
+        let y = match (rotary, cache, ragged) {
             (None, None, None) => B::causal_self_attention(qkv, self.n_heads),
-            (rotary, cache, padding) => self.attend(qkv, rotary, cache, padding),
+            (rotary, cache, ragged) => self.attend(qkv, rotary, cache, ragged),
         };
         self.resid_dropout.forward(project(&self.c_proj, y))
     }
@@ -144,13 +157,15 @@ impl<B: KernelBackend> SelfAttention<B> {
         qkv: Tensor<B, 3>,
         rotary: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
-        padding: Option<&Tensor<B, 2, Bool>>,
+        ragged: Option<&Ragged<B>>,
     ) -> Tensor<B, 3> {
         let [batch, seq, _] = qkv.dims();
         let device = qkv.device();
         let start =
             cache.as_ref().and_then(|slot| slot.as_ref()).map_or(0, |past| past.keys.dims()[2]);
-        let (q, mut k, mut v) = self.split(qkv, rotary, start);
+        let positions = ragged.map(|rows| &rows.positions);
+        let (q, mut k, mut v) = self.split(qkv, rotary, start, positions);
+        let padding = ragged.map(|rows| &rows.padding);
         if let Some(slot) = cache {
             if let Some(past) = slot.take() {
                 k = Tensor::cat(vec![past.keys, k], 2);
@@ -176,7 +191,7 @@ impl<B: KernelBackend> SelfAttention<B> {
         x: Tensor<B, 3>,
         padding: &Tensor<B, 2, Bool>,
     ) -> Tensor<B, 3> {
-        let (q, k, v) = self.split(project(&self.c_attn, x), None, 0);
+        let (q, k, v) = self.split(project(&self.c_attn, x), None, 0, None);
         let bias = key_padding_bias(padding, q.dims());
         let y = attention(q, k, v, None, Some(bias), AttentionModuleOptions::default());
         self.resid_dropout.forward(project(&self.c_proj, merge_heads(y)))
@@ -258,6 +273,30 @@ fn merge_heads<B: Backend>(y: Tensor<B, 4>) -> Tensor<B, 3> {
 
 /// `padding: [batch, keys]` (true at padding) → the attention bias of `queries` queries,
 /// `[batch, n_heads, queries, keys]`: -inf where a key is padding, else 0.
+/// `x: [batch, heads, seq, head_dim]` rotated as [`RotaryEncoding::apply`] does, each row
+/// `b` by the angles of its own `positions[b]` (`[batch, seq]`) rather than of one shared
+/// start: the same products and sums, so a row comes out as it would alone.
+fn rotate_rows<B: Backend>(
+    rope: &RotaryEncoding<B>,
+    x: Tensor<B, 4>,
+    positions: &Tensor<B, 2, Int>,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    let device = x.device();
+    // (re, im) → (re, im, -im, re): each pair's terms of the 2-D rotation [[cos, -sin], [sin, cos]].
+    let signs = Tensor::<B, 2>::from_floats([[1.0, 0.0, 0.0, 1.0], [0.0, -1.0, 1.0, 0.0]], &device);
+    let angles = rope
+        .freq_complex
+        .clone()
+        .select(0, positions.clone().reshape([batch * seq]))
+        .reshape([batch, 1, seq, head_dim, 2]);
+    let terms = x
+        .reshape([batch * heads, seq, head_dim / 2, 2])
+        .matmul(signs.unsqueeze())
+        .reshape([batch, heads, seq, head_dim, 2]);
+    (terms * angles).sum_dim(4).reshape([batch, heads, seq, head_dim])
+}
+
 fn key_padding_bias<B: Backend>(
     padding: &Tensor<B, 2, Bool>,
     [batch, heads, queries, _]: [usize; 4],

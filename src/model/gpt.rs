@@ -15,7 +15,7 @@ use burn::nn::{
 };
 use burn::prelude::*;
 
-use super::attention::{linear, LayerCache, SelfAttention};
+use super::attention::{linear, LayerCache, Ragged, SelfAttention};
 use super::cache::KvCache;
 use super::norm::Norm;
 use super::{normal, Mlp, Sublayers};
@@ -76,10 +76,10 @@ impl<B: KernelBackend> Block<B> {
         x: Tensor<B, 3>,
         rope: Option<&RotaryEncoding<B>>,
         cache: Option<&mut Option<LayerCache<B>>>,
-        padding: Option<&Tensor<B, 2, Bool>>,
+        ragged: Option<&Ragged<B>>,
     ) -> Tensor<B, 3> {
         let x =
-            self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache, padding));
+            self.ln_1.residual(x, self.norm_first, |h| self.attn.forward(h, rope, cache, ragged));
         self.ln_2.residual(x, self.norm_first, |h| self.mlp.forward(h))
     }
 
@@ -244,13 +244,16 @@ impl<B: KernelBackend> Gpt<B> {
         );
         let device = tokens.device();
         let positions = cache.as_ref().and_then(|c| c.positions(seq, &device));
-        let mut x = self.dropout.forward(self.embed(tokens, offset, positions));
+        let mut x = self.dropout.forward(self.embed(tokens, offset, positions.clone()));
         let rope = self.rope.as_ref();
         match cache {
             Some(cache) => {
-                let padding = cache.key_padding(seq, &device);
+                let ragged = match (cache.key_padding(seq, &device), positions) {
+                    (Some(padding), Some(positions)) => Some(Ragged { padding, positions }),
+                    _ => None,
+                };
                 for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-                    x = block.forward(x, rope, Some(slot), padding.as_ref());
+                    x = block.forward(x, rope, Some(slot), ragged.as_ref());
                 }
             }
             None => {
