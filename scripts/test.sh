@@ -13,10 +13,11 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # A C/C++ toolchain (torch-sys compiles its C++ wrapper), Python venvs for pip's torch, Vulkan
-# on the CPU through Mesa's lavapipe for wgpu, tcmalloc for the `tcmalloc` feature, and
-# Chromium for the report's browser test.
+# on the CPU through Mesa's lavapipe for wgpu, tcmalloc for the `tcmalloc` feature,
+# Chromium for the report's browser test, and Open MPI (with libclang, which its Rust
+# bindings are generated with) for the `distributed` feature and its mpirun tests.
 packages=(build-essential pkg-config python3-venv mesa-vulkan-drivers libvulkan1
-          libtcmalloc-minimal4 chromium)
+          libtcmalloc-minimal4 chromium openmpi-bin libopenmpi-dev libclang-dev)
 if command -v dpkg >/dev/null 2>&1; then
     missing=()
     for p in "${packages[@]}"; do

@@ -8,10 +8,24 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     restore_sigpipe();
+    #[cfg(feature = "distributed")]
+    let mpi = match kiln::distributed::Session::from_launcher() {
+        Ok(session) => session,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     match kiln::cli::run() {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
+            // The other processes of an MPI job would wait for this one in their next
+            // collective: end them all.
+            #[cfg(feature = "distributed")]
+            if let Some(mpi) = mpi.filter(|_| kiln::distributed::Processes::current().size > 1) {
+                mpi.abort(1);
+            }
             std::process::ExitCode::FAILURE
         }
     }

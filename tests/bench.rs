@@ -26,6 +26,10 @@ fn bench_train_reports_consistent_figures() {
         "{r}"
     );
     assert_eq!(r["backend"], "ndarray");
+    // The bench measures the backend's SGEMM peak itself and sets the model against it.
+    let peak = r["sgemm_peak_flops_per_sec"].as_f64().unwrap();
+    let fraction = r["flops_per_sec"].as_f64().unwrap() / peak;
+    assert!(peak > 1e8 && (r["peak_fraction"].as_f64().unwrap() - fraction).abs() < 1e-9, "{r}");
 }
 
 /// With two devices the bench also times both at once, each with the config's batch: twice
@@ -38,7 +42,7 @@ fn bench_train_on_two_devices_reports_scaling() {
         "--iters", "3", "--warmup", "1", "--json",
     ]);
     let s = &r["scaling"];
-    assert_eq!(s["devices"], 2, "{r}");
+    assert_eq!((&s["replicas"], &s["processes"]), (&2.into(), &1.into()), "{r}");
     let tokens =
         s["tokens_per_sec"].as_f64().unwrap() * s["ms_per_iter"].as_f64().unwrap() / 1000.0;
     assert!(
@@ -82,6 +86,18 @@ fn bench_generate_rejects_a_run_longer_than_the_context() {
         "bench", "generate", "--config", "configs/tiny.toml", "--prompt-tokens", "0",
     ]);
     assert!(!ok && err.contains("--prompt-tokens 0"), "{err}");
+}
+
+/// Outside an MPI launcher there is nothing to exchange with: the bench says how to start it.
+#[test]
+fn bench_allreduce_needs_several_processes() {
+    let (ok, _, err) = common::kiln(&["bench", "allreduce", "--floats", "1000"]);
+    let expected = if cfg!(feature = "distributed") {
+        "mpirun -np 2 kiln bench allreduce"
+    } else {
+        "--features distributed"
+    };
+    assert!(!ok && err.contains(expected), "{err}");
 }
 
 /// With the `tcmalloc` feature every `malloc` of the process binds to tcmalloc, libc's and

@@ -204,18 +204,27 @@ fn bad_distributed_values_are_named() {
     };
     let err = with("devices = [0, 1, 0]");
     assert!(err.contains("distributed.devices") && err.contains("0 is listed twice"), "{err}");
-    let err = with("nodes = 2\nnode_rank = 2\ncoordinator = \"127.0.0.1:3000\"");
-    assert!(
-        err.contains("distributed.node_rank") && err.contains("below distributed.nodes = 2"),
-        "{err}"
+    // The keys of kiln's former link between machines name what replaced them.
+    for key in ["nodes = 2", "node_rank = 1", "coordinator = \"10.0.0.1:3000\""] {
+        let err = with(key);
+        let name = key.split(' ').next().unwrap();
+        assert!(
+            err.contains(&format!("distributed.{name}")) && err.contains("MPI launcher"),
+            "{err}"
+        );
+    }
+    // A run written before reads back: its config.toml has the former keys at their defaults.
+    let resolved = dir.path().join("config.toml");
+    let text = format!(
+        "{}\n[distributed]\nnodes = 1\nnode_rank = 0\ncoordinator = \"\"\n",
+        valid_config_text()
     );
-    let err = with("nodes = 2\ncoordinator = \"10.0.0.1\"");
-    let expected = if cfg!(feature = "distributed") {
-        "distributed.coordinator"
-    } else {
-        "built without the `distributed` feature"
-    };
-    assert!(err.contains(expected), "{err}");
+    std::fs::write(&resolved, text).unwrap();
+    kiln::config::RunSpec::read_resolved(&resolved).expect("an older run's config.toml reads");
+    if !cfg!(feature = "distributed") {
+        let err = with("devices = [0, 1]");
+        assert!(err.contains("built without the `distributed` feature"), "{err}");
+    }
     let err = with("node_address = \"10.0.0.1:3001\"");
     assert!(err.contains("node_address"), "{err}");
 }

@@ -1,12 +1,12 @@
 //! Data-parallel training (`--features distributed`): two replicas in one process, and two
-//! `kiln` processes on loopback as two nodes, against one device with the doubled batch.
+//! `kiln` processes under `mpirun` (Open MPI, on loopback), against one device with the
+//! doubled batch.
 #![cfg(feature = "distributed")]
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln::run::checkpoint::CheckpointState;
@@ -55,177 +55,228 @@ fn two_local_replicas_match_one_device_with_the_doubled_batch() {
     assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap()
-}
-
-/// `kiln train` as node `rank` of two, with node 0 listening on loopback `port` and each
-/// node writing under its own artifacts directory (as two machines would); `extra` are more
-/// settings, `flags` more command-line flags.
-fn node(artifacts: &Path, rank: usize, port: u16, extra: &[&str], flags: &[&str]) -> Child {
+/// `mpirun --oversubscribe -np 2 kiln train` on `configs/tiny.toml` with batch 16 and each of
+/// `extra` as a `--set` (then `flags`), writing under `artifacts`; each process's temporary
+/// folder is `tmp`. Output is piped for the test to read.
+fn mpirun(artifacts: &Path, tmp: &Path, extra: &[&str], flags: &[&str]) -> Child {
+    let mut command = Command::new("mpirun");
+    command.args(["--oversubscribe", "-np", "2"]);
+    command.args([env!("CARGO_BIN_EXE_kiln"), "train", "--config", "configs/tiny.toml"]);
+    command.args(["--sample-tokens", "0"]);
     let sets = SETTINGS.iter().chain(extra).map(|s| s.to_string()).chain([
-        "run.name=nodes".to_string(),
-        format!("run.artifacts_dir={}", artifacts.join(format!("node{rank}")).display()),
+        "run.name=mpi".to_string(),
+        format!("run.artifacts_dir={}", artifacts.display()),
         "training.batch_size=16".to_string(),
-        "distributed.nodes=2".to_string(),
-        format!("distributed.node_rank={rank}"),
-        format!("distributed.coordinator=127.0.0.1:{port}"),
     ]);
-    common::spawn_tiny_training(sets, flags)
+    for set in sets {
+        command.args(["--set", &set]);
+    }
+    launched(command.args(flags), tmp)
 }
 
-/// Waits at most `limit` for `child` to exit (killing it after that): success and stderr.
+/// `command` (an mpirun) started from the repository with `tmp` as TMPDIR, allowed to run as
+/// root (as CI does), its output piped.
+fn launched(command: &mut Command, tmp: &Path) -> Child {
+    command
+        .current_dir(common::repo())
+        .env("TMPDIR", tmp)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mpirun starts: install Open MPI (Debian: openmpi-bin)")
+}
+
+/// Waits at most `limit` for `child` to exit (killing it after that): success, and what it
+/// wrote to stdout and stderr.
 fn wait_for(child: Child, limit: Duration) -> (bool, String) {
-    let (code, stderr) = wait_for_code(child, limit);
-    (code == Some(0), stderr)
+    let (code, output) = wait_for_code(child, limit);
+    (code == Some(0), output)
 }
 
-/// The exit status of `child` and what it wrote to stderr, once it ends within `limit`.
+/// The exit status of `child` and its output, once it ends within `limit`.
 fn wait_for_code(mut child: Child, limit: Duration) -> (Option<i32>, String) {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             child.kill().unwrap();
             let out = child.wait_with_output().unwrap();
-            panic!("kiln did not exit within {limit:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "mpirun did not exit within {limit:?}:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = child.wait_with_output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text.into_owned())
 }
 
-/// Two processes on loopback train as two nodes of batch 16: both end with the same final
-/// weights, bit for bit (every node applies the mean node 0 computed), which match one
-/// device with batch 32 as closely as two local replicas do. Only node 0 writes the run.
-#[test]
-fn two_nodes_on_loopback_write_identical_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let first = node(dir.path(), 0, port, &["distributed.timeout_secs=60"], &[]);
-    let second = node(dir.path(), 1, port, &["distributed.timeout_secs=60"], &[]);
-    let (ok0, err0) = wait_for(first, Duration::from_secs(300));
-    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
-    assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
-
-    let (run0, run1) = (dir.path().join("node0/nodes"), dir.path().join("node1/nodes"));
-    let weights = common::final_weights(&run0);
-    assert!(weights == common::final_weights(&run1), "the nodes' final weights differ");
-    train(dir.path(), &["run.name=single", "training.batch_size=32"]);
-    let diff = max_abs_diff(&weights, &common::final_weights(&dir.path().join("single")));
-    eprintln!(
-        "two nodes: final weights bit-identical; max |single - nodes| over {} weights: {diff:e}",
-        weights.len()
-    );
-    assert!(diff < 1e-3, "weights differ from one device with the doubled batch by {diff}");
-
-    for file in ["metrics.jsonl", "summary.json"] {
-        assert!(run0.join(file).exists(), "node 0 writes {file}");
-        assert!(!run1.join(file).exists(), "node 1 writes no {file}");
-    }
-    assert!(!RunDir::new(&run0).checkpoint_steps().is_empty(), "node 0 writes checkpoints");
-    assert!(RunDir::new(&run1).checkpoint_steps().is_empty(), "node 1 writes no checkpoints");
-    let summary = std::fs::read_to_string(run0.join("summary.json")).unwrap();
-    assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
-}
-
-/// SIGKILL node 1 once node 0 has written a checkpoint: node 0 fails within seconds with an
-/// error naming node 1, instead of waiting for it, and its checkpoints still load.
-#[test]
-fn killing_a_node_ends_the_other_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let long =
-        ["training.max_iters=100000", "training.eval_interval=10", "distributed.timeout_secs=5"];
-    let first = node(dir.path(), 0, port, &long, &[]);
-    let mut second = node(dir.path(), 1, port, &long, &[]);
-    let run0 = RunDir::new(dir.path().join("node0/nodes"));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while run0.checkpoint_steps().is_empty() {
-        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
+/// The pid of the process of MPI rank `rank` among `mpirun`'s children.
+fn rank_pid(mpirun: &Child, rank: usize) -> libc::pid_t {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let parent = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            let ours = parent == Some(mpirun.id().to_string().as_str());
+            if ours && environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes()) {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "no process of rank {rank} under mpirun");
         std::thread::sleep(Duration::from_millis(100));
     }
-    second.kill().unwrap();
-    second.wait().unwrap();
-    let killed = Instant::now();
-    let (ok, stderr) = wait_for(first, Duration::from_secs(60));
-    let took = killed.elapsed();
-    eprintln!(
-        "node 0 exited {took:?} after node 1 was killed:\n{}",
-        stderr.lines().last().unwrap_or_default()
-    );
-    assert!(!ok, "node 0 cannot finish without node 1");
-    assert!(took < Duration::from_secs(30), "node 0 took {took:?} to give up");
-    assert!(
-        stderr.contains("node 1 closed its connection") || stderr.contains("node 1 sent nothing"),
-        "{stderr}"
-    );
-
-    let spec = kiln::config::RunSpec::read_resolved(&run0.config()).unwrap();
-    let newest = *run0.checkpoint_steps().last().unwrap();
-    CheckpointState::verify(&run0, newest).unwrap();
-    kiln::run::load_gpt::<B>(
-        &run0,
-        &spec,
-        Some(&run0.checkpoint_file("model", newest)),
-        &Default::default(),
-    )
-    .expect("node 0's newest checkpoint loads");
 }
 
-/// Ctrl-C on node 1 stops both nodes at the same step, and node 0 writes a checkpoint. With
-/// node 0's checkpoints copied to node 1, both resume and end where two nodes that were never
-/// stopped do, bit for bit.
-#[test]
-fn interrupted_nodes_resume_from_node_0s_checkpoint() {
-    let dir = tempfile::tempdir().unwrap();
-    let long =
-        ["training.max_iters=200", "training.eval_interval=10", "distributed.timeout_secs=60"];
-    let port = free_port();
-    let first = node(dir.path(), 0, port, &long, &[]);
-    let second = node(dir.path(), 1, port, &long, &[]);
-    let (run0, run1) =
-        (RunDir::new(dir.path().join("node0/nodes")), RunDir::new(dir.path().join("node1/nodes")));
+/// A job of `max_iters` steps (validating every 10) under mpirun in `dir`, and `signal` sent
+/// to its process 1 once process 0 has written a checkpoint: the run and the job.
+fn signal_process_1(dir: &Path, tmp: &Path, max_iters: usize, signal: i32) -> (RunDir, Child) {
+    let steps = format!("training.max_iters={max_iters}");
+    let job = mpirun(dir, tmp, &[&steps, "training.eval_interval=10"], &[]);
+    let run = RunDir::new(dir.join("mpi"));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while run0.checkpoint_steps().is_empty() {
-        assert!(Instant::now() < deadline, "node 0 wrote no checkpoint within 2 minutes");
+    while run.checkpoint_steps().is_empty() {
+        assert!(Instant::now() < deadline, "process 0 wrote no checkpoint within 2 minutes");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // SAFETY: kill(2) on the pid of a child this test started and has not yet waited for.
-    assert_eq!(unsafe { libc::kill(second.id() as libc::pid_t, libc::SIGINT) }, 0);
-    let (code0, err0) = wait_for_code(first, Duration::from_secs(60));
-    let (code1, err1) = wait_for_code(second, Duration::from_secs(60));
-    // Both stopped by the interrupt (node 0 by its agreement with node 1): 128 + SIGINT.
-    let stopped = code0 == Some(130) && code1 == Some(130) && err0.contains("stopped at step");
-    assert!(stopped, "node 0 ({code0:?}):\n{err0}\nnode 1 ({code1:?}):\n{err1}");
-    let newest = *run0.checkpoint_steps().last().unwrap();
-    let step = CheckpointState::verify(&run0, newest).unwrap().step;
+    // SAFETY: kill(2) on a process of the job this test started.
+    assert_eq!(unsafe { libc::kill(rank_pid(&job, 1), signal) }, 0);
+    (run, job)
+}
+
+fn is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().next().is_none()
+}
+
+/// Two processes of batch 16 under mpirun end with the same weights, bit for bit (checked
+/// by the processes themselves), which match one process with batch 32 as closely as two
+/// local replicas do. Only process 0 writes the run, and the other's scratch folder is gone.
+#[test]
+fn two_processes_under_mpirun_match_one_with_the_doubled_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, output) = wait_for(mpirun(dir.path(), tmp.path(), &[], &[]), Duration::from_secs(300));
+    assert!(ok, "{output}");
+    assert!(output.contains("the final weights are the same on all 2 processes"), "{output}");
+    train(dir.path(), &["run.name=single", "training.batch_size=32"]);
+    let weights = common::final_weights(&dir.path().join("mpi"));
+    let diff = max_abs_diff(&weights, &common::final_weights(&dir.path().join("single")));
+    eprintln!("two processes: max |single - mpi| over {} weights: {diff:e}", weights.len());
+    assert!(diff < 1e-3, "weights differ from one process with the doubled batch by {diff}");
+    let summary = std::fs::read_to_string(dir.path().join("mpi/summary.json")).unwrap();
+    assert!(summary.contains("\"tokens_seen\": 40960"), "{summary}");
+    let runs: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 2, "only process 0 writes a run folder: {runs:?}");
+    assert!(is_empty(tmp.path()), "process 1 left its scratch folder behind");
+}
+
+/// Two processes whose configs differ: both refuse to start, naming the key.
+#[test]
+fn a_process_with_other_settings_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kiln = |d_model: &str| {
+        let set = format!("model.d_model={d_model}");
+        let artifacts = format!("run.artifacts_dir={}", dir.path().display());
+        let mut args = vec!["-np", "1", env!("CARGO_BIN_EXE_kiln"), "train"];
+        args.extend(["--config", "configs/tiny.toml", "--set", "run.name=mismatch"]);
+        let owned = [set, artifacts];
+        args.extend(owned.iter().flat_map(|s| ["--set", s.as_str()]).collect::<Vec<_>>());
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    // MPMD: process 0 with one config, process 1 with another.
+    let mut command = Command::new("mpirun");
+    command.arg("--oversubscribe").args(kiln("32")).arg(":").args(kiln("48"));
+    let (ok, output) = wait_for(launched(&mut command, tmp.path()), Duration::from_secs(120));
+    assert!(!ok, "{output}");
+    assert!(output.contains("model.d_model is 48 on process 1 but 32 on process 0"), "{output}");
+}
+
+/// SIGKILL process 1 once process 0 has written a checkpoint: mpirun ends process 0 within
+/// seconds, names the rank that died, and process 0's checkpoints still load.
+#[test]
+fn killing_a_process_ends_the_job_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, job) = signal_process_1(dir.path(), tmp.path(), 100_000, libc::SIGKILL);
+    let killed = Instant::now();
+    let (ok, output) = wait_for(job, Duration::from_secs(60));
+    let took = killed.elapsed();
+    eprintln!("mpirun exited {took:?} after rank 1 was killed");
+    assert!(!ok, "the job cannot finish without process 1");
+    assert!(took < Duration::from_secs(30), "the job took {took:?} to end");
+    assert!(output.contains("rank 1") && output.contains("signal 9"), "{output}");
+
+    let spec = kiln::config::RunSpec::read_resolved(&run.config()).unwrap();
+    let newest = *run.checkpoint_steps().last().unwrap();
+    CheckpointState::verify(&run, newest).unwrap();
+    kiln::run::load_gpt::<B>(
+        &run,
+        &spec,
+        Some(&run.checkpoint_file("model", newest)),
+        &Default::default(),
+    )
+    .expect("process 0's newest checkpoint loads");
+}
+
+/// SIGINT to process 1 stops both processes at the same step, and process 0 writes a
+/// checkpoint. `mpirun … --resume` then ends where a job that was never stopped does, bit
+/// for bit.
+#[test]
+fn an_interrupted_job_resumes_on_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (run, job) = signal_process_1(dir.path(), tmp.path(), 200, libc::SIGINT);
+    let (code, output) = wait_for_code(job, Duration::from_secs(60));
+    // Both stopped by the interrupt (process 0 by its agreement with process 1).
+    let stopped = code == Some(130) && output.contains("stopped at step");
+    assert!(stopped, "mpirun ({code:?}):\n{output}");
+    let step = CheckpointState::verify(&run, *run.checkpoint_steps().last().unwrap()).unwrap().step;
     assert!(step < 200, "the run was stopped at step {step}");
 
-    std::fs::create_dir_all(run1.checkpoints()).unwrap();
-    for entry in std::fs::read_dir(run0.checkpoints()).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), run1.checkpoints().join(entry.file_name())).unwrap();
-    }
-    let port = free_port();
-    let first = node(dir.path(), 0, port, &long, &["--resume"]);
-    let second = node(dir.path(), 1, port, &long, &["--resume"]);
-    let (ok0, err0) = wait_for(first, Duration::from_secs(300));
-    let (ok1, err1) = wait_for(second, Duration::from_secs(60));
-    assert!(ok0 && ok1, "node 0:\n{err0}\nnode 1:\n{err1}");
-
+    let long = ["training.max_iters=200", "training.eval_interval=10"];
+    let (ok, output) =
+        wait_for(mpirun(dir.path(), tmp.path(), &long, &["--resume"]), Duration::from_secs(300));
+    assert!(ok && output.contains("resuming"), "{output}");
     let reference = dir.path().join("reference");
-    let port = free_port();
-    let first = node(&reference, 0, port, &long, &[]);
-    let second = node(&reference, 1, port, &long, &[]);
+    let (ok, output) =
+        wait_for(mpirun(&reference, tmp.path(), &long, &[]), Duration::from_secs(300));
+    assert!(ok, "{output}");
     assert!(
-        wait_for(first, Duration::from_secs(300)).0 && wait_for(second, Duration::from_secs(60)).0
-    );
-    let resumed = common::final_weights(run0.root());
-    assert!(resumed == common::final_weights(run1.root()), "the resumed nodes' weights differ");
-    assert!(
-        resumed == common::final_weights(&reference.join("node0/nodes")),
+        common::final_weights(run.root()) == common::final_weights(&reference.join("mpi")),
         "resuming at step {step} changed the weights"
     );
-    eprintln!("two nodes stopped at step {step} by SIGINT on node 1, resumed on both: final weights bit-identical to an unstopped pair");
+    assert!(is_empty(tmp.path()), "a scratch folder was left behind");
+    eprintln!("two processes stopped at step {step} by SIGINT on process 1, resumed: final weights bit-identical to an unstopped job");
+}
+
+/// `kiln bench train` under mpirun times process 0 alone, then both processes, and process 0
+/// alone prints the scaling; `kiln bench allreduce` prints the time of one exchange.
+#[test]
+fn the_benchmarks_time_two_processes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bench = |args: &[&str]| {
+        let mut command = Command::new("mpirun");
+        command.args(["--oversubscribe", "-np", "2", env!("CARGO_BIN_EXE_kiln"), "bench"]);
+        let (ok, output) =
+            wait_for(launched(command.args(args), tmp.path()), Duration::from_secs(180));
+        assert!(ok, "{output}");
+        output
+    };
+    let output =
+        bench(&["train", "--config", "configs/tiny.toml", "--iters", "3", "--warmup", "1"]);
+    assert!(output.contains("on 2 replicas") && output.contains("(2 process(es)"), "{output}");
+    assert!(output.contains("% efficiency"), "{output}");
+    assert_eq!(output.matches("ms/iter:").count(), 1, "only process 0 reports:\n{output}");
+    let output = bench(&["allreduce", "--floats", "3000000", "--steps", "3"]);
+    assert!(output.contains("mean of 3000000 floats (12 MB) over 2 processes"), "{output}");
+    assert!(output.contains("per exchange: median"), "{output}");
 }

@@ -116,8 +116,8 @@ pub fn run(args: TrainArgs) -> Result<ExitCode> {
     let run = RunDir::of(&spec);
     match train(spec.clone(), options).map_err(with_flags)? {
         Outcome::Finished(_) => {
-            // Only node 0 writes metrics, so only node 0 has curves to plot.
-            if spec.distributed.node_rank == 0 {
+            // Only process 0 writes the run, so only it has weights to export and curves to plot.
+            if crate::distributed::Processes::current().rank == 0 {
                 // The run's config as written, with what training resolved (the vocabulary).
                 let (run, spec) = crate::run::open_run(run.root())?;
                 if spec.model.as_gpt().is_some() {

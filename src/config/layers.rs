@@ -85,12 +85,40 @@ pub(super) fn from_text(text: &str, origin: &str) -> Result<RunSpec, ConfigError
 }
 
 /// Runs made before the model kinds had sections of their own wrote `rope_theta` into a
-/// seq2seq `[model]`, which has no such key.
+/// seq2seq `[model]`, which has no such key; runs made before MPI wrote the keys of kiln's
+/// own link between machines (see [`RETIRED`]).
 fn forget_legacy_keys(table: &mut Table) {
     if let Some(Value::Table(model)) = table.get_mut("model") {
         if model.get("kind").and_then(Value::as_str) == Some("seq2seq") {
             model.remove("rope_theta");
         }
+    }
+    if let Some(Value::Table(distributed)) = table.get_mut("distributed") {
+        for (key, _) in RETIRED {
+            distributed.remove(key.trim_start_matches("distributed."));
+        }
+    }
+}
+
+/// Keys kiln no longer reads, and what replaced them.
+const RETIRED: [(&str, &str); 3] = [
+    ("distributed.nodes", "the launcher's process count: mpirun -np N kiln train …"),
+    ("distributed.node_rank", "each process's MPI rank, which the launcher sets"),
+    ("distributed.coordinator", "MPI's own connections, which the launcher sets up"),
+];
+
+/// A retired key in a config the user wrote, named with what replaced it.
+fn refuse_retired(table: &Table) -> Result<(), FieldError> {
+    let Some(Value::Table(distributed)) = table.get("distributed") else { return Ok(()) };
+    match RETIRED.iter().find(|(key, _)| distributed.contains_key(&key[12..])) {
+        Some((key, instead)) => Err((
+            key.to_string(),
+            format!(
+                "a key of kiln's former link between machines; the processes of a run now come \
+                 from the MPI launcher ({instead}; see docs/scaling.md)"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -212,6 +240,7 @@ fn toml_value(raw: &str) -> Value {
 type FieldError = (String, String);
 
 fn spec_from_table(mut table: Table) -> Result<RunSpec, FieldError> {
+    refuse_retired(&table)?;
     if let Some(unknown) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
         return Err((
             unknown.clone(),

@@ -230,58 +230,47 @@ impl BackendSection {
     }
 }
 
-/// Data-parallel training: one replica of the model per local device and node. The
-/// defaults are one device on one machine.
+/// Data-parallel training: one replica of the model per local device of each process that
+/// an MPI launcher (`mpirun`, `srun`) started. The defaults are one device in one process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistributedSection {
-    /// Local device indices of the chosen backend, one replica each (empty: `backend.device`).
+    /// Local device indices of the chosen backend, one replica each (empty: `backend.device`,
+    /// moved on by the process's local rank when the launcher runs several per machine).
     #[serde(default)]
     pub devices: Vec<usize>,
-    /// Machines taking part.
-    #[serde(default = "defaults::one")]
-    pub nodes: usize,
-    /// This machine, `0..nodes`; node 0 listens at `coordinator` and writes the run.
-    #[serde(default)]
-    pub node_rank: usize,
-    /// `host:port` of node 0, where the other nodes send their gradients (needed when
-    /// `nodes > 1`; node 0 listens on exactly this address).
-    #[serde(default)]
-    pub coordinator: String,
-    /// Seconds a replica waits for the others (at start and at each gradient exchange)
-    /// before it gives up with an error.
+    /// Seconds a replica waits for the others at each gradient exchange before it gives up
+    /// with an error.
     #[serde(default = "defaults::distributed_timeout")]
     pub timeout_secs: u64,
+    /// Processes in the run, as the launcher says: never read from or written to a file.
+    #[serde(skip, default = "defaults::one")]
+    pub processes: usize,
+    /// This process, `0..processes`; process 0 writes the run.
+    #[serde(skip)]
+    pub process_rank: usize,
 }
 
 impl Default for DistributedSection {
     fn default() -> Self {
         Self {
             devices: Vec::new(),
-            nodes: 1,
-            node_rank: 0,
-            coordinator: String::new(),
             timeout_secs: defaults::distributed_timeout(),
+            processes: 1,
+            process_rank: 0,
         }
     }
 }
 
 impl DistributedSection {
-    /// Replicas on this machine.
+    /// Replicas in this process.
     pub fn local_replicas(&self) -> usize {
         self.devices.len().max(1)
     }
 
     /// Replicas in the whole run: each takes `batch_size × grad_accumulation` windows a step.
     pub fn replicas(&self) -> usize {
-        self.local_replicas() * self.nodes
-    }
-
-    /// The port of `coordinator` when it is a `host:port`.
-    pub fn coordinator_port(&self) -> Option<u16> {
-        let (host, port) = self.coordinator.rsplit_once(':')?;
-        (!host.is_empty()).then_some(())?;
-        port.parse().ok()
+        self.local_replicas() * self.processes
     }
 }
 

@@ -316,15 +316,7 @@ fn validate_backend(backend: &BackendSection) -> Result<(), ConfigError> {
 /// A consistent `[distributed]` section, on a build and a model that can use it.
 fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
     let d = &spec.distributed;
-    count("distributed.nodes", d.nodes, 1 << 16)?;
     positive("distributed.timeout_secs", d.timeout_secs as usize)?;
-    if d.node_rank >= d.nodes {
-        return Err(invalid(
-            "distributed.node_rank",
-            d.node_rank,
-            format!("a rank below distributed.nodes = {}", d.nodes),
-        ));
-    }
     let mut seen = std::collections::BTreeSet::new();
     if let Some(twice) = d.devices.iter().find(|&&i| !seen.insert(i)) {
         return Err(invalid(
@@ -333,14 +325,14 @@ fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
             format!("distinct device indices ({twice} is listed twice)"),
         ));
     }
-    if d.replicas() == 1 {
+    if d.local_replicas() == 1 {
         return Ok(());
     }
     if !cfg!(feature = "distributed") {
         return Err(invalid(
             "distributed.devices",
-            format!("{:?} on {} node(s)", d.devices, d.nodes),
-            "one device on one node: this kiln was built without the `distributed` feature \
+            format!("{:?}", d.devices),
+            "one device: this kiln was built without the `distributed` feature \
              (cargo build --release --features distributed)",
         ));
     }
@@ -348,14 +340,7 @@ fn validate_distributed(spec: &RunSpec) -> Result<(), ConfigError> {
         return Err(invalid(
             "distributed.devices",
             format!("{:?}", d.devices),
-            "one device and one node: data-parallel training covers model.kind = \"gpt\"",
-        ));
-    }
-    if d.nodes > 1 && d.coordinator_port().is_none() {
-        return Err(invalid(
-            "distributed.coordinator",
-            format!("{:?}", d.coordinator),
-            "node 0's host:port, e.g. \"10.0.0.1:3000\" (needed when distributed.nodes > 1)",
+            "one device: data-parallel training covers model.kind = \"gpt\"",
         ));
     }
     Ok(())

@@ -1,5 +1,5 @@
-//! A replica's line to the others: gradients averaged between the devices of a machine
-//! (burn-collective) and between machines ([`super::nodes`]).
+//! A replica's line to the others: gradients averaged between the devices of a process
+//! (burn-collective) and between processes ([`super::mpi`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -13,36 +13,35 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorPrimitive;
 use burn_collective::{CollectiveConfig, PeerId, ReduceOperation};
 
-use super::nodes::NodeLink;
 use super::Replica;
 use crate::config::DistributedSection;
 
-/// A replica's line to the others: registered with burn-collective when its machine has
-/// several, linked to node 0 when it is the first replica of a machine in a multi-node run.
+/// A replica's line to the others: registered with burn-collective when its process has
+/// several; the first replica of each process also trades with the other processes.
 pub struct Exchange {
     replica: Replica,
     local_replicas: usize,
-    nodes: usize,
-    /// The link to the other machines, on each machine's first replica.
-    link: Option<Mutex<NodeLink>>,
+    processes: usize,
+    /// The receive buffer of the all-reduce between processes, kept between steps.
+    scratch: Mutex<Vec<f32>>,
     watch: Arc<Watch>,
 }
 
 impl Exchange {
     /// Joins the run's other replicas from `device` (of the inner, non-autodiff backend
-    /// `B`); returns once this machine's replicas have registered and, on a machine's
-    /// first replica, node 0 has accepted every node's `agreement`.
+    /// `B`); returns once this process's replicas have registered and every process has
+    /// the `agreement` of process 0.
     pub fn join<B: Backend>(
         replica: Replica,
         device: &B::Device,
         section: &DistributedSection,
         agreement: &serde_json::Value,
     ) -> Result<Self> {
-        let mut exchange = Self {
+        let exchange = Self {
             replica,
             local_replicas: section.local_replicas(),
-            nodes: section.nodes,
-            link: None,
+            processes: section.processes,
+            scratch: Mutex::new(Vec::new()),
             watch: Watch::start(super::timeout(section)),
         };
         if exchange.local_replicas > 1 {
@@ -51,8 +50,8 @@ impl Exchange {
                 burn_collective::register::<B>(exchange.peer(), device.clone(), config)
             })?;
         }
-        if exchange.nodes > 1 && replica.local == 0 {
-            exchange.link = Some(Mutex::new(NodeLink::connect(section, agreement)?));
+        if exchange.processes > 1 && replica.local == 0 {
+            super::mpi::agree(agreement)?;
         }
         Ok(exchange)
     }
@@ -68,8 +67,8 @@ impl Exchange {
         if self.local_replicas > 1 {
             flat = self.local_mean(flat)?;
         }
-        if self.nodes > 1 {
-            flat = self.mean_over_nodes(flat)?;
+        if self.processes > 1 {
+            flat = self.mean_over_processes(flat)?;
         }
         Ok(layout.scatter(module, flat))
     }
@@ -99,32 +98,30 @@ impl Exchange {
         Ok(Tensor::from_primitive(TensorPrimitive::Float(mean)))
     }
 
-    /// The first replica of the machine trades `flat` for the mean over machines and
-    /// hands it to the machine's other replicas.
-    fn mean_over_nodes<B: Backend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
+    /// The first replica of the process trades `flat` for the mean over processes and
+    /// hands it to the process's other replicas.
+    fn mean_over_processes<B: Backend>(&self, flat: Tensor<B, 1>) -> Result<Tensor<B, 1>> {
         let device = flat.device();
-        let mean = match &self.link {
-            Some(link) => {
+        let mean = match self.replica.local {
+            0 => {
                 let mut values = flat
                     .into_data()
                     .convert::<f32>()
                     .into_vec::<f32>()
                     .context("reading gradients back from the device")?;
-                let traded = link.lock().expect("node link lock").mean(&mut values);
-                if let (Err(e), true) = (&traded, self.local_replicas > 1) {
-                    // This machine's other replicas wait in the broadcast below: end them too.
-                    self.watch.abort(&format!("{e:#}"));
-                }
-                traded?;
+                let ticket =
+                    self.watch.begin(self.replica, "averaging gradients with the other processes");
+                super::mpi::mean(&mut values, &mut self.scratch.lock().expect("scratch lock"));
+                self.watch.end(ticket);
                 let len = values.len();
                 Some(Tensor::<B, 1>::from_data(TensorData::new(values, [len]), &device))
             }
-            None => None,
+            _ => None,
         };
         if self.local_replicas == 1 {
-            return mean.context("a machine's only replica holds the node link");
+            return mean.context("a process's only replica trades with the others");
         }
-        let shared = self.guarded("receiving the mean over machines", || {
+        let shared = self.guarded("receiving the mean over processes", || {
             burn_collective::broadcast::<B>(self.peer(), mean.map(|t| t.into_primitive().tensor()))
         })?;
         Ok(Tensor::from_primitive(TensorPrimitive::Float(shared)))
@@ -218,9 +215,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
     }
 }
 
-/// One thread per process that ends it when a collective call between this machine's
-/// devices has waited too long: a replica that died would otherwise leave the others
-/// blocked for good. Checkpoints are written whole or not at all, so exiting loses only
+/// One thread per process that ends it when a collective call has waited too long: a
+/// replica that hangs would otherwise leave the others blocked for good (one that dies ends
+/// the job through MPI, or its process). Checkpoints are written whole or not at all, so exiting loses only
 /// the current steps.
 struct Watch {
     timeout: Duration,
@@ -256,9 +253,10 @@ impl Watch {
         self.waiting.lock().expect("watch lock").retain(|(t, ..)| *t != ticket);
     }
 
-    /// Ends the process now: this machine's replicas cannot go on without the others.
+    /// Ends the process now (and with it an MPI job): the replicas cannot go on without the
+    /// others.
     fn abort(&self, why: &str) -> ! {
-        eprintln!("\nkiln: error: {why}\nExiting; checkpoints on disk are whole, so restart every node with --resume to continue.");
+        eprintln!("\nkiln: error: {why}\nExiting; checkpoints on disk are whole, so start the run again with --resume to continue.");
         std::process::exit(3);
     }
 
@@ -270,7 +268,7 @@ impl Watch {
                 waiting.iter().find(|(_, since, ..)| since.elapsed() > self.timeout)
             {
                 self.abort(&format!(
-                    "replica {} of {} has been {what} for {:.0}s without an answer: another device stopped \
+                    "replica {} of {} has been {what} for {:.0}s without an answer: another replica stopped \
                      (distributed.timeout_secs = {}).",
                     replica.rank,
                     replica.world,

@@ -1,4 +1,4 @@
-//! Data-parallel training across devices and machines.
+//! Data-parallel training across devices and processes.
 //!
 //! Every replica holds the whole model and trains on its own share of each step: replica `r`
 //! of `R` takes micro-batch `i·R + r` of the run, so the `R` replicas of one step together see
@@ -6,17 +6,19 @@
 //! gradients are averaged over all replicas, so every replica takes the same step from the
 //! same weights:
 //!
-//! 1. the replicas of one machine average theirs with burn-collective's all-reduce (threads);
-//! 2. with several machines, each machine's first replica sends that average to node 0, which
-//!    returns the mean over machines ([`nodes`], one TCP message per step each way);
-//! 3. the first replica hands the result to the others of its machine (burn-collective's
+//! 1. the replicas of one process (one per `[distributed] devices`, a thread each) average
+//!    theirs with burn-collective's all-reduce;
+//! 2. with several processes, started by an MPI launcher (`mpirun`, `srun`), each process's
+//!    first replica trades that average for the mean over processes ([`mpi`]'s
+//!    `MPI_Allreduce`);
+//! 3. the first replica hands the result to the others of its process (burn-collective's
 //!    broadcast).
 //!
 //! All three move one flat vector per step: every gradient, then a stop flag, so that a
-//! Ctrl-C on any replica stops all of them at the same step.
+//! signal to any process stops all of them at the same step.
 //!
-//! Replica 0 (node 0, first device) writes the run: checkpoints, metrics, the progress bar.
-//! The others write nothing but, on each node's first device, the final model.
+//! Replica 0 (process 0, first device) writes the run: checkpoints, metrics, the progress
+//! bar, the final model. The other processes work in a scratch copy ([`start_run`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +32,21 @@ use burn::tensor::backend::AutodiffBackend;
 use crate::config::{DistributedSection, RunSpec};
 
 #[cfg(feature = "distributed")]
-mod nodes;
+mod mpi;
+#[cfg(feature = "distributed")]
+mod scratch;
+#[cfg(feature = "distributed")]
+pub use mpi::{time_means, Session};
+
+mod processes;
+pub use processes::{
+    check_final_weights, first_difference, idle_barrier, start_run, take_place, Processes,
+};
 
 /// One replica's place in the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Replica {
-    /// `0..world`: `node_rank · local_replicas + local`.
+    /// `0..world`: `process_rank · local_replicas + local`.
     pub rank: usize,
     pub world: usize,
     /// Index into this node's devices.
@@ -46,23 +57,18 @@ impl Replica {
     /// The only replica of a run on one device.
     pub const SOLE: Replica = Replica { rank: 0, world: 1, local: 0 };
 
-    /// The replica on local device `local` of this node.
+    /// The replica on local device `local` of this process.
     pub fn on(section: &DistributedSection, local: usize) -> Self {
         Self {
-            rank: section.node_rank * section.local_replicas() + local,
+            rank: section.process_rank * section.local_replicas() + local,
             world: section.replicas(),
             local,
         }
     }
 
-    /// Replica 0 writes the run's checkpoints, metrics and summary.
+    /// Replica 0 writes the run's checkpoints, metrics, summary and final model.
     pub fn writes_run(&self) -> bool {
         self.rank == 0
-    }
-
-    /// The first replica of each node writes that node's final model.
-    pub fn writes_final_model(&self) -> bool {
-        self.local == 0
     }
 }
 
@@ -71,18 +77,18 @@ pub fn timeout(section: &DistributedSection) -> Duration {
     Duration::from_secs(section.timeout_secs)
 }
 
-/// What every node of a run must agree on, as node 0 checks it when the others connect:
-/// the data, model and training settings, the seed, the shape of the run, the step it
-/// starts from (a resumed run needs the same checkpoint on every node) and the parameter
-/// count. `run.name`, `run.artifacts_dir`, `[backend]` and `node_rank` may differ.
+/// What every process of a run must agree on, as they check it before the first step: the
+/// data, model and training settings, the seed, the shape of the run, the step it starts
+/// from (a resumed run needs the same checkpoint everywhere), the parameter count and the
+/// tokenizer. `run.name`, `run.artifacts_dir` and `[backend]` may differ.
 pub fn agreement(spec: &RunSpec, start_step: usize, parameters: usize) -> serde_json::Value {
     serde_json::json!({
         "data": spec.data,
         "model": spec.model,
         "training": spec.training,
         "run.seed": spec.run.seed,
-        "distributed.nodes": spec.distributed.nodes,
-        "devices per node": spec.distributed.local_replicas(),
+        "processes": spec.distributed.processes,
+        "devices per process": spec.distributed.local_replicas(),
         "start step (--resume)": start_step,
         "parameters": parameters,
     })
@@ -96,7 +102,7 @@ mod exchange;
 
 pub use exchange::Exchange;
 
-/// Runs `replica_run` on this node's replicas, one per device of `devices` (a thread each,
+/// Runs `replica_run` on this process's replicas, one per device of `devices` (a thread each,
 /// the first on the calling thread), each with its own copy of `model` and, when the run
 /// has more than one replica, its [`Exchange`] with the others. Returns every replica's
 /// result, in device order, once all are done; an error names the replica it came from.
@@ -157,15 +163,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranks_count_devices_then_nodes() {
+    fn ranks_count_devices_then_processes() {
         let section = DistributedSection {
             devices: vec![0, 1],
-            nodes: 2,
-            node_rank: 1,
+            processes: 2,
+            process_rank: 1,
             ..Default::default()
         };
         assert_eq!(Replica::on(&section, 1), Replica { rank: 3, world: 4, local: 1 });
         assert!(!Replica::on(&section, 0).writes_run());
-        assert!(Replica::on(&section, 0).writes_final_model());
+        assert!(Replica::on(&DistributedSection::default(), 0).writes_run());
     }
 }

@@ -12,18 +12,21 @@ use burn::train::Interrupter;
 
 /// Signals received by this process since it started.
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
-/// The last of them (SIGINT, SIGTERM or SIGHUP), 0 before any.
+/// The last of them (SIGINT, SIGTERM, SIGHUP or SIGUSR1), 0 before any.
 static LAST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
-/// Installs the SIGINT/SIGTERM/SIGHUP handler once per process. The first signal asks
+/// Installs the SIGINT/SIGTERM/SIGHUP/SIGUSR1 handler once per process (mpirun forwards
+/// SIGUSR1 to every process it started, and Slurm sends it ahead of a job's time limit
+/// with `--signal=USR1@seconds`). The first signal asks
 /// running trainings to stop after the current step with a checkpoint; a second one exits at
 /// once, which loses only the steps since the last checkpoint (files on disk are always
 /// whole).
 fn install_signal_handler() {
     static INSTALLED: OnceLock<()> = OnceLock::new();
     INSTALLED.get_or_init(|| {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+        let stops = [SIGINT, SIGTERM, SIGHUP, SIGUSR1];
+        let mut signals = match signal_hook::iterator::Signals::new(stops) {
             Ok(signals) => signals,
             Err(e) => return log::warn!("cannot install the SIGINT/SIGTERM handler: {e}"),
         };

@@ -343,10 +343,10 @@ fn checkpoint_at(dir: &RunDir, path: &Path, spec: &RunSpec) -> Result<Checkpoint
     }
 }
 
-/// The run's checkpoint at `step`, verified; on a node other than 0 of a multi-node run,
-/// whose checkpoints are node 0's copied in, against their own hashes only.
+/// The run's checkpoint at `step`, verified; on a process other than 0 of a data-parallel
+/// run, whose checkpoint is process 0's copied in, against its own hashes only.
 fn verify(dir: &RunDir, step: usize, spec: &RunSpec) -> Result<CheckpointState, CheckpointError> {
-    match spec.distributed.node_rank {
+    match spec.distributed.process_rank {
         0 => CheckpointState::verify(dir, step),
         _ => CheckpointState::verify_copied(dir, step),
     }

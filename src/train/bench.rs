@@ -43,17 +43,19 @@ pub struct StepsToTime<'a> {
 }
 
 /// Times the steps on each of `devices` at once, one replica each with the config's batch
-/// (so the run's batch grows with the devices, as in training); the slowest replica's time,
-/// since replicas wait for one another every step.
+/// (so the run's batch grows with the devices, as in training), in every process of
+/// `processes` (1, or all the launcher started); the slowest replica's time, since replicas
+/// wait for one another every step.
 pub fn time_steps<B: TrainBackend>(
     steps: &StepsToTime,
     model: Gpt<B>,
     devices: &[B::Device],
+    processes: usize,
 ) -> Result<StepTiming> {
     let section = DistributedSection {
         devices: (0..devices.len()).collect(),
-        nodes: 1,
-        node_rank: 0,
+        processes,
+        process_rank: if processes == 1 { 0 } else { steps.spec.distributed.process_rank },
         ..steps.spec.distributed.clone()
     };
     let agreement = crate::distributed::agreement(steps.spec, 0, model.num_params());

@@ -97,7 +97,7 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Trains `model` on this node's replicas, one per device of `[distributed] devices`,
+    /// Trains `model` on this process's replicas, one per device of `[distributed] devices`,
     /// and returns what the first replica returns.
     pub fn launch_replicas<B: TrainBackend, T: Task<B>>(
         &self,
@@ -112,10 +112,10 @@ impl<'a> Plan<'a> {
             let t = &self.spec.training;
             let ranks = [0, devices.len() - 1].map(|local| Replica::on(section, local).rank);
             eprintln!(
-                "kiln: node {} of {}: replicas {}..{} of {} on {} device(s); effective batch {} \
-                 windows",
-                section.node_rank,
-                section.nodes,
+                "kiln: process {} of {}: replicas {}..{} of {} on {} device(s); effective batch \
+                 {} windows",
+                section.process_rank,
+                section.processes,
                 ranks[0],
                 ranks[1],
                 section.replicas(),
@@ -123,8 +123,12 @@ impl<'a> Plan<'a> {
                 t.batch_size * t.grad_accumulation * section.replicas()
             );
         }
-        let agreement =
+        let mut agreement =
             crate::distributed::agreement(self.spec, self.start_step, model.num_params());
+        let tokenizer = self.run.tokenizer();
+        agreement["tokenizer.json (sha256)"] = sha256_file(&tokenizer)
+            .with_context(|| format!("reading {}", tokenizer.display()))?
+            .into();
         let mut results = crate::distributed::launch::<B, _, _>(
             section,
             &devices,
@@ -148,9 +152,11 @@ impl<'a> Plan<'a> {
         (train_loader, valid_loader): Loaders<B, M>,
     ) -> Result<Option<Done<B, M>>> {
         let (run, t) = (self.run, &self.spec.training);
-        let control = match replica.writes_run() {
-            true => self.control.clone(),
-            false => Arc::new(control(self.spec, self.start_step)),
+        // The process's loaders watch the plan's control: its first replica, which learns
+        // of a stop the replicas agreed on, sets it.
+        let control = match replica.local {
+            0 => self.control.clone(),
+            _ => Arc::new(control(self.spec, self.start_step)),
         };
         let guard = RunGuard { control: control.clone(), exchange };
         let optimizer = ClippedAdamW::of(t).guarded(guard);
@@ -212,7 +218,7 @@ impl<'a> Plan<'a> {
         if !self.ended_well(replica, &control)? {
             return Ok(None);
         }
-        if replica.writes_final_model() {
+        if replica.writes_run() {
             self.save_final_model::<B, M>(&result.model)?;
         }
         Ok(Some((result.model, wall_seconds)))
@@ -290,7 +296,7 @@ impl<'a> Plan<'a> {
         })
     }
 
-    /// Writes `summary.json` (node 0 of a data-parallel run) and prints the closing line.
+    /// Writes `summary.json` (process 0 of a data-parallel run) and prints the closing line.
     pub fn finish(&self, figures: Figures) -> Result<Summary> {
         let (run, t) = (self.run, &self.spec.training);
         let latest = self.latest.lock().expect("metrics lock").clone();
@@ -316,10 +322,7 @@ impl<'a> Plan<'a> {
             kiln_version: env!("CARGO_PKG_VERSION").into(),
             git_commit: env!("KILN_GIT_COMMIT").into(),
         };
-        if self.spec.distributed.node_rank > 0 {
-            let rank = self.spec.distributed.node_rank;
-            let model = run.final_model();
-            eprintln!("kiln: node {rank} done | final model {}", model.display());
+        if self.spec.distributed.process_rank > 0 {
             return Ok(summary);
         }
         run.write_summary(&summary)?;
@@ -374,6 +377,10 @@ pub fn epoch_plan(
 /// moments, f32) and the final model; then prints the run's first line: where, on what, how
 /// big, and on what `data`.
 pub fn announce(spec: &RunSpec, run: &RunDir, counts: ParamCounts, data: &str) -> Result<()> {
+    // The other processes of a data-parallel run work in scratch folders: nothing to tell.
+    if spec.distributed.process_rank > 0 {
+        return Ok(());
+    }
     let checkpoint_bytes = counts.total as u64 * 4 * 3;
     let needed = 2 * checkpoint_bytes + counts.total as u64 * 4;
     run.check_room(needed, "training (two checkpoints and the final model)")

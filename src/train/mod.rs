@@ -72,7 +72,8 @@ impl Outcome {
 }
 
 /// Trains the run described by `spec` on its configured backend.
-pub fn train(spec: RunSpec, options: TrainOptions) -> Result<Outcome> {
+pub fn train(mut spec: RunSpec, options: TrainOptions) -> Result<Outcome> {
+    crate::distributed::take_place(&mut spec)?;
     let backend = spec.backend.clone();
     crate::backend::dispatch_train(&backend, Training { spec, options })?
 }
@@ -111,8 +112,9 @@ fn fit<B: TrainBackend, T: Task<B>>(
     }
     let raw = T::read(&spec)?;
     let as_given = spec.clone();
-    let started =
-        crate::run::start::start(&mut spec, &options.start, || T::fit_tokenizer(&raw, &as_given))?;
+    let (started, _scratch) = crate::distributed::start_run(&mut spec, &options.start, || {
+        T::fit_tokenizer(&raw, &as_given)
+    })?;
     crate::memory::check_training(&spec)?;
     B::seed(&device, spec.run.seed);
     let task = T::encode(raw, &spec, &started, &device)?;
@@ -124,6 +126,7 @@ fn fit<B: TrainBackend, T: Task<B>>(
     let Some((model, wall_seconds)) = plan.launch_replicas(&task, model, &device)? else {
         return Ok(Outcome::Interrupted { step: plan.control.steps() });
     };
+    crate::distributed::check_final_weights(&model, &spec.distributed)?;
     let figures = Figures {
         val_loss: task.final_val_loss(&model, &spec, &device),
         counts,

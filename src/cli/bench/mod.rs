@@ -1,6 +1,7 @@
 //! `kiln bench`: benchmarks that print figures — training steps, generation with the KV
-//! cache, and the BPE tokenizer.
+//! cache, serving, the BPE tokenizer, and the gradient exchange between processes.
 
+mod allreduce;
 mod common;
 mod generate;
 mod serve;
@@ -21,6 +22,8 @@ pub enum BenchCommand {
     Serve(serve::ServeBenchArgs),
     /// BPE training time, peak memory and encode MB/s, against Hugging Face tokenizers and tiktoken-rs.
     Tokenizer(tokenizer::TokenizerBenchArgs),
+    /// Under mpirun: seconds per mean of a gradient-sized vector over the processes.
+    Allreduce(allreduce::AllreduceBenchArgs),
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
@@ -29,5 +32,6 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Generate(args) => generate::run(args),
         BenchCommand::Serve(args) => serve::run(args),
         BenchCommand::Tokenizer(args) => tokenizer::run(args),
+        BenchCommand::Allreduce(args) => allreduce::run(args),
     }
 }

@@ -5,6 +5,8 @@
 //! 6·N per token for the weights plus 12·L·H·Q·T for attention.
 
 use anyhow::Result;
+use burn::prelude::*;
+use burn::tensor::Distribution;
 use clap::Args;
 use serde::Serialize;
 
@@ -40,19 +42,25 @@ struct TrainBench {
     tokens_per_sec: f64,
     flops_per_iter: f64,
     flops_per_sec: f64,
+    /// The backend's best f32 matrix product on this machine, measured by the bench.
+    sgemm_peak_flops_per_sec: f64,
+    /// Model FLOP/s over that peak.
+    peak_fraction: f64,
     peak_rss_mb: Option<f64>,
     allocator: String,
     final_loss: f64,
-    /// With several `[distributed] devices`: the same steps on all of them at once.
+    /// With several `[distributed] devices` or processes: the same steps on all of them at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     scaling: Option<Scaling>,
 }
 
-/// Data-parallel steps on several devices against one device, each replica with the
-/// config's batch.
+/// Data-parallel steps on several devices or processes against one device, each replica
+/// with the config's batch.
 #[derive(Debug, Serialize)]
 struct Scaling {
-    devices: usize,
+    /// Replicas: devices per process × processes.
+    replicas: usize,
+    processes: usize,
     ms_per_iter: f64,
     tokens_per_sec: f64,
     /// tokens/s on all devices over tokens/s on one.
@@ -66,11 +74,16 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         anyhow::bail!("--iters 0: expected at least one timed step");
     }
     let mut spec = args.config.load("bench train")?;
+    crate::distributed::take_place(&mut spec)?;
     let (_, corpus, order) = prepare_in_memory(&mut spec)?;
     crate::memory::check_training(&spec)?;
-    let backend = spec.backend.clone();
+    let (backend, rank) = (spec.backend.clone(), spec.distributed.process_rank);
     let job = Job { spec, corpus, order, iters: args.iters, warmup: args.warmup };
     let result = crate::backend::dispatch_train(&backend, job)??;
+    // Every process times the steps together; process 0 reports.
+    if rank > 0 {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
@@ -83,13 +96,23 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             result.flops_per_sec / 1e9,
             result.flops_per_iter / 1e9
         );
+        println!(
+            "SGEMM peak:     {:.3} GFLOP/s (the best square f32 matmul of 512-2048 on this \
+             backend): the model runs at {:.0} % of it",
+            result.sgemm_peak_flops_per_sec / 1e9,
+            100.0 * result.peak_fraction
+        );
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
         println!("allocator:      {}", result.allocator);
         println!("final loss:     {:.4}", result.final_loss);
         if let Some(s) = &result.scaling {
-            println!("on {} devices:   {:.1} ms/iter, {:.0} tokens/s (each device with the config's batch)", s.devices, s.ms_per_iter, s.tokens_per_sec);
             println!(
-                "scaling:        {:.2}× the tokens/s of one device: {:.0} % efficiency",
+                "on {} replicas: {:.1} ms/iter, {:.0} tokens/s ({} process(es); each replica with \
+                 the config's batch)",
+                s.replicas, s.ms_per_iter, s.tokens_per_sec, s.processes
+            );
+            println!(
+                "scaling:        {:.2}× the tokens/s of one replica: {:.0} % efficiency",
                 s.speedup,
                 100.0 * s.efficiency
             );
@@ -121,22 +144,27 @@ impl TrainJob for Job {
             iters: self.iters,
             warmup: self.warmup,
         };
-        let one = time_steps(&steps, model.clone(), std::slice::from_ref(&device))?;
-        let devices = &spec.distributed.devices;
-        let scaling = match devices.len() > 1 {
+        let one = time_alone(&steps, model.clone(), &device)?;
+        let (devices, processes) = (&spec.distributed.devices, spec.distributed.processes);
+        let scaling = match devices.len() > 1 || processes > 1 {
             true => {
                 let all = replica_devices::<B>(&spec.backend, &device, devices)?;
-                Some(scaling(&one, &time_steps(&steps, model, &all)?, all.len(), self.iters))
+                let timed = time_steps(&steps, model, &all, processes)?;
+                Some(scaling(&one, &timed, all.len(), processes, self.iters))
             }
             false => None,
         };
+        let flops_per_sec = flops_per_iter * self.iters as f64 / one.seconds;
+        let sgemm = sgemm_peak::<B::InnerBackend>(&device);
         Ok(TrainBench {
             backend: spec.backend.describe(),
             iters: self.iters,
             ms_per_iter: 1000.0 * one.seconds / self.iters as f64,
             tokens_per_sec: one.tokens_per_sec(self.iters),
             flops_per_iter,
-            flops_per_sec: flops_per_iter * self.iters as f64 / one.seconds,
+            flops_per_sec,
+            sgemm_peak_flops_per_sec: sgemm,
+            peak_fraction: flops_per_sec / sgemm,
             peak_rss_mb: peak_rss_mb(),
             allocator: allocator(),
             final_loss: one.final_loss,
@@ -145,17 +173,65 @@ impl TrainJob for Job {
     }
 }
 
-/// `all` (replicas on `devices` devices, each with the config's batch) against `one` device.
-fn scaling(one: &StepTiming, all: &StepTiming, devices: usize, iters: usize) -> Scaling {
-    let tokens_per_sec = all.tokens_per_sec(iters) * devices as f64;
+/// The steps on one device of process 0, while any other process waits without using a core.
+fn time_alone<B: TrainBackend>(
+    steps: &StepsToTime,
+    model: Gpt<B>,
+    device: &B::Device,
+) -> Result<StepTiming> {
+    let (rank, processes) = (steps.spec.distributed.process_rank, steps.spec.distributed.processes);
+    let one = match rank {
+        0 => Some(time_steps(steps, model, std::slice::from_ref(device), 1)),
+        _ => None,
+    };
+    crate::distributed::idle_barrier(processes);
+    // The other processes only take part in the timing of all replicas.
+    one.unwrap_or(Ok(StepTiming { seconds: f64::NAN, final_loss: f64::NAN, tokens_per_iter: 0 }))
+}
+
+/// `all` (replicas on `devices` devices in each of `processes`, each with the config's
+/// batch) against `one` device.
+fn scaling(
+    one: &StepTiming,
+    all: &StepTiming,
+    devices: usize,
+    processes: usize,
+    iters: usize,
+) -> Scaling {
+    let replicas = devices * processes;
+    let tokens_per_sec = all.tokens_per_sec(iters) * replicas as f64;
     let speedup = tokens_per_sec / one.tokens_per_sec(iters);
     Scaling {
-        devices,
+        replicas,
+        processes,
         ms_per_iter: 1000.0 * all.seconds / iters as f64,
         tokens_per_sec,
         speedup,
-        efficiency: speedup / devices as f64,
+        efficiency: speedup / replicas as f64,
     }
+}
+
+/// The best FLOP/s of square f32 matrix products of 512, 1024 and 2048 on `B`: the peak the
+/// model's own FLOP/s is measured against, taken on the machine and backend at hand.
+fn sgemm_peak<B: Backend>(device: &B::Device) -> f64 {
+    let mut best: f64 = 0.0;
+    for n in [512, 1024, 2048] {
+        let a = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
+        let b = Tensor::<B, 2>::random([n, n], Distribution::Default, device);
+        let reps = (1usize << 31) / (n * n * n) + 2;
+        for rep in 0..reps + 2 {
+            let started = std::time::Instant::now();
+            let product = a.clone().matmul(b.clone());
+            let _ = B::sync(device);
+            let seconds = started.elapsed().as_secs_f64();
+            drop(product);
+            // The first two are warm-up (allocation, packing, kernel selection).
+            if rep >= 2 {
+                best = best.max(2.0 * (n * n * n) as f64 / seconds);
+            }
+        }
+    }
+    best
 }
 
 /// nanoGPT's count: 6·N (N without the position embedding) + 12·L·H·Q·T per token.
