@@ -1,6 +1,10 @@
 """kiln against its Python peers on this machine, side by side, as a table of ratios.
 
     .venv/bin/python bench/peers.py --kiln target/release/kiln [--backends tch-cpu,ndarray,flex]
+        [--nanogpt PATH/TO/nanoGPT [--compile]]
+
+It first prints the CPU it runs on (model, family and model numbers, the vector extensions
+that decide which kernels are fast, cores), then one row per case and backend.
 
 Cases (each peer runs in a process of its own, so its peak RSS is its own):
   train-small  configs/small.toml: ms/iter of kiln against a nanoGPT-shaped PyTorch model
@@ -9,6 +13,13 @@ Cases (each peer runs in a process of its own, so its peak RSS is its own):
                cache against nanoGPT's sampling loop (recomputes the context) and against
                Hugging Face transformers' generate (with its cache)
 
+With --nanogpt, the training cases also run nanoGPT's own train.py from that checkout, at the
+same shape, batch and optimizer (the median of its logged step times from step 20 on for
+train-small, step 2 on for train-gpt2). train-small trains on its data/shakespeare_char,
+prepared as its README says; train-gpt2 on random GPT-2 tokens written to a temporary folder
+(no meta.pkl, so nanoGPT takes its padded GPT-2 vocabulary). --compile passes
+--compile=True to it. nanoGPT's code is run, never copied.
+
 The PyTorch model is bench/torch_gpt_char.py's (nanoGPT's published architecture, eager, no
 torch.compile). Ratios as the targets are stated: training is kiln's ms/iter over PyTorch's
 (under 1: kiln is faster); generation is kiln's tokens/s over the peer's (over 1: kiln is
@@ -16,10 +27,13 @@ faster). The last column is both peak resident sizes.
 """
 import argparse
 import json
+import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 TRAIN_CASES = {
@@ -29,6 +43,57 @@ TRAIN_CASES = {
 }
 GPT2 = dict(vocab=50257, block=1024, d=768, heads=12, layers=12)
 PROMPT, NEW_TOKENS = 16, 500
+
+
+# The cpuinfo flags that decide which matrix kernels MKL, oneDNN and gemm pick.
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_line():
+    """The CPU this runs on, as /proc/cpuinfo names it (Linux), or what the platform says."""
+    import platform
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    field = lambda name: (re.search(rf"^{name}\s*: (.*)$", info, re.M) or [None, "?"])[1].strip()
+    flags = set(field("flags").split())
+    have = [f for f in CPU_FLAGS if f in flags]
+    return (f"{field('model name')} (family {field('cpu family')}, model {field('model')}), "
+            f"{os.cpu_count()} cores, {' '.join(have) or 'no AVX2'}")
+
+
+def nanogpt_ms(checkout, case, compile_):
+    """nanoGPT's own train.py at the case's shape: the median of its logged step times."""
+    _, batch, block, d, heads, layers, _, steps = TRAIN_CASES[case]
+    if case == "train-small":
+        dataset, first = "shakespeare_char", 20
+        if not os.path.exists(os.path.join(checkout, "data", dataset, "train.bin")):
+            sys.exit(f"--nanogpt: prepare {checkout}/data/{dataset} first (its prepare.py)")
+    else:
+        # os.path.join("data", "/abs") is "/abs": train.py reads this folder as the dataset.
+        dataset, first = random_gpt2_dataset(), 2
+    out = subprocess.run(
+        [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu",
+         f"--compile={compile_}", f"--dataset={dataset}", "--eval_iters=1", "--eval_interval=100000",
+         "--log_interval=1", f"--block_size={block}", f"--batch_size={batch}", f"--n_layer={layers}",
+         f"--n_head={heads}", f"--n_embd={d}", "--dropout=0.0", "--bias=False",
+         "--gradient_accumulation_steps=1", f"--max_iters={first + steps}", "--lr_decay_iters=2000",
+         "--always_save_checkpoint=False", f"--out_dir={tempfile.mkdtemp(prefix='nanogpt-')}"],
+        cwd=checkout, check=True, capture_output=True, text=True)
+    times = [float(m.group(2)) for m in re.finditer(r"^iter (\d+).*time ([\d.]+)ms", out.stdout, re.M)
+             if int(m.group(1)) >= first]
+    return statistics.median(times)
+
+
+def random_gpt2_dataset():
+    import numpy as np
+    folder = tempfile.mkdtemp(prefix="nanogpt-gpt2-")
+    for split in ("train", "val"):
+        np.random.default_rng(1337).integers(0, 50257, 200_000, dtype=np.uint16).tofile(
+            os.path.join(folder, f"{split}.bin"))
+    return folder
 
 
 def peak_rss_mb():
@@ -111,12 +176,15 @@ def main():
     p.add_argument("--repeat", type=int, default=1,
                    help="training cases: run kiln and its peer alternately N times; print the medians "
                         "(ms/iter, and the ratio of each pair) and the largest peak RSS")
+    p.add_argument("--nanogpt", help="a checkout of nanoGPT: also time its own train.py")
+    p.add_argument("--compile", action="store_true", help="nanoGPT's train.py with --compile=True")
     p.add_argument("--peer", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peer:
         print(json.dumps(PEERS[a.peer]()))
         return
     import torch
+    print(f"cpu: {cpu_line()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; kiln: {a.kiln}")
     print(f"{'case':<12} {'backend':<9} {'kiln':>12} {'peer':>24} {'ratio':>7} {'RSS kiln/peer (MB)':>20}")
     backends = a.backends.split(",")
@@ -132,6 +200,16 @@ def main():
                 peer_rss, kiln_rss = (max(r[i]["peak_rss_mb"] for r in runs) for i in (0, 1))
                 print(f"{case:<12} {backend:<9} {kiln_ms:>9.1f} ms {'PyTorch ' + format(peer_ms, '.1f') + ' ms':>24} "
                       f"{ratio:>7.2f} {kiln_rss:>9.0f}/{peer_rss:.0f}")
+                if a.nanogpt:
+                    # Alternately again: kiln, then nanoGPT's train.py.
+                    pairs = [(kiln(a.kiln, "bench", "train", "--config", config, "--backend", backend,
+                                   "--iters", str(steps))["ms_per_iter"],
+                              nanogpt_ms(a.nanogpt, case, a.compile)) for _ in range(a.repeat)]
+                    ms = statistics.median(n for _, n in pairs)
+                    ratio = statistics.median(k / n for k, n in pairs)
+                    name = f"nanoGPT train.py{' compiled' if a.compile else ''} {ms:.1f} ms"
+                    print(f"{case:<12} {backend:<9} {statistics.median(k for k, _ in pairs):>9.1f} ms "
+                          f"{name:>24} {ratio:>7.2f}")
         elif case == "generate":
             peers = {"nanoGPT sample": in_process("nanogpt-generate"), "HF generate": in_process("hf-generate")}
             for backend in backends:
