@@ -155,6 +155,8 @@ impl TrainJob for Job {
             false => None,
         };
         let flops_per_sec = flops_per_iter * self.iters as f64 / one.seconds;
+        // The training's peak memory, before the SGEMM measurement allocates its own.
+        let peak_rss_mb = peak_rss_mb();
         let sgemm = sgemm_peak::<B::InnerBackend>(&device);
         Ok(TrainBench {
             backend: spec.backend.describe(),
@@ -165,7 +167,7 @@ impl TrainJob for Job {
             flops_per_sec,
             sgemm_peak_flops_per_sec: sgemm,
             peak_fraction: flops_per_sec / sgemm,
-            peak_rss_mb: peak_rss_mb(),
+            peak_rss_mb,
             allocator: allocator(),
             final_loss: one.final_loss,
             scaling,
