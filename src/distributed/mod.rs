@@ -49,7 +49,7 @@ pub struct Replica {
     /// `0..world`: `process_rank · local_replicas + local`.
     pub rank: usize,
     pub world: usize,
-    /// Index into this node's devices.
+    /// Index into this process's devices.
     pub local: usize,
 }
 

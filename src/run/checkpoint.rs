@@ -250,8 +250,8 @@ impl CheckpointState {
         Ok(state)
     }
 
-    /// As [`CheckpointState::verify`], for a checkpoint another node of a multi-node run
-    /// took and that was copied in: its records against its own hashes only.
+    /// As [`CheckpointState::verify`], for a checkpoint process 0 of a data-parallel run took
+    /// and another process copied in: its records against its own hashes only.
     pub fn verify_copied(run: &RunDir, step: usize) -> Result<Self, CheckpointError> {
         let path = run.checkpoint_state(step);
         let state = Self::read(&path)?;
