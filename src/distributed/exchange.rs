@@ -217,8 +217,8 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scatter<'_, B> {
 
 /// One thread per process that ends it when a collective call has waited too long: a
 /// replica that hangs would otherwise leave the others blocked for good (one that dies ends
-/// the job through MPI, or its process). Checkpoints are written whole or not at all, so exiting loses only
-/// the current steps.
+/// the job through MPI, or its process). Checkpoints are written whole or not at all, so
+/// exiting loses only the current steps.
 struct Watch {
     timeout: Duration,
     /// Calls under way: ticket, start, caller, what it does.

@@ -157,7 +157,12 @@ impl TrainJob for Job {
         let flops_per_sec = flops_per_iter * self.iters as f64 / one.seconds;
         // The training's peak memory, before the SGEMM measurement allocates its own.
         let peak_rss_mb = peak_rss_mb();
-        let sgemm = sgemm_peak::<B::InnerBackend>(&device);
+        // Process 0 alone measures the peak, while any other process waits without a core.
+        let sgemm = match spec.distributed.process_rank {
+            0 => sgemm_peak::<B::InnerBackend>(&device),
+            _ => f64::NAN,
+        };
+        crate::distributed::idle_barrier(spec.distributed.processes);
         Ok(TrainBench {
             backend: spec.backend.describe(),
             iters: self.iters,
