@@ -23,9 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "distributed")]
-use anyhow::Context;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -119,7 +117,8 @@ where
     T: Send,
 {
     if section.replicas() == 1 {
-        return Ok(vec![replica_run(Replica::SOLE, model, &devices[0], None)?]);
+        let run = || replica_run(Replica::SOLE, model, &devices[0], None);
+        return Ok(vec![on_a_pool_of_its_own(run)??]);
     }
     #[cfg(not(feature = "distributed"))]
     unreachable!(
@@ -158,9 +157,38 @@ where
     }
 }
 
+/// Runs `run` on a worker of a new rayon pool of the process's cores, waiting for it.
+///
+/// A parallel loop started on a thread outside rayon's pool hands its work to the pool and
+/// puts the thread to sleep until the pool is done: two context switches for every kernel
+/// of every step. Started on a worker, the worker takes a share itself and the others steal
+/// the rest (measured on 2 cores: `small.toml` on ndarray 52 → 42 ms a step). The pool is the
+/// run's own, so threads that use rayon's global pool meanwhile never wait behind it.
+fn on_a_pool_of_its_own<R: Send>(run: impl FnOnce() -> R + Send) -> Result<R> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("kiln-kernels-{i}"))
+        .build()
+        .context("could not start the threads of the training's kernels")?;
+    Ok(pool.install(run))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use rayon::prelude::*;
+
+    #[test]
+    fn a_sole_replica_runs_on_a_worker_of_its_own_pool() {
+        assert_eq!(rayon::current_thread_index(), None, "the test starts outside any pool");
+        let worker = on_a_pool_of_its_own(|| {
+            let inside = rayon::current_thread_index().is_some();
+            // A parallel loop from the worker runs on that pool, the worker taking part.
+            let sum: u64 = (0..1000u64).into_par_iter().sum();
+            (inside, sum)
+        });
+        assert_eq!(worker.expect("a pool starts"), (true, 499_500));
+    }
 
     #[test]
     fn ranks_count_devices_then_processes() {

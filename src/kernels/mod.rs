@@ -6,9 +6,11 @@
 //! reference:
 //! - [`ndarray`] (`NdArray<f32>`): under autodiff, attention, LayerNorm, GELU, linear layers
 //!   and cross-entropy are each one operation with a backward of its own, on every core
-//!   ([`cpu`]'s slice kernels); the AdamW update is one pass in place;
+//!   ([`cpu`]'s slice kernels, and the `gemm` crate's products on the same rayon pool); the
+//!   AdamW update is one pass in place;
 //! - [`libtorch`] (`LibTorch<E>`): under autodiff on the CPU, libtorch's flash-attention and
-//!   LayerNorm kernels, oneDNN for linear layers, cross-entropy as one operation; the AdamW
+//!   LayerNorm kernels, linear layers on MKL or oneDNN (whichever was timed faster for the
+//!   shape on this machine), cross-entropy as one operation; the AdamW
 //!   update as libtorch's in-place kernels, on every device.
 //!
 //! The trait is implemented for each backend and for `Autodiff` over it: under autodiff a
@@ -31,6 +33,41 @@ mod tests;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+
+/// The processor's name, family and model, as /proc/cpuinfo gives them (Linux), and the
+/// cores the process sees and the vector extensions that decide which kernels are fastest.
+pub fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == key)
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let flags = field("flags").unwrap_or_default();
+    let vector: Vec<&str> = flags
+        .split_whitespace()
+        .filter(|f| ["avx2", "fma", "avx512f", "avx512_bf16", "amx_tile"].contains(f))
+        .collect();
+    let vector = if vector.is_empty() { String::new() } else { format!(", {}", vector.join(" ")) };
+    match (field("cpu family"), field("model")) {
+        (Some(family), Some(model)) => {
+            format!("{name} (family {family}, model {model}), {cores} cores{vector}")
+        }
+        _ => format!("{name}, {cores} cores{vector}"),
+    }
+}
+
+/// Which library ran the linear layers' matrix products of this process, where a choice was
+/// made (libtorch on the CPU: MKL or oneDNN, timed per shape).
+pub fn matmul_summary() -> Option<String> {
+    #[cfg(feature = "tch")]
+    return libtorch::matmul_summary();
+    #[cfg(not(feature = "tch"))]
+    None
+}
 
 /// The scalars of one AdamW update in PyTorch's formulation, which folds both bias
 /// corrections into the step size and epsilon:

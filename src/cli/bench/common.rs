@@ -76,23 +76,3 @@ pub(crate) fn peak_rss_mb() -> Option<f64> {
 pub(crate) fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
-
-/// The processor's name, family and model, as /proc/cpuinfo gives them (Linux), and the
-/// cores the process sees.
-pub(crate) fn cpu_name() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |key: &str| {
-        info.lines()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let name = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match (field("cpu family"), field("model")) {
-        (Some(family), Some(model)) => {
-            format!("{name} (family {family}, model {model}), {cores} cores")
-        }
-        _ => format!("{name}, {cores} cores"),
-    }
-}

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use super::common::cpu_name;
 use crate::backend::ForwardJob;
+use crate::kernels::cpu_name;
 use crate::kernels::KernelBackend;
 use crate::run::open_run;
 use crate::serve::load::{measure, LoadReport, LoadRequest};

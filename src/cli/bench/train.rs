@@ -36,6 +36,7 @@ pub struct TrainBenchArgs {
 
 #[derive(Debug, Serialize)]
 struct TrainBench {
+    cpu: String,
     backend: String,
     iters: usize,
     ms_per_iter: f64,
@@ -48,6 +49,9 @@ struct TrainBench {
     peak_fraction: f64,
     peak_rss_mb: Option<f64>,
     allocator: String,
+    /// Where the linear layers' products ran, where kiln chose between libraries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    matmul: Option<String>,
     final_loss: f64,
     /// With several `[distributed] devices` or processes: the same steps on all of them at once.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +91,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
+        println!("cpu:            {}", result.cpu);
         println!("backend:        {}", result.backend);
         println!("steps timed:    {} (after {} warm-up)", result.iters, args.warmup);
         println!("ms/iter:        {:.1}", result.ms_per_iter);
@@ -104,6 +109,9 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         );
         println!("peak RSS:       {}", describe_rss(result.peak_rss_mb));
         println!("allocator:      {}", result.allocator);
+        if let Some(matmul) = &result.matmul {
+            println!("matmul:         {matmul}");
+        }
         println!("final loss:     {:.4}", result.final_loss);
         if let Some(s) = &result.scaling {
             println!(
@@ -164,6 +172,7 @@ impl TrainJob for Job {
         };
         crate::distributed::idle_barrier(spec.distributed.processes);
         Ok(TrainBench {
+            cpu: crate::kernels::cpu_name(),
             backend: spec.backend.describe(),
             iters: self.iters,
             ms_per_iter: 1000.0 * one.seconds / self.iters as f64,
@@ -174,6 +183,7 @@ impl TrainJob for Job {
             peak_fraction: flops_per_sec / sgemm,
             peak_rss_mb,
             allocator: allocator(),
+            matmul: crate::kernels::matmul_summary(),
             final_loss: one.final_loss,
             scaling,
         })

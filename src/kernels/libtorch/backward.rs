@@ -1,48 +1,13 @@
-//! The backward of libtorch's fused operations, and oneDNN's matrix products.
+//! The backward of libtorch's fused operations.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::libtorch::{LibTorch, TchElement, TchTensor};
 
+use super::autotune;
+use super::matmul::{Library, Product, Shape};
 use crate::kernels::cpu;
-
-/// `a: [m, k]` · `filtersᵀ` (+ `bias`) for `filters: [n, k]` → `[m, n]`, as oneDNN's 1×1
-/// convolution of `a` read as one image of `m` pixels with `k` channels, stored channels-last
-/// (as `a` is), through `n` filters.
-pub(super) fn onednn_matmul(
-    a: &tch::Tensor,
-    filters: &tch::Tensor,
-    bias: Option<&tch::Tensor>,
-) -> Result<tch::Tensor, tch::TchError> {
-    let (m, k) = a.size2()?;
-    let (n, _) = filters.size2()?;
-    let image = a.contiguous().reshape([1, 1, m, k]).permute([0, 3, 1, 2]);
-    let y = one_by_one_convolution(&image, &filters.reshape([n, k, 1, 1]), bias)?;
-    Ok(y.permute([0, 2, 3, 1]).reshape([m, n]))
-}
-
-/// `aᵀ · b` for `a: [m, p]`, `b: [m, q]` → `[p, q]` through oneDNN: `b` read as one image of
-/// `q` pixels with `m` channels (rows are channels) and `a`'s columns as `p` filters. oneDNN
-/// runs this fastest with the narrower side as the filters, so the wider one is the image.
-fn onednn_matmul_tn(a: &tch::Tensor, b: &tch::Tensor) -> Result<tch::Tensor, tch::TchError> {
-    let ((m, p), (_, q)) = (a.size2()?, b.size2()?);
-    if p > q {
-        return Ok(onednn_matmul_tn(b, a)?.tr());
-    }
-    let image = b.contiguous().reshape([1, m, 1, q]);
-    Ok(one_by_one_convolution(&image, &a.tr().reshape([p, m, 1, 1]), None)?.reshape([p, q]))
-}
-
-/// oneDNN's convolution of `image: [1, channels, height, width]` with `filters:
-/// [n, channels, 1, 1]` (no padding, stride or dilation).
-fn one_by_one_convolution(
-    image: &tch::Tensor,
-    filters: &tch::Tensor,
-    bias: Option<&tch::Tensor>,
-) -> Result<tch::Tensor, tch::TchError> {
-    image.f_mkldnn_convolution(filters, bias, [0, 0], [1, 1], [1, 1], 1)
-}
 
 /// What a fused op keeps from its forward pass for its backward.
 #[derive(Debug, Clone)]
@@ -54,8 +19,9 @@ pub(super) enum Saved {
     LayerNorm { x: TchTensor, gamma: TchTensor, mean: TchTensor, rstd: TchTensor },
     /// Logits `[rows, vocab]`, targets `[rows]` and each row's log-sum-exp `[rows, 1]`.
     CrossEntropy { logits: TchTensor, targets: TchTensor, log_sum_exp: TchTensor },
-    /// A linear layer's input `[rows, d_in]` and weight `[d_in, d_out]`, and whether it has a bias.
-    Linear { x: TchTensor, weight: TchTensor, bias: bool },
+    /// A linear layer's input `[rows, d_in]` and weight `[d_in, d_out]`, their shape, and
+    /// whether it has a bias.
+    Linear { x: TchTensor, weight: TchTensor, shape: Shape, bias: bool },
 }
 
 impl Saved {
@@ -75,12 +41,16 @@ impl Saved {
                 let _ = probs.scatter_add_(1, &targets.tensor.unsqueeze(1), &minus_one);
                 vec![probs.g_mul_(&(grad / rows as f64))]
             }
-            Saved::Linear { x, weight, bias } => {
-                let (x, weight) = (&x.tensor, &weight.tensor);
-                // MKL where oneDNN refuses (a libtorch built without it).
-                let dx =
-                    onednn_matmul(grad, weight, None).unwrap_or_else(|_| grad.matmul(&weight.tr()));
-                let dweight = onednn_matmul_tn(x, grad).unwrap_or_else(|_| x.tr().matmul(grad));
+            Saved::Linear { x, weight, shape, bias } => {
+                let product = |product: Product, a: &tch::Tensor, b: &tch::Tensor| {
+                    let library = autotune::library(product, shape);
+                    product.compute(library, a, b).unwrap_or_else(|_| {
+                        let mkl = product.compute(Library::Mkl, a, b);
+                        mkl.expect("the saved input, weight and gradient fit together")
+                    })
+                };
+                let dx = product(Product::InputGradient, grad, &weight.tensor);
+                let dweight = product(Product::WeightGradient, &x.tensor, grad);
                 let dbias = bias.then(|| grad.sum_dim_intlist([0i64].as_slice(), false, None));
                 [Some(dx), Some(dweight), dbias].into_iter().flatten().collect()
             }

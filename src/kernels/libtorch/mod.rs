@@ -4,9 +4,8 @@
 //! recorded as one autodiff operation each: flash attention (which also spares the split of
 //! the fused projection), `native_layer_norm` (its backward is [`cpu`]'s one pass: tch
 //! exposes no LayerNorm backward kernel), and cross-entropy whose backward is
-//! `softmax − onehot`. Linear layers in f32 run on oneDNN rather than MKL: MKL's SGEMM takes
-//! its AVX2 code on AMD processors, oneDNN picks its kernels by instruction set. tch has no
-//! oneDNN matmul of plain tensors, but a 1×1 convolution is one ([`backward::onednn_matmul`]).
+//! `softmax − onehot`. Each product of a linear layer in f32 runs on MKL or oneDNN,
+//! whichever [`autotune`] timed faster for its shape on this machine ([`matmul`]).
 //!
 //! Without autodiff burn-tch calls the same kernels by itself, and on CUDA the CPU kernels do
 //! not apply: both run [`reference`]. The AdamW update runs as libtorch's in-place kernels
@@ -14,7 +13,9 @@
 //!
 //! [`cpu`]: crate::kernels::cpu
 
+mod autotune;
 mod backward;
+mod matmul;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::libtorch::{LibTorch, TchElement, TchTensor};
@@ -22,15 +23,14 @@ use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
 
-use self::backward::{onednn_matmul, Fused, Saved};
+use self::backward::{Fused, Saved};
+use self::matmul::{Product, Shape};
 use super::node::{self, Tracked};
 use super::{reference, AdamWStep, KernelBackend, LayerNorm, LinearWeights, Moments};
 
 type Ad<E, C> = Autodiff<LibTorch<E>, C>;
 
-/// Rows below which a linear layer stays on MKL: oneDNN sets up each call in about 60 µs,
-/// which its faster kernel earns back from about 256 rows (measured at d_model 128–768).
-const ONEDNN_MIN_ROWS: i64 = 256;
+pub(super) use autotune::summary as matmul_summary;
 
 impl<E: TchElement> KernelBackend for LibTorch<E> {
     fn adamw_update<const D: usize>(
@@ -63,7 +63,7 @@ impl<E: TchElement, C: CheckpointStrategy> KernelBackend for Ad<E, C> {
 
     fn linear<const D: usize>(x: Tensor<Self, D>, layer: LinearWeights<Self>) -> Tensor<Self, D> {
         layer.flattened(x, |x, layer| {
-            onednn_linear(&x, &layer).unwrap_or_else(|| reference::linear(x, layer))
+            tuned_linear(&x, &layer).unwrap_or_else(|| reference::linear(x, layer))
         })
     }
 
@@ -179,28 +179,29 @@ fn fused_cross_entropy<E: TchElement, C: CheckpointStrategy>(
     Some(record([&logits], state, loss))
 }
 
-/// A linear layer through oneDNN: f32 on the CPU and at least [`ONEDNN_MIN_ROWS`] rows,
-/// else `None`; also `None` where oneDNN refuses (a libtorch built without it).
-fn onednn_linear<E: TchElement, C: CheckpointStrategy>(
+/// A linear layer in f32 on the CPU, each product on the library [`autotune`] chose for its
+/// shape; `None` elsewhere.
+fn tuned_linear<E: TchElement, C: CheckpointStrategy>(
     x: &Tensor<Ad<E, C>, 2>,
     layer: &LinearWeights<Ad<E, C>>,
 ) -> Option<Tensor<Ad<E, C>, 2>> {
     let x = on_cpu(x)?;
-    let (rows, _) = x.primitive.tensor.size2().ok()?;
-    if rows < ONEDNN_MIN_ROWS || x.primitive.tensor.kind() != tch::Kind::Float {
+    if x.primitive.tensor.kind() != tch::Kind::Float {
         return None;
     }
     let weight = node::tracked(layer.weight.clone());
     let bias = layer.bias.clone().map(node::tracked);
-    let y = onednn_matmul(
-        &x.primitive.tensor,
-        &weight.primitive.tensor.tr(),
-        bias.as_ref().map(|b| &b.primitive.tensor),
-    )
-    .ok()?;
+    let (input, w) = (&x.primitive.tensor, &weight.primitive.tensor);
+    let shape = Shape::of(input, w)?;
+    let library = autotune::library(Product::Forward, shape);
+    let mut y = Product::Forward.compute(library, input, w).ok()?;
+    if let Some(bias) = &bias {
+        let _ = y.g_add_(&bias.primitive.tensor);
+    }
     let state = || Saved::Linear {
         x: x.primitive.clone(),
         weight: weight.primitive.clone(),
+        shape,
         bias: bias.is_some(),
     };
     Some(match &bias {
@@ -229,13 +230,12 @@ mod tests {
     type Train = Autodiff<LibTorch<f32>>;
 
     #[test]
-    fn onednn_takes_only_layers_with_enough_rows() {
+    fn linear_layers_in_f32_take_the_tuned_path() {
         let device = LibTorchDevice::Cpu;
         let layer = LinearWeights { weight: Tensor::<Train, 2>::ones([8, 8], &device), bias: None };
-        let few = Tensor::<Train, 2>::ones([ONEDNN_MIN_ROWS as usize - 1, 8], &device);
-        assert!(onednn_linear(&few, &layer).is_none());
-        let many = Tensor::<Train, 2>::ones([ONEDNN_MIN_ROWS as usize, 8], &device);
-        assert!(onednn_linear(&many, &layer).is_some());
+        let x = Tensor::<Train, 2>::ones([3, 8], &device);
+        assert!(tuned_linear(&x, &layer).is_some());
+        assert!(tuned_linear(&x.cast(burn::tensor::DType::F64), &layer).is_none());
     }
 
     #[test]

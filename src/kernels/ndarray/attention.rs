@@ -6,12 +6,12 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
-use ndarray::linalg::general_mat_mul;
 use ndarray::{
-    s, ArcArray, Array2, Array3, Array4, ArrayView3, ArrayViewMut2, Axis, Ix3, Ix4, Zip,
+    s, ArcArray, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayViewMut2, Axis, Ix3, Ix4, Zip,
 };
 use rayon::prelude::*;
 
+use super::gemm::{self, Threads};
 use super::{f32_array, output_gradient, Ad};
 use crate::kernels::cpu;
 use crate::kernels::node;
@@ -70,13 +70,19 @@ impl Heads {
             for h in 0..self.n_heads {
                 let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., self.columns(part, h)]));
                 let mut p = probs.index_axis_mut(Axis(0), h);
-                general_mat_mul(self.scale(), &q, &k.t(), 0.0, &mut p);
+                product(self.scale(), &q, &k.t(), &mut p);
                 causal_softmax(&mut p);
-                general_mat_mul(1.0, &p, &v, 0.0, &mut y.slice_mut(s![.., self.columns(0, h)]));
+                product(1.0, &p.view(), &v, &mut y.slice_mut(s![.., self.columns(0, h)]));
             }
         });
         (y, probs)
     }
+}
+
+/// `c = alpha · a · b` for one batch row and head, on the calling thread: the batch rows are
+/// already spread over the cores.
+fn product(alpha: f32, a: &ArrayView2<f32>, b: &ArrayView2<f32>, c: &mut ArrayViewMut2<f32>) {
+    gemm::matmul(alpha, a, b, 0.0, c, Threads::Caller);
 }
 
 /// Row `i` of `scores` → the softmax of its first `i + 1` entries, zeros after them.
@@ -120,32 +126,15 @@ impl CausalAttention {
             for h in 0..heads.n_heads {
                 let [q, k, v] = [0, 1, 2].map(|part| qkv.slice(s![.., heads.columns(part, h)]));
                 let (p, dy) = (probs.index_axis(Axis(0), h), dy.slice(s![.., heads.columns(0, h)]));
-                general_mat_mul(
-                    1.0,
-                    &p.t(),
-                    &dy,
-                    0.0,
-                    &mut dqkv.slice_mut(s![.., heads.columns(2, h)]),
-                );
-                general_mat_mul(1.0, &dy, &v.t(), 0.0, &mut ds);
+                product(1.0, &p.t(), &dy, &mut dqkv.slice_mut(s![.., heads.columns(2, h)]));
+                product(1.0, &dy, &v.t(), &mut ds.view_mut());
                 Zip::from(ds.rows_mut()).and(p.rows()).for_each(|mut ds, p| {
                     let dot = ds.dot(&p);
                     Zip::from(&mut ds).and(&p).for_each(|ds, &p| *ds = p * (*ds - dot));
                 });
-                general_mat_mul(
-                    heads.scale(),
-                    &ds,
-                    &k,
-                    0.0,
-                    &mut dqkv.slice_mut(s![.., heads.columns(0, h)]),
-                );
-                general_mat_mul(
-                    heads.scale(),
-                    &ds.t(),
-                    &q,
-                    0.0,
-                    &mut dqkv.slice_mut(s![.., heads.columns(1, h)]),
-                );
+                let scale = heads.scale();
+                product(scale, &ds.view(), &k, &mut dqkv.slice_mut(s![.., heads.columns(0, h)]));
+                product(scale, &ds.t(), &q, &mut dqkv.slice_mut(s![.., heads.columns(1, h)]));
             }
         });
         dqkv

@@ -7,9 +7,11 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ndarray::{NdArray, NdArrayTensor};
 use burn::prelude::*;
-use ndarray::linalg::general_mat_mul;
-use ndarray::{ArcArray, Array1, Array2, ArrayD, ArrayViewD, Axis, Ix1, Ix2, IxDyn, Zip};
+use ndarray::{
+    ArcArray, Array1, Array2, ArrayD, ArrayView2, ArrayViewD, Axis, Ix1, Ix2, IxDyn, Zip,
+};
 
+use super::gemm::{matmul, Threads};
 use super::{elements, elements_mut, f32_array, output_gradient, standard_layout, Ad};
 use crate::kernels::cpu::{self, RowStats};
 use crate::kernels::{node, LayerNorm, LinearWeights};
@@ -87,7 +89,7 @@ pub(super) fn linear<C: CheckpointStrategy>(
         };
         y += &bias.view().into_dimensionality::<Ix1>().ok()?;
     }
-    general_mat_mul(1.0, &input, &weights, 1.0, &mut y);
+    matmul(1.0, &input.view(), &weights.view(), 1.0, &mut y.view_mut(), Threads::Pool);
     let saved = || LinearInput { x: input, weight: weights };
     let y = NdArrayTensor::from(y.into_dyn().into_shared());
     Some(match &bias {
@@ -180,9 +182,14 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
             let Some(parent) = parent else {
                 continue;
             };
+            let product = |a: ArrayView2<f32>, b: ArrayView2<f32>| {
+                let mut c = Array2::zeros((a.nrows(), b.ncols()));
+                matmul(1.0, &a, &b, 0.0, &mut c.view_mut(), Threads::Pool);
+                c.into_dyn()
+            };
             let grad = match i {
-                0 => dy.dot(&weight.t()).into_dyn(),
-                1 => x.t().dot(&dy).into_dyn(),
+                0 => product(dy.view(), weight.t()),
+                1 => product(x.t(), dy.view()),
                 _ => dy.sum_axis(Axis(0)).into_dyn(),
             };
             grads.register::<NdArray<f32>>(parent.id, NdArrayTensor::from(grad.into_shared()));

@@ -17,6 +17,7 @@
 
 mod attention;
 mod fused;
+mod gemm;
 
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::ndarray::{NdArray, NdArrayTensor};

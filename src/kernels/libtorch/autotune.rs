@@ -1,0 +1,263 @@
+//! Which library runs each of a linear layer's products on this machine, timed once per shape
+//! and kept in the user's cache directory, as Burn's autotune keeps its GPU kernels' choices.
+//!
+//! The first time a process meets a product of a shape, it looks the shape up in
+//! `<cache>/kiln/matmul-<machine>.json` (`<cache>`: `$KILN_CACHE_DIR`, else the platform's cache
+//! directory, `~/.cache` on Linux). Where the file has no choice for it, both libraries
+//! compute the product on random operands of that shape, alternating, and the faster one is
+//! written to the file. Rows are rounded up to a power of two (and timed at most at
+//! [`MAX_TIMED_ROWS`]), so that batches of varying length share their choices.
+//!
+//! The file is named by the machine (the CPU, its vector extensions, libtorch's thread count),
+//! so machines that share a home directory keep one each. A process makes each choice once,
+//! and every later process reads it back, so a resumed run multiplies as the run it resumes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::matmul::{Library, Product, Shape};
+use crate::files;
+
+/// Rows at which a product is timed at most: the choice settles well before (GFLOP/s change
+/// little with more rows), and a GPT-2 head of 8,192 rows would take seconds a call.
+const MAX_TIMED_ROWS: i64 = 2048;
+
+/// The library to run `product` of a layer of `shape` on, timed on first use.
+pub(super) fn library(product: Product, shape: Shape) -> Library {
+    let tuner = TUNER.get_or_init(|| Mutex::new(Tuner::open(cache_file())));
+    let mut tuner = tuner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tuner.library(product, shape)
+}
+
+/// What this process's linear layers ran on, in a line: `None` before any ran here.
+pub(in crate::kernels) fn summary() -> Option<String> {
+    let tuner = TUNER.get()?.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let used: Vec<Library> =
+        tuner.used.iter().filter_map(|key| tuner.choices.choices.get(key).copied()).collect();
+    let onednn = used.iter().filter(|&&l| l == Library::OneDnn).count();
+    let kept = match &tuner.file {
+        Some(file) => format!("kept in {}", file.display()),
+        None => "not kept: no cache directory".to_string(),
+    };
+    (!used.is_empty()).then(|| {
+        format!(
+            "MKL for {} of the linear layers' {} products, oneDNN for {onednn} (the faster on \
+             this machine for each shape; {kept})",
+            used.len() - onednn,
+            used.len()
+        )
+    })
+}
+
+static TUNER: OnceLock<Mutex<Tuner>> = OnceLock::new();
+
+/// The choices made on this machine, by product and shape.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Choices {
+    /// What the file's name stands for, for a reader.
+    machine: String,
+    choices: BTreeMap<String, Library>,
+}
+
+/// The choices of this process, and the file they are kept in.
+#[derive(Debug)]
+struct Tuner {
+    file: Option<PathBuf>,
+    choices: Choices,
+    /// Whether this process has said that it is timing products.
+    announced: bool,
+    /// The choices this process has looked up.
+    used: std::collections::BTreeSet<String>,
+}
+
+impl Tuner {
+    /// The choices in `file`; none where it does not exist yet or cannot be read (said once).
+    fn open(file: Option<PathBuf>) -> Self {
+        let choices = file.as_deref().map(read_choices).unwrap_or_default();
+        let choices = Choices { machine: machine(), ..choices };
+        Self { file, choices, announced: false, used: Default::default() }
+    }
+
+    fn library(&mut self, product: Product, shape: Shape) -> Library {
+        let key = key(product, shape);
+        self.used.insert(key.clone());
+        if let Some(&library) = self.choices.choices.get(&key) {
+            return library;
+        }
+        if !self.announced {
+            self.announced = true;
+            let kept = match &self.file {
+                Some(file) => format!("kept in {}", file.display()),
+                None => "no cache directory: not kept".to_string(),
+            };
+            eprintln!(
+                "kiln: timing MKL against oneDNN for each linear layer's products, once per \
+                 shape on this machine ({kept})"
+            );
+        }
+        let library = fastest(product, shape);
+        self.choices.choices.insert(key, library);
+        self.save();
+        library
+    }
+
+    /// Writes the choices, with those other processes wrote meanwhile, to the file.
+    fn save(&self) {
+        let Some(file) = &self.file else {
+            return;
+        };
+        let mut merged = read_choices(file).choices;
+        merged.extend(self.choices.choices.iter().map(|(k, &v)| (k.clone(), v)));
+        let choices = Choices { machine: self.choices.machine.clone(), choices: merged };
+        let json = serde_json::to_vec_pretty(&choices).unwrap_or_default();
+        let written = file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| files::write_atomic(file, &json));
+        if let Err(e) = written {
+            eprintln!(
+                "kiln: warning: could not keep the matmul choices in {}: {e}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// The choices kept in `file`; none if it does not exist, and none with a warning naming it if
+/// it is not a choices file (it is then rewritten with this machine's).
+fn read_choices(file: &Path) -> Choices {
+    let bytes = match std::fs::read(file) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Choices::default(),
+        Err(e) => {
+            eprintln!("kiln: warning: could not read {}: {e}; timing again", file.display());
+            return Choices::default();
+        }
+    };
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        eprintln!(
+            "kiln: warning: {} is not kiln's matmul choices ({e}): timing again and rewriting it",
+            file.display()
+        );
+        Choices::default()
+    })
+}
+
+/// How a choice is named in the file: `forward 1024x128x384`, `…x65 tied` for a weight stored
+/// transposed.
+fn key(product: Product, shape: Shape) -> String {
+    let tied = if shape.weight_transposed { " tied" } else { "" };
+    let rows = rows_class(shape.rows);
+    format!("{} {rows}x{}x{}{tied}", product.name(), shape.d_in, shape.d_out)
+}
+
+/// `rows` rounded up to a power of two.
+fn rows_class(rows: i64) -> i64 {
+    (rows.max(1) as u64).next_power_of_two() as i64
+}
+
+/// The library that computes `product` of `shape` faster here: the best of three alternating
+/// timings each, after one untimed call each. MKL where oneDNN refuses.
+fn fastest(product: Product, shape: Shape) -> Library {
+    let timed = Shape { rows: rows_class(shape.rows).min(MAX_TIMED_ROWS), ..shape };
+    let (a, b) = product.operands(timed);
+    let libraries = [Library::Mkl, Library::OneDnn];
+    let mut best = [f64::INFINITY; 2];
+    for round in 0..4 {
+        for (i, &library) in libraries.iter().enumerate() {
+            let start = Instant::now();
+            if product.compute(library, &a, &b).is_err() {
+                return Library::Mkl;
+            }
+            if round > 0 {
+                best[i] = best[i].min(start.elapsed().as_secs_f64());
+            }
+        }
+    }
+    if best[1] < best[0] {
+        Library::OneDnn
+    } else {
+        Library::Mkl
+    }
+}
+
+/// The file of this machine's choices, if there is a cache directory.
+fn cache_file() -> Option<PathBuf> {
+    let dir = match std::env::var_os("KILN_CACHE_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => dirs::cache_dir()?.join("kiln"),
+    };
+    let id = files::sha256_hex(machine().as_bytes());
+    Some(dir.join(format!("matmul-{}.json", &id[..16])))
+}
+
+/// What the choices depend on: the CPU, its vector extensions and libtorch's threads.
+fn machine() -> String {
+    format!("{}; libtorch {} threads", crate::kernels::cpu_name(), tch::get_num_threads())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(rows: i64) -> Shape {
+        Shape { rows, d_in: 24, d_out: 40, weight_transposed: false }
+    }
+
+    #[test]
+    fn batches_of_varying_length_share_a_choice() {
+        assert_eq!(key(Product::Forward, shape(700)), key(Product::Forward, shape(1024)));
+        assert_ne!(key(Product::Forward, shape(700)), key(Product::Forward, shape(1025)));
+        let tied = Shape { weight_transposed: true, ..shape(1) };
+        assert_eq!(key(Product::InputGradient, tied), "input-gradient 1x24x40 tied");
+    }
+
+    /// A choice is timed once, kept, and read back by the next process: the file's choice is
+    /// the one taken, even where it is not what timing would pick.
+    #[test]
+    fn choices_are_kept_and_read_back() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let file = dir.path().join("cache/kiln/matmul-test.json");
+        let chosen = Tuner::open(Some(file.clone())).library(Product::Forward, shape(64));
+        let kept: Choices = serde_json::from_slice(&std::fs::read(&file).expect("written"))
+            .expect("a choices file");
+        assert_eq!(kept.choices.get("forward 64x24x40"), Some(&chosen));
+        assert_eq!(kept.machine, machine());
+
+        let other = match chosen {
+            Library::Mkl => Library::OneDnn,
+            Library::OneDnn => Library::Mkl,
+        };
+        let edited = Choices { choices: [("forward 64x24x40".to_string(), other)].into(), ..kept };
+        std::fs::write(&file, serde_json::to_vec(&edited).expect("json")).expect("written");
+        assert_eq!(Tuner::open(Some(file)).library(Product::Forward, shape(50)), other);
+    }
+
+    /// A file that is not a choices file (edited by hand, cut short) is timed again and
+    /// rewritten, never trusted and never fatal; another process's choices are kept.
+    #[test]
+    fn a_broken_file_is_timed_again_and_rewritten() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let file = dir.path().join("matmul-test.json");
+        for broken in
+            ["{\"choices\": {\"forward 64x24x40\": \"blas\"}}", "{\"machine\": \"x\", \"cho"]
+        {
+            std::fs::write(&file, broken).expect("written");
+            let mut tuner = Tuner::open(Some(file.clone()));
+            assert!(tuner.choices.choices.is_empty());
+            tuner.library(Product::WeightGradient, shape(64));
+            let kept = read_choices(&file);
+            assert!(kept.choices.contains_key("weight-gradient 64x24x40"), "{broken}");
+        }
+        let mut other_process = Tuner::open(Some(file.clone()));
+        other_process.choices.choices.clear();
+        other_process.library(Product::Forward, shape(8));
+        let kept = read_choices(&file);
+        assert!(kept.choices.contains_key("weight-gradient 64x24x40"));
+        assert!(kept.choices.contains_key("forward 8x24x40"));
+    }
+}
