@@ -109,7 +109,7 @@ impl<B: AutodiffBackend + KernelBackend> Check for On<B> {
     }
 
     fn linear(&self) {
-        // 300 rows reach libtorch's oneDNN path; a transposed weight is the tied head's.
+        // 300 rows of a 3-D input, as the model passes them; a transposed weight is the tied head's.
         for (d_in, d_out, transposed) in [(24, 40, false), (40, 24, false), (24, 40, true)] {
             let x = random::<B, 3>([3, 100, d_in], &self.0).require_grad();
             let weight = match transposed {

@@ -2,11 +2,11 @@
 //! and kept in the user's cache directory, as Burn's autotune keeps its GPU kernels' choices.
 //!
 //! The first time a process meets a product of a shape, it looks the shape up in
-//! `<cache>/kiln/matmul-<machine>.json` (`<cache>`: `$KILN_CACHE_DIR`, else the platform's cache
-//! directory, `~/.cache` on Linux). Where the file has no choice for it, both libraries
-//! compute the product on random operands of that shape, alternating, and the faster one is
-//! written to the file. Rows are rounded up to a power of two (and timed at most at
-//! [`MAX_TIMED_ROWS`]), so that batches of varying length share their choices.
+//! `matmul-<machine>.json` in kiln's cache folder: `$KILN_CACHE_DIR`, else `kiln` in the
+//! platform's cache directory (`~/.cache/kiln` on Linux). Where the file has no choice for
+//! it, both libraries compute the product on random operands of that shape (at most
+//! [`MAX_TIMED_ROWS`] rows), alternating, and the faster one is written to the file. A
+//! choice's rows are rounded up to a power of two, so that batches of varying length share it.
 //!
 //! The file is named by the machine (the CPU, its vector extensions, libtorch's thread count),
 //! so machines that share a home directory keep one each. A process makes each choice once,
@@ -41,7 +41,7 @@ pub(in crate::kernels) fn summary() -> Option<String> {
     let onednn = used.iter().filter(|&&l| l == Library::OneDnn).count();
     let kept = match &tuner.file {
         Some(file) => format!("kept in {}", file.display()),
-        None => "not kept: no cache directory".to_string(),
+        None => "not kept: no cache directory, or it could not be written".to_string(),
     };
     (!used.is_empty()).then(|| {
         format!(
@@ -77,7 +77,11 @@ struct Tuner {
 impl Tuner {
     /// The choices in `file`; none where it does not exist yet or cannot be read (said once).
     fn open(file: Option<PathBuf>) -> Self {
-        let choices = file.as_deref().map(read_choices).unwrap_or_default();
+        let read = file.as_deref().map(read_choices).unwrap_or(Ok(Choices::default()));
+        let choices = read.unwrap_or_else(|e| {
+            eprintln!("kiln: warning: {e}: timing the products again and rewriting it");
+            Choices::default()
+        });
         let choices = Choices { machine: machine(), ..choices };
         Self { file, choices, announced: false, used: Default::default() }
     }
@@ -105,12 +109,14 @@ impl Tuner {
         library
     }
 
-    /// Writes the choices, with those other processes wrote meanwhile, to the file.
-    fn save(&self) {
+    /// Writes the choices, with those other processes wrote meanwhile, to the file. Where
+    /// that fails, says so once and keeps the choices in memory for the rest of the process.
+    fn save(&mut self) {
         let Some(file) = &self.file else {
             return;
         };
-        let mut merged = read_choices(file).choices;
+        // Another process's choices, where the file has any (a broken file was said at open).
+        let mut merged = read_choices(file).map(|c| c.choices).unwrap_or_default();
         merged.extend(self.choices.choices.iter().map(|(k, &v)| (k.clone(), v)));
         let choices = Choices { machine: self.choices.machine.clone(), choices: merged };
         let json = serde_json::to_vec_pretty(&choices).unwrap_or_default();
@@ -120,31 +126,25 @@ impl Tuner {
             .and_then(|()| files::write_atomic(file, &json));
         if let Err(e) = written {
             eprintln!(
-                "kiln: warning: could not keep the matmul choices in {}: {e}",
+                "kiln: warning: could not keep the matmul choices in {}: {e}; they will be \
+                 timed again in the next process",
                 file.display()
             );
+            self.file = None;
         }
     }
 }
 
-/// The choices kept in `file`; none if it does not exist, and none with a warning naming it if
-/// it is not a choices file (it is then rewritten with this machine's).
-fn read_choices(file: &Path) -> Choices {
+/// The choices kept in `file`: none if it does not exist, and an error saying what is wrong
+/// where it cannot be read or is not a choices file.
+fn read_choices(file: &Path) -> Result<Choices, String> {
     let bytes = match std::fs::read(file) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Choices::default(),
-        Err(e) => {
-            eprintln!("kiln: warning: could not read {}: {e}; timing again", file.display());
-            return Choices::default();
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Choices::default()),
+        Err(e) => return Err(format!("could not read {}: {e}", file.display())),
     };
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-        eprintln!(
-            "kiln: warning: {} is not kiln's matmul choices ({e}): timing again and rewriting it",
-            file.display()
-        );
-        Choices::default()
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not kiln's matmul choices ({e})", file.display()))
 }
 
 /// How a choice is named in the file: `forward 1024x128x384`, `…x65 tied` for a weight stored
@@ -163,7 +163,7 @@ fn rows_class(rows: i64) -> i64 {
 /// The library that computes `product` of `shape` faster here: the best of three alternating
 /// timings each, after one untimed call each. MKL where oneDNN refuses.
 fn fastest(product: Product, shape: Shape) -> Library {
-    let timed = Shape { rows: rows_class(shape.rows).min(MAX_TIMED_ROWS), ..shape };
+    let timed = Shape { rows: shape.rows.min(MAX_TIMED_ROWS), ..shape };
     let (a, b) = product.operands(timed);
     let libraries = [Library::Mkl, Library::OneDnn];
     let mut best = [f64::INFINITY; 2];
@@ -237,6 +237,18 @@ mod tests {
         assert_eq!(Tuner::open(Some(file)).library(Product::Forward, shape(50)), other);
     }
 
+    /// A cache directory that cannot be made (a file stands in its place) costs one warning
+    /// and the keeping, never the run.
+    #[test]
+    fn an_unwritable_cache_directory_keeps_choices_in_memory() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        std::fs::write(dir.path().join("kiln"), "a file, not a folder").expect("written");
+        let mut tuner = Tuner::open(Some(dir.path().join("kiln/matmul-test.json")));
+        let first = tuner.library(Product::Forward, shape(16));
+        assert!(tuner.file.is_none(), "the failed write is not tried again for every shape");
+        assert_eq!(tuner.library(Product::Forward, shape(16)), first);
+    }
+
     /// A file that is not a choices file (edited by hand, cut short) is timed again and
     /// rewritten, never trusted and never fatal; another process's choices are kept.
     #[test]
@@ -250,13 +262,13 @@ mod tests {
             let mut tuner = Tuner::open(Some(file.clone()));
             assert!(tuner.choices.choices.is_empty());
             tuner.library(Product::WeightGradient, shape(64));
-            let kept = read_choices(&file);
+            let kept = read_choices(&file).expect("rewritten");
             assert!(kept.choices.contains_key("weight-gradient 64x24x40"), "{broken}");
         }
         let mut other_process = Tuner::open(Some(file.clone()));
         other_process.choices.choices.clear();
         other_process.library(Product::Forward, shape(8));
-        let kept = read_choices(&file);
+        let kept = read_choices(&file).expect("a choices file");
         assert!(kept.choices.contains_key("weight-gradient 64x24x40"));
         assert!(kept.choices.contains_key("forward 8x24x40"));
     }

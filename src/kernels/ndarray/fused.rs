@@ -68,20 +68,23 @@ pub(super) fn layer_norm<C: CheckpointStrategy, const D: usize>(
     })
 }
 
-/// A linear layer, `x: [rows, d_in]` · `weight: [d_in, d_out]` (+ `bias`), whose backward
-/// reads the transposes in place.
-pub(super) fn linear<C: CheckpointStrategy>(
-    x: &Tensor<Ad<C>, 2>,
+/// A linear layer, `x: [..., d_in]` · `weight: [d_in, d_out]` (+ `bias`) → `[..., d_out]`, as
+/// one product over all rows, whose backward reads the transposes in place. `x` and the
+/// output are viewed as matrices where they lie: burn-ndarray's `reshape` copies every tensor.
+pub(super) fn linear<C: CheckpointStrategy, const D: usize>(
+    x: &Tensor<Ad<C>, D>,
     layer: &LinearWeights<Ad<C>>,
-) -> Option<Tensor<Ad<C>, 2>> {
+) -> Option<Tensor<Ad<C>, D>> {
     let x = node::tracked(x.clone());
     let weight = node::tracked(layer.weight.clone());
     let bias = layer.bias.clone().map(node::tracked);
-    let matrix = |t: &NdArrayTensor| match t {
-        NdArrayTensor::F32(t) => t.clone().into_shared().into_dimensionality::<Ix2>().ok(),
-        _ => None,
-    };
-    let (input, weights) = (matrix(&x.primitive)?, matrix(&weight.primitive)?);
+    let weights = f32_array(&weight)?.into_dimensionality::<Ix2>().ok()?;
+    let input = f32_array(&x)?;
+    let x_dims = input.raw_dim();
+    let input = rows(input)?;
+    if input.ncols() != weights.nrows() {
+        return None;
+    }
     let mut y = Array2::zeros((input.nrows(), weights.ncols()));
     if let Some(bias) = &bias {
         let NdArrayTensor::F32(bias) = &bias.primitive else {
@@ -90,12 +93,23 @@ pub(super) fn linear<C: CheckpointStrategy>(
         y += &bias.view().into_dimensionality::<Ix1>().ok()?;
     }
     matmul(1.0, &input.view(), &weights.view(), 1.0, &mut y.view_mut(), Threads::Pool);
-    let saved = || LinearInput { x: input, weight: weights };
-    let y = NdArrayTensor::from(y.into_dyn().into_shared());
+    let mut y_dims = x_dims.clone();
+    y_dims[D - 1] = weights.ncols();
+    let y = y.into_shape_with_order(y_dims).ok()?;
+    let saved = || LinearInput { x: input, x_dims, weight: weights };
+    let y = NdArrayTensor::from(y.into_shared());
     Some(match &bias {
         Some(bias) => node::record(LinearBackward, [&x, &weight, bias], saved, y),
         None => node::record(LinearBackward, [&x, &weight], saved, y),
     })
+}
+
+/// `a: [..., d]` as the matrix `[rows, d]` of its rows, without a copy where it is in standard
+/// layout.
+fn rows(a: ArcArray<f32, IxDyn>) -> Option<ArcArray<f32, Ix2>> {
+    let d = *a.shape().last()?;
+    let rows = a.len().checked_div(d).unwrap_or(0);
+    standard_layout(a).into_shape_with_order((rows, d)).ok()
 }
 
 /// Mean cross-entropy in one pass over the rows; `None` where a target is not a token of the
@@ -154,10 +168,12 @@ impl Backward<NdArray<f32>, 1> for CrossEntropyBackward {
     }
 }
 
-/// What a linear layer's backward needs: its input `[rows, d_in]` and weight `[d_in, d_out]`.
+/// What a linear layer's backward needs: its input as `[rows, d_in]` and its shape, and the
+/// weight `[d_in, d_out]`.
 #[derive(Debug, Clone)]
 struct LinearInput {
     x: ArcArray<f32, Ix2>,
+    x_dims: IxDyn,
     weight: ArcArray<f32, Ix2>,
 }
 
@@ -174,10 +190,8 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
         grads: &mut Gradients,
         _checkpointer: &mut Checkpointer,
     ) {
-        let dy = output_gradient(&ops, grads)
-            .into_dimensionality::<Ix2>()
-            .expect("the output is [rows, d_out]");
-        let LinearInput { x, weight } = &ops.state;
+        let dy = rows(output_gradient(&ops, grads)).expect("the output is [..., d_out]");
+        let LinearInput { x, x_dims, weight } = &ops.state;
         for (i, parent) in ops.parents.into_iter().enumerate() {
             let Some(parent) = parent else {
                 continue;
@@ -188,7 +202,9 @@ impl<const N: usize> Backward<NdArray<f32>, N> for LinearBackward {
                 c.into_dyn()
             };
             let grad = match i {
-                0 => product(dy.view(), weight.t()),
+                0 => product(dy.view(), weight.t())
+                    .into_shape_with_order(x_dims.clone())
+                    .expect("dx has x's elements"),
                 1 => product(x.t(), dy.view()),
                 _ => dy.sum_axis(Axis(0)).into_dyn(),
             };

@@ -68,9 +68,7 @@ impl<C: CheckpointStrategy> KernelBackend for Ad<C> {
     }
 
     fn linear<const D: usize>(x: Tensor<Self, D>, layer: LinearWeights<Self>) -> Tensor<Self, D> {
-        layer.flattened(x, |x, layer| {
-            fused::linear(&x, &layer).unwrap_or_else(|| reference::linear(x, layer))
-        })
+        fused::linear(&x, &layer).unwrap_or_else(|| layer.flattened(x, reference::linear))
     }
 
     fn layer_norm<const D: usize>(x: Tensor<Self, D>, norm: LayerNorm<Self>) -> Tensor<Self, D> {
@@ -185,9 +183,10 @@ mod tests {
         let gamma = Tensor::<Train, 1>::ones([12], &device);
         let norm = LayerNorm { gamma, beta: None, epsilon: 1e-5 };
         assert!(fused::layer_norm(&x, &norm).is_some());
-        let flat = x.reshape([8, 12]);
+        let flat = x.clone().reshape([8, 12]);
         let layer = LinearWeights { weight: Tensor::ones([12, 5], &device), bias: None };
         assert!(fused::linear(&flat, &layer).is_some());
+        assert_eq!(fused::linear(&x, &layer).map(|y| y.dims()), Some([2, 4, 5]));
         let targets = Tensor::<Train, 1, Int>::zeros([8], &device);
         assert!(fused::cross_entropy(&flat, &targets).is_some());
     }
