@@ -10,6 +10,7 @@
 //!
 //! The file is named by the machine (the CPU, its vector extensions, libtorch's thread count),
 //! so machines that share a home directory keep one each. A process makes each choice once,
+//! after looking in the file again (a process started beside it may have made it meanwhile),
 //! and every later process reads it back, so a resumed run multiplies as the run it resumes.
 
 use std::collections::BTreeMap;
@@ -90,6 +91,12 @@ impl Tuner {
         let key = key(product, shape);
         self.used.insert(key.clone());
         if let Some(&library) = self.choices.choices.get(&key) {
+            return library;
+        }
+        // Another process on this machine (an MPI job's, say) may have timed it meanwhile.
+        let kept = self.file.as_deref().and_then(|file| read_choices(file).ok());
+        if let Some(&library) = kept.as_ref().and_then(|kept| kept.choices.get(&key)) {
+            self.choices.choices.insert(key, library);
             return library;
         }
         if !self.announced {
@@ -235,6 +242,25 @@ mod tests {
         let edited = Choices { choices: [("forward 64x24x40".to_string(), other)].into(), ..kept };
         std::fs::write(&file, serde_json::to_vec(&edited).expect("json")).expect("written");
         assert_eq!(Tuner::open(Some(file)).library(Product::Forward, shape(50)), other);
+    }
+
+    /// A choice another process wrote after this one opened the file is taken, not timed
+    /// again: processes of one job multiply alike.
+    #[test]
+    fn a_choice_written_meanwhile_by_another_process_is_taken() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let file = dir.path().join("matmul-test.json");
+        let mut early = Tuner::open(Some(file.clone()));
+        let mut other = Tuner::open(Some(file.clone()));
+        let chosen = other.library(Product::InputGradient, shape(32));
+        let flipped = match chosen {
+            Library::Mkl => Library::OneDnn,
+            Library::OneDnn => Library::Mkl,
+        };
+        let mut kept = read_choices(&file).expect("a choices file");
+        kept.choices.insert("input-gradient 32x24x40".to_string(), flipped);
+        std::fs::write(&file, serde_json::to_vec(&kept).expect("json")).expect("written");
+        assert_eq!(early.library(Product::InputGradient, shape(32)), flipped);
     }
 
     /// A cache directory that cannot be made (a file stands in its place) costs one warning
