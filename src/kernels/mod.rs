@@ -64,7 +64,7 @@ pub fn cpu_name() -> String {
 /// made (libtorch on the CPU: MKL or oneDNN, timed per shape).
 pub fn matmul_summary() -> Option<String> {
     #[cfg(feature = "tch")]
-    return libtorch::matmul_summary();
+    return libtorch::autotune::summary();
     #[cfg(not(feature = "tch"))]
     None
 }

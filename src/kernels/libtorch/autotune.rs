@@ -13,7 +13,7 @@
 //! after looking in the file again (a process started beside it may have made it meanwhile),
 //! and every later process reads it back, so a resumed run multiplies as the run it resumes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -37,19 +37,17 @@ pub(super) fn library(product: Product, shape: Shape) -> Library {
 /// What this process's linear layers ran on, in a line: `None` before any ran here.
 pub(in crate::kernels) fn summary() -> Option<String> {
     let tuner = TUNER.get()?.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let used: Vec<Library> =
-        tuner.used.iter().filter_map(|key| tuner.choices.choices.get(key).copied()).collect();
-    let onednn = used.iter().filter(|&&l| l == Library::OneDnn).count();
+    let taken = tuner.taken.len();
+    let onednn = tuner.taken.values().filter(|&&l| l == Library::OneDnn).count();
     let kept = match &tuner.file {
         Some(file) => format!("kept in {}", file.display()),
         None => "not kept: no cache directory, or it could not be written".to_string(),
     };
-    (!used.is_empty()).then(|| {
+    (taken > 0).then(|| {
         format!(
-            "MKL for {} of the linear layers' {} products, oneDNN for {onednn} (the faster on \
-             this machine for each shape; {kept})",
-            used.len() - onednn,
-            used.len()
+            "MKL for {} of the linear layers' {taken} products, oneDNN for {onednn} (the faster \
+             on this machine for each shape; {kept})",
+            taken - onednn
         )
     })
 }
@@ -71,8 +69,9 @@ struct Tuner {
     choices: Choices,
     /// Whether this process has said that it is timing products.
     announced: bool,
-    /// The choices this process has looked up.
-    used: std::collections::BTreeSet<String>,
+    /// The choices this process has taken, by product and shape (rows rounded as in the
+    /// file), so that a step's calls neither format keys nor read the file.
+    taken: HashMap<(Product, Shape), Library>,
 }
 
 impl Tuner {
@@ -84,12 +83,23 @@ impl Tuner {
             Choices::default()
         });
         let choices = Choices { machine: machine(), ..choices };
-        Self { file, choices, announced: false, used: Default::default() }
+        Self { file, choices, announced: false, taken: HashMap::new() }
     }
 
     fn library(&mut self, product: Product, shape: Shape) -> Library {
+        let class = Shape { rows: rows_class(shape.rows), ..shape };
+        if let Some(&library) = self.taken.get(&(product, class)) {
+            return library;
+        }
+        let library = self.choose(product, shape);
+        self.taken.insert((product, class), library);
+        library
+    }
+
+    /// The file's choice for `product` of `shape`, else the faster one, timed now at `shape`'s
+    /// own rows, and kept.
+    fn choose(&mut self, product: Product, shape: Shape) -> Library {
         let key = key(product, shape);
-        self.used.insert(key.clone());
         if let Some(&library) = self.choices.choices.get(&key) {
             return library;
         }

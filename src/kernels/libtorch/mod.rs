@@ -13,7 +13,7 @@
 //!
 //! [`cpu`]: crate::kernels::cpu
 
-mod autotune;
+pub(super) mod autotune;
 mod backward;
 mod matmul;
 
@@ -29,8 +29,6 @@ use super::node::{self, Tracked};
 use super::{reference, AdamWStep, KernelBackend, LayerNorm, LinearWeights, Moments};
 
 type Ad<E, C> = Autodiff<LibTorch<E>, C>;
-
-pub(super) use autotune::summary as matmul_summary;
 
 impl<E: TchElement> KernelBackend for LibTorch<E> {
     fn adamw_update<const D: usize>(
